@@ -1,0 +1,37 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+# Both create .venv when it is missing and install sainet with [dali,dev]; the install is
+# skipped while pyproject.toml is unchanged (a stamp file records what was installed).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.sainet-installed
+# torch/torchvision are pinned to the builds that install from local files on the project's machines.
+TORCH  := torch==2.14.1 torchvision==0.29.1
+DEMO   ?= demo
+export YOLO_OFFLINE := 1
+
+.PHONY: venv demo test test-slow lint clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH) -e '.[dali,dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/sainet demo --out $(DEMO)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check sainet loaders cache_tools tests benchmarks
+
+clean:
+	rm -rf $(DEMO) runs .pytest_cache .ruff_cache

@@ -1,0 +1,3 @@
+from sainet.cli import main
+
+main()

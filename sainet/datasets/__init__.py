@@ -1,0 +1,48 @@
+"""Dataset importers: every layout yields the same `Sample` record.
+
+    >>> ds = open_dataset("datasets/FASDD_CV")          # layout auto-detected
+    >>> for s in ds.samples("train"): ...
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sainet.datasets.base import Importer, Problem, ProblemKind, Sample, Severity
+from sainet.datasets.coco import CocoImporter
+from sainet.datasets.fasdd import FasddImporter
+from sainet.datasets.pyrosdis import PyroSdisImporter
+from sainet.datasets.voc import VocImporter
+from sainet.datasets.yolo import YoloImporter
+from sainet.errors import DatasetError, LayoutError
+
+__all__ = ["LAYOUTS", "Importer", "Problem", "ProblemKind", "Sample", "Severity", "detect_layout", "open_dataset"]
+
+#: Layout name -> importer, in detection order (most specific first).
+LAYOUTS: dict[str, type[Importer]] = {
+    "pyrosdis": PyroSdisImporter,
+    "fasdd": FasddImporter,
+    "yolo": YoloImporter,
+    "coco": CocoImporter,
+    "voc": VocImporter,
+}
+
+
+def detect_layout(src: str | Path) -> str:
+    src = Path(src)
+    if not src.exists():
+        raise DatasetError(f"{src}: no such file or folder")
+    for name, cls in LAYOUTS.items():
+        if cls.detect(src):
+            return name
+    raise LayoutError(f"{src}: not a known dataset layout (expected one of {', '.join(LAYOUTS)}); pass --layout")
+
+
+def open_dataset(src: str | Path, layout: str | None = None) -> Importer:
+    """Open a source dataset with the importer for `layout` (auto-detected when None)."""
+    name = layout or detect_layout(src)
+    if name not in LAYOUTS:
+        raise LayoutError(f"unknown layout {name!r} (expected one of {', '.join(LAYOUTS)})")
+    if not Path(src).exists():
+        raise DatasetError(f"{src}: no such file or folder")
+    return LAYOUTS[name](Path(src))

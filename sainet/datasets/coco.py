@@ -1,0 +1,116 @@
+"""COCO detection json (``annotations/*.json``; boxes are absolute top-left xywh).
+
+Class ids are the categories sorted by their COCO id, numbered 0..nc-1. Images with no annotation
+are background images; crowd annotations are skipped like Ultralytics' converter does.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from sainet.datasets.base import Importer, Problem, ProblemKind, Sample, resolve_inside, validate_boxes
+from sainet.errors import DatasetError, PathOutsideRoot
+
+__all__ = ["CocoImporter", "read_coco"]
+
+
+def _split_of(stem: str) -> str:
+    s = stem.lower().removeprefix("instances_")
+    for name in ("train", "val", "test"):
+        if name in s:
+            return name
+    return s
+
+
+def read_coco(
+    json_path: Path, image_dirs: list[Path], root: Path, split: str, problems: list[Problem]
+) -> tuple[list[str], list[Sample]]:
+    """Read one COCO json into samples. Image files are looked up in `image_dirs`, in order."""
+    rel_json = json_path.relative_to(root).as_posix() if json_path.is_relative_to(root) else str(json_path)
+    try:
+        doc = json.loads(json_path.read_bytes())
+        cats = sorted(doc["categories"], key=lambda c: c["id"])
+        images = doc["images"]
+        anns = doc.get("annotations", [])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DatasetError(f"{rel_json}: not a COCO detection json ({type(e).__name__}: {e})") from None
+    names = [str(c["name"]) for c in cats]
+    cat_index = {c["id"]: i for i, c in enumerate(cats)}
+    by_image: dict[object, list[dict]] = {}
+    for a in anns:
+        by_image.setdefault(a.get("image_id"), []).append(a)
+    samples = []
+    for im in images:
+        fname = str(im.get("file_name", ""))
+        try:
+            w, h = int(im["width"]), int(im["height"])
+        except (KeyError, TypeError, ValueError):
+            problems.append(Problem(f"{rel_json}: {fname}", ProblemKind.ANNOTATION_ERROR, "image entry without width/height"))
+            continue
+        path = None
+        for d in image_dirs:
+            try:
+                cand = resolve_inside(root, fname, base=d)
+            except PathOutsideRoot as e:
+                problems.append(Problem(f"{rel_json}: {fname}", ProblemKind.PATH_OUTSIDE_ROOT, str(e)))
+                break
+            if cand.is_file():
+                path = cand
+                break
+        else:
+            problems.append(Problem(f"{rel_json}: {fname}", ProblemKind.MISSING_IMAGE, "image file not found"))
+        if path is None:
+            continue
+        rel = path.relative_to(Path(root).resolve()).as_posix()
+        raw_c, raw_b = [], []
+        for a in by_image.get(im.get("id"), []):
+            if a.get("iscrowd"):
+                continue
+            try:
+                x, y, bw, bh = (float(v) for v in a["bbox"])
+            except (KeyError, TypeError, ValueError):
+                problems.append(Problem(rel, ProblemKind.LABEL_MALFORMED, f"annotation {a.get('id')}: bad bbox"))
+                continue
+            c = cat_index.get(a.get("category_id"), -1)
+            raw_c.append(c)
+            raw_b.append(((x + bw / 2) / w, (y + bh / 2) / h, bw / w, bh / h))
+        cls, boxes = validate_boxes(np.asarray(raw_c, np.float64), np.asarray(raw_b, np.float64).reshape(-1, 4), len(names), rel, problems)
+        samples.append(Sample(name=path.name, key=rel, split=split, cls=cls, boxes=boxes, path=path, width=w, height=h))
+    return names, samples
+
+
+class CocoImporter(Importer):
+    layout = "coco"
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(Path(root))
+        ann_dir = self.root / "annotations"
+        self._jsons = {_split_of(p.stem): p for p in sorted(ann_dir.glob("*.json"))}
+        if not self._jsons:
+            raise DatasetError(f"{self.root}: no annotations/*.json")
+        self._cache: dict[str, list[Sample]] = {}
+
+    @classmethod
+    def detect(cls, root: Path) -> bool:
+        return Path(root).is_dir() and any((Path(root) / "annotations").glob("*.json"))
+
+    def splits(self) -> list[str]:
+        return list(self._jsons)
+
+    def _load(self, split: str) -> list[Sample]:
+        if split not in self._cache:
+            dirs = [self.root / "images" / split, self.root / split, self.root / "images", self.root]
+            names, samples = read_coco(self._jsons[split], [d for d in dirs if d.is_dir()], self.root, split, self.problems)
+            if self.names and names != self.names:
+                raise DatasetError(f"{self._jsons[split]}: categories differ from the other splits'")
+            self.names = names
+            self._cache[split] = samples
+        return self._cache[split]
+
+    def samples(self, split: str | None = None) -> Iterator[Sample]:
+        for sp in [split] if split else self.splits():
+            yield from self._load(sp)

@@ -1,0 +1,151 @@
+"""Ultralytics YOLO folders and data.yaml.
+
+Accepted shapes (as Ultralytics reads them):
+- ``data.yaml`` with ``path`` (root, relative to the yaml), ``train``/``val``/``test`` each a folder,
+  a ``.txt`` list of image paths (relative to the list's folder) or a list of those, and ``names``
+  (list or {id: name}) or ``nc``;
+- a folder holding a data.yaml, or ``images/<split>/`` + ``labels/<split>/`` without one (class names
+  then come from ``classes.txt``, else are numbered).
+Labels are found by Ultralytics' rule: the last ``/images/`` in the image path becomes ``/labels/``
+and the suffix becomes ``.txt``. A missing or empty label file is a background image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import yaml
+
+from sainet.datasets.base import (
+    IMAGE_EXTS,
+    Importer,
+    ProblemKind,
+    Sample,
+    empty_labels,
+    parse_yolo_labels,
+    resolve_inside,
+    validate_boxes,
+)
+from sainet.errors import DatasetError, PathOutsideRoot
+
+__all__ = ["YoloImporter", "label_path_for", "read_names"]
+
+SPLITS = ("train", "val", "test")
+
+
+def label_path_for(image: Path) -> Path:
+    """Ultralytics' img2label_paths for one image."""
+    s = image.as_posix()
+    i = s.rfind("/images/")
+    if i < 0:
+        return image.with_suffix(".txt")
+    return Path(s[:i] + "/labels/" + s[i + len("/images/"):]).with_suffix(".txt")
+
+
+def read_names(names: object, nc: object, source: str) -> list[str]:
+    if isinstance(names, dict):
+        try:
+            items = sorted((int(k), str(v)) for k, v in names.items())
+        except (TypeError, ValueError):
+            raise DatasetError(f"{source}: 'names' keys must be class ids") from None
+        if [k for k, _ in items] != list(range(len(items))):
+            raise DatasetError(f"{source}: 'names' ids must be 0..{len(items) - 1}")
+        return [v for _, v in items]
+    if isinstance(names, list):
+        return [str(n) for n in names]
+    if isinstance(nc, int) and nc > 0:
+        return [str(i) for i in range(nc)]
+    raise DatasetError(f"{source}: no 'names' (or 'nc') for the classes")
+
+
+class YoloImporter(Importer):
+    layout = "yolo"
+
+    def __init__(self, src: Path) -> None:
+        src = Path(src)
+        yaml_path = src if src.is_file() else next((src / n for n in ("data.yaml", "dataset.yaml") if (src / n).is_file()), None)
+        self.yaml_path = yaml_path
+        self._entries: dict[str, list[str]] = {}
+        if yaml_path is not None:
+            try:
+                cfg = yaml.safe_load(yaml_path.read_text()) or {}
+            except (yaml.YAMLError, UnicodeDecodeError) as e:
+                raise DatasetError(f"{yaml_path}: not valid YAML: {e}") from None
+            if not isinstance(cfg, dict):
+                raise DatasetError(f"{yaml_path}: expected a mapping")
+            root = (yaml_path.parent / str(cfg.get("path") or ".")).resolve()
+            super().__init__(root)
+            self.names = read_names(cfg.get("names"), cfg.get("nc"), str(yaml_path))
+            for split in SPLITS:
+                v = cfg.get(split)
+                if v:
+                    self._entries[split] = [str(x) for x in (v if isinstance(v, list) else [v])]
+        else:
+            super().__init__(src)
+            for split in SPLITS:
+                for cand in (f"images/{split}", f"{split}/images"):
+                    if (src / cand).is_dir():
+                        self._entries[split] = [cand]
+                        break
+            if not self._entries:
+                raise DatasetError(f"{src}: no data.yaml and no images/<split>/ folders")
+            classes = src / "classes.txt"
+            self.names = [n.strip() for n in classes.read_text().splitlines() if n.strip()] if classes.is_file() else []
+        if not self._entries:
+            raise DatasetError(f"{yaml_path or src}: no train/val/test entries")
+
+    @classmethod
+    def detect(cls, root: Path) -> bool:
+        root = Path(root)
+        if root.is_file():
+            return root.suffix in (".yaml", ".yml")
+        return (root / "data.yaml").is_file() or (root / "dataset.yaml").is_file() or (
+            (root / "images").is_dir() and (root / "labels").is_dir()
+        )
+
+    def splits(self) -> list[str]:
+        return list(self._entries)
+
+    def _images(self, split: str) -> Iterator[Path]:
+        for entry in self._entries[split]:
+            try:
+                p = resolve_inside(self.root, entry)
+            except PathOutsideRoot as e:
+                self._problem(entry, ProblemKind.PATH_OUTSIDE_ROOT, str(e))
+                continue
+            if p.is_dir():
+                yield from sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTS and q.is_file())
+            elif p.suffix == ".txt" and p.is_file():
+                for line in p.read_text().splitlines():
+                    line = line.strip()
+                    if not line:
+                        continue
+                    try:
+                        yield resolve_inside(self.root, line, base=p.parent)
+                    except PathOutsideRoot as e:
+                        self._problem(f"{entry}: {line}", ProblemKind.PATH_OUTSIDE_ROOT, str(e))
+            elif p.suffix.lower() in IMAGE_EXTS and p.is_file():
+                yield p
+            else:
+                self._problem(entry, ProblemKind.ANNOTATION_ERROR, f"split {split!r}: not a folder, list or image")
+
+    def samples(self, split: str | None = None) -> Iterator[Sample]:
+        infer_names = not self.names
+        nc = len(self.names) if self.names else 1 << 30
+        for sp in [split] if split else self.splits():
+            for img in self._images(sp):
+                rel = img.relative_to(Path(self.root).resolve()).as_posix() if img.is_absolute() else img.as_posix()
+                if not img.is_file():
+                    self._problem(rel, ProblemKind.MISSING_IMAGE, "listed image does not exist")
+                    continue
+                lbl = label_path_for(img)
+                cls, boxes = empty_labels()
+                if lbl.is_file():
+                    lrel = lbl.relative_to(Path(self.root).resolve()).as_posix()
+                    raw_c, raw_b = parse_yolo_labels(lbl.read_text(errors="replace"), lrel, self.problems)
+                    cls, boxes = validate_boxes(raw_c, raw_b, nc, lrel, self.problems)
+                    if infer_names and len(cls):
+                        while len(self.names) <= int(cls.max()):
+                            self.names.append(str(len(self.names)))
+                yield Sample(name=img.name, key=rel, split=sp, cls=cls, boxes=boxes, path=img)

@@ -1,0 +1,310 @@
+"""Deterministic synthetic wildfire dataset: the project's embedded default data.
+
+Each image is an outdoor scene (sky gradient, ridged terrain with texture, haze toward the horizon)
+with semi-transparent grey/white smoke plumes and orange/red fire regions. Every box is the exact
+bounding box of the pixels its object changed (alpha above a threshold), in integer pixels, so a
+detector can learn it and box round trips through every layout are exact.
+
+Images are a pure function of (seed, index): the output does not depend on the thread count.
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import yaml
+
+from sainet.imaging import encode_jpeg
+
+__all__ = ["SYNTH_LAYOUTS", "SynthObject", "SynthImage", "render", "synthesize"]
+
+SYNTH_LAYOUTS = ("yolo", "coco", "voc", "fasdd", "pyrosdis")
+_KNOWN = ("fire", "smoke")
+
+
+@dataclass(frozen=True, slots=True)
+class SynthObject:
+    cls: int
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1: 0-based, x1/y1 exclusive
+
+
+@dataclass(frozen=True, slots=True)
+class SynthImage:
+    name: str
+    split: str
+    width: int
+    height: int
+    jpeg: bytes
+    objects: tuple[SynthObject, ...]
+
+    def yolo_rows(self) -> str:
+        rows = []
+        for o in self.objects:
+            x0, y0, x1, y1 = o.box
+            rows.append(
+                f"{o.cls} {(x0 + x1) / 2 / self.width:.8f} {(y0 + y1) / 2 / self.height:.8f} "
+                f"{(x1 - x0) / self.width:.8f} {(y1 - y0) / self.height:.8f}"
+            )
+        return "\n".join(rows) + ("\n" if rows else "")
+
+
+def _noise(rng: np.random.Generator, h: int, w: int, scale: int) -> np.ndarray:
+    """Smooth value noise in [-1, 1]: random values on a coarse grid, upsampled bicubically."""
+    gh, gw = max(2, h // scale + 2), max(2, w // scale + 2)
+    g = rng.uniform(-1, 1, (gh, gw)).astype(np.float32)
+    return cv2.resize(g, (w, h), interpolation=cv2.INTER_CUBIC)
+
+
+def _scene(rng: np.random.Generator, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sky + terrain + haze as float32 RGB in [0, 255]; returns (image, ridge y per column)."""
+    yy = np.linspace(0, 1, h, dtype=np.float32)[:, None]
+    top = np.array(rng.choice([[70, 120, 190], [110, 150, 200], [150, 160, 175]]), np.float32)
+    bottom = np.array([205, 215, 225], np.float32) + rng.uniform(-15, 15, 3).astype(np.float32)
+    horizon = rng.uniform(0.35, 0.6)
+    t = np.clip(yy / horizon, 0, 1)[..., None]
+    img = np.broadcast_to(top * (1 - t) + bottom * t, (h, w, 3)).copy()
+    img += 12 * _noise(rng, h, w, max(8, w // 12))[..., None]  # soft clouds
+
+    xs = np.arange(w, dtype=np.float32)
+    ridge = horizon * h + np.zeros(w, np.float32)
+    for _ in range(4):
+        amp, period, phase = rng.uniform(0.01, 0.06) * h, rng.uniform(0.15, 0.8) * w, rng.uniform(0, 6.3)
+        ridge += amp * np.sin(xs / period * 6.283 + phase)
+    ridge += 0.01 * h * _noise(rng, 1, w, 16)[0]
+    ridge = np.clip(ridge, 0.2 * h, 0.8 * h)
+    below = (np.arange(h, dtype=np.float32)[:, None] >= ridge[None, :])
+    base = np.array(rng.choice([[70, 95, 50], [95, 90, 60], [110, 100, 70], [60, 80, 55]]), np.float32)
+    depth = np.clip((np.arange(h, dtype=np.float32)[:, None] - ridge[None, :]) / (0.5 * h), 0, 1)[..., None]
+    terrain = base * (0.75 + 0.45 * depth)
+    tex = 22 * _noise(rng, h, w, 48) + 14 * _noise(rng, h, w, 6) + 8 * _noise(rng, h, w, 2)
+    terrain = terrain + tex[..., None] * np.array([1.0, 0.9, 0.7], np.float32)
+    haze = np.exp(-depth * 6)  # far terrain fades toward the sky colour
+    terrain = terrain * (1 - 0.55 * haze) + bottom * 0.55 * haze
+    img = np.where(below[..., None], terrain, img)
+    return img, ridge
+
+
+def _smoke(rng: np.random.Generator, w: int, h: int, ridge: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A rising, widening plume of Gaussian puffs: (alpha HxW, colour 3)."""
+    x = rng.uniform(0.08, 0.92) * w
+    y = float(ridge[int(np.clip(x, 0, w - 1))]) + rng.uniform(0, 0.05) * h
+    alpha = np.zeros((h, w), np.float32)
+    height = rng.uniform(0.12, 0.45) * h
+    drift = rng.uniform(-0.6, 0.6)
+    r0 = rng.uniform(0.008, 0.02) * w
+    n = 14
+    for i in range(n):
+        t = i / (n - 1)
+        cx = x + drift * height * t + rng.normal(0, r0 * 0.3)
+        cy = y - height * t
+        r = r0 * (1 + 3.0 * t)
+        cv2.circle(alpha, (int(cx), int(cy)), int(r), 1.0, -1, lineType=cv2.LINE_AA)
+    sigma = r0 * 0.6
+    alpha = cv2.GaussianBlur(alpha, (0, 0), sigma)
+    alpha *= 0.75 + 0.25 * _noise(rng, h, w, max(4, int(r0)))
+    alpha = np.clip(alpha, 0, 1) * rng.uniform(0.45, 0.8)
+    grey = rng.uniform(175, 240)
+    return alpha, np.array([grey, grey, grey * rng.uniform(0.97, 1.03)], np.float32)
+
+
+def _fire(rng: np.random.Generator, w: int, h: int, ridge: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flame tongues on the terrain: (alpha HxW, per-pixel colour HxWx3)."""
+    x = rng.uniform(0.06, 0.94) * w
+    y = float(ridge[int(np.clip(x, 0, w - 1))]) + rng.uniform(0.02, 0.2) * h
+    width = rng.uniform(0.02, 0.12) * w
+    fh = width * rng.uniform(0.4, 1.2)
+    mask = np.zeros((h, w), np.float32)
+    for _ in range(int(rng.integers(3, 8))):
+        bx = x + rng.uniform(-0.5, 0.5) * width
+        th = fh * rng.uniform(0.4, 1.0)
+        bw = width * rng.uniform(0.12, 0.3)
+        pts = np.array([[bx - bw, y], [bx + bw, y], [bx + rng.uniform(-0.3, 0.3) * bw, y - th]], np.int32)
+        cv2.fillPoly(mask, [pts], 1.0, lineType=cv2.LINE_AA)
+    cv2.ellipse(mask, (int(x), int(y)), (int(width / 2), max(2, int(fh * 0.15))), 0, 0, 360, 1.0, -1, cv2.LINE_AA)
+    mask = cv2.GaussianBlur(mask, (0, 0), max(1.0, width * 0.02))
+    core = cv2.GaussianBlur(mask, (0, 0), max(1.0, width * 0.06)) ** 2
+    colour = np.empty((h, w, 3), np.float32)
+    colour[..., 0] = 235 + 20 * core
+    colour[..., 1] = 60 + 170 * core
+    colour[..., 2] = 15 + 90 * core
+    return np.clip(mask * 0.95, 0, 1), colour
+
+
+_RENDER: dict[str, tuple[Callable, float]] = {"smoke": (_smoke, 0.2), "fire": (_fire, 0.35)}
+
+
+def render(seed: int, index: int, size: tuple[int, int], classes: list[str], background: float) -> tuple[np.ndarray, list[SynthObject]]:
+    """One image (HxWx3 uint8 RGB) and its objects, a pure function of its arguments."""
+    w, h = size
+    rng = np.random.default_rng([seed, index])
+    img, ridge = _scene(rng, w, h)
+    objects: list[SynthObject] = []
+    if rng.random() >= background:
+        for _ in range(int(rng.integers(1, 4))):
+            c = int(rng.integers(0, len(classes)))
+            fn, thresh = _RENDER[classes[c]]
+            alpha, colour = fn(rng, w, h, ridge)
+            ys, xs = np.nonzero(alpha > thresh)
+            if len(xs) < 16:
+                continue
+            x0, x1, y0, y1 = int(xs.min()), int(xs.max()) + 1, int(ys.min()), int(ys.max()) + 1
+            if x1 - x0 < 4 or y1 - y0 < 4:
+                continue
+            img = img * (1 - alpha[..., None]) + colour * alpha[..., None]
+            objects.append(SynthObject(c, (x0, y0, x1, y1)))
+    img += rng.normal(0, 3.0, img.shape).astype(np.float32)  # sensor grain: realistic JPEG bit rates
+    return np.clip(img, 0, 255).astype(np.uint8), objects
+
+
+def _write_yolo(out: Path, images: list[SynthImage], classes: list[str]) -> None:
+    for im in images:
+        d = out / "images" / im.split
+        d.mkdir(parents=True, exist_ok=True)
+        (d / im.name).write_bytes(im.jpeg)
+        ld = out / "labels" / im.split
+        ld.mkdir(parents=True, exist_ok=True)
+        (ld / (Path(im.name).stem + ".txt")).write_text(im.yolo_rows())
+    splits = sorted({im.split for im in images}, key=["train", "val", "test"].index)
+    cfg = {"path": ".", **{s: f"images/{s}" for s in splits}, "names": dict(enumerate(classes))}
+    (out / "data.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def _coco_doc(images: list[SynthImage], classes: list[str]) -> dict:
+    doc = {"images": [], "annotations": [], "categories": [{"id": i + 1, "name": c} for i, c in enumerate(classes)]}
+    for i, im in enumerate(images):
+        doc["images"].append({"id": i + 1, "file_name": im.name, "width": im.width, "height": im.height})
+        for o in im.objects:
+            x0, y0, x1, y1 = o.box
+            doc["annotations"].append({
+                "id": len(doc["annotations"]) + 1, "image_id": i + 1, "category_id": o.cls + 1,
+                "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0,
+            })
+    return doc
+
+
+def _write_coco(out: Path, images: list[SynthImage], classes: list[str]) -> None:
+    (out / "annotations").mkdir(parents=True, exist_ok=True)
+    for split in sorted({im.split for im in images}):
+        part = [im for im in images if im.split == split]
+        d = out / "images" / split
+        d.mkdir(parents=True, exist_ok=True)
+        for im in part:
+            (d / im.name).write_bytes(im.jpeg)
+        (out / "annotations" / f"instances_{split}.json").write_text(json.dumps(_coco_doc(part, classes)))
+
+
+def _write_voc(out: Path, images: list[SynthImage], classes: list[str]) -> None:
+    for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    for im in images:
+        (out / "JPEGImages" / im.name).write_bytes(im.jpeg)
+        root = ET.Element("annotation")
+        ET.SubElement(root, "filename").text = im.name
+        size = ET.SubElement(root, "size")
+        for tag, v in (("width", im.width), ("height", im.height), ("depth", 3)):
+            ET.SubElement(size, tag).text = str(v)
+        for o in im.objects:
+            obj = ET.SubElement(root, "object")
+            ET.SubElement(obj, "name").text = classes[o.cls]
+            ET.SubElement(obj, "difficult").text = "0"
+            bb = ET.SubElement(obj, "bndbox")
+            x0, y0, x1, y1 = o.box
+            for tag, v in (("xmin", x0 + 1), ("ymin", y0 + 1), ("xmax", x1), ("ymax", y1)):
+                ET.SubElement(bb, tag).text = str(v)
+        ET.ElementTree(root).write(out / "Annotations" / (Path(im.name).stem + ".xml"))
+    for split in sorted({im.split for im in images}):
+        ids = [Path(im.name).stem for im in images if im.split == split]
+        (out / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(ids) + "\n")
+    (out / "classes.txt").write_text("\n".join(classes) + "\n")
+
+
+def _write_fasdd(out: Path, images: list[SynthImage], classes: list[str]) -> None:
+    yolo = out / "annotations" / "YOLO_CV"
+    coco = out / "annotations" / "COCO_CV" / "Annotations"
+    for d in (out / "images", yolo / "labels", coco):
+        d.mkdir(parents=True, exist_ok=True)
+    for im in images:
+        (out / "images" / im.name).write_bytes(im.jpeg)
+        (yolo / "labels" / (Path(im.name).stem + ".txt")).write_text(im.yolo_rows())
+    for split in sorted({im.split for im in images}):
+        part = [im for im in images if im.split == split]
+        (yolo / f"{split}.txt").write_text("".join(f"./images/{im.name}\n" for im in part))
+        (coco / f"{split}.json").write_text(json.dumps(_coco_doc(part, classes)))
+    (yolo / "classes.txt").write_text("\n".join(classes) + "\n")
+
+
+def _write_pyrosdis(out: Path, images: list[SynthImage], classes: list[str]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    for split in sorted({im.split for im in images}):
+        part = [im for im in images if im.split == split]
+        table = pa.table({
+            "image": pa.array([{"bytes": im.jpeg, "path": im.name} for im in part], image_type),
+            "annotations": pa.array([im.yolo_rows() for im in part], pa.string()),
+            "image_name": pa.array([im.name for im in part], pa.string()),
+            "partner": pa.array(["synth"] * len(part), pa.string()),
+            "camera": pa.array([f"cam{i % 4}" for i in range(len(part))], pa.string()),
+            "date": pa.array(["2026-07-14T12:00:00"] * len(part), pa.string()),
+        })
+        pq.write_table(table, out / "data" / f"{split}-00000-of-00001.parquet", row_group_size=64)
+
+
+_WRITERS = {"yolo": _write_yolo, "coco": _write_coco, "voc": _write_voc, "fasdd": _write_fasdd, "pyrosdis": _write_pyrosdis}
+
+
+def synthesize(
+    out: Path,
+    *,
+    images: int = 64,
+    size: tuple[int, int] = (1440, 808),
+    classes: list[str] | None = None,
+    val_fraction: float = 0.2,
+    background: float = 0.1,
+    layout: str = "yolo",
+    seed: int = 0,
+    quality: int = 90,
+    threads: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[SynthImage]:
+    """Write a synthetic dataset to `out` in `layout`; returns what was written.
+
+    Class names must be ``fire`` and/or ``smoke`` (their renderers); their order sets the ids. The
+    default is fire,smoke, or smoke alone for the pyrosdis layout (PyroSDIS is a smoke-only dataset).
+    """
+    classes = list(classes or (["smoke"] if layout == "pyrosdis" else ["fire", "smoke"]))
+    if layout == "pyrosdis" and classes != ["smoke"]:
+        raise ValueError(f"the pyrosdis layout holds one class, smoke; got {classes}")
+    unknown = [c for c in classes if c not in _KNOWN]
+    if unknown or not classes or len(set(classes)) != len(classes):
+        raise ValueError(f"synth draws classes from {_KNOWN}; got {classes}")
+    if layout not in _WRITERS:
+        raise ValueError(f"layout must be one of {SYNTH_LAYOUTS}, got {layout!r}")
+    if not 0 <= val_fraction < 1 or not 0 <= background <= 1 or images < 1:
+        raise ValueError("need images >= 1, 0 <= val_fraction < 1 and 0 <= background <= 1")
+    order = np.random.default_rng(seed).permutation(images)
+    n_val = int(round(images * val_fraction))
+    val = set(order[:n_val].tolist())
+
+    def one(i: int) -> SynthImage:
+        img, objects = render(seed, i, size, classes, background)
+        im = SynthImage(f"synth_{i:06d}.jpg", "val" if i in val else "train", size[0], size[1],
+                        encode_jpeg(img, quality), tuple(objects))
+        if progress:
+            progress(1)
+        return im
+
+    with ThreadPoolExecutor(threads) as pool:
+        result = list(pool.map(one, range(images)))
+    out.mkdir(parents=True, exist_ok=True)
+    _WRITERS[layout](out, result, classes)
+    return result
