@@ -70,7 +70,7 @@ def _run(fn: Callable[[], int | None]) -> None:
     try:
         code = fn() or 0
     except SainetError as e:
-        err.print(f"[red]error:[/] {e}")
+        err.print(f"[red]error:[/] {e}", soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")
@@ -193,7 +193,7 @@ def check(
             if warn:
                 reason = f"{len(warn)} warnings (--strict), first: {warn[0].path}: {warn[0].detail}"
         if reason:
-            err.print(f"[red]not usable:[/] {reason}")
+            err.print(f"[red]not usable:[/] {reason}", soft_wrap=True)
             return 1
         if not as_json:
             console.print(f"[green]usable:[/] {report.images} images, {report.boxes} boxes, {len(report.names)} classes")

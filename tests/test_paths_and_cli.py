@@ -1,0 +1,112 @@
+"""Importers never read outside the dataset root; every command documents itself."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from sainet.check import check_dataset
+from sainet.cli import app
+from sainet.datasets import ProblemKind, open_dataset
+from sainet.synth import synthesize
+
+runner = CliRunner()
+
+
+@pytest.fixture()
+def read_log(monkeypatch):
+    """Record every file the importers and check open for reading."""
+    opened: list[str] = []
+    real_read_bytes, real_read_text, real_open = Path.read_bytes, Path.read_text, open
+
+    def rb(self):
+        opened.append(os.path.realpath(self))
+        return real_read_bytes(self)
+
+    def rt(self, *a, **k):
+        opened.append(os.path.realpath(self))
+        return real_read_text(self, *a, **k)
+
+    monkeypatch.setattr(Path, "read_bytes", rb)
+    monkeypatch.setattr(Path, "read_text", rt)
+    return opened
+
+
+def _hostile_variant(layout: str, root: Path, secret: Path) -> None:
+    """Point one annotation of a synthetic dataset at `secret` (outside the root)."""
+    rel = os.path.relpath(secret, root)
+    if layout == "yolo":
+        lst = root / "train.txt"
+        lst.write_text(f"./images/train/{next((root / 'images' / 'train').iterdir()).name}\n{rel}\n{secret}\n")
+        cfg = yaml.safe_load((root / "data.yaml").read_text())
+        cfg["train"] = "train.txt"
+        (root / "data.yaml").write_text(yaml.safe_dump(cfg))
+        # and a symlink that leaves the root, listed like any image
+        (root / "images" / "train" / "link.jpg").symlink_to(secret)
+        lst.write_text(lst.read_text() + "./images/train/link.jpg\n")
+    elif layout == "coco":
+        ann = root / "annotations" / "instances_train.json"
+        doc = json.loads(ann.read_text())
+        doc["images"][0]["file_name"] = "../../" + rel
+        doc["images"][1]["file_name"] = str(secret)
+        ann.write_text(json.dumps(doc))
+    elif layout == "voc":
+        xml = next((root / "Annotations").glob("*.xml"))
+        xml.write_text(xml.read_text().replace("<filename>", f"<filename>../{rel}").replace(".jpg</filename>", ".jpg</filename>"))
+        import re
+
+        xml.write_text(re.sub(r"<filename>.*?</filename>", f"<filename>../{rel}</filename>", xml.read_text()))
+    elif layout == "fasdd":
+        lst = root / "annotations" / "YOLO_CV" / "train.txt"
+        lst.write_text(lst.read_text() + f"./{rel}\n{secret}\n")
+    elif layout == "pyrosdis":
+        shard = next((root / "data").glob("train-*.parquet"))
+        table = pq.read_table(shard)
+        names = table.column("image_name").to_pylist()
+        names[0] = "../../etc/passwd"
+        names[1] = "/abs/evil.jpg"
+        import pyarrow as pa
+
+        table = table.set_column(table.schema.get_field_index("image_name"), "image_name", pa.array(names, pa.string()))
+        pq.write_table(table, shard)
+
+
+@pytest.mark.parametrize("layout", ["yolo", "coco", "voc", "fasdd", "pyrosdis"])
+def test_importers_never_read_outside_root(tmp_path, layout, read_log):
+    root = tmp_path / "ds"
+    classes = ["smoke"] if layout == "pyrosdis" else None
+    synthesize(root, images=6, size=(64, 48), layout=layout, val_fraction=0, seed=2, classes=classes)
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes((next(root.rglob("*.jpg")) if layout != "pyrosdis" else Path(__file__)).read_bytes())
+    _hostile_variant(layout, root, secret)
+    read_log.clear()
+    report = check_dataset(open_dataset(root))
+    outside = [p for p in report.problems if p.kind is ProblemKind.PATH_OUTSIDE_ROOT]
+    assert outside, report.problems
+    assert str(secret.resolve()) not in read_log
+    assert all(os.path.commonpath([str(root.resolve()), p]) == str(root.resolve()) for p in read_log)
+
+
+def test_help_lists_commands_and_examples():
+    res = runner.invoke(app, ["--help"])
+    assert res.exit_code == 0
+    commands = [c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands]
+    for name in commands:
+        assert name in res.output
+        sub = runner.invoke(app, [name, "--help"])
+        assert sub.exit_code == 0, name
+        assert "Example" in sub.output, f"`sainet {name} --help` shows no example"
+
+
+def test_synth_cli_writes_dataset(tmp_path):
+    res = runner.invoke(app, ["synth", str(tmp_path / "d"), "-n", "4", "--size", "96x64", "--layout", "voc"])
+    assert res.exit_code == 0, res.output
+    assert len(list((tmp_path / "d" / "JPEGImages").glob("*.jpg"))) == 4
+    bad = runner.invoke(app, ["synth", str(tmp_path / "e"), "--size", "big"])
+    assert bad.exit_code == 2
