@@ -44,25 +44,47 @@ def _parse_size(text: str) -> tuple[int, int]:
     return w, h
 
 
+class _Bar:
+    """What `progress_bar` yields: call it to advance; `start(total, done)` once the work is known."""
+
+    def __init__(self, progress: Progress, task: int, unit: str) -> None:
+        self._p, self._task, self._unit = progress, task, unit
+        self._start, self._done = time.perf_counter(), 0
+
+    def __call__(self, n: int = 1) -> None:
+        self._done += n
+        elapsed = time.perf_counter() - self._start
+        self._p.update(self._task, advance=n, rate=f"{self._done / elapsed:,.1f} {self._unit}/s" if elapsed > 0 else "")
+
+    def start(self, total: int, done: int = 0) -> None:
+        self._p.update(self._task, total=total, completed=done)
+        self._start = time.perf_counter()
+
+
 @contextmanager
-def progress_bar(total: int | None, description: str, unit: str = "img") -> Iterator[Callable[[int], None]]:
-    """A rich progress bar (rate and ETA) on stderr; yields an `advance(n)` callback."""
+def progress_bar(total: int | None, description: str, unit: str = "img") -> Iterator[_Bar]:
+    """A rich progress bar on stderr with the rate and the ETA."""
     columns = [
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("[cyan]{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
     ]
     with Progress(*columns, console=err) as p:
-        task = p.add_task(description, total=total, rate="")
-        start = time.perf_counter()
-        done = 0
+        yield _Bar(p, p.add_task(description, total=total, rate=""), unit)
 
-        def advance(n: int = 1) -> None:
-            nonlocal done
-            done += n
-            elapsed = time.perf_counter() - start
-            p.update(task, advance=n, rate=f"{done / elapsed:,.1f} {unit}/s" if elapsed > 0 else "")
 
-        yield advance
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12,
+          "tb": 10**12, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+
+
+def _parse_bytes(text: str) -> int:
+    """'125GB', '1GiB', '4096' -> bytes."""
+    t = text.strip().lower().replace(" ", "")
+    num = t.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = t[len(num):]
+    try:
+        return int(float(num) * _UNITS[unit])
+    except (ValueError, KeyError):
+        raise typer.BadParameter(f"expected a size like 125GB or 1GiB, got {text!r}") from None
 
 
 def _run(fn: Callable[[], int | None]) -> None:
@@ -198,6 +220,237 @@ def check(
         if not as_json:
             console.print(f"[green]usable:[/] {report.images} images, {report.boxes} boxes, {len(report.names)} classes")
         return 0
+
+    _run(body)
+
+
+# ---------------------------------------------------------------------------------------------- stores
+
+
+def _imgsz_option(text: str | None) -> tuple[int, int] | None:
+    from sainet.geometry import parse_imgsz
+
+    if text is None:
+        return None
+    try:
+        return parse_imgsz(text)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+@app.command()
+def pack(
+    src: Annotated[Path, typer.Argument(help="Source dataset (any layout `sainet check` reads).")],
+    to: Annotated[Path, typer.Option("--to", help="Store to create, e.g. /dev/shm/fasdd.")],
+    fmt: Annotated[Optional[str], typer.Option("--format", help="lmdb or shards (default: shards on tmpfs, lmdb elsewhere).")] = None,
+    mode: Annotated[str, typer.Option(help="jpeg (original bytes) or raw (decoded, letterboxed frames).")] = "jpeg",
+    imgsz: Annotated[str, typer.Option(help="raw mode: training shape, WIDTHxHEIGHT or N (padded to stride 32).")] = "1440x808",
+    max_size: Annotated[Optional[int], typer.Option(help="jpeg mode: re-encode images whose long side exceeds this.")] = None,
+    layout: Annotated[Optional[str], typer.Option(help="Source layout (default: detect).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="Decode threads (default: all cores).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted pack of the same source and settings.")] = False,
+    force: Annotated[bool, typer.Option(help="Replace an existing store (swapped in only when the new one is complete).")] = False,
+    shard_size: Annotated[str, typer.Option(help="shards: target shard file size.")] = "1GiB",
+    assume_free: Annotated[Optional[str], typer.Option(help="Plan against this much free space instead of the measured figure.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Pack a dataset into an LMDB or shard store, after checking that it fits.
+
+    Every image is decoded once; corrupt ones are reported and left out. The store appears
+    atomically when complete; an interrupted pack is resumed with --resume.
+
+    Examples:
+
+        sainet pack datasets/FASDD_CV --to /dev/shm/fasdd
+        sainet pack data/synth --to stores/synth-raw --mode raw --imgsz 1440x808 --format lmdb
+        sainet pack datasets/FASDD_CV --to /dev/shm/fasdd --resume
+    """
+    from cache_tools.pack import PackOptions
+    from cache_tools.pack import pack as do_pack
+    from cache_tools.plan import human_bytes
+
+    def body() -> int:
+        if mode not in ("jpeg", "raw"):
+            raise typer.BadParameter("--mode must be jpeg or raw")
+        opts = PackOptions(
+            container=fmt, mode=mode, imgsz=_imgsz_option(imgsz) if mode == "raw" else None, max_size=max_size,
+            layout=layout, threads=threads, resume=resume, force=force, shard_size=_parse_bytes(shard_size),
+            free_bytes=_parse_bytes(assume_free) if assume_free else None,
+        )
+        with progress_bar(None, "pack") as bar:
+            report = do_pack(src, to, opts, progress=bar, on_start=bar.start)
+        if as_json:
+            print(json.dumps({
+                "store": str(report.store), "container": report.container, "mode": report.mode,
+                "records": report.records, "left_out": report.bad, "reencoded": report.reencoded,
+                "resumed": report.resumed, "payload_bytes": report.payload_bytes, "store_bytes": report.store_bytes,
+                "seconds": round(report.seconds, 3), "annotation_problems": [p.as_dict() for p in report.problems],
+            }, indent=2))
+            return 0
+        console.print(f"packed {report.records} images into {report.store} ({report.container}, {report.mode}): "
+                      f"{human_bytes(report.store_bytes)} in {report.seconds:.1f}s "
+                      f"({report.records / max(report.seconds, 1e-9):.0f} img/s)"
+                      + (f", resumed after {report.resumed}" if report.resumed else ""))
+        if report.reencoded:
+            console.print(f"[yellow]re-encoded[/] {report.reencoded} images larger than --max-size {max_size}")
+        if report.bad:
+            console.print(f"[yellow]left out {len(report.bad)} images:[/]")
+            for b in report.bad[:20]:
+                console.print(f"  {b['key']}: {b['reason']}", soft_wrap=True)
+        if report.problems:
+            console.print(f"{len(report.problems)} annotation problems (boxes dropped or clipped); see `sainet check {src}`")
+        return 0
+
+    _run(body)
+
+
+@app.command()
+def inspect(
+    store: Annotated[Path, typer.Argument(help="Store folder.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Describe a store: format, version, mode, imgsz, per-split counts, classes, bytes.
+
+    Examples:
+
+        sainet inspect /dev/shm/fasdd
+        sainet inspect stores/synth-raw --json
+    """
+    from cache_tools.plan import human_bytes
+    from cache_tools.verify import describe_store
+
+    def body() -> None:
+        d = describe_store(store)
+        if as_json:
+            print(json.dumps(d, indent=2))
+            return
+        t = Table(title=f"store {d['path']}", show_header=False)
+        t.add_column("field")
+        t.add_column("value")
+        imgsz = f"{d['imgsz'][1]}x{d['imgsz'][0]} (WxH)" if d["imgsz"] else "-"
+        for k, v in [
+            ("format", f"{d['container']}, version {d['format_version']}"), ("mode", d["mode"]), ("imgsz", imgsz),
+            ("records", str(d["records"])), ("splits", ", ".join(f"{k}: {v}" for k, v in d["splits"].items())),
+            ("classes", ", ".join(f"{c} ({n} boxes)" for c, n in d["boxes_per_class"].items())),
+            ("payload", human_bytes(d["payload_bytes"])), ("on disk", human_bytes(d["store_bytes"])),
+            ("source", f"{d['source']} ({d['layout']})"), ("created", str(d["created"])),
+            ("left out", str(d["left_out"])), ("re-encoded", str(d["reencoded"])),
+        ]:
+            t.add_row(k, v)
+        console.print(t)
+
+    _run(body)
+
+
+@app.command()
+def verify(
+    store: Annotated[Path, typer.Argument(help="Store folder.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    threads: Annotated[int, typer.Option(help="Checksum threads.")] = os.cpu_count() or 2,
+) -> None:
+    """Check a store's index, structure and every record's checksum; exit 1 naming each bad record.
+
+    Examples:
+
+        sainet verify /dev/shm/fasdd
+        sainet verify stores/synth-raw --json
+    """
+    from cache_tools.verify import verify_store
+
+    def body() -> int:
+        with progress_bar(None, "verify") as bar:
+            report = verify_store(store, threads=threads, progress=bar)
+        if as_json:
+            print(json.dumps(report.as_dict(), indent=2))
+        elif report.ok:
+            console.print(f"[green]ok:[/] {report.checked} records verified in {store}")
+        for b in report.bad:
+            err.print(f"[red]bad record {b['record']}[/] {b['name']}: {b['reason']}", soft_wrap=True)
+        return 0 if report.ok else 1
+
+    _run(body)
+
+
+@app.command()
+def export(
+    store: Annotated[Path, typer.Argument(help="Store folder.")],
+    to: Annotated[Path, typer.Option("--to", help="Folder for the YOLO dataset.")],
+    force: Annotated[bool, typer.Option(help="Write into a non-empty folder.")] = False,
+) -> None:
+    """Write a store back out as an Ultralytics YOLO folder with data.yaml (jpeg stores: byte-identical images).
+
+    Examples:
+
+        sainet export /dev/shm/fasdd --to exported/fasdd
+        sainet check exported/fasdd
+    """
+    from cache_tools.export import export_store
+
+    def body() -> None:
+        with progress_bar(None, "export") as bar:
+            n = export_store(store, to, force=force, progress=bar)
+        console.print(f"exported {n} images to {to} (data.yaml)")
+
+    _run(body)
+
+
+@app.command()
+def plan(
+    source: Annotated[Optional[Path], typer.Option("--source", help="Source dataset to plan a store for.")] = None,
+    store: Annotated[Optional[Path], typer.Option("--store", help="An existing store.")] = None,
+    to: Annotated[Path, typer.Option("--to", help="Where the store would go (its filesystem is checked).")] = Path("/dev/shm/sainet"),
+    imgsz: Annotated[str, typer.Option(help="Training shape for raw frames, WIDTHxHEIGHT or N.")] = "1440x808",
+    layout: Annotated[Optional[str], typer.Option(help="Source layout (default: detect).")] = None,
+    assume_free: Annotated[Optional[str], typer.Option(help="Plan against this much free space instead of the measured figure.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Print the bytes a store takes per mode and container, and whether each fits the target filesystem.
+
+    Examples:
+
+        sainet plan --source datasets/FASDD_CV --to /dev/shm/fasdd
+        sainet plan --source data/synth --imgsz 640 --json
+    """
+    from cache_tools.pack import plan_pack
+    from cache_tools.plan import check_fits, estimate_store, fs_info, human_bytes
+    from cache_tools.store import open_store
+    from sainet.datasets import open_dataset
+    from sainet.errors import CapacityError
+
+    def body() -> None:
+        shape = _imgsz_option(imgsz)
+        if (source is None) == (store is None):
+            raise typer.BadParameter("give one of --source or --store")
+        if source is not None:
+            ds = open_dataset(source, layout)
+            est = plan_pack(ds, list(ds.samples()), shape)
+        else:
+            with open_store(store) as s:
+                jpeg = int(s.index.records["length"].sum()) if s.mode == "jpeg" else 0
+                est = estimate_store(len(s), len(s.index.boxes), jpeg, len(s.index.strings), shape)
+        fs = fs_info(to.parent, free=_parse_bytes(assume_free) if assume_free else None)
+        rows = []
+        for m in ("jpeg", "raw"):
+            for c in ("shards", "lmdb"):
+                if m == "jpeg" and est.jpeg_payload == 0:
+                    continue
+                try:
+                    check_fits(est, m, c, fs)
+                    verdict = "fits"
+                except CapacityError as e:
+                    verdict = f"does not fit: {e}"
+                rows.append({"mode": m, "container": c, "bytes": est.total(m, c), "verdict": verdict})
+        doc = {"images": est.images, "boxes": est.boxes, "imgsz": list(shape), "target": {"path": str(to), **fs.__dict__,
+               "usable": fs.usable}, "options": rows}
+        if as_json:
+            print(json.dumps(doc, indent=2))
+            return
+        t = Table(title=f"{est.images} images -> {to} ({fs.fstype}, {human_bytes(fs.free)} free, usable {human_bytes(fs.usable)})")
+        for col in ("mode", "container", "bytes", "verdict"):
+            t.add_column(col, overflow="fold")
+        for r in rows:
+            t.add_row(r["mode"], r["container"], human_bytes(r["bytes"]), r["verdict"])
+        console.print(t)
 
     _run(body)
 

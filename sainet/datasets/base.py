@@ -116,6 +116,15 @@ class Sample:
         except OSError as e:
             raise DatasetError(f"{self.key}: cannot read image: {e.strerror}") from None
 
+    def nbytes(self) -> int:
+        """Encoded size without reading the image (file size, or the bytes held)."""
+        if self.data is not None:
+            return len(self.data)
+        try:
+            return self.path.stat().st_size if self.path is not None else 0
+        except OSError:
+            return 0
+
     def original_size(self) -> tuple[int, int]:
         """(width, height): from the annotation when it has one, else from the image header."""
         if self.width is None or self.height is None:

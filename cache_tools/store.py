@@ -1,0 +1,239 @@
+"""Reading a packed store: `open_store(path)` -> `Store`, zero-copy payloads from either container.
+
+A `Store` is cheap to create and safe to hand to other processes: it holds the path and the parsed
+index; the mmaps (shards) and the LMDB environment are opened lazily in each process on first use
+(never before a fork), read-only and lock-free, so every worker and DDP rank shares one copy of
+the data through the page cache.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cache_tools.format import INDEX_NAME, IndexData, payload_checksum, read_index, shard_name
+from sainet.errors import StoreCorruptError, StoreFormatError
+
+__all__ = ["Record", "Store", "open_store"]
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    index: int
+    name: str
+    key: str
+    split: str
+    orig_size: tuple[int, int]  # (w, h) of the original, displayed frame
+    cls: np.ndarray  # (n,) int32
+    boxes: np.ndarray  # (n, 4) float32 normalized xywh of the original image
+    payload: memoryview  # encoded JPEG bytes, or a raw HxWx3 uint8 frame (zero-copy)
+    ratio: float
+    new_size: tuple[int, int]  # (w, h) of the scaled image inside a raw frame
+    pad: tuple[int, int]  # (left, top) padding of a raw frame
+
+
+class _ShardPayloads:
+    def __init__(self, root: Path, ix: IndexData) -> None:
+        self.root = root
+        self.sizes = [int(s["bytes"]) for s in ix.meta.get("shards", [])]
+        if len(self.sizes) != ix.num_shards:
+            raise StoreFormatError(f"{root}: index lists {len(self.sizes)} shard sizes for {ix.num_shards} shards")
+        ends = ix.records["offset"] + ix.records["length"]
+        for i in range(ix.num_shards):
+            sel = ix.records["shard"] == i
+            if sel.any() and int(ends[sel].max()) > self.sizes[i]:
+                raise StoreFormatError(f"{root}/{shard_name(i)}: records end past the shard's size")
+        if len(ix.records) and int(ix.records["shard"].max()) >= ix.num_shards:
+            raise StoreFormatError(f"{root}: a record names a shard that does not exist")
+        self._maps: list[mmap.mmap | None] = [None] * ix.num_shards
+        self._pid = -1
+        self._lock = threading.Lock()
+
+    def _map(self, i: int) -> mmap.mmap:
+        if self._pid != os.getpid():
+            self._maps, self._pid = [None] * len(self._maps), os.getpid()
+        m = self._maps[i]
+        if m is None:
+            with self._lock:
+                m = self._maps[i]
+                if m is None:
+                    path = self.root / shard_name(i)
+                    try:
+                        fd = os.open(path, os.O_RDONLY)
+                    except OSError as e:
+                        raise StoreCorruptError(f"{path}: cannot open shard: {e.strerror}") from None
+                    try:
+                        size = os.fstat(fd).st_size
+                        # A shard shorter than the index says would SIGBUS on access: refuse it here.
+                        if size < self.sizes[i]:
+                            raise StoreCorruptError(f"{path}: shard is {size} bytes, index expects {self.sizes[i]} (truncated)")
+                        m = mmap.mmap(fd, self.sizes[i], prot=mmap.PROT_READ) if self.sizes[i] else None
+                    finally:
+                        os.close(fd)
+                    self._maps[i] = m
+        return m
+
+    def get(self, rec: np.void) -> memoryview:
+        length = int(rec["length"])
+        if length == 0:
+            return memoryview(b"")
+        off = int(rec["offset"])
+        return memoryview(self._map(int(rec["shard"])))[off : off + length]
+
+    def close(self) -> None:
+        for m in self._maps:
+            if m is not None:
+                try:
+                    m.close()
+                except BufferError:  # a caller still holds a view; the map closes when it is dropped
+                    pass
+        self._maps = [None] * len(self._maps)
+
+
+class _LmdbPayloads:
+    def __init__(self, root: Path, ix: IndexData) -> None:
+        self.root = root
+        if not (root / "data.mdb").is_file():
+            raise StoreFormatError(f"{root}: LMDB store without data.mdb")
+        self._env = None
+        self._pid = -1
+        self._local = threading.local()
+        self._lock = threading.Lock()
+
+    def _txn(self):  # noqa: ANN202 - lmdb.Transaction
+        import lmdb
+
+        if self._pid != os.getpid():
+            self._env, self._pid, self._local = None, os.getpid(), threading.local()
+        if self._env is None:
+            with self._lock:
+                if self._env is None:
+                    try:
+                        self._env = lmdb.open(str(self.root), readonly=True, lock=False, readahead=False,
+                                              max_readers=1024, subdir=True, meminit=False)
+                    except lmdb.Error as e:
+                        raise StoreCorruptError(f"{self.root}: cannot open LMDB: {e}") from None
+        txn = getattr(self._local, "txn", None)
+        if txn is None:
+            txn = self._local.txn = self._env.begin(buffers=True)
+        return txn
+
+    def get(self, rec: np.void) -> memoryview:
+        key = int(rec["offset"]).to_bytes(8, "big")
+        try:
+            buf = self._txn().get(key)
+        except Exception as e:  # lmdb.Error and its many subclasses (corrupt pages)
+            raise StoreCorruptError(f"{self.root}: LMDB read of key {int(rec['offset'])} failed: {e}") from None
+        if buf is None:
+            raise StoreCorruptError(f"{self.root}: LMDB has no payload for key {int(rec['offset'])}")
+        return memoryview(buf)
+
+    def close(self) -> None:
+        if self._env is not None:
+            self._env.close()
+        self._env = None
+
+
+class Store:
+    """A packed store opened for reading. See `open_store`."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.index = read_index(self.path)
+        ix = self.index
+        self.container, self.mode, self.imgsz = ix.container, ix.mode, ix.imgsz
+        self.classes: list[str] = [str(c) for c in ix.meta["classes"]]
+        self.splits: list[str] = [str(s) for s in ix.meta["splits"]]
+        self.meta = ix.meta
+        self._payloads = _ShardPayloads(self.path, ix) if ix.container == "shards" else _LmdbPayloads(self.path, ix)
+        if self.mode == "raw":
+            h, w = ix.imgsz or (0, 0)
+            if len(ix.records) and np.any(ix.records["length"] != h * w * 3):
+                raise StoreFormatError(f"{self.path}: raw records are not {h}x{w}x3 frames")
+
+    def __reduce__(self):  # noqa: ANN204 - rebuilt from its path in the other process, never pickled whole
+        return (open_store, (str(self.path),))
+
+    def __len__(self) -> int:
+        return len(self.index.records)
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r}, {self.container}, {self.mode}, {len(self)} records)"
+
+    def indices(self, split: str | None = None) -> np.ndarray:
+        """Record indices of `split` (all when None), in store order."""
+        if split is None:
+            return np.arange(len(self))
+        if split not in self.splits:
+            raise KeyError(f"{self.path}: no split {split!r} (has {', '.join(self.splits)})")
+        return np.nonzero(self.index.records["split"] == self.splits.index(split))[0]
+
+    def payload(self, i: int, *, verify: bool = False) -> memoryview:
+        """The payload of record `i`, zero-copy. `verify=True` checks its CRC first."""
+        rec = self.index.records[i]
+        buf = self._payloads.get(rec)
+        if len(buf) != int(rec["length"]):
+            raise StoreCorruptError(f"{self.path}: record {i} ({self.index.name(i)}): payload is {len(buf)} bytes, index says {int(rec['length'])}")
+        if verify and payload_checksum(buf) != int(rec["crc"]):
+            raise StoreCorruptError(f"{self.path}: record {i} ({self.index.name(i)}): payload checksum mismatch")
+        return buf
+
+    def labels_of(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        rec = self.index.records[i]
+        b = self.index.boxes[int(rec["box_start"]) : int(rec["box_start"]) + int(rec["box_count"])]
+        return b["cls"].astype(np.int32), np.stack([b["x"], b["y"], b["w"], b["h"]], axis=1).astype(np.float32)
+
+    def __getitem__(self, i: int) -> Record:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"record {i} out of range for {len(self)} records")
+        i = int(i) % len(self)
+        rec = self.index.records[i]
+        cls, boxes = self.labels_of(i)
+        return Record(
+            index=i, name=self.index.name(i), key=self.index.key(i), split=self.splits[int(rec["split"])],
+            orig_size=(int(rec["orig_w"]), int(rec["orig_h"])), cls=cls, boxes=boxes, payload=self.payload(i),
+            ratio=float(rec["ratio"]), new_size=(int(rec["new_w"]), int(rec["new_h"])),
+            pad=(int(rec["pad_left"]), int(rec["pad_top"])),
+        )
+
+    def labels(self, split: str | None = None) -> list[dict]:
+        """Ultralytics-style labels for `split` from the index alone (no image reads).
+
+        Each dict has ``cls`` (n, 1) float32, ``bboxes`` (n, 4) float32 normalized xywh,
+        ``bbox_format`` "xywh", ``normalized`` True, ``shape`` (h, w) and ``im_file``.
+        """
+        out = []
+        recs = self.index.records
+        for i in self.indices(split):
+            cls, boxes = self.labels_of(int(i))
+            out.append({
+                "im_file": self.index.name(int(i)), "shape": (int(recs[i]["orig_h"]), int(recs[i]["orig_w"])),
+                "cls": cls.astype(np.float32).reshape(-1, 1), "bboxes": boxes, "bbox_format": "xywh", "normalized": True,
+            })
+        return out
+
+    def nbytes(self) -> int:
+        """Bytes on disk: the index plus the container files."""
+        return sum(p.stat().st_size for p in self.path.iterdir() if p.is_file() and p.name != "lock.mdb")
+
+    def close(self) -> None:
+        self._payloads.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_store(path: str | os.PathLike[str]) -> Store:
+    """Open a packed store for reading (either container, either payload mode)."""
+    p = Path(path)
+    if p.is_file() and p.name == INDEX_NAME:
+        p = p.parent
+    return Store(p)

@@ -1,0 +1,76 @@
+"""Training shapes and the letterbox, shared by the raw store writer and every loader.
+
+Shapes are (height, width) in torch order. Users write resolutions as ``WIDTHxHEIGHT``
+(``"1440x808"``); rectangular shapes are padded up to the model stride (808 -> 832).
+The letterbox matches Ultralytics' evaluation path (``BaseDataset.load_image`` + ``LetterBox``
+with ``scaleup=False``): scale by min(H/h0, W/w0), size ``ceil`` then clipped, INTER_LINEAR, centred
+padding with Ultralytics' rounding, fill 114.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+__all__ = ["PAD_VALUE", "Letterbox", "parse_imgsz", "letterbox_params", "letterbox", "format_imgsz"]
+
+PAD_VALUE = 114
+
+
+def parse_imgsz(value: int | str | tuple[int, int] | list[int], stride: int = 32) -> tuple[int, int]:
+    """int (square), (h, w) tuple, or ``"WxH"`` string -> (H, W) rounded up to `stride`."""
+    if isinstance(value, str):
+        text = value.lower().strip()
+        if "x" in text:
+            try:
+                w, h = (int(v) for v in text.split("x"))
+            except ValueError:
+                raise ValueError(f"imgsz {value!r}: expected an int or WIDTHxHEIGHT like 1440x808") from None
+        else:
+            w = h = int(text)
+    elif isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"imgsz {value!r}: expected (height, width)")
+        h, w = (int(v) for v in value)
+    else:
+        h = w = int(value)
+    if h <= 0 or w <= 0:
+        raise ValueError(f"imgsz {value!r} must be positive")
+    return math.ceil(h / stride) * stride, math.ceil(w / stride) * stride
+
+
+def format_imgsz(hw: tuple[int, int]) -> str:
+    return f"{hw[1]}x{hw[0]}"
+
+
+@dataclass(frozen=True, slots=True)
+class Letterbox:
+    ratio: float  # scale applied to the original image
+    new_w: int  # size of the scaled image inside the canvas
+    new_h: int
+    left: int  # padding before the image
+    top: int
+
+
+def letterbox_params(h0: int, w0: int, H: int, W: int) -> Letterbox:
+    r = min(H / h0, W / w0)
+    new_w, new_h = min(math.ceil(w0 * r), W), min(math.ceil(h0 * r), H)
+    dw, dh = (W - new_w) / 2, (H - new_h) / 2
+    return Letterbox(r, new_w, new_h, round(dw - 0.1), round(dh - 0.1))
+
+
+def letterbox(img: np.ndarray, H: int, W: int, out: np.ndarray | None = None) -> tuple[np.ndarray, Letterbox]:
+    """Resize `img` (HxWx3 uint8) into an HxW canvas filled with 114; writes into `out` if given."""
+    h0, w0 = img.shape[:2]
+    p = letterbox_params(h0, w0, H, W)
+    canvas = out if out is not None else np.empty((H, W, 3), np.uint8)
+    canvas[...] = PAD_VALUE
+    region = canvas[p.top : p.top + p.new_h, p.left : p.left + p.new_w]
+    if (p.new_h, p.new_w) == (h0, w0):
+        region[...] = img
+    else:
+        cv2.resize(img, (p.new_w, p.new_h), dst=region, interpolation=cv2.INTER_LINEAR)
+    return canvas, p
