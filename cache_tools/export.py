@@ -49,7 +49,7 @@ def export_store(store_path: str | Path, out: str | Path, *, force: bool = False
                 (left, top), (nw, nh) = r.pad, r.new_size
                 name = str(Path(name).with_suffix(".jpg"))
                 (img_dir / name).write_bytes(encode_jpeg(frame[top : top + nh, left : left + nw], 95))
-            rows = "".join(f"{c} {x:.8f} {y:.8f} {bw:.8f} {bh:.8f}\n" for c, (x, y, bw, bh) in zip(r.cls.tolist(), r.boxes.tolist()))
+            rows = "".join(f"{c} {x:.8f} {y:.8f} {bw:.8f} {bh:.8f}\n" for c, (x, y, bw, bh) in zip(r.cls.tolist(), r.boxes.tolist(), strict=True))
             (lbl_dir / (Path(name).stem + ".txt")).write_text(rows)
             n += 1
             if progress:

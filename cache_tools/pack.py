@@ -281,8 +281,6 @@ def pack(src: str | os.PathLike[str], to: str | os.PathLike[str], opts: PackOpti
                     progress(1)
         shard_sizes = writer.finish()
         rows = np.concatenate([done_rows, np.array(new_rows, JOURNAL_DTYPE)]) if new_rows else done_rows
-        if container == "lmdb":  # the journal was dropped inside the environment; rows are all here
-            pass
         index = _build_index(rows, samples, list(ds.names), splits, opts, container, shard_sizes,
                              [{"key": b["key"], "reason": b["reason"]} for b in sorted(bad, key=lambda b: b["src"])],
                              src, ds.layout)

@@ -78,7 +78,7 @@ def describe_store(path: str | Path) -> dict:
         return {
             "path": str(s.path), "format_version": ix.version, "container": s.container, "mode": s.mode,
             "imgsz": list(s.imgsz) if s.imgsz else None, "records": len(s), "boxes": len(ix.boxes),
-            "classes": s.classes, "boxes_per_class": {c: int(n) for c, n in zip(s.classes, boxes_per_class)},
+            "classes": s.classes, "boxes_per_class": {c: int(n) for c, n in zip(s.classes, boxes_per_class, strict=True)},
             "splits": {sp: int(len(s.indices(sp))) for sp in s.splits}, "payload_bytes": int(ix.records["length"].sum()),
             "store_bytes": s.nbytes(), "shards": ix.num_shards, "source": s.meta.get("source"), "layout": s.meta.get("layout"),
             "created": s.meta.get("created"), "left_out": len(s.meta.get("bad", [])), "reencoded": s.meta.get("reencoded", 0),

@@ -5,17 +5,23 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from sainet.errors import SainetError
@@ -118,7 +124,7 @@ def synth(
     out: Annotated[Path, typer.Argument(help="Folder to write the dataset into.")],
     images: Annotated[int, typer.Option("--images", "-n", help="Number of images.")] = 64,
     size: Annotated[str, typer.Option(help="WIDTHxHEIGHT of every image.")] = "1440x808",
-    classes: Annotated[Optional[str], typer.Option(help="Comma-separated classes from fire and smoke; the order sets the ids. Default fire,smoke (smoke for pyrosdis).")] = None,
+    classes: Annotated[str | None, typer.Option(help="Comma-separated classes from fire and smoke; the order sets the ids. Default fire,smoke (smoke for pyrosdis).")] = None,
     val_fraction: Annotated[float, typer.Option(help="Fraction of images in the val split.")] = 0.2,
     background: Annotated[float, typer.Option(help="Fraction of images with no object.")] = 0.1,
     layout: Annotated[str, typer.Option(help="yolo, coco, voc, fasdd or pyrosdis.")] = "yolo",
@@ -183,7 +189,7 @@ def _print_check(report, max_problems: int) -> None:  # noqa: ANN001 - CheckRepo
 @app.command()
 def check(
     src: Annotated[Path, typer.Argument(help="Dataset folder, data.yaml or parquet shard.")],
-    layout: Annotated[Optional[str], typer.Option(help="yolo, coco, voc, fasdd, pyrosdis (default: detect).")] = None,
+    layout: Annotated[str | None, typer.Option(help="yolo, coco, voc, fasdd, pyrosdis (default: detect).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     strict: Annotated[bool, typer.Option(help="Fail on warnings too (dropped boxes, bad images).")] = False,
     threads: Annotated[int, typer.Option(help="Decode threads.")] = os.cpu_count() or 2,
@@ -242,16 +248,16 @@ def _imgsz_option(text: str | None) -> tuple[int, int] | None:
 def pack(
     src: Annotated[Path, typer.Argument(help="Source dataset (any layout `sainet check` reads).")],
     to: Annotated[Path, typer.Option("--to", help="Store to create, e.g. /dev/shm/fasdd.")],
-    fmt: Annotated[Optional[str], typer.Option("--format", help="lmdb or shards (default: shards on tmpfs, lmdb elsewhere).")] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="lmdb or shards (default: shards on tmpfs, lmdb elsewhere).")] = None,
     mode: Annotated[str, typer.Option(help="jpeg (original bytes) or raw (decoded, letterboxed frames).")] = "jpeg",
     imgsz: Annotated[str, typer.Option(help="raw mode: training shape, WIDTHxHEIGHT or N (padded to stride 32).")] = "1440x808",
-    max_size: Annotated[Optional[int], typer.Option(help="jpeg mode: re-encode images whose long side exceeds this.")] = None,
-    layout: Annotated[Optional[str], typer.Option(help="Source layout (default: detect).")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="Decode threads (default: all cores).")] = None,
+    max_size: Annotated[int | None, typer.Option(help="jpeg mode: re-encode images whose long side exceeds this.")] = None,
+    layout: Annotated[str | None, typer.Option(help="Source layout (default: detect).")] = None,
+    threads: Annotated[int | None, typer.Option(help="Decode threads (default: all cores).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted pack of the same source and settings.")] = False,
     force: Annotated[bool, typer.Option(help="Replace an existing store (swapped in only when the new one is complete).")] = False,
     shard_size: Annotated[str, typer.Option(help="shards: target shard file size.")] = "1GiB",
-    assume_free: Annotated[Optional[str], typer.Option(help="Plan against this much free space instead of the measured figure.")] = None,
+    assume_free: Annotated[str | None, typer.Option(help="Plan against this much free space instead of the measured figure.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Pack a dataset into an LMDB or shard store, after checking that it fits.
@@ -396,12 +402,12 @@ def export(
 
 @app.command()
 def plan(
-    source: Annotated[Optional[Path], typer.Option("--source", help="Source dataset to plan a store for.")] = None,
-    store: Annotated[Optional[Path], typer.Option("--store", help="An existing store.")] = None,
+    source: Annotated[Path | None, typer.Option("--source", help="Source dataset to plan a store for.")] = None,
+    store: Annotated[Path | None, typer.Option("--store", help="An existing store.")] = None,
     to: Annotated[Path, typer.Option("--to", help="Where the store would go (its filesystem is checked).")] = Path("/dev/shm/sainet"),
     imgsz: Annotated[str, typer.Option(help="Training shape for raw frames, WIDTHxHEIGHT or N.")] = "1440x808",
-    layout: Annotated[Optional[str], typer.Option(help="Source layout (default: detect).")] = None,
-    assume_free: Annotated[Optional[str], typer.Option(help="Plan against this much free space instead of the measured figure.")] = None,
+    layout: Annotated[str | None, typer.Option(help="Source layout (default: detect).")] = None,
+    assume_free: Annotated[str | None, typer.Option(help="Plan against this much free space instead of the measured figure.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
     """Print the bytes a store takes per mode and container, and whether each fits the target filesystem.

@@ -47,8 +47,9 @@ def hostile(tmp_path):
         "dup.jpg": good,
         "labels_bad.jpg": encode_jpeg(make_image(64, 48, 7)),
     }
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     buf = io.BytesIO()
     Image.fromarray(make_image(64, 48, 8)).convert("CMYK").save(buf, "JPEG")

@@ -23,7 +23,7 @@ runner = CliRunner()
 def read_log(monkeypatch):
     """Record every file the importers and check open for reading."""
     opened: list[str] = []
-    real_read_bytes, real_read_text, real_open = Path.read_bytes, Path.read_text, open
+    real_read_bytes, real_read_text = Path.read_bytes, Path.read_text
 
     def rb(self):
         opened.append(os.path.realpath(self))

@@ -16,12 +16,28 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cache_tools import PackOptions, check_fits, describe_store, estimate_store, export_store, fs_info, open_store, pack, verify_store
+from cache_tools import (
+    PackOptions,
+    check_fits,
+    describe_store,
+    estimate_store,
+    export_store,
+    fs_info,
+    open_store,
+    pack,
+    verify_store,
+)
 from cache_tools.format import CURRENT_VERSION, HEADER_DTYPE, INDEX_NAME, decode_index
 from sainet.check import check_dataset
 from sainet.cli import app
 from sainet.datasets import open_dataset
-from sainet.errors import CapacityError, StoreCorruptError, StoreExistsError, StoreFormatError, StoreVersionError
+from sainet.errors import (
+    CapacityError,
+    StoreCorruptError,
+    StoreExistsError,
+    StoreFormatError,
+    StoreVersionError,
+)
 from sainet.geometry import letterbox
 from sainet.imaging import decode_rgb
 from sainet.synth import synthesize
@@ -280,7 +296,7 @@ def test_kill9_during_pack_never_leaves_a_valid_incomplete_store(tmp_path, sourc
     rng = np.random.default_rng(int(uuid.uuid4().int % 2**32))
     store = tmp_path / "s"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    for trial in range(3):
+    for _trial in range(3):
         if store.exists():
             shutil.rmtree(store)
         proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(source), str(store), container, mode], env=env,

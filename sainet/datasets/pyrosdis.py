@@ -78,7 +78,7 @@ class PyroSdisImporter(Importer):
             images = batch.column("image").to_pylist()
             anns = batch.column("annotations").to_pylist()
             names = batch.column("image_name").to_pylist()
-            for image, ann, name in zip(images, anns, names):
+            for image, ann, name in zip(images, anns, names, strict=True):
                 key = f"{shard.name}#{row}"
                 row += 1
                 raw_name = str(name or (image or {}).get("path") or f"{shard.stem}_{row - 1:06d}.jpg")
