@@ -95,38 +95,51 @@ class _ShardPayloads:
         self._maps = [None] * len(self._maps)
 
 
+_LMDB_ENVS: dict[tuple[int, str], object] = {}
+_LMDB_LOCK = threading.Lock()
+
+
+def _lmdb_env(root: Path):  # noqa: ANN202 - lmdb.Environment
+    """One read-only environment per (process, path): py-lmdb refuses to open a path twice in a process."""
+    import lmdb
+
+    key = (os.getpid(), os.path.realpath(root))
+    env = _LMDB_ENVS.get(key)
+    if env is None:
+        with _LMDB_LOCK:
+            env = _LMDB_ENVS.get(key)
+            if env is None:
+                try:
+                    env = lmdb.open(str(root), readonly=True, lock=False, readahead=False, max_readers=1024,
+                                    subdir=True, meminit=False, max_dbs=2)
+                except lmdb.Error as e:
+                    raise StoreCorruptError(f"{root}: cannot open LMDB: {e}") from None
+                _LMDB_ENVS[key] = env
+    return env
+
+
 class _LmdbPayloads:
     def __init__(self, root: Path, ix: IndexData) -> None:
         self.root = root
         if not (root / "data.mdb").is_file():
             raise StoreFormatError(f"{root}: LMDB store without data.mdb")
-        self._env = None
         self._pid = -1
         self._local = threading.local()
-        self._lock = threading.Lock()
 
     def _txn(self):  # noqa: ANN202 - lmdb.Transaction
-        import lmdb
-
-        if self._pid != os.getpid():
-            self._env, self._pid, self._local = None, os.getpid(), threading.local()
-        if self._env is None:
-            with self._lock:
-                if self._env is None:
-                    try:
-                        self._env = lmdb.open(str(self.root), readonly=True, lock=False, readahead=False,
-                                              max_readers=1024, subdir=True, meminit=False)
-                    except lmdb.Error as e:
-                        raise StoreCorruptError(f"{self.root}: cannot open LMDB: {e}") from None
+        if self._pid != os.getpid():  # after a fork: the parent's transactions are not ours
+            self._pid, self._local = os.getpid(), threading.local()
         txn = getattr(self._local, "txn", None)
         if txn is None:
-            txn = self._local.txn = self._env.begin(buffers=True)
+            txn = self._local.txn = _lmdb_env(self.root).begin(buffers=True)
         return txn
 
     def get(self, rec: np.void) -> memoryview:
         key = int(rec["offset"]).to_bytes(8, "big")
         try:
             buf = self._txn().get(key)
+        except StoreCorruptError:
+            raise
         except Exception as e:  # lmdb.Error and its many subclasses (corrupt pages)
             raise StoreCorruptError(f"{self.root}: LMDB read of key {int(rec['offset'])} failed: {e}") from None
         if buf is None:
@@ -134,9 +147,8 @@ class _LmdbPayloads:
         return memoryview(buf)
 
     def close(self) -> None:
-        if self._env is not None:
-            self._env.close()
-        self._env = None
+        """Transactions end with their threads; the shared environment stays open for other readers."""
+        self._local = threading.local()
 
 
 class Store:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from cache_tools.format import payload_checksum
-from cache_tools.store import Store, open_store
+from cache_tools.store import Store, _lmdb_env, open_store
 from sainet.errors import StoreError
 
 __all__ = ["VerifyReport", "verify_store", "describe_store"]
@@ -50,13 +50,7 @@ def verify_store(path: str | Path, *, threads: int = 2, progress: Callable[[int]
     report = VerifyReport(str(path))
     try:
         if store.container == "lmdb":
-            import lmdb
-
-            env = lmdb.open(str(store.path), readonly=True, lock=False, subdir=True)
-            try:
-                entries = env.stat()["entries"]
-            finally:
-                env.close()
+            entries = _lmdb_env(store.path).stat()["entries"]
             if entries != len(store):
                 report.bad.append({"record": -1, "name": "", "reason": f"LMDB holds {entries} payloads, index lists {len(store)}"})
         with ThreadPoolExecutor(threads) as pool:

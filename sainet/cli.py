@@ -466,15 +466,21 @@ def plan(
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="Working folder for the demo's data.")] = Path("demo"),
+    out: Annotated[Path, typer.Option(help="Working folder for the demo's data and stores.")] = Path("demo"),
     images: Annotated[int, typer.Option(help="Synthetic images to make.")] = 48,
 ) -> None:
-    """Run the main job end to end on embedded synthetic data and summarize what happened.
+    """Run the main job end to end on embedded synthetic data and summarize what happened:
+    synthesize, check, pack (LMDB jpeg and shards raw), inspect and verify.
 
     Example:
 
         sainet demo --out demo
     """
+    import shutil
+
+    from cache_tools import PackOptions, describe_store, verify_store
+    from cache_tools import pack as do_pack
+    from cache_tools.plan import human_bytes
     from sainet.check import check_dataset
     from sainet.datasets import open_dataset
     from sainet.synth import synthesize
@@ -483,23 +489,37 @@ def demo(
         summary: list[tuple[str, str]] = []
         src = out / "synth"
         t0 = time.perf_counter()
-        with progress_bar(images, "synth") as advance:
-            result = synthesize(src, images=images, size=(1440, 808), seed=0, progress=advance)
+        if src.exists():
+            shutil.rmtree(src)
+        with progress_bar(images, "synth") as bar:
+            result = synthesize(src, images=images, size=(1440, 808), seed=0, progress=bar)
         mb = sum(len(r.jpeg) for r in result) / 1e6
         summary.append(("synth", f"{len(result)} images 1440x808, {mb:.1f} MB JPEG in {time.perf_counter() - t0:.1f}s -> {src}"))
         ds = open_dataset(src)
-        with progress_bar(images, "check") as advance:
-            report = check_dataset(ds, progress=advance)
+        with progress_bar(images, "check") as bar:
+            report = check_dataset(ds, progress=bar)
         reason = report.unusable_reason()
         summary.append(("check", f"{report.images} images, {report.boxes} boxes, {len(report.problems)} problems"
                         + (f", NOT usable: {reason}" if reason else ", usable")))
+        if reason:
+            return 1
+        for container, mode in (("lmdb", "jpeg"), ("shards", "raw")):
+            store = out / "stores" / f"synth-{container}-{mode}"
+            opts = PackOptions(container=container, mode=mode, imgsz=(832, 1440) if mode == "raw" else None, force=True)
+            with progress_bar(images, f"pack {container} {mode}") as bar:
+                r = do_pack(src, store, opts, progress=bar, on_start=bar.start)
+            d = describe_store(store)
+            v = verify_store(store)
+            summary.append((f"pack {container}/{mode}", f"{r.records} records, {human_bytes(r.store_bytes)}, "
+                            f"{r.records / r.seconds:.0f} img/s -> {store}; splits {d['splits']}"))
+            summary.append((f"verify {container}/{mode}", "ok" if v.ok else f"{len(v.bad)} bad records"))
         t = Table(title="sainet demo")
         t.add_column("step")
-        t.add_column("result")
+        t.add_column("result", overflow="fold")
         for step, text in summary:
             t.add_row(step, text)
         console.print(t)
-        return 1 if reason else 0
+        return 0
 
     _run(body)
 

@@ -178,12 +178,14 @@ def decode_rgb(
     *,
     min_size: tuple[int, int] | None = None,
     info: ImageInfo | None = None,
+    buffer: bytearray | None = None,
 ) -> np.ndarray:
     """Decode to an HxWx3 uint8 RGB array in the displayed orientation.
 
     Truncated or corrupt data raises `CorruptImage` (libjpeg-turbo warnings are errors here: a
     truncated JPEG would otherwise decode to a grey tail). `min_size=(w, h)` allows a reduced-DCT
-    scaled decode no smaller than that (JPEG only).
+    scaled decode no smaller than that (JPEG only). `buffer` (JPEG only) is decoded into when it is
+    large enough, so a loader can reuse memory instead of faulting in new pages for every image.
     """
     info = info or probe(data, source)
     img: np.ndarray | None = None
@@ -194,7 +196,8 @@ def decode_rgb(
             mw, mh = min_size if info.orientation < 5 else (min_size[1], min_size[0])
         try:
             img = simplejpeg.decode_jpeg(
-                data, colorspace="RGB", min_width=mw, min_height=mh, strict=True
+                data, colorspace="RGB", min_width=mw, min_height=mh, strict=True,
+                buffer=buffer if buffer is not None and len(buffer) >= info.width * info.height * 3 else None,
             )
         except ValueError as e:
             raise CorruptImage(source, f"JPEG decode failed: {e}") from None

@@ -1,0 +1,230 @@
+"""The augmentation plan: every random choice and all box math for one batch, device-independent.
+
+A plan says, for each output image, which source images are drawn where (one 3x3 matrix per
+source, composing the letterbox or mosaic placement, the random affine and the flips, so that
+every output pixel is resampled exactly once), the clip polygon of each source, the HSV gains,
+the mixup partner, and the transformed boxes. Executors (`cpu.py`: OpenCV per image; `torch_exec.py`:
+batched torch ops) only apply it to pixels.
+
+Coordinates are continuous "edge" coordinates (0 is the left edge of pixel 0; a W-pixel row spans
+[0, W]); `pixel_matrix` converts a matrix to OpenCV's pixel-centre convention.
+Semantics follow Ultralytics (Mosaic, RandomPerspective, RandomHSV, RandomFlip, MixUp): same
+hyperparameter names, ranges and box filter, with two deliberate differences: mosaic boxes are
+clipped to the part of their image that is visible in its quadrant (Ultralytics clips only to the
+canvas), and mosaic partners come from the same batch (each sample is decoded once).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from loaders.augment.hyp import Hyp
+from sainet.geometry import letterbox_params
+
+__all__ = ["Placement", "ImagePlan", "BatchPlan", "plan_batch", "pixel_matrix", "box_candidates"]
+
+
+@dataclass
+class Placement:
+    src: int  # index into the batch's decoded sources
+    matrix: np.ndarray  # 3x3, source (original image) edge coords -> output edge coords
+    region: np.ndarray | None  # (k, 2) convex polygon in output coords this source may paint; None = whole output
+
+
+@dataclass
+class ImagePlan:
+    placements: list[Placement]
+    cls: np.ndarray  # (n,) int
+    boxes: np.ndarray  # (n, 4) xyxy in output pixels
+    hsv: tuple[float, float, float] | None = None  # multiplicative gains (h, s, v)
+    mixup: int | None = None  # index of the output image to blend in (its pre-mixup pixels)
+    mixup_ratio: float = 1.0  # weight of this image
+    ratio_pad: tuple = ((1.0, 1.0), (0.0, 0.0))  # Ultralytics: ((h ratio, w ratio), (pad left, pad top))
+    letterbox: bool = False  # eval: a plain letterbox (executors may use a resize, bit-identical to Ultralytics)
+
+
+@dataclass
+class BatchPlan:
+    out_hw: tuple[int, int]
+    images: list[ImagePlan] = field(default_factory=list)
+
+
+def _t(tx: float, ty: float) -> np.ndarray:
+    return np.array([[1, 0, tx], [0, 1, ty], [0, 0, 1]], np.float64)
+
+
+def _s(sx: float, sy: float) -> np.ndarray:
+    return np.array([[sx, 0, 0], [0, sy, 0], [0, 0, 1]], np.float64)
+
+
+def pixel_matrix(m: np.ndarray) -> np.ndarray:
+    """Edge-coordinate matrix -> the 2x3 pixel-centre matrix cv2.warpAffine expects."""
+    return (_t(-0.5, -0.5) @ m @ _t(0.5, 0.5))[:2]
+
+
+def box_candidates(b1: np.ndarray, b2: np.ndarray, wh_thr: float = 2, ar_thr: float = 100, area_thr: float = 0.1,
+                   eps: float = 1e-16) -> np.ndarray:
+    """Ultralytics' filter: keep boxes that stay > 2 px, keep > 10% of their area, aspect < 100."""
+    w1, h1 = b1[:, 2] - b1[:, 0], b1[:, 3] - b1[:, 1]
+    w2, h2 = b2[:, 2] - b2[:, 0], b2[:, 3] - b2[:, 1]
+    ar = np.maximum(w2 / (h2 + eps), h2 / (w2 + eps))
+    return (w2 > wh_thr) & (h2 > wh_thr) & (w2 * h2 / (w1 * h1 + eps) > area_thr) & (ar < ar_thr)
+
+
+def _transform_boxes(boxes: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """xyxy boxes through a 3x3 affine: the min/max of the four transformed corners."""
+    if not len(boxes):
+        return boxes.reshape(0, 4)
+    x0, y0, x1, y1 = boxes.T
+    corners = np.stack([np.stack([x0, y0]), np.stack([x1, y0]), np.stack([x1, y1]), np.stack([x0, y1])])  # 4,2,n
+    xy = np.einsum("ij,kjn->kin", m[:2, :2], corners) + m[:2, 2:3][None]
+    return np.stack([xy[:, 0].min(0), xy[:, 1].min(0), xy[:, 0].max(0), xy[:, 1].max(0)], axis=1)
+
+
+def _clip(boxes: np.ndarray, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
+    out = boxes.copy()
+    out[:, [0, 2]] = out[:, [0, 2]].clip(x0, x1)
+    out[:, [1, 3]] = out[:, [1, 3]].clip(y0, y1)
+    return out
+
+
+def _random_affine(rng: np.random.Generator, hyp: Hyp, canvas_hw: tuple[int, int], out_hw: tuple[int, int]) -> tuple[np.ndarray, float]:
+    """Ultralytics RandomPerspective without perspective: canvas -> output. Returns (M, scale)."""
+    ch, cw = canvas_hw
+    oh, ow = out_hw
+    c = _t(-cw / 2, -ch / 2)
+    a = rng.uniform(-hyp.degrees, hyp.degrees)
+    s = rng.uniform(1 - hyp.scale, 1 + hyp.scale)
+    cos, sin = math.cos(math.radians(a)) * s, math.sin(math.radians(a)) * s
+    r = np.array([[cos, sin, 0], [-sin, cos, 0], [0, 0, 1]], np.float64)  # cv2.getRotationMatrix2D convention
+    sh = np.eye(3)
+    sh[0, 1] = math.tan(math.radians(rng.uniform(-hyp.shear, hyp.shear)))
+    sh[1, 0] = math.tan(math.radians(rng.uniform(-hyp.shear, hyp.shear)))
+    t = _t(rng.uniform(0.5 - hyp.translate, 0.5 + hyp.translate) * ow, rng.uniform(0.5 - hyp.translate, 0.5 + hyp.translate) * oh)
+    return t @ sh @ r @ c, s
+
+
+def _source_boxes(cls: np.ndarray, boxes: np.ndarray, w0: int, h0: int) -> tuple[np.ndarray, np.ndarray]:
+    """Normalized xywh -> xyxy in original pixels."""
+    if not len(boxes):
+        return cls.reshape(0), np.zeros((0, 4))
+    b = boxes.astype(np.float64)
+    xyxy = np.stack([(b[:, 0] - b[:, 2] / 2) * w0, (b[:, 1] - b[:, 3] / 2) * h0,
+                     (b[:, 0] + b[:, 2] / 2) * w0, (b[:, 1] + b[:, 3] / 2) * h0], axis=1)
+    return cls, xyxy
+
+
+def _letterbox_plan(w0: int, h0: int, out_hw: tuple[int, int], cls: np.ndarray, boxes: np.ndarray, src: int) -> ImagePlan:
+    H, W = out_hw
+    lb = letterbox_params(h0, w0, H, W)
+    m = _t(lb.left, lb.top) @ _s(lb.new_w / w0, lb.new_h / h0)
+    c, xyxy = _source_boxes(cls, boxes, w0, h0)
+    return ImagePlan([Placement(src, m, None)], c, _transform_boxes(xyxy, m), letterbox=True,
+                     ratio_pad=((lb.new_h / h0, lb.new_w / w0), (float(lb.left), float(lb.top))))
+
+
+def _corners(x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
+    return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float64)
+
+
+def _apply(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    return pts @ m[:2, :2].T + m[:2, 2]
+
+
+def plan_batch(
+    rng: np.random.Generator,
+    sizes: list[tuple[int, int]],
+    labels: list[tuple[np.ndarray, np.ndarray]],
+    out_hw: tuple[int, int],
+    hyp: Hyp,
+    *,
+    augment: bool,
+    mosaic: bool = True,
+) -> BatchPlan:
+    """Plan one batch. `sizes[i]` is source i's original (w, h); `labels[i]` its (cls, normalized xywh).
+
+    Output image i is built around source i; mosaic partners are drawn from the same batch.
+    """
+    H, W = out_hw
+    n = len(sizes)
+    plan = BatchPlan(out_hw)
+    if not augment:
+        for i, ((w0, h0), (cls, boxes)) in enumerate(zip(sizes, labels, strict=True)):
+            plan.images.append(_letterbox_plan(w0, h0, out_hw, cls, boxes, i))
+        return plan
+    for i in range(n):
+        if mosaic and hyp.mosaic > 0 and rng.random() < hyp.mosaic:
+            canvas = (2 * H, 2 * W)
+            xc, yc = rng.uniform(W / 2, 3 * W / 2), rng.uniform(H / 2, 3 * H / 2)
+            srcs = [i, *rng.integers(0, n, 3).tolist()]
+            pieces = []
+            for k, j in enumerate(srcs):
+                w0, h0 = sizes[j]
+                r = min(H / h0, W / w0)
+                w, h = min(math.ceil(w0 * r), W), min(math.ceil(h0 * r), H)
+                if k == 0:
+                    x1a, y1a, x2a, y2a = max(xc - w, 0), max(yc - h, 0), xc, yc
+                    px, py = x2a - w, y2a - h
+                elif k == 1:
+                    x1a, y1a, x2a, y2a = xc, max(yc - h, 0), min(xc + w, 2 * W), yc
+                    px, py = x1a, y2a - h
+                elif k == 2:
+                    x1a, y1a, x2a, y2a = max(xc - w, 0), yc, xc, min(2 * H, yc + h)
+                    px, py = x2a - w, y1a
+                else:
+                    x1a, y1a, x2a, y2a = xc, yc, min(xc + w, 2 * W), min(2 * H, yc + h)
+                    px, py = x1a, y1a
+                place = _t(px, py) @ _s(w / w0, h / h0)
+                pieces.append((j, place, (x1a, y1a, x2a, y2a)))
+        else:
+            canvas = (H, W)
+            w0, h0 = sizes[i]
+            lb = letterbox_params(h0, w0, H, W)
+            place = _t(lb.left, lb.top) @ _s(lb.new_w / w0, lb.new_h / h0)
+            pieces = [(i, place, (lb.left, lb.top, lb.left + lb.new_w, lb.top + lb.new_h))]
+        affine, s = _random_affine(rng, hyp, canvas, out_hw)
+        flip = np.eye(3)
+        if hyp.flipud > 0 and rng.random() < hyp.flipud:
+            flip = np.array([[1, 0, 0], [0, -1, H], [0, 0, 1]], np.float64) @ flip
+        if hyp.fliplr > 0 and rng.random() < hyp.fliplr:
+            flip = np.array([[-1, 0, W], [0, 1, 0], [0, 0, 1]], np.float64) @ flip
+        full_canvas = flip @ affine
+        placements, all_cls, before, after = [], [], [], []
+        for j, place, (x1a, y1a, x2a, y2a) in pieces:
+            m = full_canvas @ place
+            region = _apply(full_canvas, _corners(x1a, y1a, x2a, y2a)) if len(pieces) > 1 else None
+            placements.append(Placement(j, m, region))
+            w0, h0 = sizes[j]
+            c, xyxy = _source_boxes(*labels[j], w0, h0)
+            if not len(c):
+                continue
+            in_canvas = _clip(_transform_boxes(xyxy, place), x1a, y1a, x2a, y2a)  # the visible part only
+            keep = (in_canvas[:, 2] > in_canvas[:, 0]) & (in_canvas[:, 3] > in_canvas[:, 1])
+            all_cls.append(c[keep])
+            before.append(in_canvas[keep])
+            after.append(_transform_boxes(in_canvas[keep], full_canvas))
+        if all_cls:
+            cls, b1, b2 = np.concatenate(all_cls), np.concatenate(before), np.concatenate(after)
+            b2 = _clip(b2, 0, 0, W, H)
+            ok = box_candidates(b1 * s, b2)
+            cls, boxes = cls[ok], b2[ok]
+        else:
+            cls, boxes = np.zeros(0, np.int32), np.zeros((0, 4))
+        hsv = None
+        if hyp.hsv_h or hyp.hsv_s or hyp.hsv_v:
+            g = rng.uniform(-1, 1, 3) * np.array([hyp.hsv_h, hyp.hsv_s, hyp.hsv_v]) + 1
+            hsv = (float(g[0]), float(g[1]), float(g[2]))
+        plan.images.append(ImagePlan(placements, cls, boxes, hsv=hsv))
+    if hyp.mixup > 0 and n > 1:
+        pre = [(im.cls, im.boxes) for im in plan.images]
+        for i, im in enumerate(plan.images):
+            if rng.random() < hyp.mixup:
+                j = int(rng.integers(0, n - 1))
+                j += j >= i
+                im.mixup, im.mixup_ratio = j, float(rng.beta(32.0, 32.0))
+                im.cls = np.concatenate([im.cls, pre[j][0]])
+                im.boxes = np.concatenate([im.boxes, pre[j][1]])
+    return plan

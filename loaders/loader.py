@@ -1,0 +1,318 @@
+"""The loader: sampler -> read + decode (threads) -> plan -> execute -> Ultralytics batch dict.
+
+One producer thread assembles batches ahead of the consumer (bounded by `prefetch`); inside a
+batch, decoding and rendering run in a thread pool (libjpeg-turbo and OpenCV release the GIL).
+No per-sample worker processes, nothing that grows with the dataset or the epoch count.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from loaders.augment.cpu import apply_mixup, render_image
+from loaders.augment.hyp import Hyp
+from loaders.augment.plan import BatchPlan, plan_batch
+from loaders.sampler import ShardedSampler
+from loaders.sources import Source
+from sainet.errors import ImageError, SainetError, StoreError
+from sainet.imaging import decode_rgb, probe
+
+__all__ = ["LoaderDataset", "SainetLoader", "ON_ERROR", "collate_boxes"]
+
+log = logging.getLogger(__name__)
+
+ON_ERROR = ("raise", "skip")
+_SKIP_TRIES = 16
+
+
+class LoaderDataset:
+    """What Ultralytics' trainer reads from ``loader.dataset``: len, labels, mosaic switch."""
+
+    def __init__(self, source: Source, hyp: Hyp, augment: bool, imgsz: tuple[int, int]) -> None:
+        self.source, self.hyp, self.augment, self.imgsz = source, hyp, augment, imgsz
+        self.mosaic = augment and hyp.mosaic > 0
+        self._labels: list[dict] | None = None
+        self.names = dict(enumerate(source.classes))
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    @property
+    def labels(self) -> list[dict]:
+        if self._labels is None:
+            self._labels = self.source.labels()
+        return self._labels
+
+    def close_mosaic(self, hyp: Any = None) -> None:
+        """Switch mosaic (and mixup) off, as Ultralytics does for the last `close_mosaic` epochs."""
+        self.mosaic = False
+
+
+@dataclass
+class _Decoded:
+    image: np.ndarray
+    scale: tuple[float, float]  # decoded pixels -> original coordinates
+    index: int  # the sample actually used (differs from the asked one after a skip)
+
+
+def collate_boxes(plan: BatchPlan) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(cls (N,1), bboxes (N,4) normalized xywh of the output, batch_idx (N,)) from a plan."""
+    H, W = plan.out_hw
+    cls, boxes, idx = [], [], []
+    for i, ip in enumerate(plan.images):
+        if len(ip.cls):
+            b = ip.boxes
+            xywh = np.stack([(b[:, 0] + b[:, 2]) / 2 / W, (b[:, 1] + b[:, 3]) / 2 / H, (b[:, 2] - b[:, 0]) / W, (b[:, 3] - b[:, 1]) / H], 1)
+            cls.append(ip.cls.reshape(-1, 1))
+            boxes.append(xywh)
+            idx.append(np.full(len(ip.cls), i))
+    if not cls:
+        return torch.zeros((0, 1)), torch.zeros((0, 4)), torch.zeros(0)
+    return (torch.from_numpy(np.concatenate(cls).astype(np.float32)), torch.from_numpy(np.concatenate(boxes).astype(np.float32)),
+            torch.from_numpy(np.concatenate(idx).astype(np.float32)))
+
+
+class SainetLoader:
+    """A loader over one split. Iterate once per epoch; see `loaders.build_loader`."""
+
+    kind = "cpu"
+
+    def __init__(
+        self,
+        source: Source,
+        *,
+        batch_size: int,
+        imgsz: tuple[int, int],
+        augment: bool,
+        hyp: Hyp,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        threads: int = 2,
+        prefetch: int = 2,
+        on_error: str = "raise",
+        shuffle: bool | None = None,
+        pin_memory: bool | None = None,
+    ) -> None:
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}")
+        if batch_size < 1 or prefetch < 1 or threads < 1:
+            raise ValueError("batch_size, prefetch and threads must be >= 1")
+        self.source, self.hyp, self.augment, self.imgsz = source, hyp, augment, imgsz
+        self.batch_size, self.drop_last, self.num_workers = batch_size, False, threads
+        self.prefetch, self.on_error, self.seed, self.rank = prefetch, on_error, seed, rank
+        self.sampler = ShardedSampler(len(source), rank=rank, world_size=world_size, seed=seed,
+                                      shuffle=augment if shuffle is None else shuffle)
+        self.dataset = LoaderDataset(source, hyp, augment, imgsz)
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.skipped = 0
+        self._next_epoch = 0
+        self._epoch_from_sampler = False
+        self._resume_batch = 0
+        self._epoch = 0
+        self._batches_done = 0
+        self._pool: ThreadPoolExecutor | None = None
+        self._buffers: list[bytearray] = []
+        self._active: _Epoch | None = None
+        orig_set_epoch = self.sampler.set_epoch
+
+        def set_epoch(epoch: int) -> None:  # the trainer's DDP call picks the next epoch's order
+            orig_set_epoch(epoch)
+            self._epoch_from_sampler = True
+
+        self.sampler.set_epoch = set_epoch  # type: ignore[method-assign]
+
+    # -- the contract -------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return math.ceil(len(self.sampler) / self.batch_size)
+
+    def __iter__(self) -> Iterator[dict]:
+        self.reset()
+        epoch = self.sampler.epoch if self._epoch_from_sampler else self._next_epoch
+        self._epoch_from_sampler = False
+        self._next_epoch = epoch + 1
+        self._epoch = epoch
+        start, self._resume_batch = self._resume_batch, 0
+        self._batches_done = start
+        self._active = _Epoch(self, epoch, start)
+        return self._active
+
+    def reset(self) -> None:
+        """Stop any epoch in flight (its threads end); the next iteration starts fresh."""
+        if self._active is not None:
+            self._active.close()
+            self._active = None
+
+    def state_dict(self) -> dict:
+        """Where this rank is: resume with `load_state_dict` to continue with the samples not yet seen."""
+        return {"epoch": self._epoch, "batches_done": self._batches_done, "seed": self.seed, "rank": self.rank,
+                "num_samples": len(self.sampler), "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("seed") != self.seed or state.get("num_samples") != len(self.sampler) or state.get("batch_size") != self.batch_size:
+            raise ValueError("loader state is from another dataset, seed or batch size")
+        self._next_epoch = int(state["epoch"])
+        self._resume_batch = int(state["batches_done"])
+        self._epoch_from_sampler = False
+
+    def close(self) -> None:
+        self.reset()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+    # -- work ---------------------------------------------------------------------------------
+    @property
+    def pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="sainet-decode")
+        return self._pool
+
+    def _decode_one(self, i: int, slot: int, min_scale_target: bool) -> _Decoded:
+        src = self.source
+        payload = src.payload(i)
+        w0, h0 = (int(v) for v in src.sizes[i])
+        if src.mode == "raw":
+            H, W = src.raw_hw
+            frame = np.frombuffer(payload, np.uint8).reshape(H, W, 3)
+            left, top, nw, nh = src.raw_content(i)
+            return _Decoded(frame[top : top + nh, left : left + nw], (w0 / nw, h0 / nh), i)
+        name = src.describe(i)
+        info = probe(payload, name)
+        min_size = None
+        if min_scale_target:
+            H, W = self.imgsz
+            r = min(H / h0, W / w0)
+            if r <= 0.5:  # libjpeg-turbo's DCT scaling: decode at 1/2, 1/4 or 1/8 instead of full size
+                min_size = (max(1, math.ceil(w0 * r)), max(1, math.ceil(h0 * r)))
+        while len(self._buffers) <= slot:
+            self._buffers.append(bytearray(0))
+        need = info.width * info.height * 3
+        if len(self._buffers[slot]) < need:
+            self._buffers[slot] = bytearray(need)
+        img = decode_rgb(payload, name, min_size=min_size, info=info, buffer=self._buffers[slot])
+        return _Decoded(img, (w0 / img.shape[1], h0 / img.shape[0]), i)
+
+    def _decode(self, i: int, slot: int) -> _Decoded:
+        tries = 0
+        n = len(self.source)
+        while True:
+            try:
+                return self._decode_one(i, slot, self.augment)
+            except (ImageError, StoreError) as e:
+                if self.on_error == "raise":
+                    raise
+                self.skipped += 1
+                tries += 1
+                log.warning("skipping %s: %s", self.source.describe(i), e)
+                if tries >= _SKIP_TRIES:
+                    raise SainetError(f"{tries} bad samples in a row near {self.source.describe(i)}; giving up") from e
+                i = (i + 1) % n
+
+    def build_batch(self, indices: np.ndarray, rng: np.random.Generator) -> dict:
+        decoded = list(self.pool.map(self._decode, indices.tolist(), range(len(indices))))
+        used = [d.index for d in decoded]
+        src = self.source
+        plan = plan_batch(rng, [tuple(src.sizes[i]) for i in used], [(src.cls[i], src.boxes[i]) for i in used],
+                          self.imgsz, self.hyp, augment=self.augment, mosaic=self.dataset.mosaic)
+        H, W = self.imgsz
+        out = torch.empty((len(indices), H, W, 3), dtype=torch.uint8, pin_memory=self.pin_memory)
+        arr = out.numpy()
+        images = [d.image for d in decoded]
+        scales = [d.scale for d in decoded]
+        list(self.pool.map(lambda k: render_image(plan.images[k], images, scales, arr[k]), range(len(indices))))
+        apply_mixup(plan, arr)
+        cls, bboxes, batch_idx = collate_boxes(plan)
+        return {
+            "img": out.permute(0, 3, 1, 2),
+            "cls": cls, "bboxes": bboxes, "batch_idx": batch_idx,
+            "im_file": tuple(src.names[i] for i in used),
+            "ori_shape": tuple((int(src.sizes[i][1]), int(src.sizes[i][0])) for i in used),
+            "resized_shape": tuple((H, W) for _ in used),
+            "ratio_pad": tuple(ip.ratio_pad for ip in plan.images),
+        }
+
+
+class _Epoch:
+    """One pass: a producer thread fills a bounded queue; iteration takes from it."""
+
+    _DONE = object()
+
+    def __init__(self, loader: SainetLoader, epoch: int, start_batch: int) -> None:
+        self.loader, self.epoch = loader, epoch
+        order = loader.sampler.order(epoch)
+        B = loader.batch_size
+        self.batches = [order[k * B : (k + 1) * B] for k in range(start_batch, len(loader))]
+        self.start = start_batch
+        self.queue: queue.Queue = queue.Queue(maxsize=loader.prefetch)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._produce, name=f"sainet-loader-e{epoch}", daemon=True)
+        self.thread.start()
+
+    def _produce(self) -> None:
+        loader = self.loader
+        try:
+            for k, idx in enumerate(self.batches, start=self.start):
+                if self.stop.is_set():
+                    return
+                rng = np.random.default_rng([loader.seed, self.epoch, k, loader.rank])
+                item = loader.build_batch(idx, rng)
+                while not self.stop.is_set():
+                    try:
+                        self.queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+            self._put(self._DONE)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
+            self._put(e)
+
+    def _put(self, item: object) -> None:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def __iter__(self) -> _Epoch:
+        return self
+
+    def __next__(self) -> dict:
+        if self.stop.is_set():
+            raise StopIteration
+        item = self.queue.get()
+        if item is self._DONE:
+            self.close()
+            raise StopIteration
+        if isinstance(item, BaseException):
+            self.close()
+            raise item
+        self.loader._batches_done += 1
+        return item
+
+    def close(self) -> None:
+        self.stop.set()
+        while True:
+            try:
+                self.queue.get_nowait()
+            except queue.Empty:
+                break
+        if self.thread.is_alive() and threading.current_thread() is not self.thread:
+            self.thread.join()
