@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from loaders.augment.cpu import apply_mixup, render_image
+from loaders.augment.cpu import finish_image, mixup_partners, render_image
 from loaders.augment.hyp import Hyp
 from loaders.augment.plan import BatchPlan, plan_batch
 from loaders.sampler import ShardedSampler
@@ -227,17 +227,24 @@ class SainetLoader:
 
     def build_batch(self, indices: np.ndarray, rng: np.random.Generator) -> dict:
         decoded = list(self.pool.map(self._decode, indices.tolist(), range(len(indices))))
+        return self._assemble(decoded, rng)
+
+    def _assemble(self, decoded: list[_Decoded], rng: np.random.Generator) -> dict:
+        """Plan the batch and render it with the OpenCV executor in the thread pool."""
         used = [d.index for d in decoded]
+        n = len(decoded)
         src = self.source
         plan = plan_batch(rng, [tuple(src.sizes[i]) for i in used], [(src.cls[i], src.boxes[i]) for i in used],
                           self.imgsz, self.hyp, augment=self.augment, mosaic=self.dataset.mosaic)
         H, W = self.imgsz
-        out = torch.empty((len(indices), H, W, 3), dtype=torch.uint8, pin_memory=self.pin_memory)
+        out = torch.empty((n, H, W, 3), dtype=torch.uint8, pin_memory=self.pin_memory)
         arr = out.numpy()
         images = [d.image for d in decoded]
         scales = [d.scale for d in decoded]
-        list(self.pool.map(lambda k: render_image(plan.images[k], images, scales, arr[k]), range(len(indices))))
-        apply_mixup(plan, arr)
+        list(self.pool.map(lambda k: render_image(plan.images[k], images, scales, arr[k]), range(n)))
+        if self.augment:
+            partners = mixup_partners(plan, arr)
+            list(self.pool.map(lambda k: finish_image(plan, k, arr, partners), range(n)))
         cls, bboxes, batch_idx = collate_boxes(plan)
         return {
             "img": out.permute(0, 3, 1, 2),

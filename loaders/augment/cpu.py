@@ -12,7 +12,7 @@ import numpy as np
 from loaders.augment.plan import BatchPlan, ImagePlan, Placement, pixel_matrix
 from sainet.geometry import PAD_VALUE, letterbox
 
-__all__ = ["render_image", "apply_hsv", "apply_mixup"]
+__all__ = ["render_image", "apply_hsv", "mixup_partners", "finish_image"]
 
 _X = np.arange(256, dtype=np.float64)
 _KERNEL = np.ones((3, 3), np.uint8)
@@ -45,8 +45,6 @@ def render_image(ip: ImagePlan, sources: list[np.ndarray], scales: list[tuple[fl
         out[...] = PAD_VALUE
         for p in ip.placements:
             _paint_region(p, sources[p.src], scales[p.src], out)
-    if ip.hsv is not None and ip.mixup is None:
-        apply_hsv(out, ip.hsv)
 
 
 def _paint_region(p: Placement, src: np.ndarray, scale: tuple[float, float], out: np.ndarray) -> None:
@@ -70,17 +68,18 @@ def _paint_region(p: Placement, src: np.ndarray, scale: tuple[float, float], out
     cv2.copyTo(warped, mask, out[y0:y1, x0:x1])
 
 
-def apply_mixup(plan: BatchPlan, batch: np.ndarray) -> None:
-    """Blend mixup partners (their pre-mixup pixels), then HSV for the mixed images (Ultralytics' order)."""
-    mixed = [i for i, ip in enumerate(plan.images) if ip.mixup is not None]
-    if not mixed:
-        return
-    pre = {ip.mixup: batch[ip.mixup].copy() for ip in plan.images if ip.mixup is not None}
-    for i in mixed:
-        ip = plan.images[i]
-        cv2.addWeighted(batch[i], ip.mixup_ratio, pre[ip.mixup], 1 - ip.mixup_ratio, 0, dst=batch[i])
-        if ip.hsv is not None:
-            apply_hsv(batch[i], ip.hsv)
+def mixup_partners(plan: BatchPlan, batch: np.ndarray) -> dict[int, np.ndarray]:
+    """Copies of the rendered images that others blend in (taken before any mixup or HSV)."""
+    return {ip.mixup: batch[ip.mixup].copy() for ip in plan.images if ip.mixup is not None}
+
+
+def finish_image(plan: BatchPlan, k: int, batch: np.ndarray, partners: dict[int, np.ndarray]) -> None:
+    """Mixup, then HSV, on rendered image k (Ultralytics' order), in place."""
+    ip = plan.images[k]
+    if ip.mixup is not None:
+        cv2.addWeighted(batch[k], ip.mixup_ratio, partners[ip.mixup], 1 - ip.mixup_ratio, 0, dst=batch[k])
+    if ip.hsv is not None:
+        apply_hsv(batch[k], ip.hsv)
 
 
 def _translate(tx: float, ty: float) -> np.ndarray:

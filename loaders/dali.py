@@ -1,0 +1,127 @@
+"""DALI backend: a DALI pipeline decodes the store's JPEGs; the plan is applied after it.
+
+The pipeline is an external source of encoded bytes (this rank's shard of the epoch order, read
+zero-copy from the store) into ``fn.decoders.image``: ``device="mixed"`` (nvJPEG) when CUDA is
+present, ``"cpu"`` with ``device_id=None`` otherwise. On the GPU the decoded tensors stay on the
+device (DLPack into torch) and the torch executor renders the batch there: no host round trip.
+On the CPU the decoded arrays go to the OpenCV executor (torch float ops are the wrong tool there).
+Raw stores need no decoding and use the plain path.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import numpy as np
+import torch
+
+from loaders.augment.plan import plan_batch
+from loaders.augment.torch_exec import render_batch
+from loaders.loader import SainetLoader, _Decoded, collate_boxes
+from sainet.errors import CorruptImage, StoreError
+
+__all__ = ["DaliLoader", "dali_available"]
+
+log = logging.getLogger(__name__)
+
+
+def dali_available() -> bool:
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class DaliLoader(SainetLoader):
+    kind = "dali"
+
+    def __init__(self, source, *, device: str | None = None, **kw) -> None:  # noqa: ANN001 - Source
+        if not dali_available():
+            raise ImportError("the dali loader needs nvidia-dali: pip install 'sainet[dali]' (CUDA 13) or 'sainet[dali-cu12]'")
+        super().__init__(source, **kw)
+        want_gpu = device not in ("cpu",) and torch.cuda.is_available()
+        self.device = torch.device(device if device and device != "cpu" else "cuda") if want_gpu else torch.device("cpu")
+        self.dali_device = "mixed" if want_gpu else "cpu"
+        self._pipe = None
+        self._pipe_lock = threading.Lock()
+        log.info("dali loader: decoders.image on %s", self.dali_device)
+
+    def _pipeline(self):  # noqa: ANN202 - nvidia.dali.Pipeline
+        if self._pipe is None:
+            with self._pipe_lock:
+                if self._pipe is None:
+                    from nvidia.dali import fn, pipeline_def, types
+
+                    device_id = (self.device.index or 0) if self.dali_device == "mixed" else None
+
+                    @pipeline_def(batch_size=self.batch_size, num_threads=self.num_workers, device_id=device_id,
+                                  prefetch_queue_depth=1, exec_dynamic=True)
+                    def decode_pipe():  # noqa: ANN202
+                        jpegs = fn.external_source(name="jpegs", dtype=types.UINT8, ndim=1, no_copy=True)
+                        return fn.decoders.image(jpegs, device=self.dali_device, output_type=types.RGB)
+
+                    pipe = decode_pipe()
+                    pipe.build()
+                    self._pipe = pipe
+        return self._pipe
+
+    def _encoded(self, i: int) -> tuple[np.ndarray, int]:
+        """The sample's bytes as a uint8 array (validated: CRC, header), applying the error policy."""
+        tries, n = 0, len(self.source)
+        while True:
+            try:
+                payload = self.source.payload(i)
+                from sainet.imaging import probe
+
+                probe(payload, self.source.describe(i))
+                return np.frombuffer(payload, np.uint8), i
+            except (CorruptImage, StoreError):
+                if self.on_error == "raise":
+                    raise
+                self.skipped += 1
+                tries += 1
+                log.warning("skipping %s", self.source.describe(i))
+                if tries >= 16:
+                    raise
+                i = (i + 1) % n
+
+    def _run_dali(self, arrays: list[np.ndarray], used: list[int]) -> list:
+        pipe = self._pipeline()
+        pipe.feed_input("jpegs", arrays)
+        try:
+            (out,) = pipe.run()
+        except RuntimeError as e:
+            # A payload that passed the header check but fails to decode: find it on the CPU path.
+            for i in used:
+                try:
+                    self._decode_one(i, 0, False)
+                except CorruptImage:
+                    if self.on_error == "raise":
+                        raise
+            raise CorruptImage(self.source.where, f"DALI decode failed: {e}") from None
+        return [out[k] for k in range(len(arrays))]
+
+    def build_batch(self, indices: np.ndarray, rng: np.random.Generator) -> dict:
+        if self.source.mode == "raw":
+            return super().build_batch(indices, rng)
+        enc = [self._encoded(int(i)) for i in indices]
+        used = [u for _, u in enc]
+        decoded = self._run_dali([a for a, _ in enc], used)
+        src = self.source
+        if self.dali_device == "cpu":
+            images = [np.asarray(t) for t in decoded]  # views of DALI's buffers, valid until the next run
+            return self._assemble([_Decoded(img, (src.sizes[u][0] / img.shape[1], src.sizes[u][1] / img.shape[0]), u)
+                                   for img, u in zip(images, used, strict=True)], rng)
+        images = [torch.from_dlpack(t) for t in decoded]
+        scales = [(src.sizes[u][0] / img.shape[1], src.sizes[u][1] / img.shape[0]) for img, u in zip(images, used, strict=True)]
+        plan = plan_batch(rng, [tuple(src.sizes[u]) for u in used], [(src.cls[u], src.boxes[u]) for u in used],
+                          self.imgsz, self.hyp, augment=self.augment, mosaic=self.dataset.mosaic)
+        img = render_batch(plan, images, scales)
+        cls, bboxes, batch_idx = collate_boxes(plan)
+        H, W = self.imgsz
+        return {"img": img, "cls": cls, "bboxes": bboxes, "batch_idx": batch_idx,
+                "im_file": tuple(src.names[u] for u in used),
+                "ori_shape": tuple((int(src.sizes[u][1]), int(src.sizes[u][0])) for u in used),
+                "resized_shape": tuple((H, W) for _ in used), "ratio_pad": tuple(ip.ratio_pad for ip in plan.images)}
