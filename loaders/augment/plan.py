@@ -155,11 +155,15 @@ def plan_batch(
         for i, ((w0, h0), (cls, boxes)) in enumerate(zip(sizes, labels, strict=True)):
             plan.images.append(_letterbox_plan(w0, h0, out_hw, cls, boxes, i))
         return plan
+    # Every random draw happens whatever the probabilities and gains, so one seed gives the same
+    # geometry whether or not, say, HSV or flips are switched on.
     for i in range(n):
-        if mosaic and hyp.mosaic > 0 and rng.random() < hyp.mosaic:
+        use_mosaic = rng.random() < hyp.mosaic
+        partners = rng.integers(0, n, 3).tolist()
+        if mosaic and use_mosaic:
             canvas = (2 * H, 2 * W)
             xc, yc = rng.uniform(W / 2, 3 * W / 2), rng.uniform(H / 2, 3 * H / 2)
-            srcs = [i, *rng.integers(0, n, 3).tolist()]
+            srcs = [i, *partners]
             pieces = []
             for k, j in enumerate(srcs):
                 w0, h0 = sizes[j]
@@ -187,9 +191,10 @@ def plan_batch(
             pieces = [(i, place, (lb.left, lb.top, lb.left + lb.new_w, lb.top + lb.new_h))]
         affine, s = _random_affine(rng, hyp, canvas, out_hw)
         flip = np.eye(3)
-        if hyp.flipud > 0 and rng.random() < hyp.flipud:
+        ud, lr = rng.random(2)
+        if ud < hyp.flipud:
             flip = np.array([[1, 0, 0], [0, -1, H], [0, 0, 1]], np.float64) @ flip
-        if hyp.fliplr > 0 and rng.random() < hyp.fliplr:
+        if lr < hyp.fliplr:
             flip = np.array([[-1, 0, W], [0, 1, 0], [0, 0, 1]], np.float64) @ flip
         full_canvas = flip @ affine
         placements, all_cls, before, after = [], [], [], []
@@ -213,18 +218,19 @@ def plan_batch(
             cls, boxes = cls[ok], b2[ok]
         else:
             cls, boxes = np.zeros(0, np.int32), np.zeros((0, 4))
-        hsv = None
-        if hyp.hsv_h or hyp.hsv_s or hyp.hsv_v:
-            g = rng.uniform(-1, 1, 3) * np.array([hyp.hsv_h, hyp.hsv_s, hyp.hsv_v]) + 1
-            hsv = (float(g[0]), float(g[1]), float(g[2]))
-        plan.images.append(ImagePlan(placements, cls, boxes, hsv=hsv))
-    if hyp.mixup > 0 and n > 1:
+        g = rng.uniform(-1, 1, 3) * np.array([hyp.hsv_h, hyp.hsv_s, hyp.hsv_v]) + 1
+        hsv = (float(g[0]), float(g[1]), float(g[2])) if (hyp.hsv_h or hyp.hsv_s or hyp.hsv_v) else None
+        # No geometry drawn (all gains 0, no flip, no mosaic): this is the letterbox, and is rendered
+        # as one (bit-identical to eval mode) rather than as a warp.
+        plain = len(pieces) == 1 and np.allclose(full_canvas, np.eye(3), atol=1e-12)
+        plan.images.append(ImagePlan(placements, cls, boxes, hsv=hsv, letterbox=plain))
+    if n > 1:
         pre = [(im.cls, im.boxes) for im in plan.images]
         for i, im in enumerate(plan.images):
-            if rng.random() < hyp.mixup:
-                j = int(rng.integers(0, n - 1))
+            p, j, ratio = rng.random(), int(rng.integers(0, n - 1)), float(rng.beta(32.0, 32.0))
+            if p < hyp.mixup:
                 j += j >= i
-                im.mixup, im.mixup_ratio = j, float(rng.beta(32.0, 32.0))
+                im.mixup, im.mixup_ratio = j, ratio
                 im.cls = np.concatenate([im.cls, pre[j][0]])
                 im.boxes = np.concatenate([im.boxes, pre[j][1]])
     return plan
