@@ -109,6 +109,13 @@ def _lmdb_env(root: Path):  # noqa: ANN202 - lmdb.Environment
         with _LMDB_LOCK:
             env = _LMDB_ENVS.get(key)
             if env is None:
+                # A forked child inherits its parent's handle (and py-lmdb's "already open" mark):
+                # close the inherited copy here, in the child only, then open our own.
+                for stale in [k for k in _LMDB_ENVS if k[1] == key[1] and k[0] != key[0]]:
+                    try:
+                        _LMDB_ENVS.pop(stale).close()
+                    except Exception:  # noqa: BLE001 - the parent's handle is not ours to fail on
+                        pass
                 try:
                     env = lmdb.open(str(root), readonly=True, lock=False, readahead=False, max_readers=1024,
                                     subdir=True, meminit=False, max_dbs=2)

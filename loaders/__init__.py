@@ -49,19 +49,22 @@ def build_loader(
     shuffle: bool | None = None,
     layout: str | None = None,
     verify: bool = True,
+    epochs: int | None = None,
 ) -> SainetLoader:
     """Build a loader over one split of `data` (a store; for ``disk`` a dataset folder or data.yaml).
 
     `imgsz`: int (square), (h, w) tuple, or ``"WxH"`` string; padded up to stride 32.
     `on_error`: ``"raise"`` a typed error naming the record, or ``"skip"`` it (logged and counted).
     `verify`: check each payload's CRC as it is read (cheap next to decoding).
+    `epochs`: when given, mosaic and mixup switch off by themselves for the last ``hyp.close_mosaic``
+    epochs (Ultralytics' trainer instead calls ``loader.dataset.close_mosaic()``).
     """
     kind = LoaderKind(kind)
     shape = parse_imgsz(imgsz)
     hyp = hyp if isinstance(hyp, Hyp) else Hyp.from_dict(hyp)
     threads = threads or min(8, os.cpu_count() or 2)
     common = dict(batch_size=batch_size, imgsz=shape, augment=augment, hyp=hyp, rank=rank, world_size=world_size,
-                  seed=seed, threads=threads, prefetch=prefetch, on_error=on_error, shuffle=shuffle)
+                  seed=seed, threads=threads, prefetch=prefetch, on_error=on_error, shuffle=shuffle, epochs=epochs)
     if kind is LoaderKind.DISK:
         return SainetLoader(DiskSource(Path(data), split, layout), **common)
     from cache_tools.store import open_store

@@ -117,7 +117,7 @@ class DaliLoader(SainetLoader):
         images = [torch.from_dlpack(t) for t in decoded]
         scales = [(src.sizes[u][0] / img.shape[1], src.sizes[u][1] / img.shape[0]) for img, u in zip(images, used, strict=True)]
         plan = plan_batch(rng, [tuple(src.sizes[u]) for u in used], [(src.cls[u], src.boxes[u]) for u in used],
-                          self.imgsz, self.hyp, augment=self.augment, mosaic=self.dataset.mosaic)
+                          self.imgsz, self.dataset.hyp, augment=self.augment, mosaic=self.dataset.mosaic)
         img = render_batch(plan, images, scales)
         cls, bboxes, batch_idx = collate_boxes(plan)
         H, W = self.imgsz

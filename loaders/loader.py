@@ -54,8 +54,11 @@ class LoaderDataset:
         return self._labels
 
     def close_mosaic(self, hyp: Any = None) -> None:
-        """Switch mosaic (and mixup) off, as Ultralytics does for the last `close_mosaic` epochs."""
+        """Switch mosaic, mixup and copy-paste off, as Ultralytics does for the last `close_mosaic` epochs."""
+        from dataclasses import replace
+
         self.mosaic = False
+        self.hyp = replace(self.hyp, mosaic=0.0, mixup=0.0, copy_paste=0.0)
 
 
 @dataclass
@@ -103,6 +106,7 @@ class SainetLoader:
         on_error: str = "raise",
         shuffle: bool | None = None,
         pin_memory: bool | None = None,
+        epochs: int | None = None,
     ) -> None:
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}")
@@ -111,6 +115,7 @@ class SainetLoader:
         self.source, self.hyp, self.augment, self.imgsz = source, hyp, augment, imgsz
         self.batch_size, self.drop_last, self.num_workers = batch_size, False, threads
         self.prefetch, self.on_error, self.seed, self.rank = prefetch, on_error, seed, rank
+        self.epochs = epochs  # when known, mosaic closes by itself for the last hyp.close_mosaic epochs
         self.sampler = ShardedSampler(len(source), rank=rank, world_size=world_size, seed=seed,
                                       shuffle=augment if shuffle is None else shuffle)
         self.dataset = LoaderDataset(source, hyp, augment, imgsz)
@@ -142,6 +147,8 @@ class SainetLoader:
         self._epoch_from_sampler = False
         self._next_epoch = epoch + 1
         self._epoch = epoch
+        if self.epochs and self.hyp.close_mosaic and epoch >= self.epochs - self.hyp.close_mosaic and self.dataset.mosaic:
+            self.dataset.close_mosaic()
         start, self._resume_batch = self._resume_batch, 0
         self._batches_done = start
         self._active = _Epoch(self, epoch, start)
@@ -235,7 +242,7 @@ class SainetLoader:
         n = len(decoded)
         src = self.source
         plan = plan_batch(rng, [tuple(src.sizes[i]) for i in used], [(src.cls[i], src.boxes[i]) for i in used],
-                          self.imgsz, self.hyp, augment=self.augment, mosaic=self.dataset.mosaic)
+                          self.imgsz, self.dataset.hyp, augment=self.augment, mosaic=self.dataset.mosaic)
         H, W = self.imgsz
         out = torch.empty((n, H, W, 3), dtype=torch.uint8, pin_memory=self.pin_memory)
         arr = out.numpy()
