@@ -25,7 +25,7 @@ def patch_images(n: int, size=(240, 160), seed=0):
     for _ in range(n):
         img = np.full((h, w, 3), 128, np.uint8)
         boxes, taken = [], np.zeros((h, w), bool)
-        for k in range(int(rng.integers(1, 4))):
+        for _ in range(int(rng.integers(1, 4))):
             for _ in range(50):  # non-overlapping patches, so every box shows only its own colour
                 bw, bh = int(rng.integers(w // 6, w // 3)), int(rng.integers(h // 6, h // 3))
                 x0, y0 = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
