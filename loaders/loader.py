@@ -11,6 +11,7 @@ import logging
 import math
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -121,6 +122,8 @@ class SainetLoader:
         self.dataset = LoaderDataset(source, hyp, augment, imgsz)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.skipped = 0
+        self.busy_seconds = 0.0  # time spent assembling batches (telemetry: loader images/s)
+        self.images_built = 0
         self._next_epoch = 0
         self._epoch_from_sampler = False
         self._resume_batch = 0
@@ -142,9 +145,11 @@ class SainetLoader:
         return math.ceil(len(self.sampler) / self.batch_size)
 
     def __iter__(self) -> Iterator[dict]:
+        """A fresh pass. The epoch is the sampler's once `sampler.set_epoch` has been called (the
+        trainer drives it); otherwise each pass takes the next epoch. Nothing is built until the
+        first batch is asked for, so an iterator made and dropped costs nothing."""
         self.reset()
         epoch = self.sampler.epoch if self._epoch_from_sampler else self._next_epoch
-        self._epoch_from_sampler = False
         self._next_epoch = epoch + 1
         self._epoch = epoch
         if self.epochs and self.hyp.close_mosaic and epoch >= self.epochs - self.hyp.close_mosaic and self.dataset.mosaic:
@@ -170,7 +175,8 @@ class SainetLoader:
             raise ValueError("loader state is from another dataset, seed or batch size")
         self._next_epoch = int(state["epoch"])
         self._resume_batch = int(state["batches_done"])
-        self._epoch_from_sampler = False
+        if self._epoch_from_sampler:
+            self.sampler.epoch = int(state["epoch"])
 
     def close(self) -> None:
         self.reset()
@@ -277,7 +283,6 @@ class _Epoch:
         self.queue: queue.Queue = queue.Queue(maxsize=loader.prefetch)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._produce, name=f"sainet-loader-e{epoch}", daemon=True)
-        self.thread.start()
 
     def _produce(self) -> None:
         loader = self.loader
@@ -286,7 +291,10 @@ class _Epoch:
                 if self.stop.is_set():
                     return
                 rng = np.random.default_rng([loader.seed, self.epoch, k, loader.rank])
+                t0 = time.perf_counter()
                 item = loader.build_batch(idx, rng)
+                loader.busy_seconds += time.perf_counter() - t0
+                loader.images_built += len(idx)
                 while not self.stop.is_set():
                     try:
                         self.queue.put(item, timeout=0.1)
@@ -311,6 +319,8 @@ class _Epoch:
     def __next__(self) -> dict:
         if self.stop.is_set():
             raise StopIteration
+        if not self.thread.is_alive() and self.thread.ident is None:
+            self.thread.start()
         item = self.queue.get()
         if item is self._DONE:
             self.close()
@@ -328,5 +338,5 @@ class _Epoch:
                 self.queue.get_nowait()
             except queue.Empty:
                 break
-        if self.thread.is_alive() and threading.current_thread() is not self.thread:
+        if self.thread.ident is not None and self.thread.is_alive() and threading.current_thread() is not self.thread:
             self.thread.join()

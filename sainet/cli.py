@@ -461,6 +461,96 @@ def plan(
     _run(body)
 
 
+# ---------------------------------------------------------------------------------------------- train
+
+
+def _parse_sets(items: list[str]) -> dict:
+    import yaml
+
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise typer.BadParameter(f"--set takes key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)  # numbers, booleans and lists as YAML reads them
+    return out
+
+
+@app.command()
+def train(
+    data: Annotated[str | None, typer.Option(help="Store (or, for --loader disk/ultralytics, a dataset/data.yaml).")] = None,
+    loader: Annotated[str | None, typer.Option(help="dali, lmdb, shm, ram, disk or ultralytics (default: the profile's).")] = None,
+    model: Annotated[str, typer.Option(help="Model yaml (built from scratch) or .pt.")] = "yolov8s.yaml",
+    weights: Annotated[str | None, typer.Option(help="Initial weights to transfer (e.g. stage 1's best.pt).")] = None,
+    imgsz: Annotated[str, typer.Option(help="N (square) or WIDTHxHEIGHT (rectangular, mosaic and shuffle on).")] = "640",
+    epochs: Annotated[int | None, typer.Option(help="Epochs (default: the stage's or Ultralytics').")] = None,
+    batch: Annotated[int | None, typer.Option(help="Batch size (default: the profile's).")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, 0, or 0,1 (DDP).")] = None,
+    profile: Annotated[str, typer.Option(help="auto (detect the host) or a profile name.")] = "auto",
+    config: Annotated[Path | None, typer.Option(help="YAML of Ultralytics arguments.")] = None,
+    sets: Annotated[list[str] | None, typer.Option("--set", help="Any Ultralytics argument, key=value (repeatable).")] = None,
+    stage: Annotated[int | None, typer.Option(help="1 (FASDD: fire+smoke) or 2 (PyroSDIS: smoke) settings from configs/train.")] = None,
+    workflow: Annotated[str | None, typer.Option(help="two-stage: stage 1 then stage 2 from its best.pt.")] = None,
+    stage1_data: Annotated[str | None, typer.Option(help="two-stage: stage 1 data.")] = None,
+    stage2_data: Annotated[str | None, typer.Option(help="two-stage: stage 2 data.")] = None,
+    stage1_epochs: Annotated[int | None, typer.Option(help="two-stage: stage 1 epochs.")] = None,
+    stage2_epochs: Annotated[int | None, typer.Option(help="two-stage: stage 2 epochs.")] = None,
+    threads: Annotated[int | None, typer.Option(help="Decode threads (default: the profile's).")] = None,
+    prefetch: Annotated[int | None, typer.Option(help="Batches prepared ahead (default: the profile's).")] = None,
+    project: Annotated[str, typer.Option(help="Runs folder.")] = "runs/sainet",
+    name: Annotated[str | None, typer.Option(help="Run name (default: loader-imgsz).")] = None,
+    resume: Annotated[str | None, typer.Option(help="Resume from a run's weights/last.pt.")] = None,
+) -> None:
+    """Train YOLOv8 with Ultralytics on a sainet loader (or Ultralytics' own, for comparison).
+
+    Examples:
+
+        sainet train --data /dev/shm/fasdd --loader dali --imgsz 1440x808 --stage 1
+        sainet train --data stores/synth --loader lmdb --model yolov8n.yaml --imgsz 320 --epochs 2 --device cpu
+        sainet train --workflow two-stage --stage1-data /dev/shm/fasdd --stage2-data /dev/shm/pyro --imgsz 1440x808
+        sainet train --data stores/synth --loader ultralytics --epochs 2 --set lr0=0.005 --set mosaic=0.5
+    """
+    from sainet.train import TrainRequest
+    from sainet.train import train as do_train
+    from sainet.train import two_stage
+
+    def report(r) -> None:  # noqa: ANN001 - TrainResult
+        chosen = {k: v for k, v in r.resolved.items() if k != "overrides"}
+        console.print(f"[bold]{r.save_dir}[/]: " + ", ".join(f"{k}={v}" for k, v in chosen.items()))
+        m = r.metrics
+        console.print(f"  mAP50 {m.get('metrics/mAP50(B)', 0):.4f} (best {m.get('best_mAP50', 0):.4f}), "
+                      f"mAP50-95 {m.get('metrics/mAP50-95(B)', 0):.4f}; weights: {r.best}")
+        if r.telemetry:
+            t = Table(title="loader telemetry (loader.csv)")
+            for col in ("epoch", "epoch_s", "data_wait_fraction", "train_img_per_s", "loader_img_per_s"):
+                t.add_column(col, justify="right")
+            for row in r.telemetry:
+                t.add_row(*(str(row[c]) for c in ("epoch", "epoch_s", "data_wait_fraction", "train_img_per_s", "loader_img_per_s")))
+            console.print(t)
+
+    def body() -> int:
+        req = TrainRequest(data=data or "", loader=loader, model=model, weights=weights, imgsz=imgsz, epochs=epochs,
+                           batch=batch, device=device, profile=profile, config=str(config) if config else None,
+                           stage=stage, sets=_parse_sets(sets or []), project=project, name=name, threads=threads,
+                           prefetch=prefetch, resume=resume)
+        if workflow:
+            if workflow != "two-stage":
+                raise typer.BadParameter("--workflow takes two-stage")
+            if not (stage1_data and stage2_data):
+                raise typer.BadParameter("--workflow two-stage needs --stage1-data and --stage2-data")
+            r1, r2 = two_stage(req, stage1_data, stage2_data, stage1_epochs=stage1_epochs, stage2_epochs=stage2_epochs)
+            report(r1)
+            report(r2)
+            console.print(f"stage 2 started from {r1.best}")
+            return 0
+        if not data:
+            raise typer.BadParameter("--data is required (or --workflow two-stage)")
+        report(do_train(req))
+        return 0
+
+    _run(body)
+
+
 # ---------------------------------------------------------------------------------------------- demo
 
 
