@@ -54,6 +54,7 @@ def export_store(store_path: str | Path, out: str | Path, *, force: bool = False
             n += 1
             if progress:
                 progress(1)
-        cfg = {"path": ".", **{sp: f"images/{sp}" for sp in s.splits}, "names": dict(enumerate(s.classes))}
+        # No `path`: Ultralytics then resolves the splits against this file's folder.
+        cfg = {**{sp: f"images/{sp}" for sp in s.splits}, "names": dict(enumerate(s.classes))}
     (out / "data.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     return n

@@ -172,7 +172,8 @@ def _write_yolo(out: Path, images: list[SynthImage], classes: list[str]) -> None
         ld.mkdir(parents=True, exist_ok=True)
         (ld / (Path(im.name).stem + ".txt")).write_text(im.yolo_rows())
     splits = sorted({im.split for im in images}, key=["train", "val", "test"].index)
-    cfg = {"path": ".", **{s: f"images/{s}" for s in splits}, "names": dict(enumerate(classes))}
+    # No `path`: Ultralytics then resolves the splits against this file's folder (a relative path would be cwd's).
+    cfg = {**{s: f"images/{s}" for s in splits}, "names": dict(enumerate(classes))}
     (out / "data.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 

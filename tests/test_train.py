@@ -1,0 +1,131 @@
+"""`sainet train` on CPU: every loader trains and validates; rectangular; two-stage; no network."""
+
+from __future__ import annotations
+
+import csv
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cache_tools import PackOptions, pack
+from sainet.cli import app
+from sainet.synth import synthesize
+from sainet.train import TrainRequest, resolve, train, two_stage
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    synthesize(root / "fasdd", images=12, size=(320, 180), seed=4, val_fraction=0.25, background=0.1)
+    synthesize(root / "pyro", images=10, size=(320, 180), seed=5, val_fraction=0.3, classes=["smoke"], layout="pyrosdis")
+    pack(root / "fasdd", root / "lmdb", PackOptions(container="lmdb"))
+    pack(root / "fasdd", root / "shards", PackOptions(container="shards"))
+    pack(root / "pyro", root / "pyro-shards", PackOptions(container="shards"))
+    return root
+
+
+def _check_run(save_dir: Path) -> None:
+    assert (save_dir / "results.csv").is_file()
+    assert (save_dir / "weights" / "last.pt").is_file() and (save_dir / "weights" / "best.pt").is_file()
+    rows = list(csv.DictReader((save_dir / "results.csv").open()))
+    assert len(rows) == 2 and "metrics/mAP50(B)" in {k.strip() for k in rows[0]}  # trained and validated
+
+
+@pytest.mark.parametrize("loader,data", [("dali", "shards"), ("lmdb", "lmdb"), ("shm", "shards"), ("ultralytics", "lmdb")])
+def test_cli_train_each_loader(stores, tmp_path, loader, data):
+    res = runner.invoke(app, ["train", "--data", str(stores / data), "--loader", loader, "--model", "yolov8n.yaml",
+                              "--imgsz", "320", "--epochs", "2", "--batch", "4", "--device", "cpu",
+                              "--project", str(tmp_path), "--name", loader])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    _check_run(tmp_path / loader)
+    if loader != "ultralytics":
+        telemetry = list(csv.DictReader((tmp_path / loader / "loader.csv").open()))
+        assert len(telemetry) == 2 and all(0 <= float(r["data_wait_fraction"]) <= 1 for r in telemetry)
+        assert "profile=" in res.output  # the run says which profile and values it used
+
+
+def test_rectangular_training_with_mosaic(stores, tmp_path, monkeypatch):
+    import sainet.train.trainer as T
+
+    shapes: list[tuple[int, int]] = []
+    mosaic: list[bool] = []
+    real_preprocess = T.SainetTrainer.preprocess_batch
+
+    def spy(self, batch):
+        shapes.append(tuple(batch["img"].shape[2:]))
+        mosaic.append(self.train_loader.dataset.mosaic and self.train_loader.dataset.hyp.mosaic == 1.0)
+        return real_preprocess(self, batch)
+
+    monkeypatch.setattr(T.SainetTrainer, "preprocess_batch", spy)
+    r = train(TrainRequest(data=str(stores / "shards"), loader="shm", model="yolov8n.yaml", imgsz="320x180", epochs=2,
+                           batch=4, device="cpu", project=str(tmp_path), name="rect", sets={"close_mosaic": 0}))
+    _check_run(r.save_dir)
+    assert set(shapes) == {(192, 320)}  # H < W, padded to stride 32
+    assert mosaic and all(mosaic)  # mosaic on for every training batch (close_mosaic=0)
+    assert r.resolved["overrides"]["imgsz"] == 320 and r.resolved["imgsz"] == "320x192"
+    val_rows = list(csv.DictReader((r.save_dir / "results.csv").open()))
+    assert all("metrics/mAP50(B)" in {k.strip() for k in row} for row in val_rows)
+
+
+def test_two_stage_starts_from_stage1_best(stores, tmp_path):
+    base = TrainRequest(data="", loader="shm", model="yolov8n.yaml", imgsz=160, epochs=2, batch=4, device="cpu",
+                        project=str(tmp_path), name="ws", sets={"save_period": -1})
+    r1, r2 = two_stage(base, str(stores / "shards"), str(stores / "pyro-shards"))
+    _check_run(r1.save_dir)
+    _check_run(r2.save_dir)
+    assert r2.resolved["overrides"]["pretrained"] == str(r1.best)
+    assert r1.resolved["overrides"]["lr0"] == 0.01 and r2.resolved["overrides"]["lr0"] == 0.001
+    assert r2.resolved["overrides"]["single_cls"] is True
+    ckpt = torch.load(r2.best, map_location="cpu", weights_only=False)
+    assert ckpt["train_args"]["pretrained"] == str(r1.best)
+    assert ckpt["model"].nc == 1 and torch.load(r1.best, map_location="cpu", weights_only=False)["model"].nc == 2
+
+
+def test_profile_values_and_explicit_flags(stores, tmp_path):
+    overrides, options, chosen = resolve(TrainRequest(data=str(stores / "lmdb"), profile="a10g", device="cpu",
+                                                      project=str(tmp_path)))
+    assert (chosen["profile"], chosen["batch"], chosen["threads"]) == ("a10g", 12, 6)
+    assert chosen["loader"] == "dali"  # the profile's loader
+    overrides, options, chosen = resolve(TrainRequest(data=str(stores / "lmdb"), profile="a10g", batch=3, threads=1,
+                                                      loader="lmdb", device="cpu", project=str(tmp_path)))
+    assert (chosen["batch"], chosen["threads"], chosen["loader"]) == (3, 1, "lmdb")  # explicit flags win
+    assert overrides["amp"] is False  # CPU
+
+
+def test_memory_plan_refuses_what_cannot_fit(stores, tmp_path, monkeypatch):
+    from sainet import profiles
+    from sainet.errors import CapacityError
+
+    real = profiles.detect_host
+
+    def tiny_host():
+        h = real()
+        return profiles.HostInfo(**{**h.as_dict(), "ram_available_gb": 0.05})
+
+    monkeypatch.setattr(profiles, "detect_host", tiny_host)
+    with pytest.raises(CapacityError, match="host RAM"):
+        resolve(TrainRequest(data=str(stores / "lmdb"), loader="lmdb", imgsz="1440x808", batch=64, device="cpu",
+                             project=str(tmp_path)))
+
+
+def test_training_reaches_no_host(stores, tmp_path, monkeypatch):
+    """With the network calls of Python's socket layer blocked, a run completes and tried none."""
+    attempts: list[object] = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("network disabled by test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    r = train(TrainRequest(data=str(stores / "lmdb"), loader="lmdb", model="yolov8n.yaml", imgsz=160, epochs=2, batch=4,
+                           device="cpu", project=str(tmp_path), name="offline"))
+    _check_run(r.save_dir)
+    assert attempts == []
