@@ -510,9 +510,8 @@ def train(
         sainet train --workflow two-stage --stage1-data /dev/shm/fasdd --stage2-data /dev/shm/pyro --imgsz 1440x808
         sainet train --data stores/synth --loader ultralytics --epochs 2 --set lr0=0.005 --set mosaic=0.5
     """
-    from sainet.train import TrainRequest
+    from sainet.train import TrainRequest, two_stage
     from sainet.train import train as do_train
-    from sainet.train import two_stage
 
     def report(r) -> None:  # noqa: ANN001 - TrainResult
         chosen = {k: v for k, v in r.resolved.items() if k != "overrides"}
