@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 
@@ -194,6 +195,9 @@ class SainetLoader:
     @property
     def pool(self) -> ThreadPoolExecutor:
         if self._pool is None:
+            # Parallelism comes from this pool (one image per thread); OpenCV's own threads on top
+            # would oversubscribe the cores. Ultralytics makes the same call at import.
+            cv2.setNumThreads(1)
             self._pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="sainet-decode")
         return self._pool
 
@@ -239,23 +243,46 @@ class SainetLoader:
                 i = (i + 1) % n
 
     def build_batch(self, indices: np.ndarray, rng: np.random.Generator) -> dict:
-        decoded = list(self.pool.map(self._decode, indices.tolist(), range(len(indices))))
-        return self._assemble(decoded, rng)
+        """Decode in the pool while this thread plans the batch (sizes and labels come from the
+        index, not the pixels), then render in the pool."""
+        futures = [self.pool.submit(self._decode, int(i), k) for k, i in enumerate(indices)]
+        state = rng.bit_generator.state
+        plan = self._plan(indices.tolist(), rng)
+        decoded = [f.result() for f in futures]
+        used = [d.index for d in decoded]
+        if used != indices.tolist():  # a bad sample was replaced (on_error="skip"): plan what was used
+            rng.bit_generator.state = state
+            plan = self._plan(used, rng)
+        return self._render(decoded, plan)
+
+    def _plan(self, used: list[int], rng: np.random.Generator) -> BatchPlan:
+        src = self.source
+        return plan_batch(rng, [tuple(src.sizes[i]) for i in used], [(src.cls[i], src.boxes[i]) for i in used],
+                          self.imgsz, self.dataset.hyp, augment=self.augment, mosaic=self.dataset.mosaic)
 
     def _assemble(self, decoded: list[_Decoded], rng: np.random.Generator) -> dict:
-        """Plan the batch and render it with the OpenCV executor in the thread pool."""
+        """Plan and render already-decoded sources (the DALI CPU path)."""
+        return self._render(decoded, self._plan([d.index for d in decoded], rng))
+
+    def _render(self, decoded: list[_Decoded], plan: BatchPlan) -> dict:
+        """Render a planned batch with the OpenCV executor in the thread pool."""
         used = [d.index for d in decoded]
         n = len(decoded)
         src = self.source
-        plan = plan_batch(rng, [tuple(src.sizes[i]) for i in used], [(src.cls[i], src.boxes[i]) for i in used],
-                          self.imgsz, self.dataset.hyp, augment=self.augment, mosaic=self.dataset.mosaic)
         H, W = self.imgsz
         out = torch.empty((n, H, W, 3), dtype=torch.uint8, pin_memory=self.pin_memory)
         arr = out.numpy()
         images = [d.image for d in decoded]
         scales = [d.scale for d in decoded]
-        list(self.pool.map(lambda k: render_image(plan.images[k], images, scales, arr[k]), range(n)))
-        if self.augment:
+        mixup = self.augment and any(ip.mixup is not None for ip in plan.images)
+
+        def one(k: int) -> None:
+            render_image(plan.images[k], images, scales, arr[k])
+            if self.augment and not mixup:  # HSV right away; with mixup it must wait for the partners
+                finish_image(plan, k, arr, {})
+
+        list(self.pool.map(one, range(n)))
+        if mixup:
             partners = mixup_partners(plan, arr)
             list(self.pool.map(lambda k: finish_image(plan, k, arr, partners), range(n)))
         cls, bboxes, batch_idx = collate_boxes(plan)

@@ -400,63 +400,235 @@ def export(
     _run(body)
 
 
+def _describe_source(text: str) -> tuple[int, tuple[int, int], int] | None:
+    """'117000@1440x808:180KB' -> (images, (w, h), jpeg bytes); None when `text` is a path."""
+    import re
+
+    m = re.fullmatch(r"(\d+)@(\d+)x(\d+)(?::([\d.]+\s*[kKmM]?[bB]?))?", text.strip())
+    if not m:
+        return None
+    n, w, h = int(m.group(1)), int(m.group(2)), int(m.group(3))
+    per = _parse_bytes(m.group(4)) if m.group(4) else int(w * h * 0.15)  # ~0.15 B/px: a q90 photo
+    return n, (w, h), n * per
+
+
 @app.command()
 def plan(
-    source: Annotated[Path | None, typer.Option("--source", help="Source dataset to plan a store for.")] = None,
+    source: Annotated[str | None, typer.Option("--source", help="Dataset folder, or a description N@WxH[:avgKB] (e.g. 117000@1440x808:180KB).")] = None,
     store: Annotated[Path | None, typer.Option("--store", help="An existing store.")] = None,
-    to: Annotated[Path, typer.Option("--to", help="Where the store would go (its filesystem is checked).")] = Path("/dev/shm/sainet"),
-    imgsz: Annotated[str, typer.Option(help="Training shape for raw frames, WIDTHxHEIGHT or N.")] = "1440x808",
+    profile: Annotated[str, typer.Option(help="auto (this host) or a profile name, e.g. h200.")] = "auto",
+    imgsz: Annotated[str, typer.Option(help="Training shape, WIDTHxHEIGHT or N.")] = "1440x808",
+    batch: Annotated[int | None, typer.Option(help="Batch per GPU (default: the profile's).")] = None,
+    model: Annotated[str, typer.Option(help="Model, for the VRAM estimate.")] = "yolov8s.yaml",
+    to: Annotated[Path | None, typer.Option("--to", help="Also check this target filesystem for the store.")] = None,
     layout: Annotated[str | None, typer.Option(help="Source layout (default: detect).")] = None,
-    assume_free: Annotated[str | None, typer.Option(help="Plan against this much free space instead of the measured figure.")] = None,
+    assume_free: Annotated[str | None, typer.Option(help="With --to: plan against this much free space.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
-    """Print the bytes a store takes per mode and container, and whether each fits the target filesystem.
+    """Print the memory budget of a store and a training run against a hardware profile, and what fits.
+
+    Store bytes per mode (jpeg / raw), loader buffers (sainet's, and Ultralytics' workers and
+    cache=ram per rank), the VRAM estimate, against the profile's RAM, /dev/shm and VRAM.
 
     Examples:
 
+        sainet plan --profile h200 --source 117000@1440x808:180KB
         sainet plan --source datasets/FASDD_CV --to /dev/shm/fasdd
-        sainet plan --source data/synth --imgsz 640 --json
+        sainet plan --store /dev/shm/fasdd --profile a10g --batch 12 --json
     """
     from cache_tools.pack import plan_pack
     from cache_tools.plan import check_fits, estimate_store, fs_info, human_bytes
     from cache_tools.store import open_store
+    from sainet.budget import estimate_budget
     from sainet.datasets import open_dataset
     from sainet.errors import CapacityError
+    from sainet.profiles import detect_host, get_profile, nearest_profile
 
     def body() -> None:
         shape = _imgsz_option(imgsz)
         if (source is None) == (store is None):
             raise typer.BadParameter("give one of --source or --store")
-        if source is not None:
-            ds = open_dataset(source, layout)
-            est = plan_pack(ds, list(ds.samples()), shape)
-        else:
+        src_hw = None
+        if store is not None:
             with open_store(store) as s:
                 jpeg = int(s.index.records["length"].sum()) if s.mode == "jpeg" else 0
                 est = estimate_store(len(s), len(s.index.boxes), jpeg, len(s.index.strings), shape)
-        fs = fs_info(to.parent, free=_parse_bytes(assume_free) if assume_free else None)
+                if len(s):
+                    src_hw = (int(s.index.records["orig_h"].max()), int(s.index.records["orig_w"].max()))
+        elif (desc := _describe_source(source)) is not None:
+            n, (w, h), jpeg = desc
+            est = estimate_store(n, 3 * n, jpeg, 64 * n, shape)
+            src_hw = (h, w)
+        else:
+            ds = open_dataset(source, layout)
+            samples = list(ds.samples())
+            est = plan_pack(ds, samples, shape)
+            if samples:
+                w, h = samples[0].original_size()
+                src_hw = (h, w)
+        host = detect_host()
+        prof = nearest_profile(host)[0] if profile == "auto" else get_profile(profile)
+        rec = prof.recommended
+        b = batch or int(rec["batch"])
+        bud = estimate_budget(images=est.images, imgsz=shape, batch=b, threads=int(rec["threads"]),
+                              prefetch=int(rec["prefetch"]), workers=min(8, prof.cores), model=model, source_hw=src_hw)
+        ram, shm, vram = prof.ram_gb * 1e9, prof.shm_gb * 1e9, prof.vram_gb * 1e9
+        ranks = max(1, prof.gpus)
         rows = []
+
+        def verdict(need: float, have: float, where: str) -> str:
+            return f"fits ({human_bytes(need)} of {human_bytes(have)} {where})" if need <= have else \
+                f"does not fit ({human_bytes(need)} > {human_bytes(have)} {where})"
+
         for m in ("jpeg", "raw"):
-            for c in ("shards", "lmdb"):
-                if m == "jpeg" and est.jpeg_payload == 0:
-                    continue
+            need = est.total(m, "shards")
+            rows.append({"item": f"store {m}" + (f" at {shape[1]}x{shape[0]}" if m == "raw" else ""), "bytes": need,
+                         "host RAM (page cache)": verdict(need, ram, "RAM"),
+                         "/dev/shm": verdict(need, shm, "shm") if shm else "no /dev/shm in this profile"})
+        rows.append({"item": f"sainet loader buffers x {ranks} rank(s)", "bytes": bud.sainet_loader_bytes * ranks,
+                     "host RAM (page cache)": verdict(bud.sainet_loader_bytes * ranks, ram, "RAM"), "/dev/shm": "-"})
+        rows.append({"item": f"Ultralytics workers ({min(8, prof.cores)}/rank) x {ranks}", "bytes": bud.ultralytics_loader_bytes * ranks,
+                     "host RAM (page cache)": verdict(bud.ultralytics_loader_bytes * ranks, ram, "RAM"), "/dev/shm": "-"})
+        rows.append({"item": f"Ultralytics cache=ram x {ranks} rank(s)", "bytes": bud.ultralytics_ram_cache_bytes * ranks,
+                     "host RAM (page cache)": verdict(bud.ultralytics_ram_cache_bytes * ranks, ram, "RAM"), "/dev/shm": "-"})
+        vram_line = verdict(bud.vram_bytes, vram, "VRAM") if vram else "no GPU in this profile"
+        jpeg_need = est.total("jpeg", "shards")
+        if shm and jpeg_need <= shm and jpeg_need <= ram:
+            advice = f"pack --mode jpeg into /dev/shm (shards) and train with --loader {rec['loader']}"
+        elif jpeg_need <= ram:
+            advice = f"pack --mode jpeg as LMDB on local disk (the page cache holds it) and train with --loader {rec['loader']}"
+        else:
+            advice = "the jpeg store exceeds RAM: pack LMDB on fast local disk and expect cold reads"
+        if est.total("raw", "shards") <= (shm or ram) and est.total("raw", "shards") <= ram:
+            advice += "; raw also fits and skips decoding"
+        target = None
+        if to is not None:
+            fs = fs_info(to.parent, free=_parse_bytes(assume_free) if assume_free else None)
+            target = {"path": str(to), "fstype": fs.fstype, "free": fs.free, "usable": fs.usable, "verdicts": {}}
+            for m in ("jpeg", "raw"):
                 try:
-                    check_fits(est, m, c, fs)
-                    verdict = "fits"
+                    check_fits(est, m, "shards" if fs.in_memory else "lmdb", fs)
+                    target["verdicts"][m] = "fits"
                 except CapacityError as e:
-                    verdict = f"does not fit: {e}"
-                rows.append({"mode": m, "container": c, "bytes": est.total(m, c), "verdict": verdict})
-        doc = {"images": est.images, "boxes": est.boxes, "imgsz": list(shape), "target": {"path": str(to), **fs.__dict__,
-               "usable": fs.usable}, "options": rows}
+                    target["verdicts"][m] = str(e)
+        doc = {"profile": prof.name, "images": est.images, "imgsz": [shape[0], shape[1]], "batch": b, "model": model,
+               "rows": rows, "vram_estimate": bud.vram_bytes, "vram": vram_line, "recommendation": advice, "target": target}
         if as_json:
             print(json.dumps(doc, indent=2))
             return
-        t = Table(title=f"{est.images} images -> {to} ({fs.fstype}, {human_bytes(fs.free)} free, usable {human_bytes(fs.usable)})")
-        for col in ("mode", "container", "bytes", "verdict"):
+        t = Table(title=f"memory plan: {est.images} images, {shape[1]}x{shape[0]}, batch {b}, profile {prof.name} "
+                        f"({prof.ram_gb:.0f} GB RAM, {prof.shm_gb:.0f} GB shm, {prof.gpus}x{prof.vram_gb:.0f} GB GPU)")
+        for col in ("item", "bytes", "host RAM (page cache)", "/dev/shm"):
             t.add_column(col, overflow="fold")
         for r in rows:
-            t.add_row(r["mode"], r["container"], human_bytes(r["bytes"]), r["verdict"])
+            t.add_row(r["item"], human_bytes(r["bytes"]), r["host RAM (page cache)"], r["/dev/shm"])
         console.print(t)
+        console.print(f"VRAM per GPU (estimate, {model}): {vram_line}")
+        if target:
+            for m, v in target["verdicts"].items():
+                console.print(f"{m} store at {to}: {v}", soft_wrap=True)
+        console.print(f"[bold]recommendation:[/] {advice}")
+
+    _run(body)
+
+
+@app.command()
+def profile(
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Detect this host (GPUs and VRAM, RAM, cores, /dev/shm) and name the nearest hardware profile.
+
+    Examples:
+
+        sainet profile
+        sainet profile --json
+    """
+    from sainet.profiles import detect_host, nearest_profile
+
+    def body() -> None:
+        host = detect_host()
+        prof, dist = nearest_profile(host)
+        doc = {"host": host.as_dict(), "profile": prof.name, "distance": round(dist, 3), "recommended": prof.recommended}
+        if as_json:
+            print(json.dumps(doc, indent=2))
+            return
+        gpus = ", ".join(host.gpu_names) or "none"
+        console.print(f"host: {host.cores} cores, {host.ram_gb:.1f} GB RAM ({host.ram_available_gb:.1f} available), "
+                      f"GPUs: {gpus} ({host.vram_gb:.0f} GB each), /dev/shm {host.shm_gb:.1f} GB ({host.shm_free_gb:.1f} free)")
+        console.print(f"nearest profile: [bold]{prof.name}[/] ({prof.description}); recommended: "
+                      + ", ".join(f"{k}={v}" for k, v in prof.recommended.items()))
+
+    _run(body)
+
+
+@app.command("bench-loader")
+def bench_loader(
+    store: Annotated[Path | None, typer.Option(help="A store to benchmark (its source is used for disk/ultralytics).")] = None,
+    source: Annotated[Path | None, typer.Option(help="A dataset folder: the stores are packed from it once.")] = None,
+    loaders: Annotated[str, typer.Option(help="Backends: disk,ram,shm,lmdb,dali,ultralytics,ultralytics-ram,raw-shm,raw-lmdb.")] = "disk,ram,shm,lmdb,dali,ultralytics",
+    imgsz: Annotated[str, typer.Option(help="Training shape, WIDTHxHEIGHT or N.")] = "1440x808",
+    batch: Annotated[int | None, typer.Option(help="Batch size (default: the profile's).")] = None,
+    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Full train augmentation, or eval letterbox only.")] = True,
+    seconds: Annotated[float, typer.Option(help="Seconds measured per backend (after warm-up).")] = 10.0,
+    batches: Annotated[int | None, typer.Option(help="Batches measured per backend (instead of --seconds).")] = None,
+    cold: Annotated[bool, typer.Option(help="Evict the files' pages first (posix_fadvise), so reads are real.")] = False,
+    raw: Annotated[bool, typer.Option(help="Also pack a raw store and measure the raw-copy reference.")] = False,
+    profile: Annotated[str, typer.Option(help="auto or a profile name: threads, prefetch, workers, batch.")] = "auto",
+    threads: Annotated[int | None, typer.Option(help="Decode threads (default: the profile's, at most the cores).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Ultralytics DataLoader workers (default: the profile's threads).")] = None,
+    work: Annotated[Path, typer.Option(help="Where stores packed from --source are kept.")] = Path(".cache/bench"),
+    out: Annotated[Path, typer.Option(help="Results folder; a subfolder per profile.")] = Path("benchmarks/results"),
+    tag: Annotated[str | None, typer.Option(help="Name of the saved result (default: imgsz-aug-time).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    plot: Annotated[Path | None, typer.Option(help="Also write the chart here.")] = None,
+) -> None:
+    """Measure every loader backend side by side with Ultralytics' own, against decode and work-minimum references.
+
+    Examples:
+
+        sainet bench-loader --source data/synth --imgsz 1440x808
+        sainet bench-loader --store /dev/shm/fasdd --loaders shm,dali,ultralytics --no-augment --json
+        sainet bench-loader --source data/synth --imgsz 640 --raw --loaders shm,raw-shm --cold
+    """
+    from sainet.bench import BenchConfig, parse_loaders, prepare_stores, run_bench, save_results
+    from sainet.profiles import detect_host, get_profile, nearest_profile
+
+    def body() -> int:
+        if store is None and source is None:
+            raise typer.BadParameter("give --store or --source")
+        shape = _imgsz_option(imgsz)
+        prof = nearest_profile(detect_host())[0] if profile == "auto" else get_profile(profile)
+        rec = prof.recommended
+        n_threads = threads or min(int(rec["threads"]), os.cpu_count() or 2)
+        names = parse_loaders(loaders)
+        stores, src = prepare_stores(source, store, work, shape, raw or any(n.startswith("raw-") for n in names))
+        cfg = BenchConfig(stores=stores, source=src, imgsz=shape, batch=batch or int(rec["batch"]), augment=augment,
+                          seconds=seconds, batches=batches, threads=n_threads, prefetch=int(rec["prefetch"]),
+                          workers=workers or n_threads, cold=cold)
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed} img"),
+                      TimeElapsedColumn(), console=err) as p:
+            def bar(name: str, total: int | None):  # noqa: ANN202
+                task = p.add_task(name, total=total)
+                return lambda n: p.update(task, advance=n)
+
+            results = run_bench(cfg, names, progress=bar)
+        run_tag = tag or f"{shape[1]}x{shape[0]}-{'aug' if augment else 'noaug'}-{time.strftime('%Y%m%d-%H%M%S')}"
+        saved = save_results(results, cfg, out / prof.name, run_tag, plot)
+        if as_json:
+            print(saved.read_text())
+            return 0
+        t = Table(title=f"bench-loader {shape[1]}x{shape[0]} batch {cfg.batch} {'augment' if augment else 'no augment'}, "
+                        f"{n_threads} threads, profile {prof.name}")
+        for col in ("backend", "img/s", "p50 ms", "p99 ms", "CPU %", "PSS MB", "x decode", "x work-min", "x ultralytics", "note"):
+            t.add_column(col, justify="right" if col not in ("backend", "note") else "left")
+        for r in results:
+            f = lambda v, fmt="{:.1f}": "-" if v is None else fmt.format(v)  # noqa: E731
+            t.add_row(r.name, f(r.images_per_s), f(r.p50_ms), f(r.p99_ms), f(r.cpu_percent, "{:.0f}"), f(r.pss_mb),
+                      f(r.ratios.get("vs_decode"), "{:.2f}"), f(r.ratios.get("vs_work-minimum"), "{:.2f}"),
+                      f(r.ratios.get("vs_ultralytics"), "{:.2f}"), r.note)
+        console.print(t)
+        console.print(f"saved {saved} and its chart")
+        return 0
 
     _run(body)
 

@@ -15,16 +15,19 @@ from sainet.geometry import PAD_VALUE, letterbox
 __all__ = ["render_image", "apply_hsv", "mixup_partners", "finish_image"]
 
 _X = np.arange(256, dtype=np.float64)
-_KERNEL = np.ones((3, 3), np.uint8)
 
 
 def apply_hsv(img: np.ndarray, gains: tuple[float, float, float]) -> None:
-    """Ultralytics RandomHSV, in place, on an RGB uint8 image."""
-    hue, sat, val = cv2.split(cv2.cvtColor(img, cv2.COLOR_RGB2HSV))
-    lut_h = ((_X * gains[0]) % 180).astype(np.uint8)
-    lut_s = np.clip(_X * gains[1], 0, 255).astype(np.uint8)
-    lut_v = np.clip(_X * gains[2], 0, 255).astype(np.uint8)
-    hsv = cv2.merge((cv2.LUT(hue, lut_h), cv2.LUT(sat, lut_s), cv2.LUT(val, lut_v)))
+    """Ultralytics RandomHSV (the same three look-up tables), in place, on an RGB uint8 image.
+
+    One 3-channel LUT on the HSV image instead of split / three LUTs / merge: half the time.
+    """
+    hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
+    table = np.empty((256, 1, 3), np.uint8)
+    table[:, 0, 0] = ((_X * gains[0]) % 180).astype(np.uint8)
+    table[:, 0, 1] = np.clip(_X * gains[1], 0, 255).astype(np.uint8)
+    table[:, 0, 2] = np.clip(_X * gains[2], 0, 255).astype(np.uint8)
+    cv2.LUT(hsv, table, dst=hsv)
     cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB, dst=img)
 
 
@@ -48,24 +51,27 @@ def render_image(ip: ImagePlan, sources: list[np.ndarray], scales: list[tuple[fl
 
 
 def _paint_region(p: Placement, src: np.ndarray, scale: tuple[float, float], out: np.ndarray) -> None:
-    """Warp only the bounding box of the source's clip polygon, and copy it through the polygon's mask."""
+    """Warp the visible crop of a mosaic source straight into its quadrant of `out`.
+
+    The source is cut to its crop (one pixel wider, so neighbouring quadrants meet without a seam)
+    and warped with a transparent border over the bounding box of its quadrant only: output pixels
+    that map outside the crop are left alone, so no mask and no second buffer are needed.
+    """
     H, W = out.shape[:2]
-    poly = p.region
-    x0, y0 = np.floor(poly.min(0)).astype(int) - 1
-    x1, y1 = np.ceil(poly.max(0)).astype(int) + 1
+    x0, y0 = np.floor(p.region.min(0)).astype(int) - 1
+    x1, y1 = np.ceil(p.region.max(0)).astype(int) + 1
     x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, W), min(y1, H)
     if x1 <= x0 or y1 <= y0:
         return
-    m = _translate(-x0, -y0) @ p.matrix @ _scale(scale)
-    # Replicate, not pad: the mask reaches up to a pixel past the image edge (see below), and those
-    # pixels must continue the image rather than blend toward grey.
-    warped = cv2.warpAffine(src, pixel_matrix(m), (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
-                            borderMode=cv2.BORDER_REPLICATE)
-    mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
-    cv2.fillConvexPoly(mask, np.round((poly - [x0, y0]) * 16).astype(np.int32), 255, lineType=cv2.LINE_8, shift=4)
-    # Grow the mask by a pixel so neighbouring quadrants overlap instead of leaving a seam of padding.
-    cv2.dilate(mask, _KERNEL, dst=mask)
-    cv2.copyTo(warped, mask, out[y0:y1, x0:x1])
+    sh, sw = src.shape[:2]
+    cx0, cy0, cx1, cy1 = p.crop
+    cx0, cx1 = max(int(np.floor(cx0 / scale[0])) - 1, 0), min(int(np.ceil(cx1 / scale[0])) + 1, sw)
+    cy0, cy1 = max(int(np.floor(cy0 / scale[1])) - 1, 0), min(int(np.ceil(cy1 / scale[1])) + 1, sh)
+    if cx1 <= cx0 or cy1 <= cy0:
+        return
+    m = _translate(-x0, -y0) @ p.matrix @ _scale(scale) @ _translate(cx0, cy0)
+    cv2.warpAffine(src[cy0:cy1, cx0:cx1], pixel_matrix(m), (x1 - x0, y1 - y0), dst=out[y0:y1, x0:x1],
+                   flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_TRANSPARENT)
 
 
 def mixup_partners(plan: BatchPlan, batch: np.ndarray) -> dict[int, np.ndarray]:

@@ -32,6 +32,7 @@ class Placement:
     src: int  # index into the batch's decoded sources
     matrix: np.ndarray  # 3x3, source (original image) edge coords -> output edge coords
     region: np.ndarray | None  # (k, 2) convex polygon in output coords this source may paint; None = whole output
+    crop: tuple[float, float, float, float] | None = None  # the visible part of the source, original coords (mosaic)
 
 
 @dataclass
@@ -75,20 +76,26 @@ def box_candidates(b1: np.ndarray, b2: np.ndarray, wh_thr: float = 2, ar_thr: fl
 
 
 def _transform_boxes(boxes: np.ndarray, m: np.ndarray) -> np.ndarray:
-    """xyxy boxes through a 3x3 affine: the min/max of the four transformed corners."""
+    """xyxy boxes through a 3x3 affine: the bounding box of the four transformed corners.
+
+    The corners are every (x in {x0, x1}, y in {y0, y1}), so min/max of a*x + b*y + c separate
+    into min/max of a*x plus min/max of b*y: no corner array is built (boxes are few and this
+    runs for every source of every image).
+    """
     if not len(boxes):
         return boxes.reshape(0, 4)
-    x0, y0, x1, y1 = boxes.T
-    corners = np.stack([np.stack([x0, y0]), np.stack([x1, y0]), np.stack([x1, y1]), np.stack([x0, y1])])  # 4,2,n
-    xy = np.einsum("ij,kjn->kin", m[:2, :2], corners) + m[:2, 2:3][None]
-    return np.stack([xy[:, 0].min(0), xy[:, 1].min(0), xy[:, 0].max(0), xy[:, 1].max(0)], axis=1)
+    x0, y0, x1, y1 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    out = np.empty((len(boxes), 4))
+    for row, lo, hi in ((0, 0, 2), (1, 1, 3)):
+        a, b, c = m[row, 0], m[row, 1], m[row, 2]
+        ax0, ax1, by0, by1 = a * x0, a * x1, b * y0, b * y1
+        out[:, lo] = np.minimum(ax0, ax1) + np.minimum(by0, by1) + c
+        out[:, hi] = np.maximum(ax0, ax1) + np.maximum(by0, by1) + c
+    return out
 
 
 def _clip(boxes: np.ndarray, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
-    out = boxes.copy()
-    out[:, [0, 2]] = out[:, [0, 2]].clip(x0, x1)
-    out[:, [1, 3]] = out[:, [1, 3]].clip(y0, y1)
-    return out
+    return np.clip(boxes, (x0, y0, x0, y0), (x1, y1, x1, y1))
 
 
 def _random_affine(rng: np.random.Generator, hyp: Hyp, canvas_hw: tuple[int, int], out_hw: tuple[int, int]) -> tuple[np.ndarray, float]:
@@ -112,8 +119,9 @@ def _source_boxes(cls: np.ndarray, boxes: np.ndarray, w0: int, h0: int) -> tuple
     if not len(boxes):
         return cls.reshape(0), np.zeros((0, 4))
     b = boxes.astype(np.float64)
-    xyxy = np.stack([(b[:, 0] - b[:, 2] / 2) * w0, (b[:, 1] - b[:, 3] / 2) * h0,
-                     (b[:, 0] + b[:, 2] / 2) * w0, (b[:, 1] + b[:, 3] / 2) * h0], axis=1)
+    half = b[:, 2:] / 2
+    xyxy = np.concatenate([b[:, :2] - half, b[:, :2] + half], axis=1)
+    xyxy *= (w0, h0, w0, h0)
     return cls, xyxy
 
 
@@ -183,6 +191,7 @@ def plan_batch(
                     px, py = x1a, y1a
                 place = _t(px, py) @ _s(w / w0, h / h0)
                 pieces.append((j, place, (x1a, y1a, x2a, y2a)))
+                # (the crop of source j that shows in this quadrant, in its original coordinates)
         else:
             canvas = (H, W)
             w0, h0 = sizes[i]
@@ -200,8 +209,12 @@ def plan_batch(
         placements, all_cls, before, after = [], [], [], []
         for j, place, (x1a, y1a, x2a, y2a) in pieces:
             m = full_canvas @ place
-            region = _apply(full_canvas, _corners(x1a, y1a, x2a, y2a)) if len(pieces) > 1 else None
-            placements.append(Placement(j, m, region))
+            region = crop = None
+            if len(pieces) > 1:
+                region = _apply(full_canvas, _corners(x1a, y1a, x2a, y2a))
+                sx, sy, tx, ty = place[0, 0], place[1, 1], place[0, 2], place[1, 2]
+                crop = ((x1a - tx) / sx, (y1a - ty) / sy, (x2a - tx) / sx, (y2a - ty) / sy)
+            placements.append(Placement(j, m, region, crop))
             w0, h0 = sizes[j]
             c, xyxy = _source_boxes(*labels[j], w0, h0)
             if not len(c):
