@@ -354,6 +354,7 @@ class _Epoch:
             raise StopIteration
         if isinstance(item, BaseException):
             self.close()
+            self.loader.close()  # an epoch that failed leaves no threads behind (the pool is rebuilt on demand)
             raise item
         self.loader._batches_done += 1
         return item

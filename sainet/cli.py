@@ -681,6 +681,7 @@ def train(
         sainet train --data stores/synth --loader lmdb --model yolov8n.yaml --imgsz 320 --epochs 2 --device cpu
         sainet train --workflow two-stage --stage1-data /dev/shm/fasdd --stage2-data /dev/shm/pyro --imgsz 1440x808
         sainet train --data stores/synth --loader ultralytics --epochs 2 --set lr0=0.005 --set mosaic=0.5
+        sainet train --resume runs/sainet/dali-1440x832/weights/last.pt
     """
     from sainet.train import TrainRequest, two_stage
     from sainet.train import train as do_train
@@ -714,8 +715,8 @@ def train(
             report(r2)
             console.print(f"stage 2 started from {r1.best}")
             return 0
-        if not data:
-            raise typer.BadParameter("--data is required (or --workflow two-stage)")
+        if not data and not resume:
+            raise typer.BadParameter("--data is required (or --workflow two-stage, or --resume RUN/weights/last.pt)")
         report(do_train(req))
         return 0
 
@@ -731,7 +732,8 @@ def demo(
     images: Annotated[int, typer.Option(help="Synthetic images to make.")] = 48,
 ) -> None:
     """Run the main job end to end on embedded synthetic data and summarize what happened:
-    synthesize, check, pack (LMDB jpeg and shards raw), inspect and verify.
+    synthesize, check, pack (LMDB jpeg, shards jpeg, shards raw), verify, bench-loader, and a brief
+    `train --loader dali` on the CPU.
 
     Example:
 
@@ -764,7 +766,7 @@ def demo(
                         + (f", NOT usable: {reason}" if reason else ", usable")))
         if reason:
             return 1
-        for container, mode in (("lmdb", "jpeg"), ("shards", "raw")):
+        for container, mode in (("lmdb", "jpeg"), ("shards", "jpeg"), ("shards", "raw")):
             store = out / "stores" / f"synth-{container}-{mode}"
             opts = PackOptions(container=container, mode=mode, imgsz=(832, 1440) if mode == "raw" else None, force=True)
             with progress_bar(images, f"pack {container} {mode}") as bar:
@@ -774,6 +776,34 @@ def demo(
             summary.append((f"pack {container}/{mode}", f"{r.records} records, {human_bytes(r.store_bytes)}, "
                             f"{r.records / r.seconds:.0f} img/s -> {store}; splits {d['splits']}"))
             summary.append((f"verify {container}/{mode}", "ok" if v.ok else f"{len(v.bad)} bad records"))
+
+        from sainet.bench import BenchConfig, run_bench, save_results
+
+        stores = {"lmdb": out / "stores" / "synth-lmdb-jpeg", "shards": out / "stores" / "synth-shards-jpeg",
+                  "raw": out / "stores" / "synth-shards-raw"}
+        cfg = BenchConfig(stores=stores, source=src, imgsz=(832, 1440), batch=4, seconds=3.0, threads=os.cpu_count() or 2)
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed} img"), console=err) as p:
+            def bench_bar(name: str, total: int | None):  # noqa: ANN202
+                task = p.add_task(f"bench {name}", total=total)
+                return lambda n: p.update(task, advance=n)
+
+            results = run_bench(cfg, ["shm", "lmdb", "dali", "raw-shm", "ultralytics"], progress=bench_bar)
+        saved = save_results(results, cfg, out / "bench", "demo-1440x832", None)
+        rates = {r.name: r for r in results}
+        best = max((r for r in results if r.kind == "loader" and not r.name.startswith("ultralytics")), key=lambda r: r.images_per_s)
+        ul = rates.get("ultralytics")
+        summary.append(("bench-loader", f"1440x832 augment: best {best.name} {best.images_per_s:.0f} img/s "
+                        f"({best.ratios.get('vs_work-minimum', 0):.2f}x work-minimum"
+                        + (f", {best.ratios.get('vs_ultralytics', 0):.2f}x Ultralytics {ul.images_per_s:.0f} img/s" if ul and ul.images_per_s else "")
+                        + f") -> {saved}"))
+        from sainet.train import TrainRequest
+        from sainet.train import train as do_train
+
+        r = do_train(TrainRequest(data=str(out / "stores" / "synth-shards-jpeg"), loader="dali", model="yolov8n.yaml",
+                                  imgsz=320, epochs=2, batch=8, device="cpu", profile="cpu", project=str(out / "runs"),
+                                  name="demo-dali", sets={"exist_ok": True, "plots": False}))
+        summary.append(("train dali", f"2 epochs yolov8n 320 on CPU: mAP50 {r.metrics.get('metrics/mAP50(B)', 0):.3f}, "
+                        f"data wait {r.telemetry[-1]['data_wait_fraction'] if r.telemetry else 0:.1%} -> {r.save_dir}"))
         t = Table(title="sainet demo")
         t.add_column("step")
         t.add_column("result", overflow="fold")

@@ -46,8 +46,9 @@ class TrainRequest:
     name: str | None = None
     threads: int | None = None
     prefetch: int | None = None
-    resume: str | None = None  # path to last.pt
+    resume: str | None = None  # path to last.pt (the run's sainet_options.json fills in data, loader, imgsz)
     layout: str | None = None
+    callbacks: dict[str, list[Any]] = field(default_factory=dict)  # Ultralytics callbacks, event -> functions
 
 
 @dataclass
@@ -76,10 +77,26 @@ def _yolo_data_for(store: str, project: str) -> str:
     return str(out / "data.yaml")
 
 
+def _from_run(req: TrainRequest) -> TrainRequest:
+    """--resume RUN/weights/last.pt without --data: take data, loader and shape from the run."""
+    import json
+    from dataclasses import replace
+
+    saved = Path(req.resume).resolve().parent.parent / "sainet_options.json"
+    if req.data or not saved.is_file():
+        return req
+    o = json.loads(saved.read_text())
+    h, w = o["imgsz"]
+    return replace(req, data=o["data"], loader=req.loader or o["loader"], imgsz=req.imgsz if req.imgsz != 640 else f"{w}x{h}",
+                   threads=req.threads or o["threads"], prefetch=req.prefetch or o["prefetch"], layout=o.get("layout"))
+
+
 def resolve(req: TrainRequest) -> tuple[dict[str, Any], Any, dict[str, Any]]:
     """-> (Ultralytics overrides, SainetOptions or None, what was chosen and why)."""
     import torch
 
+    if req.resume:
+        req = _from_run(req)
     from cache_tools.store import open_store
     from sainet.budget import estimate_budget
     from sainet.profiles import detect_host, get_profile, nearest_profile
@@ -201,6 +218,9 @@ def train(req: TrainRequest) -> TrainResult:
         from ultralytics.models.yolo.detect import DetectionTrainer
 
         trainer = DetectionTrainer(overrides=overrides)
+    for event, fns in req.callbacks.items():
+        for fn in fns:
+            trainer.add_callback(event, fn)
     trainer.train()
     save_dir = Path(trainer.save_dir)
     metrics = _last_metrics(save_dir / "results.csv")

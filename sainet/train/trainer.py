@@ -100,6 +100,9 @@ class SainetTrainer(DetectionTrainer):
         self.loader_telemetry: list[dict[str, float]] = []
         self.add_callback("on_train_epoch_start", _epoch_start)
         self.add_callback("on_train_epoch_end", _epoch_end)
+        if RANK in (-1, 0):  # what `sainet train --resume RUN/weights/last.pt` needs to rebuild the loaders
+            Path(self.save_dir).mkdir(parents=True, exist_ok=True)
+            (Path(self.save_dir) / "sainet_options.json").write_text(json.dumps(asdict(self.sainet), indent=2))
 
     def get_dataset(self) -> dict:
         """The data dict Ultralytics expects, from the store's index.
