@@ -48,14 +48,16 @@ def build_loader(
     on_error: str = "raise",
     shuffle: bool | None = None,
     layout: str | None = None,
-    verify: bool = True,
+    verify: bool | None = None,
     epochs: int | None = None,
 ) -> SainetLoader:
     """Build a loader over one split of `data` (a store; for ``disk`` a dataset folder or data.yaml).
 
     `imgsz`: int (square), (h, w) tuple, or ``"WxH"`` string; padded up to stride 32.
     `on_error`: ``"raise"`` a typed error naming the record, or ``"skip"`` it (logged and counted).
-    `verify`: check each payload's CRC as it is read (cheap next to decoding).
+    `verify`: check each payload's CRC as it is read. Default: on for jpeg stores (cheap next to
+    decoding), off for raw stores (there the CRC would cost more than the copy; `sainet verify`
+    checks them offline).
     `epochs`: when given, mosaic and mixup switch off by themselves for the last ``hyp.close_mosaic``
     epochs (Ultralytics' trainer instead calls ``loader.dataset.close_mosaic()``).
     """
@@ -70,6 +72,8 @@ def build_loader(
     from cache_tools.store import open_store
 
     store = open_store(data)
+    if verify is None:
+        verify = store.mode == "jpeg"
     if kind is LoaderKind.SHM and store.container != "shards":
         raise StoreFormatError(f"{data} is an {store.container} store; the shm loader reads shard stores (use --loader lmdb)")
     if kind is LoaderKind.LMDB and store.container != "lmdb":

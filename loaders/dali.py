@@ -18,7 +18,7 @@ import torch
 
 from loaders.augment.plan import plan_batch
 from loaders.augment.torch_exec import render_batch
-from loaders.loader import SainetLoader, _Decoded, collate_boxes
+from loaders.loader import SainetLoader, _Decoded
 from sainet.errors import CorruptImage, StoreError
 
 __all__ = ["DaliLoader", "dali_available"]
@@ -36,6 +36,7 @@ def dali_available() -> bool:
 
 class DaliLoader(SainetLoader):
     kind = "dali"
+    assemblers = 1  # one pipeline: its outputs are only valid until its next run
 
     def __init__(self, source, *, device: str | None = None, **kw) -> None:  # noqa: ANN001 - Source
         if not dali_available():
@@ -66,6 +67,17 @@ class DaliLoader(SainetLoader):
                     pipe.build()
                     self._pipe = pipe
         return self._pipe
+
+    def _to_torch(self, t):  # noqa: ANN001, ANN202 - a DALI TensorGPU
+        """A decoded GPU tensor as torch, without leaving the device (DLPack, else DALI's own copy)."""
+        try:
+            return torch.from_dlpack(t)
+        except (TypeError, RuntimeError, AttributeError):
+            from nvidia.dali.plugin.pytorch import feed_ndarray
+
+            out = torch.empty(tuple(t.shape()), dtype=torch.uint8, device=self.device)
+            feed_ndarray(t, out, cuda_stream=torch.cuda.current_stream(self.device))
+            return out
 
     def _encoded(self, i: int) -> tuple[np.ndarray, int]:
         """The sample's bytes as a uint8 array (validated: CRC, header), applying the error policy."""
@@ -114,14 +126,8 @@ class DaliLoader(SainetLoader):
             images = [np.asarray(t) for t in decoded]  # views of DALI's buffers, valid until the next run
             return self._assemble([_Decoded(img, (src.sizes[u][0] / img.shape[1], src.sizes[u][1] / img.shape[0]), u)
                                    for img, u in zip(images, used, strict=True)], rng)
-        images = [torch.from_dlpack(t) for t in decoded]
+        images = [self._to_torch(t) for t in decoded]
         scales = [(src.sizes[u][0] / img.shape[1], src.sizes[u][1] / img.shape[0]) for img, u in zip(images, used, strict=True)]
         plan = plan_batch(rng, [tuple(src.sizes[u]) for u in used], [(src.cls[u], src.boxes[u]) for u in used],
                           self.imgsz, self.dataset.hyp, augment=self.augment, mosaic=self.dataset.mosaic)
-        img = render_batch(plan, images, scales)
-        cls, bboxes, batch_idx = collate_boxes(plan)
-        H, W = self.imgsz
-        return {"img": img, "cls": cls, "bboxes": bboxes, "batch_idx": batch_idx,
-                "im_file": tuple(src.names[u] for u in used),
-                "ori_shape": tuple((int(src.sizes[u][1]), int(src.sizes[u][0])) for u in used),
-                "resized_shape": tuple((H, W) for _ in used), "ratio_pad": tuple(ip.ratio_pad for ip in plan.images)}
+        return self._pack(render_batch(plan, images, scales), plan, used)

@@ -27,6 +27,7 @@ from loaders.augment.plan import BatchPlan, plan_batch
 from loaders.sampler import ShardedSampler
 from loaders.sources import Source
 from sainet.errors import ImageError, SainetError, StoreError
+from sainet.geometry import PAD_VALUE, letterbox, letterbox_params
 from sainet.imaging import decode_rgb, probe
 
 __all__ = ["LoaderDataset", "SainetLoader", "ON_ERROR", "collate_boxes"]
@@ -63,6 +64,36 @@ class LoaderDataset:
         self.hyp = replace(self.hyp, mosaic=0.0, mixup=0.0, copy_paste=0.0)
 
 
+class _BatchBuffers:
+    """Batch tensors, reused once nothing outside the loader holds them.
+
+    A fresh 29 MB batch (8 x 832 x 1440 x 3) costs ~7,000 page faults, and pinned memory is slow
+    to allocate: a buffer goes back into service when its storage's use count shows that every
+    tensor the consumer made from it (the batch's `img`, slices of it) is gone. Where torch lacks
+    the use-count call, every batch is freshly allocated.
+    """
+
+    def __init__(self, hw: tuple[int, int], pin: bool, keep: int) -> None:
+        self.hw, self.pin, self.keep = hw, pin, keep
+        self.use_count = getattr(torch._C, "_storage_Use_Count", None)
+        self.items: list[torch.Tensor] = []
+        self.lock = threading.Lock()
+
+    def get(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(base (n,H,W,3), img view (n,3,H,W)); the view is made under the lock, so the buffer is
+        seen as busy by the other assembling thread at once."""
+        with self.lock:
+            if self.use_count is not None:
+                for t in self.items:
+                    if t.shape[0] == n and self.use_count(t.untyped_storage()._cdata) <= 2:
+                        return t, t.permute(0, 3, 1, 2)
+            H, W = self.hw
+            t = torch.empty((n, H, W, 3), dtype=torch.uint8, pin_memory=self.pin)
+            if self.use_count is not None and len(self.items) < self.keep:
+                self.items.append(t)
+            return t, t.permute(0, 3, 1, 2)
+
+
 @dataclass
 class _Decoded:
     image: np.ndarray
@@ -91,6 +122,8 @@ class SainetLoader:
     """A loader over one split. Iterate once per epoch; see `loaders.build_loader`."""
 
     kind = "cpu"
+    #: batches assembled at once (one's serial steps overlap the other's pool work)
+    assemblers = 2
 
     def __init__(
         self,
@@ -131,7 +164,8 @@ class SainetLoader:
         self._epoch = 0
         self._batches_done = 0
         self._pool: ThreadPoolExecutor | None = None
-        self._buffers: list[bytearray] = []
+        self._local = threading.local()  # decode buffers, one set per batch being assembled
+        self._batches = _BatchBuffers(imgsz, self.pin_memory, keep=prefetch + self.assemblers + 2)
         self._active: _Epoch | None = None
         orig_set_epoch = self.sampler.set_epoch
 
@@ -201,7 +235,24 @@ class SainetLoader:
             self._pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="sainet-decode")
         return self._pool
 
-    def _decode_one(self, i: int, slot: int, min_scale_target: bool) -> _Decoded:
+    def _slot_buffer(self, buffers: list[bytearray], slot: int, need: int) -> bytearray:
+        while len(buffers) <= slot:
+            buffers.append(bytearray(0))
+        if len(buffers[slot]) < need:
+            buffers[slot] = bytearray(need)
+        return buffers[slot]
+
+    def _batch_buffers(self) -> list[bytearray]:
+        """The decode buffers of the batch assembled by the calling thread (reused batch after batch)."""
+        if not hasattr(self._local, "buffers"):
+            self._local.buffers = []
+        return self._local.buffers
+
+    def _decode_one(self, i: int, slot: int, min_scale_target: bool, buffers: list[bytearray] | None = None,
+                    into: np.ndarray | None = None) -> _Decoded:
+        """Decode sample i. With `into` (eval mode) the letterboxed result is written there directly:
+        when the image needs no resize and fills whole rows (1440x808 into 1440x832), libjpeg-turbo
+        decodes straight into the batch tensor and only the padding rows are filled."""
         src = self.source
         payload = src.payload(i)
         w0, h0 = (int(v) for v in src.sizes[i])
@@ -209,29 +260,45 @@ class SainetLoader:
             H, W = src.raw_hw
             frame = np.frombuffer(payload, np.uint8).reshape(H, W, 3)
             left, top, nw, nh = src.raw_content(i)
-            return _Decoded(frame[top : top + nh, left : left + nw], (w0 / nw, h0 / nh), i)
+            content = frame[top : top + nh, left : left + nw]
+            if into is not None:
+                if into.shape == frame.shape:  # packed at this very shape: the frame is the eval image
+                    np.copyto(into, frame)
+                else:
+                    letterbox(content, *into.shape[:2], out=into)
+                return _Decoded(into, (1.0, 1.0), i)
+            return _Decoded(content, (w0 / nw, h0 / nh), i)
         name = src.describe(i)
         info = probe(payload, name)
+        if into is not None:
+            H, W = into.shape[:2]
+            lb = letterbox_params(h0, w0, H, W)
+            direct = (info.format == "jpeg" and info.orientation == 1 and info.channels == 3 and lb.left == 0
+                      and (lb.new_w, lb.new_h) == (w0, h0) == (info.width, info.height) and W == w0)
+            if direct:
+                decode_rgb(payload, name, info=info, buffer=into[lb.top : lb.top + h0])
+                into[: lb.top] = PAD_VALUE
+                into[lb.top + h0 :] = PAD_VALUE
+            else:
+                buf = self._slot_buffer(buffers, slot, info.width * info.height * 3) if buffers is not None else None
+                letterbox(decode_rgb(payload, name, info=info, buffer=buf), H, W, out=into)
+            return _Decoded(into, (1.0, 1.0), i)
         min_size = None
         if min_scale_target:
             H, W = self.imgsz
             r = min(H / h0, W / w0)
             if r <= 0.5:  # libjpeg-turbo's DCT scaling: decode at 1/2, 1/4 or 1/8 instead of full size
                 min_size = (max(1, math.ceil(w0 * r)), max(1, math.ceil(h0 * r)))
-        while len(self._buffers) <= slot:
-            self._buffers.append(bytearray(0))
-        need = info.width * info.height * 3
-        if len(self._buffers[slot]) < need:
-            self._buffers[slot] = bytearray(need)
-        img = decode_rgb(payload, name, min_size=min_size, info=info, buffer=self._buffers[slot])
+        buf = self._slot_buffer(buffers, slot, info.width * info.height * 3) if buffers is not None else None
+        img = decode_rgb(payload, name, min_size=min_size, info=info, buffer=buf)
         return _Decoded(img, (w0 / img.shape[1], h0 / img.shape[0]), i)
 
-    def _decode(self, i: int, slot: int) -> _Decoded:
+    def _decode(self, i: int, slot: int, buffers: list[bytearray] | None = None, into: np.ndarray | None = None) -> _Decoded:
         tries = 0
         n = len(self.source)
         while True:
             try:
-                return self._decode_one(i, slot, self.augment)
+                return self._decode_one(i, slot, self.augment, buffers, into)
             except (ImageError, StoreError) as e:
                 if self.on_error == "raise":
                     raise
@@ -245,7 +312,14 @@ class SainetLoader:
     def build_batch(self, indices: np.ndarray, rng: np.random.Generator) -> dict:
         """Decode in the pool while this thread plans the batch (sizes and labels come from the
         index, not the pixels), then render in the pool."""
-        futures = [self.pool.submit(self._decode, int(i), k) for k, i in enumerate(indices)]
+        buffers = self._batch_buffers()
+        if not self.augment:  # eval: decode and letterbox straight into the batch, no render phase
+            out, img = self._batches.get(len(indices))
+            arr = out.numpy()
+            done = list(self.pool.map(lambda k: self._decode(int(indices[k]), k, buffers, arr[k]), range(len(indices))))
+            used = [d.index for d in done]
+            return self._pack(img, self._plan(used, rng), used)
+        futures = [self.pool.submit(self._decode, int(i), k, buffers) for k, i in enumerate(indices)]
         state = rng.bit_generator.state
         plan = self._plan(indices.tolist(), rng)
         decoded = [f.result() for f in futures]
@@ -268,9 +342,7 @@ class SainetLoader:
         """Render a planned batch with the OpenCV executor in the thread pool."""
         used = [d.index for d in decoded]
         n = len(decoded)
-        src = self.source
-        H, W = self.imgsz
-        out = torch.empty((n, H, W, 3), dtype=torch.uint8, pin_memory=self.pin_memory)
+        out, img = self._batches.get(n)
         arr = out.numpy()
         images = [d.image for d in decoded]
         scales = [d.scale for d in decoded]
@@ -285,9 +357,16 @@ class SainetLoader:
         if mixup:
             partners = mixup_partners(plan, arr)
             list(self.pool.map(lambda k: finish_image(plan, k, arr, partners), range(n)))
+        return self._pack(img, plan, used)
+
+    def _pack(self, img: torch.Tensor, plan: BatchPlan, used: list[int]) -> dict:
+        """The Ultralytics batch dict around `img` (B,3,H,W) uint8 (on the CPU a view of a
+        channels-last buffer; on the GPU the torch executor's output)."""
+        src = self.source
+        H, W = self.imgsz
         cls, bboxes, batch_idx = collate_boxes(plan)
         return {
-            "img": out.permute(0, 3, 1, 2),
+            "img": img,
             "cls": cls, "bboxes": bboxes, "batch_idx": batch_idx,
             "im_file": tuple(src.names[i] for i in used),
             "ori_shape": tuple((int(src.sizes[i][1]), int(src.sizes[i][0])) for i in used),
@@ -312,22 +391,31 @@ class _Epoch:
         self.thread = threading.Thread(target=self._produce, name=f"sainet-loader-e{epoch}", daemon=True)
 
     def _produce(self) -> None:
+        """`assemblers` batches in flight: one batch's serial steps (planning, collating) overlap the
+        other's decoding and rendering in the shared pool. Batches are still queued in order."""
         loader = self.loader
+
+        def build(k: int, idx: np.ndarray) -> dict:
+            rng = np.random.default_rng([loader.seed, self.epoch, k, loader.rank])
+            t0 = time.perf_counter()
+            item = loader.build_batch(idx, rng)
+            loader.busy_seconds += (time.perf_counter() - t0) / loader.assemblers  # wall time shared by those in flight
+            loader.images_built += len(idx)
+            return item
+
         try:
-            for k, idx in enumerate(self.batches, start=self.start):
-                if self.stop.is_set():
-                    return
-                rng = np.random.default_rng([loader.seed, self.epoch, k, loader.rank])
-                t0 = time.perf_counter()
-                item = loader.build_batch(idx, rng)
-                loader.busy_seconds += time.perf_counter() - t0
-                loader.images_built += len(idx)
-                while not self.stop.is_set():
-                    try:
-                        self.queue.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
+            with ThreadPoolExecutor(loader.assemblers, thread_name_prefix="sainet-batch") as assemblers:
+                pending: list = []
+                for k, idx in enumerate(self.batches, start=self.start):
+                    if self.stop.is_set():
+                        return
+                    pending.append(assemblers.submit(build, k, idx))
+                    if len(pending) >= loader.assemblers:
+                        self._put(pending.pop(0).result())
+                for f in pending:
+                    if self.stop.is_set():
+                        return
+                    self._put(f.result())
             self._put(self._DONE)
         except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
             self._put(e)

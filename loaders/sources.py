@@ -6,6 +6,7 @@ bytes, or a raw frame with its letterbox), and a name for error messages.
 
 from __future__ import annotations
 
+import abc
 import logging
 from pathlib import Path
 
@@ -20,7 +21,7 @@ __all__ = ["Source", "StoreSource", "RamSource", "DiskSource"]
 log = logging.getLogger(__name__)
 
 
-class Source:
+class Source(abc.ABC):
     """Base: subclasses fill the arrays and implement `payload`."""
 
     mode = "jpeg"  # or "raw"
@@ -37,8 +38,9 @@ class Source:
     def __len__(self) -> int:
         return len(self.names)
 
+    @abc.abstractmethod
     def payload(self, i: int) -> memoryview | bytes:
-        raise NotImplementedError  # abstract; pragma: no cover
+        """Encoded bytes (or a raw frame) of sample i."""
 
     def raw_content(self, i: int) -> tuple[int, int, int, int]:
         """raw frames: (left, top, new_w, new_h) of the image inside the frame."""

@@ -33,6 +33,7 @@ import psutil
 
 from cache_tools.format import INDEX_NAME
 from cache_tools.store import open_store
+from sainet.errors import SainetError
 from sainet.geometry import format_imgsz, letterbox_params, parse_imgsz
 from sainet.imaging import decode_rgb
 
@@ -55,6 +56,7 @@ class BenchResult:
     p99_ms: float | None = None
     cpu_percent: float | None = None
     pss_mb: float | None = None  # peak summed PSS of the process tree above the idle baseline
+    pss_anon_mb: float | None = None  # ... of which anonymous (private heap); the rest is mapped store pages
     ratios: dict[str, float] = field(default_factory=dict)
     note: str = ""
 
@@ -83,14 +85,25 @@ def _tree(proc: psutil.Process) -> list[psutil.Process]:
         return [proc]
 
 
-def _pss(proc: psutil.Process) -> int:
-    total = 0
-    for p in _tree(proc):
-        try:
-            total += p.memory_full_info().pss
-        except psutil.Error:
-            continue
-    return total
+def _rollup(pid: int) -> dict[str, int]:
+    """Pss, Pss_Anon, Pss_File, Pss_Shmem of one process, in bytes (Linux smaps_rollup)."""
+    out = {}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                if key in ("Pss", "Pss_Anon", "Pss_File", "Pss_Shmem"):
+                    out[key] = int(rest.split()[0]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+def _pss(proc: psutil.Process, key: str = "Pss") -> int:
+    """Summed PSS of the process tree. Pss_Anon is the loader's own (private, heap) memory; the
+    store's pages mapped from the page cache or /dev/shm show in Pss_File / Pss_Shmem, shared by
+    every process and rank that maps them."""
+    return sum(_rollup(p.pid).get(key, 0) for p in _tree(proc))
 
 
 def _cpu_seconds(proc: psutil.Process) -> float:
@@ -105,18 +118,24 @@ def _cpu_seconds(proc: psutil.Process) -> float:
 
 
 class _Sampler:
-    """Peak PSS of the process tree, sampled in the background."""
+    """Peak PSS (total and anonymous) of the process tree, sampled in the background."""
 
     def __init__(self, period: float = 0.25) -> None:
         self.proc = psutil.Process()
         self.period = period
         self.peak = 0
+        self.peak_anon = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def _sample(self) -> None:
+        roll = [_rollup(p.pid) for p in _tree(self.proc)]
+        self.peak = max(self.peak, sum(r.get("Pss", 0) for r in roll))
+        self.peak_anon = max(self.peak_anon, sum(r.get("Pss_Anon", 0) for r in roll))
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, _pss(self.proc))
+            self._sample()
             self._stop.wait(self.period)
 
     def __enter__(self) -> _Sampler:
@@ -126,7 +145,7 @@ class _Sampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, _pss(self.proc))
+        self._sample()
 
 
 def evict(paths: list[Path]) -> int:
@@ -147,12 +166,13 @@ def evict(paths: list[Path]) -> int:
     return n
 
 
-def _measure(name: str, batches: Iterator[int], cfg: BenchConfig, progress: Callable[[int], None] | None) -> BenchResult:
-    """Pull from `batches` (yielding images per batch): warm-up, then time it."""
+def _measure(name: str, batches: Iterator[int], cfg: BenchConfig, progress: Callable[[int], None] | None,
+             base_pss: int, base_anon: int) -> BenchResult:
+    """Pull from `batches` (yielding images per batch): warm-up, then time it. Memory is counted
+    from `base_*`, taken before the backend was built (so a RAM cache made at set-up counts)."""
     for _ in range(cfg.warmup):
         if next(batches, None) is None:
             break
-    base_pss = _pss(psutil.Process())
     cpu0, t0 = _cpu_seconds(psutil.Process()), time.perf_counter()
     lat, images = [], 0
     with _Sampler() as sampler:
@@ -176,7 +196,7 @@ def _measure(name: str, batches: Iterator[int], cfg: BenchConfig, progress: Call
     ms = np.array(lat) * 1000
     return BenchResult(name, "loader", images / dt if dt else 0.0, len(lat), images, dt,
                        float(np.percentile(ms, 50)) if len(ms) else None, float(np.percentile(ms, 99)) if len(ms) else None,
-                       cpu, max(0, sampler.peak - base_pss) / 1e6)
+                       cpu, max(0, sampler.peak - base_pss) / 1e6, max(0, sampler.peak_anon - base_anon) / 1e6)
 
 
 def _loop(make: Callable[[], Iterator[dict]]) -> Iterator[int]:
@@ -321,6 +341,7 @@ def run_bench(cfg: BenchConfig, loaders: list[str], progress: Callable[[str, int
         gc.collect()
         if cfg.cold:
             evict([p for p in [*cfg.stores.values(), cfg.source] if p is not None])
+        base_pss, base_anon = _pss(psutil.Process()), _pss(psutil.Process(), "Pss_Anon")
         try:
             if name in ("ultralytics", "ultralytics-ram"):
                 if cfg.source is None:
@@ -336,14 +357,17 @@ def run_bench(cfg: BenchConfig, loaders: list[str], progress: Callable[[str, int
                 it, close = _sainet_backend(name, cfg, store)
             elif name.startswith("raw-"):
                 kind = name.removeprefix("raw-")
-                it, close = _sainet_backend(kind, cfg, cfg.stores["raw"])
+                key = "raw" if kind != "lmdb" else "raw-lmdb"
+                if key not in cfg.stores:
+                    raise FileNotFoundError(f"no raw {kind} store (pass --raw, or a raw store)")
+                it, close = _sainet_backend(kind, cfg, cfg.stores[key])
             else:
                 raise ValueError(f"unknown backend {name!r} (known: {', '.join(BACKENDS)}, raw-shm, raw-lmdb)")
-        except (FileNotFoundError, ImportError, ValueError) as e:
+        except (FileNotFoundError, ImportError, ValueError, SainetError) as e:
             results.append(BenchResult(name, "loader", 0.0, note=f"skipped: {e}"))
             continue
         try:
-            results.append(_measure(name, it, cfg, bar(name)))
+            results.append(_measure(name, it, cfg, bar(name), base_pss, base_anon))
         finally:
             close()
             del it
@@ -400,23 +424,25 @@ def plot_results(results: list[BenchResult], png: Path, title: str) -> None:
     plt.close(fig)
 
 
-def prepare_stores(source: Path | None, store: Path | None, work: Path, imgsz: tuple[int, int], raw: bool) -> tuple[dict[str, Path], Path | None]:
-    """The stores a bench needs: both jpeg containers (and raw shards), packed once into `work`."""
+def prepare_stores(source: Path | None, store: Path | None, work: Path, imgsz: tuple[int, int], raw: bool,
+                   raw_lmdb: bool = False) -> tuple[dict[str, Path], Path | None]:
+    """The stores a bench needs: both jpeg containers (and raw shards / raw LMDB), packed once into `work`."""
     from cache_tools.pack import PackOptions, pack
 
     stores: dict[str, Path] = {}
     if store is not None:
         with open_store(store) as s:
-            key = "raw" if s.mode == "raw" else s.container
+            key = ("raw" if s.container == "shards" else "raw-lmdb") if s.mode == "raw" else s.container
             stores[key] = Path(store)
             source = source or (Path(s.meta["source"]) if s.meta.get("source") and Path(s.meta["source"]).exists() else None)
     if source is not None:
         work.mkdir(parents=True, exist_ok=True)
         for key, opts in (("shards", PackOptions(container="shards")), ("lmdb", PackOptions(container="lmdb")),
-                          ("raw", PackOptions(container="shards", mode="raw", imgsz=imgsz))):
-            if key in stores or (key == "raw" and not raw):
+                          ("raw", PackOptions(container="shards", mode="raw", imgsz=imgsz)),
+                          ("raw-lmdb", PackOptions(container="lmdb", mode="raw", imgsz=imgsz))):
+            if key in stores or (key == "raw" and not raw) or (key == "raw-lmdb" and not raw_lmdb):
                 continue
-            target = work / f"{key}-{format_imgsz(imgsz) if key == 'raw' else 'jpeg'}"
+            target = work / f"{key}-{format_imgsz(imgsz) if key.startswith('raw') else 'jpeg'}"
             if not (target / INDEX_NAME).is_file():
                 pack(source, target, PackOptions(**{**opts.__dict__, "force": True}))
             stores[key] = target

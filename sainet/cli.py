@@ -601,7 +601,7 @@ def bench_loader(
         rec = prof.recommended
         n_threads = threads or min(int(rec["threads"]), os.cpu_count() or 2)
         names = parse_loaders(loaders)
-        stores, src = prepare_stores(source, store, work, shape, raw or any(n.startswith("raw-") for n in names))
+        stores, src = prepare_stores(source, store, work, shape, raw or "raw-shm" in names, "raw-lmdb" in names)
         cfg = BenchConfig(stores=stores, source=src, imgsz=shape, batch=batch or int(rec["batch"]), augment=augment,
                           seconds=seconds, batches=batches, threads=n_threads, prefetch=int(rec["prefetch"]),
                           workers=workers or n_threads, cold=cold)
@@ -619,11 +619,11 @@ def bench_loader(
             return 0
         t = Table(title=f"bench-loader {shape[1]}x{shape[0]} batch {cfg.batch} {'augment' if augment else 'no augment'}, "
                         f"{n_threads} threads, profile {prof.name}")
-        for col in ("backend", "img/s", "p50 ms", "p99 ms", "CPU %", "PSS MB", "x decode", "x work-min", "x ultralytics", "note"):
+        for col in ("backend", "img/s", "p50 ms", "p99 ms", "CPU %", "PSS MB", "anon MB", "x decode", "x work-min", "x ultralytics", "note"):
             t.add_column(col, justify="right" if col not in ("backend", "note") else "left")
         for r in results:
             f = lambda v, fmt="{:.1f}": "-" if v is None else fmt.format(v)  # noqa: E731
-            t.add_row(r.name, f(r.images_per_s), f(r.p50_ms), f(r.p99_ms), f(r.cpu_percent, "{:.0f}"), f(r.pss_mb),
+            t.add_row(r.name, f(r.images_per_s), f(r.p50_ms), f(r.p99_ms), f(r.cpu_percent, "{:.0f}"), f(r.pss_mb), f(r.pss_anon_mb),
                       f(r.ratios.get("vs_decode"), "{:.2f}"), f(r.ratios.get("vs_work-minimum"), "{:.2f}"),
                       f(r.ratios.get("vs_ultralytics"), "{:.2f}"), r.note)
         console.print(t)

@@ -119,3 +119,18 @@ def test_imgsz_forms(stores):
             assert next(iter(loader))["img"].shape[2:] == shape
         finally:
             loader.close()
+
+
+def test_reduced_dct_decode_when_training_shape_is_small(tmp_path):
+    """Training at <= 1/2 of the source decodes at a reduced DCT scale (1/2, 1/4, 1/8), not full size."""
+    synthesize(tmp_path / "src", images=4, size=(800, 400), seed=1, val_fraction=0)
+    pack(tmp_path / "src", tmp_path / "s", PackOptions(container="shards"))
+    loader = build_loader(tmp_path / "s", "shm", batch_size=2, imgsz=192, augment=True)
+    try:
+        d = loader._decode_one(0, 0, True)
+        assert d.image.shape[:2] == (100, 200) and d.scale == (4.0, 4.0)  # 1/4: still >= 192/800 of the source
+        full = loader._decode_one(0, 0, False)  # eval: full decode, as Ultralytics' letterbox sees it
+        assert full.image.shape[:2] == (400, 800)
+        assert next(iter(loader))["img"].shape[2:] == (192, 192)
+    finally:
+        loader.close()
