@@ -1,8 +1,9 @@
 """The loader: sampler -> read + decode (threads) -> plan -> execute -> Ultralytics batch dict.
 
-One producer thread assembles batches ahead of the consumer (bounded by `prefetch`); inside a
-batch, decoding and rendering run in a thread pool (libjpeg-turbo and OpenCV release the GIL).
-No per-sample worker processes, nothing that grows with the dataset or the epoch count.
+A producer thread keeps two batches in assembly ahead of the consumer (the queue is bounded by
+`prefetch`); inside a batch, decoding and rendering run in a thread pool (libjpeg-turbo and OpenCV
+release the GIL) into reused buffers. No per-sample worker processes, nothing that grows with the
+dataset or the epoch count.
 """
 
 from __future__ import annotations

@@ -103,6 +103,8 @@ class SainetTrainer(DetectionTrainer):
         if RANK in (-1, 0):  # what `sainet train --resume RUN/weights/last.pt` needs to rebuild the loaders
             Path(self.save_dir).mkdir(parents=True, exist_ok=True)
             (Path(self.save_dir) / "sainet_options.json").write_text(json.dumps(asdict(self.sainet), indent=2))
+            if not self.args.resume:  # a reused run folder (exist_ok) starts a fresh telemetry file
+                (Path(self.save_dir) / "loader.csv").unlink(missing_ok=True)
 
     def get_dataset(self) -> dict:
         """The data dict Ultralytics expects, from the store's index.
