@@ -284,6 +284,8 @@ def pack(src: str | os.PathLike[str], to: str | os.PathLike[str], opts: PackOpti
         index = _build_index(rows, samples, list(ds.names), splits, opts, container, shard_sizes,
                              [{"key": b["key"], "reason": b["reason"]} for b in sorted(bad, key=lambda b: b["src"])],
                              src, ds.layout)
+        if container == "lmdb":  # so a truncated data.mdb is refused before LMDB maps it (SIGBUS otherwise)
+            index.meta["lmdb_bytes"] = os.path.getsize(partial / "data.mdb")
     except BaseException:
         writer.abort()
         raise

@@ -128,8 +128,15 @@ def _lmdb_env(root: Path):  # noqa: ANN202 - lmdb.Environment
 class _LmdbPayloads:
     def __init__(self, root: Path, ix: IndexData) -> None:
         self.root = root
-        if not (root / "data.mdb").is_file():
+        data = root / "data.mdb"
+        if not data.is_file():
             raise StoreFormatError(f"{root}: LMDB store without data.mdb")
+        # LMDB memory-maps data.mdb: reading past the end of a truncated file is a SIGBUS, so the
+        # size recorded at pack time is checked before the environment is ever opened.
+        expected = int(ix.meta.get("lmdb_bytes", 0))
+        size = data.stat().st_size
+        if size < expected:
+            raise StoreCorruptError(f"{data}: {size} bytes, the index expects {expected} (truncated)")
         self._pid = -1
         self._local = threading.local()
 

@@ -375,7 +375,7 @@ def run_bench(cfg: BenchConfig, loaders: list[str], progress: Callable[[str, int
     for r in results:
         for ref in ("decode", "work-minimum", "raw-copy", "ultralytics"):
             if ref in refs and r.name != ref and r.images_per_s > 0:
-                r.ratios[f"vs_{ref}"] = round(r.images_per_s / refs[ref], 3)
+                r.ratios[f"vs_{ref}"] = r.images_per_s / refs[ref]
     return results
 
 

@@ -36,10 +36,10 @@ def test_bench_loader_json_has_every_backend_and_references(source, tmp_path):
         r = by[name]
         assert r["images_per_s"] > 0 and r["batches"] == 3 and r["p50_ms"] > 0 and r["pss_mb"] >= 0, r
         # ratios come from the figures of this same run
-        assert r["ratios"]["vs_decode"] == pytest.approx(r["images_per_s"] / by["decode"]["images_per_s"], rel=1e-2)
-        assert r["ratios"]["vs_work-minimum"] == pytest.approx(r["images_per_s"] / by["work-minimum"]["images_per_s"], rel=1e-2)
+        assert r["ratios"]["vs_decode"] == pytest.approx(r["images_per_s"] / by["decode"]["images_per_s"], rel=1e-9)
+        assert r["ratios"]["vs_work-minimum"] == pytest.approx(r["images_per_s"] / by["work-minimum"]["images_per_s"], rel=1e-9)
         if name != "ultralytics":
-            assert r["ratios"]["vs_ultralytics"] == pytest.approx(r["images_per_s"] / by["ultralytics"]["images_per_s"], rel=1e-2)
+            assert r["ratios"]["vs_ultralytics"] == pytest.approx(r["images_per_s"] / by["ultralytics"]["images_per_s"], rel=1e-9)
     assert doc["host"]["profile"] == "cpu"
     saved = tmp_path / "results" / "cpu"
     assert (saved / "t.json").is_file() and (saved / "t.png").stat().st_size > 1000
