@@ -34,7 +34,7 @@ import psutil
 from cache_tools.format import INDEX_NAME
 from cache_tools.store import open_store
 from sainet.errors import SainetError
-from sainet.geometry import format_imgsz, letterbox_params, parse_imgsz
+from sainet.geometry import format_imgsz, letterbox_params
 from sainet.imaging import decode_rgb
 
 __all__ = ["BenchResult", "BenchConfig", "run_bench", "evict", "BACKENDS", "REFERENCES"]
@@ -373,7 +373,7 @@ def run_bench(cfg: BenchConfig, loaders: list[str], progress: Callable[[str, int
             del it
     refs = {r.name: r.images_per_s for r in results if r.images_per_s > 0}
     for r in results:
-        for ref in ("decode", "work-minimum", "raw-copy", "ultralytics"):
+        for ref in (*REFERENCES, "ultralytics"):
             if ref in refs and r.name != ref and r.images_per_s > 0:
                 r.ratios[f"vs_{ref}"] = r.images_per_s / refs[ref]
     return results
@@ -451,7 +451,3 @@ def prepare_stores(source: Path | None, store: Path | None, work: Path, imgsz: t
 
 def parse_loaders(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
-
-
-def imgsz_of(text: str) -> tuple[int, int]:
-    return parse_imgsz(text)

@@ -25,7 +25,6 @@ __all__ = [
     "probe",
     "decode_rgb",
     "encode_jpeg",
-    "jpeg_scale_for",
 ]
 
 #: Largest image sainet will allocate (16384 x 16384). A header claiming more is refused
@@ -160,16 +159,6 @@ _ROTATE = {
     7: lambda a: np.rot90(a, 1)[::-1, ::-1],
     8: lambda a: np.rot90(a, 1),
 }
-
-
-def jpeg_scale_for(width: int, height: int, target_w: int, target_h: int) -> tuple[int, int]:
-    """The smallest (min_width, min_height) request that keeps a JPEG scaled decode >= the target.
-
-    libjpeg-turbo decodes at scales n/8; asking simplejpeg for at least the letterboxed size lets it
-    pick 1/2, 1/4 or 1/8 when the training shape is that much smaller than the source.
-    """
-    r = min(target_w / width, target_h / height)
-    return max(1, int(np.ceil(width * r))), max(1, int(np.ceil(height * r)))
 
 
 def decode_rgb(
