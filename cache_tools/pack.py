@@ -15,8 +15,8 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +41,7 @@ from sainet.datasets import Importer, Problem, Sample, open_dataset
 from sainet.errors import ImageError, SainetError, StoreError, StoreExistsError
 from sainet.geometry import letterbox, letterbox_params
 from sainet.imaging import decode_rgb, encode_jpeg, probe
+from sainet.parallel import ordered_map
 
 __all__ = ["PackOptions", "PackReport", "pack", "default_container", "plan_pack"]
 
@@ -125,16 +126,6 @@ def _process(src: int, sample: Sample, opts: PackOptions) -> _Item:
         small = cv2.resize(img, (max(1, round(w0 * r)), max(1, round(h0 * r))), interpolation=cv2.INTER_AREA)
         return _Item(src, True, encode_jpeg(small, opts.jpeg_quality), (w0, h0), (small.shape[1], small.shape[0]), FLAG_REENCODED)
     return _Item(src, True, data, (w0, h0), (w0, h0))
-
-
-def _ordered(pool: ThreadPoolExecutor, todo: Iterator[tuple[int, Sample]], opts: PackOptions, depth: int) -> Iterator[_Item]:
-    pending: list[Future] = []
-    for src, s in todo:
-        pending.append(pool.submit(_process, src, s, opts))
-        if len(pending) >= depth:
-            yield pending.pop(0).result()
-    for f in pending:
-        yield f.result()
 
 
 def plan_pack(ds: Importer, samples: list[Sample], imgsz: tuple[int, int] | None) -> StoreEstimate:
@@ -260,7 +251,7 @@ def pack(src: str | os.PathLike[str], to: str | os.PathLike[str], opts: PackOpti
         threads = opts.threads or os.cpu_count() or 2
         new_rows = []
         with ThreadPoolExecutor(threads) as pool, open(bad_path, "a") as bad_log:
-            for item in _ordered(pool, todo, opts, depth=4 * threads):
+            for item in ordered_map(pool, lambda t: _process(t[0], t[1], opts), todo, depth=4 * threads):
                 row = np.zeros((), JOURNAL_DTYPE)
                 row["src"], row["status"], row["flags"] = item.src, 0 if item.ok else 1, item.flags
                 row["orig_w"], row["orig_h"] = item.orig

@@ -19,7 +19,8 @@ import torch
 from loaders.augment.plan import plan_batch
 from loaders.augment.torch_exec import render_batch
 from loaders.loader import SainetLoader, _Decoded
-from sainet.errors import CorruptImage, StoreError
+from sainet.errors import CorruptImage
+from sainet.imaging import probe
 
 __all__ = ["DaliLoader", "dali_available"]
 
@@ -80,24 +81,14 @@ class DaliLoader(SainetLoader):
             return out
 
     def _encoded(self, i: int) -> tuple[np.ndarray, int]:
-        """The sample's bytes as a uint8 array (validated: CRC, header), applying the error policy."""
-        tries, n = 0, len(self.source)
-        while True:
-            try:
-                payload = self.source.payload(i)
-                from sainet.imaging import probe
+        """The sample's bytes as a uint8 array (CRC and header checked), under the error policy."""
 
-                probe(payload, self.source.describe(i))
-                return np.frombuffer(payload, np.uint8), i
-            except (CorruptImage, StoreError):
-                if self.on_error == "raise":
-                    raise
-                self.skipped += 1
-                tries += 1
-                log.warning("skipping %s", self.source.describe(i))
-                if tries >= 16:
-                    raise
-                i = (i + 1) % n
+        def attempt(j: int) -> tuple[np.ndarray, int]:
+            payload = self.source.payload(j)
+            probe(payload, self.source.describe(j))
+            return np.frombuffer(payload, np.uint8), j
+
+        return self._with_policy(i, attempt)
 
     def _run_dali(self, arrays: list[np.ndarray], used: list[int]) -> list:
         pipe = self._pipeline()

@@ -13,10 +13,10 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -35,6 +35,7 @@ __all__ = ["LoaderDataset", "SainetLoader", "ON_ERROR", "collate_boxes"]
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 ON_ERROR = ("raise", "skip")
 _SKIP_TRIES = 16
 
@@ -295,11 +296,15 @@ class SainetLoader:
         return _Decoded(img, (w0 / img.shape[1], h0 / img.shape[0]), i)
 
     def _decode(self, i: int, slot: int, buffers: list[bytearray] | None = None, into: np.ndarray | None = None) -> _Decoded:
+        return self._with_policy(i, lambda j: self._decode_one(j, slot, self.augment, buffers, into))
+
+    def _with_policy(self, i: int, attempt: Callable[[int], T]) -> T:
+        """`attempt(i)`, applying `on_error` to bad records: raise, or log, count and try the next sample."""
         tries = 0
         n = len(self.source)
         while True:
             try:
-                return self._decode_one(i, slot, self.augment, buffers, into)
+                return attempt(i)
             except (ImageError, StoreError) as e:
                 if self.on_error == "raise":
                     raise

@@ -242,12 +242,7 @@ def _ultralytics_backend(cfg: BenchConfig, cache: bool) -> tuple[Iterator[int], 
         if it is not None and hasattr(it, "_shutdown_workers"):
             it._shutdown_workers()
 
-    def gen() -> Iterator[int]:
-        while True:  # one epoch after another, like the sainet backends
-            for b in loader:
-                yield int(b["img"].shape[0])
-
-    return gen(), close
+    return _loop(lambda: iter(loader)), close
 
 
 def _yolo_split_dir(source: Path, split: str) -> Path:

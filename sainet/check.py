@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -18,6 +18,7 @@ import numpy as np
 from sainet.datasets import Importer, Problem, ProblemKind, Sample, Severity
 from sainet.errors import CorruptImage, DatasetError, ImageTooLarge
 from sainet.imaging import ImageInfo, decode_rgb, probe
+from sainet.parallel import ordered_map
 
 __all__ = ["SplitStats", "CheckReport", "check_dataset", "inspect_image"]
 
@@ -139,18 +140,6 @@ def _examine(sample: Sample) -> tuple[Sample, ImageInfo | None, list[Problem], b
     return sample, info, problems, digest
 
 
-def _bounded_map(fn: Callable, items: Iterator, threads: int) -> Iterator:
-    """`pool.map` over an iterator with at most 4×threads items in flight (bounded memory)."""
-    with ThreadPoolExecutor(threads) as pool:
-        pending = []
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) >= 4 * threads:
-                yield pending.pop(0).result()
-        for f in pending:
-            yield f.result()
-
-
 def check_dataset(
     ds: Importer, *, threads: int = 2, progress: Callable[[int], None] | None = None
 ) -> CheckReport:
@@ -158,27 +147,28 @@ def check_dataset(
     splits: dict[str, SplitStats] = {}
     problems: list[Problem] = []
     seen: dict[bytes, str] = {}
-    for sample, info, found, digest in _bounded_map(_examine, ds.samples(), threads):
-        st = splits.setdefault(sample.split, SplitStats())
-        problems.extend(found)
-        if progress:
-            progress(1)
-        if info is None:
-            st.bad_images += 1
-            continue
-        if digest in seen:
-            problems.append(Problem(sample.key, ProblemKind.DUPLICATE_IMAGE, f"same bytes as {seen[digest]}"))
-        else:
-            seen[digest] = sample.key
-        st.images += 1
-        st.boxes += len(sample.cls)
-        if len(sample.cls) == 0:
-            st.backgrounds += 1
-        names = ds.names
-        for c in np.unique(sample.cls):
-            st.images_per_class[names[c] if c < len(names) else str(c)] += 1
-        for c in sample.cls:
-            st.per_class[names[c] if c < len(names) else str(c)] += 1
+    with ThreadPoolExecutor(threads) as pool:
+        for sample, info, found, digest in ordered_map(pool, _examine, ds.samples(), depth=4 * threads):
+            st = splits.setdefault(sample.split, SplitStats())
+            problems.extend(found)
+            if progress:
+                progress(1)
+            if info is None:
+                st.bad_images += 1
+                continue
+            if digest in seen:
+                problems.append(Problem(sample.key, ProblemKind.DUPLICATE_IMAGE, f"same bytes as {seen[digest]}"))
+            else:
+                seen[digest] = sample.key
+            st.images += 1
+            st.boxes += len(sample.cls)
+            if len(sample.cls) == 0:
+                st.backgrounds += 1
+            names = ds.names
+            for c in np.unique(sample.cls):
+                st.images_per_class[names[c] if c < len(names) else str(c)] += 1
+            for c in sample.cls:
+                st.per_class[names[c] if c < len(names) else str(c)] += 1
     for sp in ds.splits():
         splits.setdefault(sp, SplitStats())
     all_problems = ds.problems + problems
