@@ -11,15 +11,30 @@ same threads:
   (the ceiling for any loader that augments);
 - raw-copy: raw frames copied out of the store (the ceiling for raw stores);
 - ultralytics: its YOLODataset + InfiniteDataLoader on the same images and hyperparameters.
+
+Like for like: every row states its output shape, pixels per batch, decodes per output image and
+augment settings. Ultralytics' train loader always yields square batches (max(imgsz)), so a ratio
+to it (`vs_ultralytics`) is only computed for rows of the same output shape; other shapes get a
+megapixels/s ratio (`mpx_vs_ultralytics`) instead, never an images/s one. With `repeats` > 1 the
+backends run round-robin and every figure and ratio is the median over the repeats.
+
+Nothing is written to stdout while the bench runs (Ultralytics' log lines go to stderr) and
+nothing into the source folder: Ultralytics reads a private link tree in a temporary folder,
+where its labels cache also lands.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
 import os
 import platform
+import shutil
+import statistics
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -37,11 +52,16 @@ from sainet.errors import SainetError
 from sainet.geometry import format_imgsz, letterbox_params
 from sainet.imaging import decode_rgb
 
-__all__ = ["BenchResult", "BenchConfig", "run_bench", "evict", "BACKENDS", "REFERENCES"]
+__all__ = ["BenchResult", "BenchConfig", "run_bench", "evict", "headline", "stdout_to_stderr", "BACKENDS", "REFERENCES",
+           "BENCH_HYP"]
 
 log = logging.getLogger(__name__)
 BACKENDS = ("disk", "ram", "shm", "lmdb", "dali", "ultralytics", "ultralytics-ram")
 REFERENCES = ("decode", "work-minimum", "raw-copy")
+#: The bench's train augmentation on top of Ultralytics' defaults (mosaic 1.0, HSV 0.015/0.7/0.4,
+#: fliplr 0.5, translate 0.1, scale 0.5): mixup 0.15, as in the FASDD stage-1 config (issue 14).
+BENCH_HYP: dict[str, float] = {"mixup": 0.15}
+_PROGRESS = Callable[[str, int | None], Callable[[int], None]]
 
 
 @dataclass
@@ -59,6 +79,12 @@ class BenchResult:
     pss_anon_mb: float | None = None  # ... of which anonymous (private heap); the rest is mapped store pages
     ratios: dict[str, float] = field(default_factory=dict)
     note: str = ""
+    out_shape: str | None = None  # WxH of each output image; None: the source's own size (decode)
+    pixels_per_batch: int | None = None
+    decodes_per_image: float | None = None  # JPEG decodes per output image (mosaic/mixup partners included)
+    augment: str = ""  # the augmentation settings, in Ultralytics' names
+    megapixels_per_s: float | None = None
+    repeats: list[float] = field(default_factory=list)  # images/s of each repeat (the figure is their median)
 
 
 @dataclass
@@ -76,6 +102,9 @@ class BenchConfig:
     workers: int = 2  # Ultralytics DataLoader workers
     cold: bool = False
     split: str = "train"
+    hyp: dict[str, float] = field(default_factory=lambda: dict(BENCH_HYP))  # Ultralytics names, on its defaults
+    repeats: int = 1
+    scratch: Path | None = None  # where the Ultralytics link tree goes (default: the system temp folder)
 
 
 def _tree(proc: psutil.Process) -> list[psutil.Process]:
@@ -210,16 +239,17 @@ def _loop(make: Callable[[], Iterator[dict]]) -> Iterator[int]:
             return
 
 
-def _sainet_backend(kind: str, cfg: BenchConfig, store: Path) -> tuple[Iterator[int], Callable[[], None]]:
+def _sainet_backend(kind: str, cfg: BenchConfig, store: Path | None) -> tuple[Iterator[int], Callable[[], None]]:
     from loaders import build_loader
 
     data = cfg.source if kind == "disk" else store
     loader = build_loader(data, kind, batch_size=cfg.batch, imgsz=cfg.imgsz, split=cfg.split, augment=cfg.augment,
-                          threads=cfg.threads, prefetch=cfg.prefetch, device=None)
+                          hyp=cfg.hyp, threads=cfg.threads, prefetch=cfg.prefetch, device=None)
     return _loop(lambda: iter(loader)), loader.close
 
 
-def _ultralytics_backend(cfg: BenchConfig, cache: bool) -> tuple[Iterator[int], Callable[[], None]]:
+def _ultralytics_backend(cfg: BenchConfig, cache: bool, img_dir: Path) -> tuple[Iterator[int], Callable[[], None]]:
+    """Ultralytics' YOLODataset + InfiniteDataLoader over `img_dir` (the private link tree)."""
     os.environ.setdefault("YOLO_OFFLINE", "1")
     from ultralytics.cfg import get_cfg
     from ultralytics.data.build import build_dataloader
@@ -228,11 +258,11 @@ def _ultralytics_backend(cfg: BenchConfig, cache: bool) -> tuple[Iterator[int], 
     from sainet.datasets import open_dataset
 
     ds = open_dataset(cfg.source)
-    hyp = get_cfg(overrides={"imgsz": max(cfg.imgsz), "cache": "ram" if cache else False})
+    size = max(cfg.imgsz)
+    hyp = get_cfg(overrides={"imgsz": size, "cache": "ram" if cache else False, **cfg.hyp})
     if not cfg.augment:
         hyp.mosaic = 0.0
-    img_dir = _yolo_split_dir(cfg.source, cfg.split)
-    dataset = YOLODataset(img_path=str(img_dir), imgsz=max(cfg.imgsz), augment=cfg.augment, rect=False, cache="ram" if cache else False,
+    dataset = YOLODataset(img_path=str(img_dir), imgsz=size, augment=cfg.augment, rect=False, cache="ram" if cache else False,
                           data={"names": dict(enumerate(ds.names)), "channels": 3}, batch_size=cfg.batch, stride=32,
                           single_cls=False, task="detect", hyp=hyp, prefix="")
     loader = build_dataloader(dataset, batch=cfg.batch, workers=cfg.workers, shuffle=True, rank=-1, pin_memory=False, device="cpu")
@@ -250,6 +280,26 @@ def _yolo_split_dir(source: Path, split: str) -> Path:
         if cand.is_dir():
             return cand
     raise FileNotFoundError(f"{source}: the ultralytics backend needs a YOLO folder with images/{split}")
+
+
+def _link_tree(source: Path, split: str, root: Path) -> Path:
+    """A private YOLO tree of symlinks to the split's images and labels under `root`; returns its
+    image folder. Ultralytics writes its labels cache beside the labels it reads, so it must never
+    read them in the user's source folder."""
+    from ultralytics.data.utils import IMG_FORMATS, img2label_paths
+
+    img_dir = _yolo_split_dir(source, split)
+    images = sorted(p for p in img_dir.rglob("*") if p.is_file() and p.suffix[1:].lower() in IMG_FORMATS)
+    out_img, out_lab = root / "images" / split, root / "labels" / split
+    for p, lab in zip(images, img2label_paths([str(p) for p in images]), strict=True):
+        rel = p.relative_to(img_dir)
+        (out_img / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out_img / rel).symlink_to(p.resolve())
+        if Path(lab).is_file():
+            target = (out_lab / rel).with_suffix(".txt")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(Path(lab).resolve())
+    return out_img
 
 
 def _payloads(store: Path, split: str, limit: int = 256) -> list[bytes]:
@@ -274,7 +324,6 @@ def _reference(name: str, cfg: BenchConfig, work: Callable[[int, np.ndarray], No
         work(k % n_items, local.out)
 
     done = 0
-    t0 = time.perf_counter()
     budget = cfg.seconds or 10.0
     with ThreadPoolExecutor(cfg.threads) as pool:
         for k in range(cfg.threads * 2):  # warm-up
@@ -293,18 +342,15 @@ def _reference(name: str, cfg: BenchConfig, work: Callable[[int, np.ndarray], No
     return BenchResult(name, "reference", done / dt, images=done, seconds=dt)
 
 
-def run_bench(cfg: BenchConfig, loaders: list[str], progress: Callable[[str, int | None], Callable[[int], None]] | None = None) -> list[BenchResult]:
-    """Run the references and `loaders`; returns them all with ratios filled in."""
+def _jpeg_store(cfg: BenchConfig) -> Path | None:
+    return cfg.stores.get("shards") or cfg.stores.get("lmdb")
+
+
+def _references(cfg: BenchConfig, bar: Callable[[str], Callable[[int], None] | None]) -> list[BenchResult]:
+    """decode, work-minimum (jpeg stores) and raw-copy (a raw store), with the bench's threads."""
     results: list[BenchResult] = []
-    cv2.setNumThreads(1)  # as the loaders do: parallelism comes from the same number of threads everywhere
-    jpeg_store = cfg.stores.get("shards") or cfg.stores.get("lmdb")
     H, W = cfg.imgsz
-
-    def bar(name: str) -> Callable[[int], None] | None:
-        return progress(name, None) if progress else None
-
-    if cfg.cold:
-        evict([p for p in [*cfg.stores.values(), cfg.source] if p is not None])
+    jpeg_store = _jpeg_store(cfg)
     if jpeg_store is not None:
         payloads = _payloads(jpeg_store, cfg.split)
         results.append(_reference("decode", cfg, lambda i, out: decode_rgb(payloads[i]), len(payloads), bar("decode")))
@@ -318,60 +364,227 @@ def run_bench(cfg: BenchConfig, loaders: list[str], progress: Callable[[str, int
                            borderValue=(114, 114, 114))
 
         results.append(_reference("work-minimum", cfg, work_min, len(payloads), bar("work-minimum")))
-        del payloads
     if "raw" in cfg.stores:
         with open_store(cfg.stores["raw"]) as s:
             idx = s.indices(cfg.split)
-            rs = s
 
             def copy(i: int, out: np.ndarray) -> None:
-                frame = np.frombuffer(rs.payload(int(idx[i])), np.uint8)
-                if frame.size == out.size:
-                    np.copyto(out.reshape(-1), frame)
-                else:
-                    out.reshape(-1)[: min(out.size, frame.size)] = frame[: min(out.size, frame.size)]
+                frame = np.frombuffer(s.payload(int(idx[i])), np.uint8)
+                k = min(out.size, frame.size)
+                np.copyto(out.reshape(-1)[:k], frame[:k])
 
             results.append(_reference("raw-copy", cfg, copy, len(idx), bar("raw-copy")))
-    for name in loaders:
-        gc.collect()
-        if cfg.cold:
-            evict([p for p in [*cfg.stores.values(), cfg.source] if p is not None])
-        base_pss, base_anon = _pss(psutil.Process()), _pss(psutil.Process(), "Pss_Anon")
-        try:
-            if name in ("ultralytics", "ultralytics-ram"):
-                if cfg.source is None:
-                    raise FileNotFoundError("the ultralytics backend needs the source dataset")
-                it, close = _ultralytics_backend(cfg, cache=name == "ultralytics-ram")
-            elif name in ("shm", "ram", "dali", "lmdb", "disk"):
-                store = {"shm": cfg.stores.get("shards"), "lmdb": cfg.stores.get("lmdb"), "ram": jpeg_store,
-                         "dali": jpeg_store, "disk": None}[name]
-                if name != "disk" and store is None:
-                    raise FileNotFoundError(f"no store for the {name} backend")
-                if name == "disk" and cfg.source is None:
-                    raise FileNotFoundError("the disk backend needs the source dataset")
-                it, close = _sainet_backend(name, cfg, store)
-            elif name.startswith("raw-"):
-                kind = name.removeprefix("raw-")
-                key = "raw" if kind != "lmdb" else "raw-lmdb"
-                if key not in cfg.stores:
-                    raise FileNotFoundError(f"no raw {kind} store (pass --raw, or a raw store)")
-                it, close = _sainet_backend(kind, cfg, cfg.stores[key])
-            else:
-                raise ValueError(f"unknown backend {name!r} (known: {', '.join(BACKENDS)}, raw-shm, raw-lmdb)")
-        except (FileNotFoundError, ImportError, ValueError, SainetError) as e:
-            results.append(BenchResult(name, "loader", 0.0, note=f"skipped: {e}"))
-            continue
-        try:
-            results.append(_measure(name, it, cfg, bar(name), base_pss, base_anon))
-        finally:
-            close()
-            del it
-    refs = {r.name: r.images_per_s for r in results if r.images_per_s > 0}
-    for r in results:
-        for ref in (*REFERENCES, "ultralytics"):
-            if ref in refs and r.name != ref and r.images_per_s > 0:
-                r.ratios[f"vs_{ref}"] = r.images_per_s / refs[ref]
     return results
+
+
+def _open_backend(name: str, cfg: BenchConfig, ultralytics_dir: Callable[[], Path]) -> tuple[Iterator[int], Callable[[], None]]:
+    """Build backend `name`; FileNotFoundError / ValueError say why it cannot run here."""
+    if name in ("ultralytics", "ultralytics-ram"):
+        if cfg.source is None:
+            raise FileNotFoundError("the ultralytics backend needs the source dataset")
+        return _ultralytics_backend(cfg, name == "ultralytics-ram", ultralytics_dir())
+    if name in ("shm", "ram", "dali", "lmdb", "disk"):
+        jpeg_store = _jpeg_store(cfg)
+        store = {"shm": cfg.stores.get("shards"), "lmdb": cfg.stores.get("lmdb"), "ram": jpeg_store,
+                 "dali": jpeg_store, "disk": None}[name]
+        if name != "disk" and store is None:
+            raise FileNotFoundError(f"no store for the {name} backend")
+        if name == "disk" and cfg.source is None:
+            raise FileNotFoundError("the disk backend needs the source dataset")
+        return _sainet_backend(name, cfg, store)
+    if name.startswith("raw-"):
+        kind = name.removeprefix("raw-")
+        key = "raw" if kind != "lmdb" else "raw-lmdb"
+        if key not in cfg.stores:
+            raise FileNotFoundError(f"no raw {kind} store (pass --raw, or a raw store)")
+        return _sainet_backend(kind, cfg, cfg.stores[key])
+    raise ValueError(f"unknown backend {name!r} (known: {', '.join(BACKENDS)}, raw-shm, raw-lmdb)")
+
+
+def _run_loader(name: str, cfg: BenchConfig, ultralytics_dir: Callable[[], Path], progress: Callable[[int], None] | None) -> BenchResult:
+    gc.collect()
+    if cfg.cold:
+        evict([p for p in [*cfg.stores.values(), cfg.source] if p is not None])
+    base_pss, base_anon = _pss(psutil.Process()), _pss(psutil.Process(), "Pss_Anon")
+    try:
+        it, close = _open_backend(name, cfg, ultralytics_dir)
+    except (FileNotFoundError, ImportError, ValueError, SainetError) as e:
+        return BenchResult(name, "loader", 0.0, note=f"skipped: {e}")
+    try:
+        return _measure(name, it, cfg, progress, base_pss, base_anon)
+    finally:
+        close()
+        del it
+
+
+def _hyp_text(cfg: BenchConfig) -> str:
+    from loaders.augment.hyp import Hyp
+
+    if not cfg.augment:
+        return "letterbox only"
+    h = Hyp.from_dict(cfg.hyp)
+    return (f"mosaic={h.mosaic:g} mixup={h.mixup:g} hsv={h.hsv_h:g}/{h.hsv_s:g}/{h.hsv_v:g} fliplr={h.fliplr:g} "
+            f"flipud={h.flipud:g} translate={h.translate:g} scale={h.scale:g} degrees={h.degrees:g} shear={h.shear:g}")
+
+
+def _describe(r: BenchResult, cfg: BenchConfig) -> None:
+    """Fill in what each row produced: output shape, pixels per batch, decodes per output image,
+    augment settings, megapixels/s."""
+    from loaders.augment.hyp import Hyp
+
+    hw = cfg.imgsz
+    if r.name == "decode":
+        r.out_shape, r.decodes_per_image, r.augment = None, 1.0, "none (decode only)"
+    elif r.kind == "reference":
+        r.decodes_per_image = 0.0 if r.name == "raw-copy" else 1.0
+        r.augment = "letterbox resample" if r.name == "work-minimum" else "none (frame copy)"
+    elif r.name.startswith("ultralytics"):
+        hw = (max(cfg.imgsz), max(cfg.imgsz))  # Ultralytics' train loader (rect=False) is square
+        h = Hyp.from_dict(cfg.hyp)
+        per = (4 * h.mosaic + 1 - h.mosaic) * (1 + h.mixup) if cfg.augment else 1.0  # a mixup partner is a whole mosaic
+        r.decodes_per_image = 0.0 if r.name == "ultralytics-ram" else per
+        r.augment = _hyp_text(cfg)
+        if r.name == "ultralytics-ram":
+            r.note = (r.note + "; " if r.note else "") + f"{per:g} cached decoded images per output image"
+    else:
+        r.decodes_per_image = 0.0 if r.name.startswith("raw-") else 1.0
+        r.augment = _hyp_text(cfg)
+        if cfg.augment:
+            r.note = (r.note + "; " if r.note else "") + "mosaic/mixup partners from the same batch: one decode per output image"
+    if r.name != "decode":
+        r.out_shape = format_imgsz(hw)
+        r.pixels_per_batch = cfg.batch * hw[0] * hw[1]
+        if r.images_per_s > 0:
+            r.megapixels_per_s = r.images_per_s * hw[0] * hw[1] / 1e6
+
+
+def _fill_ratios(results: list[BenchResult]) -> None:
+    """Ratios from figures of the same round: images/s between equal output shapes (or to decode,
+    whose output is the source itself), megapixels/s (`mpx_vs_*`) between different ones."""
+    by = {r.name: r for r in results if r.images_per_s > 0}
+    for r in results:
+        if r.images_per_s <= 0:
+            continue
+        for ref in (*REFERENCES, "ultralytics"):
+            other = by.get(ref)
+            if other is None or other is r:
+                continue
+            if ref == "decode" or r.out_shape == other.out_shape:
+                r.ratios[f"vs_{ref}"] = r.images_per_s / other.images_per_s
+            elif r.megapixels_per_s and other.megapixels_per_s:
+                r.ratios[f"mpx_vs_{ref}"] = r.megapixels_per_s / other.megapixels_per_s
+
+
+def _merge(rounds: list[list[BenchResult]]) -> list[BenchResult]:
+    """One row per backend: medians over the rounds (peak memory: the largest), each round's images/s kept."""
+    if len(rounds) == 1:
+        for r in rounds[0]:
+            r.repeats = [r.images_per_s]
+        return rounds[0]
+    out = []
+    for rows in zip(*rounds, strict=True):
+        ok = [r for r in rows if r.images_per_s > 0]
+        first = rows[0]
+        if not ok:
+            out.append(first)
+            continue
+
+        def med(key: str, rs: list[BenchResult] = ok) -> float | None:
+            vals = [getattr(r, key) for r in rs if getattr(r, key) is not None]
+            return statistics.median(vals) if vals else None
+
+        peak = lambda key, rs=ok: max((getattr(r, key) for r in rs if getattr(r, key) is not None), default=None)  # noqa: E731
+        m = BenchResult(first.name, first.kind, med("images_per_s"), sum(r.batches for r in ok), sum(r.images for r in ok),
+                        sum(r.seconds for r in ok), med("p50_ms"), med("p99_ms"), med("cpu_percent"), peak("pss_mb"),
+                        peak("pss_anon_mb"), note=first.note, out_shape=first.out_shape, pixels_per_batch=first.pixels_per_batch,
+                        decodes_per_image=first.decodes_per_image, augment=first.augment, megapixels_per_s=med("megapixels_per_s"),
+                        repeats=[r.images_per_s for r in rows])
+        keys = {k for r in ok for k in r.ratios}
+        m.ratios = {k: statistics.median([r.ratios[k] for r in ok if k in r.ratios]) for k in sorted(keys)}
+        out.append(m)
+    return out
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send everything written to stdout meanwhile to stderr: prints, logging handlers that write to
+    stdout (Ultralytics' LOGGER: "Scanning... / New cache created"), and file descriptor 1 itself
+    (inherited by forked DataLoader workers), so `--json` output stays parseable."""
+    moved = []
+    for logger in [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.root.manager.loggerDict))]:
+        for h in getattr(logger, "handlers", []):
+            if isinstance(h, logging.StreamHandler) and h.stream in (sys.stdout, sys.__stdout__):
+                moved.append((h, h.setStream(sys.stderr)))
+    saved_fd = None
+    try:
+        sys.stdout.flush()
+        saved_fd = os.dup(1)
+        os.dup2(2, 1)
+    except (OSError, ValueError, AttributeError):
+        saved_fd = None
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        if saved_fd is not None:
+            os.dup2(saved_fd, 1)
+            os.close(saved_fd)
+        for h, stream in moved:
+            h.setStream(stream)
+
+
+def run_bench(cfg: BenchConfig, loaders: list[str], progress: _PROGRESS | None = None) -> list[BenchResult]:
+    """Run the references and `loaders` (`cfg.repeats` rounds, round-robin); returns one row per
+    backend with ratios filled in (medians over the rounds). Writes nothing to stdout."""
+    cv2.setNumThreads(1)  # as the loaders do: parallelism comes from the same number of threads everywhere
+    tree: list[Path] = []
+
+    def bar(name: str) -> Callable[[int], None] | None:
+        return progress(name, None) if progress else None
+
+    def ultralytics_dir() -> Path:
+        if not tree:
+            root = Path(tempfile.mkdtemp(prefix="sainet-bench-ultralytics-", dir=cfg.scratch))
+            tree.extend([root, _link_tree(cfg.source, cfg.split, root)])
+        return tree[1]
+
+    rounds = []
+    with stdout_to_stderr():
+        try:
+            for k in range(max(1, cfg.repeats)):
+                tag = f" #{k + 1}" if cfg.repeats > 1 else ""
+                if cfg.cold:
+                    evict([p for p in [*cfg.stores.values(), cfg.source] if p is not None])
+                rows = _references(cfg, lambda name, t=tag: bar(name + t))
+                rows += [_run_loader(name, cfg, ultralytics_dir, bar(name + tag)) for name in loaders]
+                for r in rows:
+                    _describe(r, cfg)
+                _fill_ratios(rows)
+                rounds.append(rows)
+        finally:
+            if tree:
+                shutil.rmtree(tree[0], ignore_errors=True)
+    return _merge(rounds)
+
+
+def headline(results: list[BenchResult]) -> str:
+    """One line for `make demo`: the best sainet loader against Ultralytics' own, naming the shapes
+    compared (an images/s ratio only when the output shapes are equal)."""
+    ours = [r for r in results if r.kind == "loader" and not r.name.startswith("ultralytics") and r.images_per_s > 0]
+    if not ours:
+        return "no sainet loader ran"
+    best = max(ours, key=lambda r: r.megapixels_per_s or 0.0)
+    text = f"best sainet loader {best.name}: {best.images_per_s:.0f} img/s at {best.out_shape} ({best.megapixels_per_s or 0:.0f} Mpx/s"
+    if "vs_work-minimum" in best.ratios:
+        text += f", {best.ratios['vs_work-minimum']:.2f}x work-minimum"
+    text += ")"
+    ul = next((r for r in results if r.name == "ultralytics" and r.images_per_s > 0), None)
+    if ul is None:
+        return text + "; Ultralytics not measured"
+    if "vs_ultralytics" in best.ratios:
+        return text + f"; {best.ratios['vs_ultralytics']:.2f}x Ultralytics ({ul.images_per_s:.0f} img/s), both at {ul.out_shape}"
+    return (text + f"; Ultralytics {ul.images_per_s:.0f} img/s at {ul.out_shape} (square): different shapes, so only "
+            f"megapixels/s compare: {best.ratios.get('mpx_vs_ultralytics', 0):.2f}x")
 
 
 def host_description() -> dict:
@@ -388,7 +601,8 @@ def save_results(results: list[BenchResult], cfg: BenchConfig, out_dir: Path, ta
     doc = {"host": host_description(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
            "settings": {"imgsz": format_imgsz(cfg.imgsz), "batch": cfg.batch, "augment": cfg.augment, "threads": cfg.threads,
                         "prefetch": cfg.prefetch, "workers": cfg.workers, "cold": cfg.cold, "seconds": cfg.seconds,
-                        "batches": cfg.batches, "stores": {k: str(v) for k, v in cfg.stores.items()},
+                        "batches": cfg.batches, "repeats": cfg.repeats, "augment_settings": _hyp_text(cfg),
+                        "stores": {k: str(v) for k, v in cfg.stores.items()},
                         "source": str(cfg.source) if cfg.source else None},
            "results": [asdict(r) for r in results]}
     path = out_dir / f"{tag}.json"

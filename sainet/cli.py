@@ -581,8 +581,13 @@ def bench_loader(
     tag: Annotated[str | None, typer.Option(help="Name of the saved result (default: imgsz-aug-time).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
     plot: Annotated[Path | None, typer.Option(help="Also write the chart here.")] = None,
+    repeats: Annotated[int, typer.Option(help="Rounds over all backends (round-robin); figures are medians.")] = 1,
+    hyp_set: Annotated[list[str] | None, typer.Option("--set", help="Augmentation hyp key=value (Ultralytics names) for every backend; default mixup=0.15.")] = None,
 ) -> None:
     """Measure every loader backend side by side with Ultralytics' own, against decode and work-minimum references.
+
+    Ratios to Ultralytics are images/s only between equal output shapes (its train loader is square);
+    a rectangular shape is compared in megapixels/s (marked "Mpx").
 
     Examples:
 
@@ -590,7 +595,8 @@ def bench_loader(
         sainet bench-loader --store /dev/shm/fasdd --loaders shm,dali,ultralytics --no-augment --json
         sainet bench-loader --source data/synth --imgsz 640 --raw --loaders shm,raw-shm --cold
     """
-    from sainet.bench import BenchConfig, parse_loaders, prepare_stores, run_bench, save_results
+    from sainet.bench import BENCH_HYP, BenchConfig, headline, parse_loaders, prepare_stores, run_bench
+    from sainet.bench import save_results as save_bench
     from sainet.profiles import detect_host, get_profile, nearest_profile
 
     def body() -> int:
@@ -604,7 +610,8 @@ def bench_loader(
         stores, src = prepare_stores(source, store, work, shape, raw or "raw-shm" in names, "raw-lmdb" in names)
         cfg = BenchConfig(stores=stores, source=src, imgsz=shape, batch=batch or int(rec["batch"]), augment=augment,
                           seconds=seconds, batches=batches, threads=n_threads, prefetch=int(rec["prefetch"]),
-                          workers=workers or n_threads, cold=cold)
+                          workers=workers or n_threads, cold=cold, repeats=repeats, scratch=work,
+                          hyp={**BENCH_HYP, **_parse_sets(hyp_set or [])})
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed} img"),
                       TimeElapsedColumn(), console=err) as p:
             def bar(name: str, total: int | None):  # noqa: ANN202
@@ -613,20 +620,25 @@ def bench_loader(
 
             results = run_bench(cfg, names, progress=bar)
         run_tag = tag or f"{shape[1]}x{shape[0]}-{'aug' if augment else 'noaug'}-{time.strftime('%Y%m%d-%H%M%S')}"
-        saved = save_results(results, cfg, out / prof.name, run_tag, plot)
+        saved = save_bench(results, cfg, out / prof.name, run_tag, plot)
         if as_json:
             print(saved.read_text())
             return 0
         t = Table(title=f"bench-loader {shape[1]}x{shape[0]} batch {cfg.batch} {'augment' if augment else 'no augment'}, "
                         f"{n_threads} threads, profile {prof.name}")
-        for col in ("backend", "img/s", "p50 ms", "p99 ms", "CPU %", "PSS MB", "anon MB", "x decode", "x work-min", "x ultralytics", "note"):
+        for col in ("backend", "shape", "decodes/img", "img/s", "Mpx/s", "p50 ms", "p99 ms", "CPU %", "PSS MB", "anon MB",
+                    "x decode", "x work-min", "x ultralytics", "note"):
             t.add_column(col, justify="right" if col not in ("backend", "note") else "left")
         for r in results:
             f = lambda v, fmt="{:.1f}": "-" if v is None else fmt.format(v)  # noqa: E731
-            t.add_row(r.name, f(r.images_per_s), f(r.p50_ms), f(r.p99_ms), f(r.cpu_percent, "{:.0f}"), f(r.pss_mb), f(r.pss_anon_mb),
-                      f(r.ratios.get("vs_decode"), "{:.2f}"), f(r.ratios.get("vs_work-minimum"), "{:.2f}"),
-                      f(r.ratios.get("vs_ultralytics"), "{:.2f}"), r.note)
+            ul = f(r.ratios.get("vs_ultralytics"), "{:.2f}")
+            if "mpx_vs_ultralytics" in r.ratios:
+                ul = f"{r.ratios['mpx_vs_ultralytics']:.2f} Mpx"
+            t.add_row(r.name, r.out_shape or "source", f(r.decodes_per_image, "{:g}"), f(r.images_per_s), f(r.megapixels_per_s),
+                      f(r.p50_ms), f(r.p99_ms), f(r.cpu_percent, "{:.0f}"), f(r.pss_mb), f(r.pss_anon_mb),
+                      f(r.ratios.get("vs_decode"), "{:.2f}"), f(r.ratios.get("vs_work-minimum"), "{:.2f}"), ul, r.note)
         console.print(t)
+        console.print(headline(results))
         console.print(f"saved {saved} and its chart")
         return 0
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -37,12 +41,60 @@ def test_bench_loader_json_has_every_backend_and_references(source, tmp_path):
         assert r["images_per_s"] > 0 and r["batches"] == 3 and r["p50_ms"] > 0 and r["pss_mb"] >= 0, r
         # ratios come from the figures of this same run
         assert r["ratios"]["vs_decode"] == pytest.approx(r["images_per_s"] / by["decode"]["images_per_s"], rel=1e-9)
-        assert r["ratios"]["vs_work-minimum"] == pytest.approx(r["images_per_s"] / by["work-minimum"]["images_per_s"], rel=1e-9)
+        wm = "mpx_vs_work-minimum" if name == "ultralytics" else "vs_work-minimum"  # its square vs the reference's 320x192
+        assert r["ratios"][wm] == pytest.approx(r["megapixels_per_s"] / by["work-minimum"]["megapixels_per_s"], rel=1e-9)
+        assert r["out_shape"] == ("320x320" if name == "ultralytics" else "320x192") and r["augment"].startswith("mosaic=1")
         if name != "ultralytics":
-            assert r["ratios"]["vs_ultralytics"] == pytest.approx(r["images_per_s"] / by["ultralytics"]["images_per_s"], rel=1e-9)
+            # Ultralytics' batches are square (320x320), these are 320x192: no images/s ratio, only megapixels/s
+            assert "vs_ultralytics" not in r["ratios"]
+            assert r["ratios"]["mpx_vs_ultralytics"] == pytest.approx(
+                r["images_per_s"] * 192 / (by["ultralytics"]["images_per_s"] * 320), rel=1e-9)
+            assert r["decodes_per_image"] == (0 if name.startswith("raw") else 1)
+    assert by["ultralytics"]["decodes_per_image"] == pytest.approx(4 * 1.15)  # mosaic 1.0, mixup 0.15
     assert doc["host"]["profile"] == "cpu"
     saved = tmp_path / "results" / "cpu"
     assert (saved / "t.json").is_file() and (saved / "t.png").stat().st_size > 1000
+
+
+def _files(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*")}
+
+
+def test_bench_json_is_the_only_stdout_and_source_untouched(tmp_path):
+    """A real process (as a user pipes it into json.tool): stdout parses as JSON although Ultralytics
+    logs while it scans; the source folder keeps its exact file list and mtimes; at a square shape
+    the ratio to Ultralytics is in images/s, and with --repeats every row keeps each round's figure."""
+    src = tmp_path / "src"
+    synthesize(src, images=12, size=(320, 180), seed=3, val_fraction=0.25)
+    before = _files(src)
+    env = {**os.environ, "YOLO_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-m", "sainet", "bench-loader", "--source", str(src), "--imgsz", "192", "--batch", "4",
+                           "--batches", "2", "--repeats", "2", "--loaders", "lmdb,ultralytics", "--work", str(tmp_path / "w"),
+                           "--out", str(tmp_path / "results"), "--tag", "j", "--json"],
+                          capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
+    assert _files(src) == before
+    by = {r["name"]: r for r in doc["results"]}
+    lm, ul = by["lmdb"], by["ultralytics"]
+    assert lm["out_shape"] == ul["out_shape"] == "192x192" and lm["pixels_per_batch"] == 4 * 192 * 192
+    assert len(lm["repeats"]) == 2 and lm["images_per_s"] == pytest.approx(sum(lm["repeats"]) / 2)
+    assert lm["ratios"]["vs_ultralytics"] > 0 and "mpx_vs_ultralytics" not in lm["ratios"]
+    assert not list(tmp_path.glob("w/sainet-bench-ultralytics-*"))  # the private link tree is removed
+
+
+def test_headline_names_the_shapes_compared():
+    from sainet.bench import BenchResult, _fill_ratios, headline
+
+    rows = [BenchResult("lmdb", "loader", 100.0, out_shape="1440x832", megapixels_per_s=100 * 1440 * 832 / 1e6),
+            BenchResult("ultralytics", "loader", 40.0, out_shape="1440x1440", megapixels_per_s=40 * 1440 * 1440 / 1e6)]
+    _fill_ratios(rows)
+    text = headline(rows)
+    assert "1440x832" in text and "1440x1440" in text and "megapixels/s" in text and "vs_ultralytics" not in rows[0].ratios
+    rows[1].out_shape, rows[1].megapixels_per_s = "1440x832", rows[0].megapixels_per_s * 0.4
+    rows[0].ratios.clear()
+    _fill_ratios(rows)
+    assert "2.50x Ultralytics" in headline(rows) and "both at 1440x832" in headline(rows)
 
 
 def test_profile_names_cpu_here():
