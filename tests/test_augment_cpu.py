@@ -1,0 +1,78 @@
+"""The CPU executor's speed levers stay within stated bounds of the exact paths they replace."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+import loaders.augment.cpu as cpu
+from loaders.augment.cpu import apply_hsv, apply_hsv_fast
+from loaders.augment.hyp import Hyp
+from loaders.augment.plan import plan_batch
+from tests.test_augment import assert_boxes_cover_their_colour, patch_images, render
+
+
+def colour_chart() -> np.ndarray:
+    """Every 2nd OpenCV hue x every 8th saturation x every 8th value, as RGB (180 x 1024 x 3)."""
+    h, s, v = np.meshgrid(np.arange(0, 180, 2), np.arange(0, 256, 8), np.arange(0, 256, 8), indexing="ij")
+    hsv = np.stack([h, s, v], -1).reshape(-1, 1, 3).astype(np.uint8)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB).reshape(90, -1, 3)
+
+
+def test_apply_hsv_is_ultralytics_random_hsv_exactly():
+    """The same draw through Ultralytics' RandomHSV (BGR) and sainet's apply_hsv (RGB): equal pixels."""
+    from ultralytics.data.augment import RandomHSV
+
+    chart = colour_chart()
+    for seed in range(6):
+        np.random.seed(seed)
+        r = np.random.uniform(-1, 1, 3) * [0.015, 0.7, 0.4]
+        np.random.seed(seed)
+        bgr = np.ascontiguousarray(chart[..., ::-1])
+        RandomHSV(0.015, 0.7, 0.4)({"img": bgr})
+        ours = chart.copy()
+        apply_hsv(ours, (1 + r[0], 1 + r[1], 1 + r[2]))
+        np.testing.assert_array_equal(ours, bgr[..., ::-1])
+
+
+def test_fast_hsv_stays_within_a_level_of_the_exact_one_except_wrapped_reds():
+    """apply_hsv_fast vs apply_hsv over Ultralytics' default gain ranges on a colour chart: almost
+    every pixel equal, none off by more than a couple of levels except the reds whose hue would wrap
+    below 0 (bounded by the hue shift itself, at most 3 of 180 hue steps)."""
+    chart = colour_chart()
+    hsv = cv2.cvtColor(chart, cv2.COLOR_RGB2HSV)
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        g = tuple(float(x) for x in rng.uniform(-1, 1, 3) * [0.015, 0.7, 0.4] + 1)
+        a, b = chart.copy(), chart.copy()
+        apply_hsv(a, g)
+        apply_hsv_fast(b, g)
+        diff = np.abs(a.astype(int) - b.astype(int)).max(axis=2)
+        k = int(np.floor((g[0] - 1) * 180))
+        wrapped = hsv[..., 0] < -k if k < 0 else np.zeros(diff.shape, bool)
+        assert (diff[~wrapped] <= 2).all() and (diff == 0).mean() > 0.95, (g, diff.max())
+        back = cv2.cvtColor(b, cv2.COLOR_RGB2HSV)[..., 0].astype(int)
+        exact = cv2.cvtColor(a, cv2.COLOR_RGB2HSV)[..., 0].astype(int)
+        hue_err = np.minimum(np.abs(back - exact), 180 - np.abs(back - exact))[wrapped & (hsv[..., 1] > 64) & (hsv[..., 2] > 64)]
+        assert hue_err.size == 0 or hue_err.max() <= 4
+
+
+@pytest.mark.parametrize("hyp", [Hyp(hsv_h=0, hsv_s=0, hsv_v=0, fliplr=0.5, flipud=0.5),
+                                 Hyp(mosaic=0, hsv_h=0, hsv_s=0, hsv_v=0, fliplr=0.5, scale=0.5)])
+def test_resize_path_matches_the_warp_within_a_pixel(hyp, monkeypatch):
+    """Axis-aligned placements are drawn with cv2.resize; forcing warpAffine gives nearly the same
+    image (differences only along edges, from rounding positions to whole pixels), and the boxes
+    still cover their colour."""
+    imgs, labels = patch_images(6, seed=11)
+    plan = plan_batch(np.random.default_rng(3), [(240, 160)] * 6, labels, (160, 224), hyp, augment=True)
+    fast = render(plan, imgs)
+    assert assert_boxes_cover_their_colour(plan, fast, 0.9) > 3
+    monkeypatch.setattr(cpu, "_AXIS_EPS", -1.0)  # no placement counts as axis-aligned: warpAffine everywhere
+    slow = render(plan, imgs)
+    diff = np.abs(fast.astype(int) - slow.astype(int)).max(axis=3)
+    assert (diff <= 2).mean() > 0.97, (diff <= 2).mean()
+    # a large difference is always next to an edge of the exact image (position rounded, not wrong)
+    edges = np.stack([cv2.dilate(cv2.Canny(s, 8, 24), np.ones((5, 5), np.uint8)) > 0 for s in slow])
+    edges[:, [0, -1]] = edges[:, :, [0, -1]] = True  # a partly covered border pixel: blended by the warp, not by resize
+    assert (diff[~edges] <= 4).all()
