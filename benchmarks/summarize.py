@@ -1,6 +1,9 @@
 """Print the markdown tables of benchmarks/README.md from saved bench-loader results.
 
-    python benchmarks/summarize.py benchmarks/results/cpu/jpeg-1440x808-augment.json [...]
+    python benchmarks/summarize.py benchmarks/results/cpu/square-1440-augment.json [...]
+
+Every row states its output shape and decodes per output image; a ratio to Ultralytics marked
+"Mpx" compares megapixels/s (different output shapes), otherwise images/s at the same shape.
 """
 
 from __future__ import annotations
@@ -10,28 +13,41 @@ import sys
 from pathlib import Path
 
 
+def _f(v: float | None, fmt: str = "{:.1f}") -> str:
+    return "–" if v is None else fmt.format(v)
+
+
+def _ratio(ratios: dict, ref: str) -> str:
+    if f"vs_{ref}" in ratios:
+        return f"{ratios[f'vs_{ref}']:.2f}"
+    if f"mpx_vs_{ref}" in ratios:
+        return f"{ratios[f'mpx_vs_{ref}']:.2f} Mpx"
+    return "–"
+
+
+def _row(r: dict) -> str:
+    if r["images_per_s"] <= 0:
+        return f"| {r['name']} | {r['note']} |||||||||||"
+    pss = "–" if r["pss_mb"] is None else f"{r['pss_mb']:.0f} ({r.get('pss_anon_mb') or 0:.0f})"
+    reps = "/".join(f"{x:.1f}" for x in r.get("repeats") or [])
+    return (f"| {r['name']}{' (ref)' if r['kind'] == 'reference' else ''} | {r.get('out_shape') or 'source'} | "
+            f"{_f(r.get('decodes_per_image'), '{:g}')} | {r['images_per_s']:.1f} | {reps} | {_f(r.get('megapixels_per_s'))} | "
+            f"{_f(r['p50_ms'])} | {_f(r['p99_ms'])} | {_f(r['cpu_percent'], '{:.0f}')} | {pss} | "
+            f"{_ratio(r['ratios'], 'decode')} | {_ratio(r['ratios'], 'work-minimum')} | {_ratio(r['ratios'], 'ultralytics')} |")
+
+
 def table(path: Path) -> str:
     doc = json.loads(path.read_text())
     s = doc["settings"]
-    head = (f"**{path.stem}** — imgsz {s['imgsz']}, batch {s['batch']}, {'augment' if s['augment'] else 'no augment'}, "
+    head = (f"**{path.stem}** — imgsz {s['imgsz']}, batch {s['batch']}, {s.get('augment_settings') or ('augment' if s['augment'] else 'no augment')}, "
             f"{s['threads']} threads, {s['workers']} Ultralytics workers, {s['seconds']} s per backend, "
-            f"profile `{doc['host']['profile']}` ({doc['host']['cores']} cores), {doc['time']}\n\n")
-    rows = ["| backend | img/s | p50 ms | p99 ms | CPU % | PSS MB (anon) | × decode | × work-min | × Ultralytics |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-
-    def f(v, fmt="{:.1f}"):  # noqa: ANN001, ANN202
-        return "–" if v is None else fmt.format(v)
-
-    for r in doc["results"]:
-        if r["images_per_s"] <= 0:
-            rows.append(f"| {r['name']} | {r['note']} |||||||")
-            continue
-        ratios = r["ratios"]
-        pss = "–" if r["pss_mb"] is None else f"{r['pss_mb']:.0f} ({r.get('pss_anon_mb') or 0:.0f})"
-        rows.append(f"| {r['name']}{' (ref)' if r['kind'] == 'reference' else ''} | {r['images_per_s']:.1f} | {f(r['p50_ms'])} | "
-                    f"{f(r['p99_ms'])} | {f(r['cpu_percent'], '{:.0f}')} | {pss} | {f(ratios.get('vs_decode'), '{:.2f}')} | "
-                    f"{f(ratios.get('vs_work-minimum'), '{:.2f}')} | {f(ratios.get('vs_ultralytics'), '{:.2f}')} |")
-    return head + "\n".join(rows) + "\n"
+            f"{s.get('repeats', 1)} round(s), profile `{doc['host']['profile']}` ({doc['host']['cores']} cores), {doc['time']}\n\n")
+    rows = ["| backend | output | decodes/img | img/s (median) | per round | Mpx/s | p50 ms | p99 ms | CPU % | PSS MB (anon) | "
+            "× decode | × work-min | × Ultralytics |",
+            "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    rows += [_row(r) for r in doc["results"]]
+    notes = sorted({r["note"] for r in doc["results"] if r.get("note") and r["images_per_s"] > 0})
+    return head + "\n".join(rows) + "\n" + "".join(f"\n{n}." for n in notes) + ("\n" if notes else "")
 
 
 if __name__ == "__main__":

@@ -627,8 +627,8 @@ def bench_loader(
         t = Table(title=f"bench-loader {shape[1]}x{shape[0]} batch {cfg.batch} {'augment' if augment else 'no augment'}, "
                         f"{n_threads} threads, profile {prof.name}")
         for col in ("backend", "shape", "decodes/img", "img/s", "Mpx/s", "p50 ms", "p99 ms", "CPU %", "PSS MB", "anon MB",
-                    "x decode", "x work-min", "x ultralytics", "note"):
-            t.add_column(col, justify="right" if col not in ("backend", "note") else "left")
+                    "x decode", "x work-min", "x ultralytics"):
+            t.add_column(col, justify="right" if col != "backend" else "left")
         for r in results:
             f = lambda v, fmt="{:.1f}": "-" if v is None else fmt.format(v)  # noqa: E731
             ul = f(r.ratios.get("vs_ultralytics"), "{:.2f}")
@@ -636,8 +636,10 @@ def bench_loader(
                 ul = f"{r.ratios['mpx_vs_ultralytics']:.2f} Mpx"
             t.add_row(r.name, r.out_shape or "source", f(r.decodes_per_image, "{:g}"), f(r.images_per_s), f(r.megapixels_per_s),
                       f(r.p50_ms), f(r.p99_ms), f(r.cpu_percent, "{:.0f}"), f(r.pss_mb), f(r.pss_anon_mb),
-                      f(r.ratios.get("vs_decode"), "{:.2f}"), f(r.ratios.get("vs_work-minimum"), "{:.2f}"), ul, r.note)
+                      f(r.ratios.get("vs_decode"), "{:.2f}"), f(r.ratios.get("vs_work-minimum"), "{:.2f}"), ul)
         console.print(t)
+        for note in dict.fromkeys(f"{r.name}: {r.note}" for r in results if r.note):
+            console.print(note)
         console.print(headline(results))
         console.print(f"saved {saved} and its chart")
         return 0
