@@ -48,8 +48,9 @@ _MISC = 6  # per image: mixup partner, mixup ratio, 3 HSV gains, HSV flag
 class PackedPlan:
     """Everything the device needs for one batch, in one flat float32 buffer.
 
-    Layout: for each slot k, ``theta`` (n_k, 2, 3), ``bounds`` (n_k, 4) and ``clamp`` (n_k, 4)
-    (lo_x, lo_y, hi_x, hi_y in grid coordinates), ``rows`` (n_k,) the images having slot k;
+    Layout: for each slot k, ``theta`` (n_k, 2, 3), ``bounds`` (n_k, 4: centre x, y and half
+    width, height of the rectangle the tile paints) and ``clamp`` (n_k, 4: lo x, y, hi x, y), in
+    grid coordinates, and ``rows`` (n_k,) the images having slot k;
     then ``misc`` (B, 6). `offsets` and `counts` say where each block starts and how many rows
     it has (host-side ints, so no device value is ever read back).
     """
@@ -115,6 +116,7 @@ def _pack_slot(plan: BatchPlan, k: int, scales: Sequence[tuple[float, float]], s
     n_in[:, 2, 2] = 1
     theta = n_in @ np.linalg.inv(np.stack([m for m, _, _ in packed])) @ n_out
     bounds = _to_grid(np.stack([b for _, b, _ in packed]), j, pad_hw, N)
+    bounds = np.concatenate([(bounds[:, :2] + bounds[:, 2:]) / 2, (bounds[:, 2:] - bounds[:, :2]) / 2], 1)  # centre, half size
     clamp = _to_grid(np.stack([c for _, _, c in packed]), j, pad_hw, N)
     block = np.concatenate([theta[:, :2].reshape(-1), bounds.reshape(-1), clamp.reshape(-1), np.asarray(rows, np.float64)])
     return block, len(rows)
@@ -189,8 +191,7 @@ def _geometry(packed: PackedPlan, params: torch.Tensor, planes: torch.Tensor) ->
         bounds = params[off + 6 * n : off + 10 * n].view(n, 1, 1, 4)
         clamp = params[off + 10 * n : off + 14 * n].view(n, 1, 1, 4)
         grid = F.affine_grid(theta, [n, 1, H, W], align_corners=False)
-        centre, half = (bounds[..., :2] + bounds[..., 2:]) / 2, (bounds[..., 2:] - bounds[..., :2]) / 2
-        mask = ((grid - centre).abs() <= half).all(-1)
+        mask = ((grid - bounds[..., :2]).abs() <= bounds[..., 2:]).all(-1)
         grid = torch.clamp(grid, min=clamp[..., :2], max=clamp[..., 2:])
         sampled = F.grid_sample(src, grid.view(1, n * H, W, 2), mode="bilinear", padding_mode="zeros", align_corners=False)
         sampled = sampled.view(3, n, H, W)
@@ -205,20 +206,20 @@ def _geometry(packed: PackedPlan, params: torch.Tensor, planes: torch.Tensor) ->
 
 
 def _hsv_planes(rgb: torch.Tensor, gains: torch.Tensor) -> torch.Tensor:
-    """Ultralytics RandomHSV on planar (3, ..., H, W) integral floats 0..255; gains (..., 3).
+    """Ultralytics RandomHSV on planar (3, ..., H, W) integral float32 0..255; gains (..., 3).
 
-    OpenCV's 8-bit RGB->HSV (hue 0..180, its priority r > g > b for the max, round half up), the
-    three look-up tables of Ultralytics as float ops (``(x * g) % 180``, ``clip(x * g)``, then
-    truncation to uint8), and HSV->RGB as OpenCV's float path (rounded).
+    RGB->HSV is OpenCV's 8-bit fixed-point arithmetic (hue 0..180, max priority r > g > b, the
+    ``round(2^12 * k / x)`` division tables: every product stays below 2^24, so float32 holds it
+    exactly); then Ultralytics' three look-up tables as float ops (``(x * g) % 180``,
+    ``clip(x * g)``, truncated to uint8); HSV->RGB as OpenCV's float path, rounded.
     """
     r, g, b = rgb[0], rgb[1], rgb[2]
     gh, gs, gv = (gains[..., c, None, None] for c in range(3))
     v = torch.maximum(torch.maximum(r, g), b)
     diff = v - torch.minimum(torch.minimum(r, g), b)
-    nonzero = diff.clamp_min(1)
-    s = torch.where(v > 0, torch.floor(diff * 255 / v.clamp_min(1) + 0.5), 0)
+    s = torch.floor((diff * torch.round(1044480 / v.clamp_min(1)) + 2048) / 4096)  # 255 << 12
     num = torch.where(v == r, g - b, torch.where(v == g, b - r + 2 * diff, r - g + 4 * diff))
-    h = torch.where(diff > 0, torch.floor(num * 30 / nonzero + 0.5), 0)
+    h = torch.where(diff > 0, torch.floor((num * torch.round(122880 / diff.clamp_min(1)) + 2048) / 4096), 0)  # (180 << 12) / 6
     h = torch.where(h < 0, h + 180, h)
     h = torch.floor(torch.remainder(h * gh, 180)) / 30  # sextant units 0..6
     s = torch.floor((s * gs).clamp(0, 255)) / 255
@@ -236,15 +237,17 @@ def hsv_torch(img: torch.Tensor, gains: torch.Tensor | tuple[float, float, float
     (B, 3, H, W) with (B, 3) gains. Returns rounded floats."""
     batched = img.dim() == 4
     rgb = img.transpose(0, 1) if batched else img
-    gains = torch.as_tensor(gains, dtype=img.dtype, device=img.device)
-    out = _hsv_planes(rgb.round(), gains)
+    gains = torch.as_tensor(gains, dtype=torch.float32, device=img.device)
+    out = _hsv_planes(rgb.round().float(), gains).to(img.dtype)
     return out.transpose(0, 1) if batched else out
 
 
-def _colour(packed: PackedPlan, params: torch.Tensor, canvas: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Mixup, then HSV (Ultralytics' order) on the rounded (3, B, H, W) canvas, in `dtype`."""
-    misc = params[packed.misc_offset : packed.misc_offset + _MISC * packed.batch].view(packed.batch, _MISC).to(dtype)
-    img = canvas.to(dtype)
+def _colour(packed: PackedPlan, params: torch.Tensor, img: torch.Tensor) -> torch.Tensor:
+    """Mixup, then HSV (Ultralytics' order) on the rounded (3, B, H, W) canvas.
+
+    float32 throughout: OpenCV's fixed-point HSV products need 24 bits (float16 would round them).
+    """
+    misc = params[packed.misc_offset : packed.misc_offset + _MISC * packed.batch].view(packed.batch, _MISC)
     if packed.mixup:  # cv2.addWeighted: round(a * r + b * (1 - r)); images without mixup blend with themselves
         ratio = misc[:, 1, None, None]
         partner = img.index_select(1, misc[:, 0].long())
@@ -256,15 +259,13 @@ def _colour(packed: PackedPlan, params: torch.Tensor, canvas: torch.Tensor, dtyp
 
 
 def render_batch(plan: BatchPlan, sources: Sequence[torch.Tensor] | torch.Tensor, scales: Sequence[tuple[float, float]], *,
-                 src_hw: Sequence[tuple[int, int]] | None = None, stream: torch.cuda.Stream | None = None,
-                 colour_dtype: torch.dtype | None = None) -> torch.Tensor:
+                 src_hw: Sequence[tuple[int, int]] | None = None, stream: torch.cuda.Stream | None = None) -> torch.Tensor:
     """Render a whole plan -> (B, 3, H, W) uint8 on the sources' device.
 
     `sources`: a list of (h, w, 3) uint8 tensors, or one (N, h', w', 3) tensor padded with 114,
     then `src_hw` gives each source's true (h, w). `scales[j]` maps source j's pixels to its
     original coordinates. `stream`: enqueue everything there (the caller hands the result over
-    with an event, see `loaders.augment.gpu_stream`). `colour_dtype`: precision of mixup and HSV
-    (float32 by default; float16 halves their memory traffic on a GPU).
+    with an event, see `loaders.augment.gpu_stream`).
     """
     if src_hw is None:
         if isinstance(sources, torch.Tensor):
@@ -277,7 +278,7 @@ def render_batch(plan: BatchPlan, sources: Sequence[torch.Tensor] | torch.Tensor
         canvas = _geometry(packed, params, stack_sources(sources, src_hw, packed.pad_hw))
         canvas.add_(PAD_VALUE).round_().clamp_(0, 255)
         if packed.mixup or packed.hsv:
-            canvas = _colour(packed, params, canvas, colour_dtype or torch.float32)
+            canvas = _colour(packed, params, canvas)
         H, W = packed.out_hw
         out = torch.empty((packed.batch, 3, H, W), dtype=torch.uint8, device=device)
         out.copy_(canvas.permute(1, 0, 2, 3))
