@@ -8,9 +8,10 @@ rectangle its samples are clamped to, plus the mixup partner and ratio and the H
 image. That buffer reaches the device in one ``non_blocking`` copy (pinned on CUDA; the caching
 host allocator keeps a pinned block until the copy that reads it has completed).
 
-On the device the sources are stacked into one tall planar image (3, N*Hp, Wp) holding
-``pixel - 114`` with at least one zero row and column after each source, so `grid_sample`'s zero
-padding *is* OpenCV's ``BORDER_CONSTANT`` 114 and no gather of the sources per tile is needed.
+On the device the sources are stacked into one tall planar float image (3, N*Hp, Wp), each
+source framed by rows and columns of 114 (OpenCV's ``BORDER_CONSTANT`` value), so that one
+`grid_sample` reads any source without a gather of the sources per tile, and the taps it may take
+outside a source land on that frame.
 Then, per slot: one `affine_grid`, one mask from the grid (tile rectangle test in source
 coordinates: a mosaic tile's region is the affine image of its quadrant, i.e. its crop of the
 source), one clamp, one `grid_sample` over every image having that slot, one masked write into the
@@ -59,7 +60,7 @@ class PackedPlan:
     batch: int
     out_hw: tuple[int, int]
     n_src: int
-    pad_hw: tuple[int, int]  # rows and columns per source in the stacked image (with the zero border)
+    pad_hw: tuple[int, int]  # rows and columns per source in the stacked image (with the 114 frame)
     counts: tuple[int, ...]  # n_k per slot
     offsets: tuple[int, ...]  # start of each slot's block in `buffer`
     misc_offset: int
@@ -94,8 +95,8 @@ def _to_grid(r: np.ndarray, j: np.ndarray, pad_hw: tuple[int, int], n_src: int) 
     """(n, 4) rectangles in decoded edge coords of sources `j` -> grid coords of the stacked image;
     bounds of +-_OPEN stay open."""
     Hp, Wp = pad_hw
-    g = np.stack([r[:, 0] * 2 / Wp - 1, (r[:, 1] + j * Hp) * 2 / (n_src * Hp) - 1,
-                  r[:, 2] * 2 / Wp - 1, (r[:, 3] + j * Hp) * 2 / (n_src * Hp) - 1], 1)
+    g = np.stack([(r[:, 0] + 1) * 2 / Wp - 1, (r[:, 1] + 1 + j * Hp) * 2 / (n_src * Hp) - 1,
+                  (r[:, 2] + 1) * 2 / Wp - 1, (r[:, 3] + 1 + j * Hp) * 2 / (n_src * Hp) - 1], 1)
     return np.where(np.abs(r) >= _OPEN, r, g)
 
 
@@ -110,9 +111,9 @@ def _pack_slot(plan: BatchPlan, k: int, scales: Sequence[tuple[float, float]], s
     packed = [_placement_rows(p, plan.images[i].letterbox, scales[p.src], src_hw[p.src]) for i, p in zip(rows, places, strict=True)]
     j = np.asarray([p.src for p in places], np.float64)
     n_out = np.array([[W / 2, 0, W / 2], [0, H / 2, H / 2], [0, 0, 1]], np.float64)  # output grid -> output edge coords
-    n_in = np.zeros((len(rows), 3, 3))  # decoded edge coords -> grid coords of the stacked image
-    n_in[:, 0, 0], n_in[:, 0, 2] = 2 / Wp, -1
-    n_in[:, 1, 1], n_in[:, 1, 2] = 2 / (N * Hp), 2 * j * Hp / (N * Hp) - 1
+    n_in = np.zeros((len(rows), 3, 3))  # decoded edge coords -> grid coords of the stacked image (source at row, column 1)
+    n_in[:, 0, 0], n_in[:, 0, 2] = 2 / Wp, 2 / Wp - 1
+    n_in[:, 1, 1], n_in[:, 1, 2] = 2 / (N * Hp), 2 * (j * Hp + 1) / (N * Hp) - 1
     n_in[:, 2, 2] = 1
     theta = n_in @ np.linalg.inv(np.stack([m for m, _, _ in packed])) @ n_out
     bounds = _to_grid(np.stack([b for _, b, _ in packed]), j, pad_hw, N)
@@ -126,7 +127,7 @@ def pack_plan(plan: BatchPlan, scales: Sequence[tuple[float, float]], src_hw: Se
     """Pack `plan` for the device (numpy only). `scales[j]` maps source j's decoded pixels to its
     original coordinates; `src_hw[j]` is its decoded (h, w)."""
     B, N = len(plan.images), len(src_hw)
-    pad_hw = (max(h for h, _ in src_hw) + 1, max(w for _, w in src_hw) + 1)
+    pad_hw = (max(h for h, _ in src_hw) + 2, max(w for _, w in src_hw) + 2)
     K = max(len(ip.placements) for ip in plan.images)
     counts, offsets, blocks = [], [], []
     offset = 0
@@ -156,35 +157,34 @@ def _to_device(packed: PackedPlan, device: torch.device) -> torch.Tensor:
 
 def stack_sources(sources: Sequence[torch.Tensor] | torch.Tensor, src_hw: Sequence[tuple[int, int]], pad_hw: tuple[int, int],
                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Sources (HWC uint8) as one planar (3, N*Hp, Wp) image of ``pixel - 114``, zero elsewhere.
+    """Sources (HWC uint8) as one planar (3, N*Hp, Wp) image: source j at rows j*Hp+1.., column 1..,
+    114 around it.
 
-    `sources` is a list of (h, w, 3) tensors or one (N, h', w', 3) tensor already padded (e.g. by
-    DALI's ``fn.pad(..., fill_value=114)``), whose true sizes are `src_hw`. Sources of one size (or
-    a padded tensor) cost three kernels whatever N is; a list of different sizes is copied one by one.
+    `sources` is a list of (h, w, 3) tensors or one (N, h', w', 3) tensor already padded with 114
+    (e.g. by DALI's ``fn.pad(..., fill_value=114)``), whose true sizes are `src_hw`. Sources of one
+    size (or a padded tensor) cost one copy and four thin fills whatever N is; a list of different
+    sizes is copied one by one.
     """
     Hp, Wp = pad_hw
-    first = sources if isinstance(sources, torch.Tensor) else sources[0]
     N = len(src_hw)
-    out = torch.zeros((3, N, Hp, Wp), dtype=dtype, device=first.device)
     if isinstance(sources, torch.Tensor) or all(tuple(s.shape[:2]) == tuple(src_hw[0]) for s in sources):
         dense = sources if isinstance(sources, torch.Tensor) else torch.stack(list(sources))
         h, w = dense.shape[1:3]
-        view = out[:, :, :h, :w]
-        view.copy_(dense.permute(3, 0, 1, 2))
-        view.sub_(PAD_VALUE)  # padding written as 114 by the producer becomes 0, like the border
+        out = torch.empty((3, N, Hp, Wp), dtype=dtype, device=dense.device)
+        out[:, :, 1 : 1 + h, 1 : 1 + w].copy_(dense.permute(3, 0, 1, 2))
+        for frame in (out[:, :, :1], out[:, :, 1 + h :], out[:, :, 1 : 1 + h, :1], out[:, :, 1 : 1 + h, 1 + w :]):
+            frame.fill_(PAD_VALUE)
     else:
+        out = torch.full((3, N, Hp, Wp), PAD_VALUE, dtype=dtype, device=sources[0].device)
         for j, s in enumerate(sources):
-            h, w = s.shape[:2]
-            view = out[:, j, :h, :w]
-            view.copy_(s.permute(2, 0, 1))
-            view.sub_(PAD_VALUE)
+            out[:, j, 1 : 1 + s.shape[0], 1 : 1 + s.shape[1]].copy_(s.permute(2, 0, 1))
     return out.view(3, N * Hp, Wp)
 
 
 def _geometry(packed: PackedPlan, params: torch.Tensor, planes: torch.Tensor) -> torch.Tensor:
-    """Every tile slot: grid, mask, clamp, one grid_sample, masked write. -> (3, B, H, W), pixel - 114."""
+    """Every tile slot: grid, mask, clamp, one grid_sample, masked write. -> (3, B, H, W) floats."""
     B, (H, W) = packed.batch, packed.out_hw
-    canvas = torch.zeros((3, B, H, W), dtype=planes.dtype, device=planes.device)
+    canvas: torch.Tensor | None = None  # made by slot 0, which every image has
     src = planes[None]
     for n, off in zip(packed.counts, packed.offsets, strict=True):
         theta = params[off : off + 6 * n].view(n, 2, 3)
@@ -195,14 +195,16 @@ def _geometry(packed: PackedPlan, params: torch.Tensor, planes: torch.Tensor) ->
         grid = torch.clamp(grid, min=clamp[..., :2], max=clamp[..., 2:])
         sampled = F.grid_sample(src, grid.view(1, n * H, W, 2), mode="bilinear", padding_mode="zeros", align_corners=False)
         sampled = sampled.view(3, n, H, W)
-        if n == B:
+        if canvas is None:
+            canvas = torch.where(mask, sampled, float(PAD_VALUE))
+        elif n == B:
             torch.where(mask, sampled, canvas, out=canvas)
         else:
             rows = params[off + 14 * n : off + 15 * n].long()
             part = canvas.index_select(1, rows)
             torch.where(mask, sampled, part, out=part)
             canvas.index_copy_(1, rows, part)
-    return canvas
+    return canvas  # type: ignore[return-value]  # slot 0 always exists (every image has a placement)
 
 
 def _hsv_planes(rgb: torch.Tensor, gains: torch.Tensor) -> torch.Tensor:
@@ -258,6 +260,36 @@ def _colour(packed: PackedPlan, params: torch.Tensor, img: torch.Tensor) -> torc
     return img
 
 
+def _shared_letterbox(plan: BatchPlan, scales: Sequence[tuple[float, float]], src_hw: Sequence[tuple[int, int]]) -> tuple[int, int, int, int] | None:
+    """(top, left, new_h, new_w) when every image is the letterbox of its own source (image i of
+    source i) and all share one size and one region: then one batched resize renders them."""
+    if len(src_hw) != len(plan.images) or len(set(src_hw)) != 1 or len(set(scales)) != 1:
+        return None
+    regions = set()
+    for i, ip in enumerate(plan.images):
+        if not ip.letterbox or ip.placements[0].src != i:
+            return None
+        m = ip.placements[0].matrix @ np.diag([*scales[i], 1.0])  # decoded edge -> output edge
+        h, w = src_hw[i]
+        regions.add((round(m[1, 2]), round(m[0, 2]), round(m[1, 1] * h), round(m[0, 0] * w)))
+    return regions.pop() if len(regions) == 1 else None
+
+
+def _letterbox_canvas(sources: Sequence[torch.Tensor] | torch.Tensor, region: tuple[int, int, int, int],
+                      src_hw: tuple[int, int], out_hw: tuple[int, int]) -> torch.Tensor:
+    """Eval: one bilinear resize of the whole batch (Ultralytics' cv2.resize, replicated border)
+    into a canvas of 114 -> (3, B, H, W) floats."""
+    top, left, nh, nw = region
+    h, w = src_hw
+    dense = sources[:, :h, :w] if isinstance(sources, torch.Tensor) else torch.stack(list(sources))
+    src = dense.permute(3, 0, 1, 2).float()  # (3, B, h, w): the batch as channels of one image
+    if (nh, nw) != (h, w):
+        src = F.interpolate(src, size=(nh, nw), mode="bilinear", align_corners=False)
+    canvas = torch.full((3, len(dense), *out_hw), float(PAD_VALUE), device=src.device)
+    canvas[:, :, top : top + nh, left : left + nw] = src
+    return canvas
+
+
 def render_batch(plan: BatchPlan, sources: Sequence[torch.Tensor] | torch.Tensor, scales: Sequence[tuple[float, float]], *,
                  src_hw: Sequence[tuple[int, int]] | None = None, stream: torch.cuda.Stream | None = None) -> torch.Tensor:
     """Render a whole plan -> (B, 3, H, W) uint8 on the sources' device.
@@ -267,6 +299,8 @@ def render_batch(plan: BatchPlan, sources: Sequence[torch.Tensor] | torch.Tensor
     original coordinates. `stream`: enqueue everything there (the caller hands the result over
     with an event, see `loaders.augment.gpu_stream`).
     """
+    if not plan.images:
+        raise ValueError("render_batch: the plan has no images")
     if src_hw is None:
         if isinstance(sources, torch.Tensor):
             raise ValueError("render_batch: a padded source tensor needs src_hw (each source's true size)")
@@ -275,8 +309,12 @@ def render_batch(plan: BatchPlan, sources: Sequence[torch.Tensor] | torch.Tensor
     packed = pack_plan(plan, scales, src_hw)
     with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
         params = _to_device(packed, device)
-        canvas = _geometry(packed, params, stack_sources(sources, src_hw, packed.pad_hw))
-        canvas.add_(PAD_VALUE).round_().clamp_(0, 255)
+        region = _shared_letterbox(plan, scales, src_hw)
+        if region is not None:
+            canvas = _letterbox_canvas(sources, region, src_hw[0], packed.out_hw)
+        else:
+            canvas = _geometry(packed, params, stack_sources(sources, src_hw, packed.pad_hw))
+        canvas.round_().clamp_(0, 255)
         if packed.mixup or packed.hsv:
             canvas = _colour(packed, params, canvas)
         H, W = packed.out_hw
