@@ -12,7 +12,8 @@ On the device the sources are stacked into one tall planar float image (3, N*Hp,
 source framed by rows and columns of 114 (OpenCV's ``BORDER_CONSTANT`` value), so that one
 `grid_sample` reads any source without a gather of the sources per tile, and the taps it may take
 outside a source land on that frame.
-Then, per slot: one `affine_grid`, one mask from the grid (tile rectangle test in source
+Then, per slot: one sampling grid (two broadcast adds: `F.affine_grid` would be a matmul, which
+TF32 would round to ~1e-3, i.e. whole pixels in a tall image), one mask from the grid (tile rectangle test in source
 coordinates: a mosaic tile's region is the affine image of its quadrant, i.e. its crop of the
 source), one clamp, one `grid_sample` over every image having that slot, one masked write into the
 canvas. Mixup is one gather + blend; HSV (Ultralytics' OpenCV 8-bit HSV space, hue 0..180) is a
@@ -181,16 +182,28 @@ def stack_sources(sources: Sequence[torch.Tensor] | torch.Tensor, src_hw: Sequen
     return out.view(3, N * Hp, Wp)
 
 
+def _grid(theta: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+    """`F.affine_grid(theta, (n, 1, H, W), align_corners=False)` in exact float32 element-wise ops;
+    `xs`, `ys` are the output pixel centres in grid coordinates."""
+    grid = torch.empty((theta.shape[0], len(ys), len(xs), 2), device=theta.device, dtype=theta.dtype)
+    for axis in range(2):
+        t = theta[:, axis, :, None, None]  # (n, 3, 1, 1)
+        torch.add(torch.addcmul(t[:, 2], t[:, 0], xs), t[:, 1] * ys[:, None], out=grid[..., axis])  # (n,1,W) + (n,H,1)
+    return grid
+
+
 def _geometry(packed: PackedPlan, params: torch.Tensor, planes: torch.Tensor) -> torch.Tensor:
     """Every tile slot: grid, mask, clamp, one grid_sample, masked write. -> (3, B, H, W) floats."""
     B, (H, W) = packed.batch, packed.out_hw
     canvas: torch.Tensor | None = None  # made by slot 0, which every image has
     src = planes[None]
+    xs = torch.linspace(-1 + 1 / W, 1 - 1 / W, W, device=planes.device, dtype=planes.dtype)  # output pixel centres
+    ys = torch.linspace(-1 + 1 / H, 1 - 1 / H, H, device=planes.device, dtype=planes.dtype)
     for n, off in zip(packed.counts, packed.offsets, strict=True):
         theta = params[off : off + 6 * n].view(n, 2, 3)
         bounds = params[off + 6 * n : off + 10 * n].view(n, 1, 1, 4)
         clamp = params[off + 10 * n : off + 14 * n].view(n, 1, 1, 4)
-        grid = F.affine_grid(theta, [n, 1, H, W], align_corners=False)
+        grid = _grid(theta, xs, ys)
         mask = ((grid - bounds[..., :2]).abs() <= bounds[..., 2:]).all(-1)
         grid = torch.clamp(grid, min=clamp[..., :2], max=clamp[..., 2:])
         sampled = F.grid_sample(src, grid.view(1, n * H, W, 2), mode="bilinear", padding_mode="zeros", align_corners=False)
