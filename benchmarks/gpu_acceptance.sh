@@ -112,7 +112,7 @@ if want tests; then
 fi
 
 # -- measurements --------------------------------------------------------------------------------
-want executor && step executor sh -c "'$PY' benchmarks/gpu_executor.py --device cuda --imgsz 1440x832 --src 1440x808 --batch 32 \
+want executor && step executor sh -c "'$PY' benchmarks/gpu_executor.py --fuse --device cuda --imgsz 1440x832 --src 1440x808 --batch 32 \
   --seconds $SECS | tee '$RESULTS/gpu_executor.txt'"
 want decode && for batch in 32 64; do
   step "decode-b$batch" sh -c "'$PY' benchmarks/dali_decode.py --store '$WORK/shards' --batch $batch --threads 8 \

@@ -150,6 +150,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--mixup", type=float, default=0.15)
+    ap.add_argument("--fuse", action="store_true", help="also time render_batch(fuse=True) (torch.compile'd HSV)")
     args = ap.parse_args()
     device = torch.device(args.device)
     out_hw = parse_imgsz(args.imgsz)
@@ -166,6 +167,8 @@ def main() -> None:
         plans = [plan_batch(np.random.default_rng(s), [(sw, sh)] * args.batch, labels, out_hw, hyp, augment=augment) for s in range(4)]
         r = {"batched": _rate(lambda p: render_batch(p, sources, scales), plans, args.batch, args.seconds, cuda),
              "per_placement": _rate(lambda p: old_render_batch(p, sources, scales), plans, args.batch, args.seconds, cuda)}
+        if args.fuse:
+            r["batched_fused"] = _rate(lambda p: render_batch(p, sources, scales, fuse=True), plans, args.batch, args.seconds, cuda)
         if not cuda:
             r["opencv_1_thread"] = _rate(lambda p: opencv_render(p, hosts, scales), plans, args.batch, args.seconds, cuda)
         rows[mode] = r
@@ -175,6 +178,8 @@ def main() -> None:
     for mode, r in rows.items():
         cv = f"{r['opencv_1_thread']:10.1f}" if "opencv_1_thread" in r else f"{'-':>10s}"
         print(f"{mode:44s} {r['batched']:10.1f} {r['per_placement']:10.1f} {r['batched'] / r['per_placement']:6.2f}x {cv}")
+        if "batched_fused" in r:
+            print(f"{'  fused HSV (torch.compile)':44s} {r['batched_fused']:10.1f} {'':10s} {r['batched_fused'] / r['per_placement']:6.2f}x")
     print(json.dumps({"device": name, "batch": args.batch, "imgsz": args.imgsz, "src": args.src,
                       "img_per_s": {m: {k: round(v, 1) for k, v in r.items()} for m, r in rows.items()}}))
 

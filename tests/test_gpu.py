@@ -123,3 +123,11 @@ def test_train_two_epochs_with_the_dali_loader_on_gpu(store, tmp_path):
                            batch=8, device="0", project=str(tmp_path), name="dali-gpu"))
     _check_run(r.save_dir)
     assert (r.save_dir / "loader.csv").is_file()
+
+
+def test_fused_hsv_on_cuda_equals_eager():
+    """render_batch(fuse=True): HSV as one torch.compile'd kernel on the GPU, the same bytes."""
+    imgs, labels, sizes, decoded, scales = _sources(6, seed=2, mixed_sizes=False)
+    plan = plan_batch(np.random.default_rng(5), sizes, labels, OUT_HW, CASES["full"][0], augment=True)
+    sources = [torch.from_numpy(d).cuda() for d in decoded]
+    assert torch.equal(render_batch(plan, sources, scales), render_batch(plan, sources, scales, fuse=True))

@@ -209,3 +209,12 @@ def test_kernel_count_does_not_grow_with_the_batch(hyp, augment, samples, monkey
     assert small == large  # the same calls, in the same order, for 2 and 16 images
     assert large.count("interpolate") == (0 if augment else 1)
     assert len(large) < 180, len(large)  # 153 with mosaic, mixup and HSV (60 of them HSV), 10 for eval, at any B
+
+
+@pytest.mark.slow
+def test_fused_hsv_equals_eager():
+    """render_batch(fuse=True) compiles the HSV chain: the same bytes (compiling takes ~1 min on 2 cores)."""
+    imgs, labels = patch_images(4, seed=6)
+    plan = plan_batch(np.random.default_rng(5), [(240, 160)] * 4, labels, OUT_HW, CASES["full"][0], augment=True)
+    eager = _torch_render(plan, imgs, [(1.0, 1.0)] * 4)
+    np.testing.assert_array_equal(eager, _torch_render(plan, imgs, [(1.0, 1.0)] * 4, fuse=True))

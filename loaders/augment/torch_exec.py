@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -257,7 +257,20 @@ def hsv_torch(img: torch.Tensor, gains: torch.Tensor | tuple[float, float, float
     return out.transpose(0, 1) if batched else out
 
 
-def _colour(packed: PackedPlan, params: torch.Tensor, img: torch.Tensor) -> torch.Tensor:
+_COMPILED: dict[str, Callable[..., torch.Tensor]] = {}
+
+
+def _hsv_kernel(fuse: bool) -> Callable[..., torch.Tensor]:
+    """`_hsv_planes`, or its `torch.compile` (one fused kernel instead of ~60 passes over the batch;
+    compiled once per process, shapes dynamic)."""
+    if not fuse:
+        return _hsv_planes
+    if "hsv" not in _COMPILED:
+        _COMPILED["hsv"] = torch.compile(_hsv_planes, dynamic=True)
+    return _COMPILED["hsv"]
+
+
+def _colour(packed: PackedPlan, params: torch.Tensor, img: torch.Tensor, fuse: bool = False) -> torch.Tensor:
     """Mixup, then HSV (Ultralytics' order) on the rounded (3, B, H, W) canvas.
 
     float32 throughout: OpenCV's fixed-point HSV products need 24 bits (float16 would round them).
@@ -268,7 +281,7 @@ def _colour(packed: PackedPlan, params: torch.Tensor, img: torch.Tensor) -> torc
         partner = img.index_select(1, misc[:, 0].long())
         img = torch.addcmul(img * ratio, partner, 1 - ratio).round_()
     if packed.hsv:
-        shifted = _hsv_planes(img, misc[:, 2:5])
+        shifted = _hsv_kernel(fuse)(img, misc[:, 2:5])
         img = shifted if packed.hsv_all else torch.where(misc[:, 5, None, None] > 0, shifted, img)
     return img
 
@@ -304,13 +317,15 @@ def _letterbox_canvas(sources: Sequence[torch.Tensor] | torch.Tensor, region: tu
 
 
 def render_batch(plan: BatchPlan, sources: Sequence[torch.Tensor] | torch.Tensor, scales: Sequence[tuple[float, float]], *,
-                 src_hw: Sequence[tuple[int, int]] | None = None, stream: torch.cuda.Stream | None = None) -> torch.Tensor:
+                 src_hw: Sequence[tuple[int, int]] | None = None, stream: torch.cuda.Stream | None = None,
+                 fuse: bool = False) -> torch.Tensor:
     """Render a whole plan -> (B, 3, H, W) uint8 on the sources' device.
 
     `sources`: a list of (h, w, 3) uint8 tensors, or one (N, h', w', 3) tensor padded with 114,
     then `src_hw` gives each source's true (h, w). `scales[j]` maps source j's pixels to its
     original coordinates. `stream`: enqueue everything there (the caller hands the result over
-    with an event, see `loaders.augment.gpu_stream`).
+    with an event, see `loaders.augment.gpu_stream`). `fuse`: run HSV through `torch.compile`
+    (the same arithmetic; the first call compiles, which takes seconds to a minute).
     """
     if not plan.images:
         raise ValueError("render_batch: the plan has no images")
@@ -329,7 +344,7 @@ def render_batch(plan: BatchPlan, sources: Sequence[torch.Tensor] | torch.Tensor
             canvas = _geometry(packed, params, stack_sources(sources, src_hw, packed.pad_hw))
         canvas.round_().clamp_(0, 255)
         if packed.mixup or packed.hsv:
-            canvas = _colour(packed, params, canvas)
+            canvas = _colour(packed, params, canvas, fuse)
         H, W = packed.out_hw
         out = torch.empty((packed.batch, 3, H, W), dtype=torch.uint8, device=device)
         out.copy_(canvas.permute(1, 0, 2, 3))
