@@ -25,6 +25,7 @@ import torch
 from loaders.augment.cpu import finish_image, mixup_partners, render_image
 from loaders.augment.hyp import Hyp
 from loaders.augment.plan import BatchPlan, plan_batch
+from loaders.buffers import BatchBuffers
 from loaders.sampler import ShardedSampler
 from loaders.sources import Source
 from sainet.errors import ImageError, SainetError, StoreError
@@ -64,36 +65,6 @@ class LoaderDataset:
 
         self.mosaic = False
         self.hyp = replace(self.hyp, mosaic=0.0, mixup=0.0, copy_paste=0.0)
-
-
-class _BatchBuffers:
-    """Batch tensors, reused once nothing outside the loader holds them.
-
-    A fresh 29 MB batch (8 x 832 x 1440 x 3) costs ~7,000 page faults, and pinned memory is slow
-    to allocate: a buffer goes back into service when its storage's use count shows that every
-    tensor the consumer made from it (the batch's `img`, slices of it) is gone. Where torch lacks
-    the use-count call, every batch is freshly allocated.
-    """
-
-    def __init__(self, hw: tuple[int, int], pin: bool, keep: int) -> None:
-        self.hw, self.pin, self.keep = hw, pin, keep
-        self.use_count = getattr(torch._C, "_storage_Use_Count", None)
-        self.items: list[torch.Tensor] = []
-        self.lock = threading.Lock()
-
-    def get(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(base (n,H,W,3), img view (n,3,H,W)); the view is made under the lock, so the buffer is
-        seen as busy by the other assembling thread at once."""
-        with self.lock:
-            if self.use_count is not None:
-                for t in self.items:
-                    if t.shape[0] == n and self.use_count(t.untyped_storage()._cdata) <= 2:
-                        return t, t.permute(0, 3, 1, 2)
-            H, W = self.hw
-            t = torch.empty((n, H, W, 3), dtype=torch.uint8, pin_memory=self.pin)
-            if self.use_count is not None and len(self.items) < self.keep:
-                self.items.append(t)
-            return t, t.permute(0, 3, 1, 2)
 
 
 @dataclass
@@ -167,7 +138,7 @@ class SainetLoader:
         self._batches_done = 0
         self._pool: ThreadPoolExecutor | None = None
         self._local = threading.local()  # decode buffers, one set per batch being assembled
-        self._batches = _BatchBuffers(imgsz, self.pin_memory, keep=prefetch + self.assemblers + 2)
+        self._batches = BatchBuffers(imgsz, self.pin_memory, keep=prefetch + self.assemblers + 2)
         self._active: _Epoch | None = None
         orig_set_epoch = self.sampler.set_epoch
 
