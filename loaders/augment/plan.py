@@ -24,7 +24,8 @@ import numpy as np
 from loaders.augment.hyp import Hyp
 from sainet.geometry import letterbox_params
 
-__all__ = ["Placement", "ImagePlan", "BatchPlan", "plan_batch", "pixel_matrix", "box_candidates"]
+__all__ = ["Placement", "ImagePlan", "BatchPlan", "plan_batch", "pixel_matrix", "box_candidates", "translate_matrix",
+           "scale_matrix"]
 
 
 @dataclass
@@ -53,17 +54,19 @@ class BatchPlan:
     images: list[ImagePlan] = field(default_factory=list)
 
 
-def _t(tx: float, ty: float) -> np.ndarray:
+def translate_matrix(tx: float, ty: float) -> np.ndarray:
+    """3x3 translation by (tx, ty)."""
     return np.array([[1, 0, tx], [0, 1, ty], [0, 0, 1]], np.float64)
 
 
-def _s(sx: float, sy: float) -> np.ndarray:
+def scale_matrix(sx: float, sy: float) -> np.ndarray:
+    """3x3 scaling by (sx, sy); e.g. ``scale_matrix(*decoded.scale)`` maps decoded pixels to original coordinates."""
     return np.array([[sx, 0, 0], [0, sy, 0], [0, 0, 1]], np.float64)
 
 
 def pixel_matrix(m: np.ndarray) -> np.ndarray:
     """Edge-coordinate matrix -> the 2x3 pixel-centre matrix cv2.warpAffine expects."""
-    return (_t(-0.5, -0.5) @ m @ _t(0.5, 0.5))[:2]
+    return (translate_matrix(-0.5, -0.5) @ m @ translate_matrix(0.5, 0.5))[:2]
 
 
 def box_candidates(b1: np.ndarray, b2: np.ndarray, wh_thr: float = 2, ar_thr: float = 100, area_thr: float = 0.1,
@@ -102,7 +105,7 @@ def _random_affine(rng: np.random.Generator, hyp: Hyp, canvas_hw: tuple[int, int
     """Ultralytics RandomPerspective without perspective: canvas -> output. Returns (M, scale)."""
     ch, cw = canvas_hw
     oh, ow = out_hw
-    c = _t(-cw / 2, -ch / 2)
+    c = translate_matrix(-cw / 2, -ch / 2)
     a = rng.uniform(-hyp.degrees, hyp.degrees)
     s = rng.uniform(1 - hyp.scale, 1 + hyp.scale)
     cos, sin = math.cos(math.radians(a)) * s, math.sin(math.radians(a)) * s
@@ -110,7 +113,7 @@ def _random_affine(rng: np.random.Generator, hyp: Hyp, canvas_hw: tuple[int, int
     sh = np.eye(3)
     sh[0, 1] = math.tan(math.radians(rng.uniform(-hyp.shear, hyp.shear)))
     sh[1, 0] = math.tan(math.radians(rng.uniform(-hyp.shear, hyp.shear)))
-    t = _t(rng.uniform(0.5 - hyp.translate, 0.5 + hyp.translate) * ow, rng.uniform(0.5 - hyp.translate, 0.5 + hyp.translate) * oh)
+    t = translate_matrix(rng.uniform(0.5 - hyp.translate, 0.5 + hyp.translate) * ow, rng.uniform(0.5 - hyp.translate, 0.5 + hyp.translate) * oh)
     return t @ sh @ r @ c, s
 
 
@@ -128,7 +131,7 @@ def _source_boxes(cls: np.ndarray, boxes: np.ndarray, w0: int, h0: int) -> tuple
 def _letterbox_plan(w0: int, h0: int, out_hw: tuple[int, int], cls: np.ndarray, boxes: np.ndarray, src: int) -> ImagePlan:
     H, W = out_hw
     lb = letterbox_params(h0, w0, H, W)
-    m = _t(lb.left, lb.top) @ _s(lb.new_w / w0, lb.new_h / h0)
+    m = translate_matrix(lb.left, lb.top) @ scale_matrix(lb.new_w / w0, lb.new_h / h0)
     c, xyxy = _source_boxes(cls, boxes, w0, h0)
     return ImagePlan([Placement(src, m, None)], c, _transform_boxes(xyxy, m), letterbox=True,
                      ratio_pad=((lb.new_h / h0, lb.new_w / w0), (float(lb.left), float(lb.top))))
@@ -189,14 +192,14 @@ def plan_batch(
                 else:
                     x1a, y1a, x2a, y2a = xc, yc, min(xc + w, 2 * W), min(2 * H, yc + h)
                     px, py = x1a, y1a
-                place = _t(px, py) @ _s(w / w0, h / h0)
+                place = translate_matrix(px, py) @ scale_matrix(w / w0, h / h0)
                 pieces.append((j, place, (x1a, y1a, x2a, y2a)))
                 # (the crop of source j that shows in this quadrant, in its original coordinates)
         else:
             canvas = (H, W)
             w0, h0 = sizes[i]
             lb = letterbox_params(h0, w0, H, W)
-            place = _t(lb.left, lb.top) @ _s(lb.new_w / w0, lb.new_h / h0)
+            place = translate_matrix(lb.left, lb.top) @ scale_matrix(lb.new_w / w0, lb.new_h / h0)
             pieces = [(i, place, (lb.left, lb.top, lb.left + lb.new_w, lb.top + lb.new_h))]
         affine, s = _random_affine(rng, hyp, canvas, out_hw)
         flip = np.eye(3)
