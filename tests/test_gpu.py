@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from loaders import build_loader
-from loaders.augment.gpu_stream import LoaderStream, accept
 from loaders.augment.hyp import Hyp
 from loaders.augment.plan import plan_batch
 from loaders.augment.torch_exec import render_batch
@@ -62,15 +61,15 @@ def test_stream_hand_off_while_the_default_stream_is_busy():
     for _ in range(400):  # ~55 TFLOP queued on the default stream: far longer than one render
         a = a @ a
         a /= a.norm()
-    producer = LoaderStream("cuda")
-    with producer.active():
-        img = render_batch(plan, sources, scales, stream=producer.stream)
-    ready = producer.ready()
+    loader_stream = torch.cuda.Stream()
+    img = render_batch(plan, sources, scales, stream=loader_stream)
+    ready = torch.cuda.Event()
+    ready.record(loader_stream)
     ready.synchronize()  # the host waits for the loader's work only
     assert not torch.cuda.current_stream().query(), "the render waited for the default stream's queue"
-    batch = {"img": img}
-    accept(batch, ready)
-    got = batch["img"].float().cpu()  # on the default stream, after the matmuls and the event
+    torch.cuda.current_stream().wait_event(ready)  # the consumer's hand-off: no host sync
+    img.record_stream(torch.cuda.current_stream())
+    got = img.float().cpu()  # on the default stream, after the matmuls and the event
     assert (got.int() - expected.int()).abs().max() <= 1
 
 

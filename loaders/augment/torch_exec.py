@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from loaders.augment.plan import BatchPlan, Placement
+from loaders.augment.plan import BatchPlan, Placement, scale_matrix
 from sainet.geometry import PAD_VALUE
 
 __all__ = ["PackedPlan", "pack_plan", "stack_sources", "render_batch", "hsv_torch"]
@@ -80,7 +80,7 @@ def _placement_rows(p: Placement, letterbox: bool, scale: tuple[float, float], h
     """(decoded edge -> output edge 3x3, bounds, clamp) in decoded edge coordinates of source p.src."""
     sx, sy = scale
     h, w = hw
-    m = p.matrix @ np.diag([sx, sy, 1.0])
+    m = p.matrix @ scale_matrix(sx, sy)
     if p.region is not None:  # a mosaic tile: the pixels whose bilinear taps fall in its crop (the CPU rule)
         cx0, cy0, cx1, cy1 = p.crop
         x0, x1 = max(math.floor(cx0 / sx) - 1, 0), min(math.ceil(cx1 / sx) + 1, w)
@@ -297,7 +297,7 @@ def _shared_letterbox(plan: BatchPlan, scales: Sequence[tuple[float, float]], sr
     for i, ip in enumerate(plan.images):
         if not ip.letterbox or ip.placements[0].src != i:
             return None
-        m = ip.placements[0].matrix @ np.diag([*scales[i], 1.0])  # decoded edge -> output edge
+        m = ip.placements[0].matrix @ scale_matrix(*scales[i])  # decoded edge -> output edge
         h, w = src_hw[i]
         regions.add((round(m[1, 2]), round(m[0, 2]), round(m[1, 1] * h), round(m[0, 0] * w)))
     return regions.pop() if len(regions) == 1 else None
@@ -326,7 +326,7 @@ def render_batch(plan: BatchPlan, sources: Sequence[torch.Tensor] | torch.Tensor
     `sources`: a list of (h, w, 3) uint8 tensors, or one (N, h', w', 3) tensor padded with 114,
     then `src_hw` gives each source's true (h, w). `scales[j]` maps source j's pixels to its
     original coordinates. `stream`: enqueue everything there (the caller hands the result over
-    with an event, see `loaders.augment.gpu_stream`). `fuse`: run HSV through `torch.compile`
+    with an event: `loaders.dali.DaliAssembler.hand_off`). `fuse`: run HSV through `torch.compile`
     (the same arithmetic; the first call compiles, which takes seconds to a minute).
     """
     if not plan.images:
