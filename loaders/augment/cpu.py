@@ -12,7 +12,7 @@ import threading
 import cv2
 import numpy as np
 
-from loaders.augment.plan import BatchPlan, ImagePlan, Placement, pixel_matrix
+from loaders.augment.plan import BatchPlan, ImagePlan, Placement, pixel_matrix, scale_matrix, translate_matrix
 from sainet.geometry import PAD_VALUE, letterbox
 
 __all__ = ["render_image", "apply_hsv", "apply_hsv_fast", "hsv_table", "mixup_partners", "finish_image"]
@@ -90,7 +90,7 @@ def render_image(ip: ImagePlan, sources: list[np.ndarray], scales: list[tuple[fl
         return
     if len(ip.placements) == 1:
         p = ip.placements[0]
-        m = p.matrix @ _scale(scales[p.src])
+        m = p.matrix @ scale_matrix(*scales[p.src])
         if _axis_aligned(m):
             out[...] = PAD_VALUE
             _resize_into(sources[p.src], m, (0.0, 0.0, float(W), float(H)), out)
@@ -146,7 +146,7 @@ def _paint_region(p: Placement, src: np.ndarray, scale: tuple[float, float], out
     pixels that map outside the crop are left alone, so no mask and no second buffer are needed.
     """
     H, W = out.shape[:2]
-    m_src = p.matrix @ _scale(scale)
+    m_src = p.matrix @ scale_matrix(*scale)
     if _axis_aligned(m_src):
         lo, hi = p.region.min(0), p.region.max(0)
         _resize_into(src, m_src, (float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])), out)
@@ -162,7 +162,7 @@ def _paint_region(p: Placement, src: np.ndarray, scale: tuple[float, float], out
     cy0, cy1 = max(int(np.floor(cy0 / scale[1])) - 1, 0), min(int(np.ceil(cy1 / scale[1])) + 1, sh)
     if cx1 <= cx0 or cy1 <= cy0:
         return
-    m = _translate(-x0, -y0) @ m_src @ _translate(cx0, cy0)
+    m = translate_matrix(-x0, -y0) @ m_src @ translate_matrix(cx0, cy0)
     cv2.warpAffine(src[cy0:cy1, cx0:cx1], pixel_matrix(m), (x1 - x0, y1 - y0), dst=out[y0:y1, x0:x1],
                    flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_TRANSPARENT)
 
@@ -179,12 +179,3 @@ def finish_image(plan: BatchPlan, k: int, batch: np.ndarray, partners: dict[int,
         cv2.addWeighted(batch[k], ip.mixup_ratio, partners[ip.mixup], 1 - ip.mixup_ratio, 0, dst=batch[k])
     if ip.hsv is not None:
         apply_hsv_fast(batch[k], ip.hsv)
-
-
-def _translate(tx: float, ty: float) -> np.ndarray:
-    return np.array([[1, 0, tx], [0, 1, ty], [0, 0, 1]], np.float64)
-
-
-def _scale(scale: tuple[float, float]) -> np.ndarray:
-    """Matrix from decoded-pixel edge coords to original edge coords."""
-    return np.array([[scale[0], 0, 0], [0, scale[1], 0], [0, 0, 1]], np.float64)
