@@ -41,11 +41,11 @@ def patch_images(n: int, size=(240, 160), seed=0):
     return imgs, labels
 
 
-def render(plan, imgs):
+def render(plan, imgs, resize=True):
     H, W = plan.out_hw
     out = np.empty((len(plan.images), H, W, 3), np.uint8)
     for k in range(len(plan.images)):
-        render_image(plan.images[k], imgs, [(1.0, 1.0)] * len(imgs), out[k])
+        render_image(plan.images[k], imgs, [(1.0, 1.0)] * len(imgs), out[k], resize=resize)
     partners = mixup_partners(plan, out)
     for k in range(len(plan.images)):
         finish_image(plan, k, out, partners)

@@ -6,7 +6,6 @@ import cv2
 import numpy as np
 import pytest
 
-import loaders.augment.cpu as cpu
 from loaders.augment.cpu import apply_hsv, apply_hsv_fast
 from loaders.augment.hyp import Hyp
 from loaders.augment.plan import plan_batch
@@ -36,31 +35,25 @@ def test_apply_hsv_is_ultralytics_random_hsv_exactly():
         np.testing.assert_array_equal(ours, bgr[..., ::-1])
 
 
-def test_fast_hsv_stays_within_a_level_of_the_exact_one_except_wrapped_reds():
-    """apply_hsv_fast vs apply_hsv over Ultralytics' default gain ranges on a colour chart: almost
-    every pixel equal, none off by more than a couple of levels except the reds whose hue would wrap
-    below 0 (bounded by the hue shift itself, at most 3 of 180 hue steps)."""
+def test_fast_hsv_stays_within_a_few_levels_of_the_exact_one():
+    """apply_hsv_fast vs apply_hsv over Ultralytics' default gain ranges and a wider hue range (both
+    signs of the hue shift, the mirrored conversion included) on a colour chart: at least 95% of
+    values equal (99% overall), none more than 3 levels off."""
     chart = colour_chart()
-    hsv = cv2.cvtColor(chart, cv2.COLOR_RGB2HSV)
     rng = np.random.default_rng(0)
-    for _ in range(30):
-        g = tuple(float(x) for x in rng.uniform(-1, 1, 3) * [0.015, 0.7, 0.4] + 1)
-        a, b = chart.copy(), chart.copy()
-        apply_hsv(a, g)
-        apply_hsv_fast(b, g)
-        diff = np.abs(a.astype(int) - b.astype(int)).max(axis=2)
-        k = int(np.floor((g[0] - 1) * 180))
-        wrapped = hsv[..., 0] < -k if k < 0 else np.zeros(diff.shape, bool)
-        assert (diff[~wrapped] <= 2).all() and (diff == 0).mean() > 0.95, (g, diff.max())
-        back = cv2.cvtColor(b, cv2.COLOR_RGB2HSV)[..., 0].astype(int)
-        exact = cv2.cvtColor(a, cv2.COLOR_RGB2HSV)[..., 0].astype(int)
-        hue_err = np.minimum(np.abs(back - exact), 180 - np.abs(back - exact))[wrapped & (hsv[..., 1] > 64) & (hsv[..., 2] > 64)]
-        assert hue_err.size == 0 or hue_err.max() <= 4
+    for hue in (0.015, 0.3):
+        for _ in range(15):
+            g = tuple(float(x) for x in rng.uniform(-1, 1, 3) * [hue, 0.7, 0.4] + 1)
+            a, b = chart.copy(), chart.copy()
+            apply_hsv(a, g)
+            apply_hsv_fast(b, g)
+            diff = np.abs(a.astype(int) - b.astype(int))
+            assert diff.max() <= 3 and (diff == 0).mean() > 0.95, (g, diff.max(), (diff == 0).mean())
 
 
 @pytest.mark.parametrize("hyp", [Hyp(hsv_h=0, hsv_s=0, hsv_v=0, fliplr=0.5, flipud=0.5),
                                  Hyp(mosaic=0, hsv_h=0, hsv_s=0, hsv_v=0, fliplr=0.5, scale=0.5)])
-def test_resize_path_matches_the_warp_within_a_pixel(hyp, monkeypatch):
+def test_resize_path_matches_the_warp_within_a_pixel(hyp):
     """Axis-aligned placements are drawn with cv2.resize; forcing warpAffine gives nearly the same
     image (differences only along edges, from rounding positions to whole pixels), and the boxes
     still cover their colour."""
@@ -68,8 +61,7 @@ def test_resize_path_matches_the_warp_within_a_pixel(hyp, monkeypatch):
     plan = plan_batch(np.random.default_rng(3), [(240, 160)] * 6, labels, (160, 224), hyp, augment=True)
     fast = render(plan, imgs)
     assert assert_boxes_cover_their_colour(plan, fast, 0.9) > 3
-    monkeypatch.setattr(cpu, "_AXIS_EPS", -1.0)  # no placement counts as axis-aligned: warpAffine everywhere
-    slow = render(plan, imgs)
+    slow = render(plan, imgs, resize=False)  # warpAffine everywhere
     diff = np.abs(fast.astype(int) - slow.astype(int)).max(axis=3)
     assert (diff <= 2).mean() > 0.97, (diff <= 2).mean()
     # a large difference is always next to an edge of the exact image (position rounded, not wrong)

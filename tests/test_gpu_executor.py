@@ -52,10 +52,12 @@ def _cpu_render(plan, decoded, scales):
     H, W = plan.out_hw
     out = np.empty((len(plan.images), H, W, 3), np.uint8)
     for k, ip in enumerate(plan.images):
-        render_image(ip, decoded, scales, out[k])
+        # resize=False / exact_colour=True: the OpenCV executor's exact reference (by default it draws
+        # axis-aligned placements with cv2.resize and uses the fast HSV: tests/test_augment_cpu.py bounds both)
+        render_image(ip, decoded, scales, out[k], resize=False)
     partners = mixup_partners(plan, out)
     for k in range(len(plan.images)):
-        finish_image(plan, k, out, partners)
+        finish_image(plan, k, out, partners, exact_colour=True)
     return out
 
 
@@ -82,8 +84,10 @@ def test_same_plan_same_pixels_as_opencv(name, mixed_sizes):
     assert diff.mean() < 0.3, diff.mean()
     assert np.percentile(diff, 99) <= 3, np.percentile(diff, 99)
     assert (diff > 2).mean() < 0.02, (diff > 2).mean()
-    if name in ("letterbox-eval", "affine-flips", "hsv"):  # no seams at all
+    if name in ("letterbox-eval", "affine-flips") or (name == "hsv" and not mixed_sizes):  # no seams at all
         assert diff.max() <= 2, diff.max()
+    # (hsv with mixed sizes: a +-1 resize difference on a saturated edge moves its hue a step, which
+    # Ultralytics 8.4's additive hue shift keeps: up to ~8 levels on a few edge pixels)
 
 
 @pytest.mark.parametrize("name", ["mosaic-4tile", "full"])

@@ -43,21 +43,31 @@ def apply_hsv(img: np.ndarray, gains: tuple[float, float, float]) -> None:
 
 def apply_hsv_fast(img: np.ndarray, gains: tuple[float, float, float]) -> None:
     """`apply_hsv` with the look-up (the slowest of its three passes) replaced by one per-channel
-    affine `cv2.transform` on the HSV image: a third less time, nearly the same pixels.
+    affine `cv2.transform` on the HSV image: the colour step takes ~40% less time, same pixels
+    but for rare one-level differences.
 
     The tables are affine in each channel: hue + k with k = floor(r_h*180) (what the truncating
-    table does to integer hues), saturation and value times their gains, floored (offset -0.5
-    before OpenCV's rounding). Differences from `apply_hsv`: S and V by at most one level where the
-    product is an exact integer; a hue that would wrap below 0 (k < 0, hues 0..-k-1: reds only)
-    stays at 0 instead of wrapping to 177..179 (OpenCV's HSV->RGB wraps hues >= 180 itself, so
-    k > 0 is exact). tests/test_augment.py bounds the difference on a colour chart.
+    table does to integer hues), saturation and value times their gains, floored (an offset just
+    under -0.5 before OpenCV's rounding). The hue must wrap modulo 180 without leaving uint8:
+    OpenCV's HSV->RGB wraps hues >= 180 itself, so a shift k >= 0 is added as is; a shift k < 0
+    is made positive by converting the channel-swapped image (BGR<->RGB mirrors the hue,
+    h -> 120 - h, so adding -k there and mirroring back shifts by k). |k| > 76 (hue gains far
+    beyond Ultralytics' 0.015) would overflow uint8: the exact path runs instead.
     """
     k = math.floor((gains[0] - 1) * 180)
-    m = np.array([[1, 0, 0, k], [0, gains[1], 0, -0.5], [0, 0, gains[2], -0.5]], np.float32)
-    hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV, dst=_scratch(img.shape, 0))
+    if abs(k) > 255 - 179:
+        apply_hsv(img, gains)
+        return
+    to_hsv, to_rgb = (cv2.COLOR_RGB2HSV, cv2.COLOR_HSV2RGB) if k >= 0 else (cv2.COLOR_BGR2HSV, cv2.COLOR_HSV2BGR)
+    m = np.array([[1, 0, 0, abs(k)], [0, gains[1], 0, _FLOOR], [0, 0, gains[2], _FLOOR]], np.float32)
+    hsv = cv2.cvtColor(img, to_hsv, dst=_scratch(img.shape, 0))
     out = _scratch(img.shape, 1)
     cv2.transform(hsv, m, dst=out)  # never in place: cv2.transform in place is ~7x slower
-    cv2.cvtColor(out, cv2.COLOR_HSV2RGB, dst=img)
+    cv2.cvtColor(out, to_rgb, dst=img)
+
+
+#: round(x - 0.499) == floor(x) unless frac(x) >= 0.999: the tables' truncation through OpenCV's rounding
+_FLOOR = -0.499
 
 
 _local = threading.local()
@@ -75,7 +85,8 @@ def _scratch(shape: tuple[int, ...], slot: int = 0) -> np.ndarray:
     return bufs[slot][:n].reshape(shape)
 
 
-def render_image(ip: ImagePlan, sources: list[np.ndarray], scales: list[tuple[float, float]], out: np.ndarray) -> None:
+def render_image(ip: ImagePlan, sources: list[np.ndarray], scales: list[tuple[float, float]], out: np.ndarray, *,
+                 resize: bool = True) -> None:
     """Draw output image `ip` into `out` (HxWx3 uint8). `sources[j]` shows source j's original image
     content at some scale; `scales[j]` maps its pixels to original coordinates (1 unless the JPEG
     was decoded at a reduced DCT scale or the source is a raw frame).
@@ -83,7 +94,9 @@ def render_image(ip: ImagePlan, sources: list[np.ndarray], scales: list[tuple[fl
     A placement without rotation or shear (Ultralytics' default degrees=0, shear=0: mosaic tile,
     scale, translation, flips) is drawn with one `cv2.resize` of its crop, 2-8x faster than
     `cv2.warpAffine`; its position is then rounded to whole output pixels (at most half a source
-    pixel at each edge, within a pixel of the plan's boxes). Rotations and shears use warpAffine."""
+    pixel at each edge, within a pixel of the plan's boxes). Rotations and shears use warpAffine,
+    and so does every placement with `resize=False` (the exact reference other executors are
+    compared with)."""
     H, W = out.shape[:2]
     if ip.letterbox:  # eval: exactly Ultralytics' resize + pad
         letterbox(sources[ip.placements[0].src], H, W, out=out)
@@ -91,7 +104,7 @@ def render_image(ip: ImagePlan, sources: list[np.ndarray], scales: list[tuple[fl
     if len(ip.placements) == 1:
         p = ip.placements[0]
         m = p.matrix @ scale_matrix(*scales[p.src])
-        if _axis_aligned(m):
+        if resize and _axis_aligned(m):
             out[...] = PAD_VALUE
             _resize_into(sources[p.src], m, (0.0, 0.0, float(W), float(H)), out)
             return
@@ -100,7 +113,7 @@ def render_image(ip: ImagePlan, sources: list[np.ndarray], scales: list[tuple[fl
     else:
         out[...] = PAD_VALUE
         for p in ip.placements:
-            _paint_region(p, sources[p.src], scales[p.src], out)
+            _paint_region(p, sources[p.src], scales[p.src], out, resize)
 
 
 def _axis_aligned(m: np.ndarray) -> bool:
@@ -137,7 +150,7 @@ def _resize_into(src: np.ndarray, m: np.ndarray, bounds: tuple[float, float, flo
     cv2.flip(tmp, 1 if sy > 0 else 0 if sx > 0 else -1, dst=dst)
 
 
-def _paint_region(p: Placement, src: np.ndarray, scale: tuple[float, float], out: np.ndarray) -> None:
+def _paint_region(p: Placement, src: np.ndarray, scale: tuple[float, float], out: np.ndarray, resize: bool = True) -> None:
     """Warp the visible crop of a mosaic source straight into its quadrant of `out`.
 
     Axis-aligned placements: one resize of the crop into the quadrant's whole-pixel rectangle.
@@ -147,7 +160,7 @@ def _paint_region(p: Placement, src: np.ndarray, scale: tuple[float, float], out
     """
     H, W = out.shape[:2]
     m_src = p.matrix @ scale_matrix(*scale)
-    if _axis_aligned(m_src):
+    if resize and _axis_aligned(m_src):
         lo, hi = p.region.min(0), p.region.max(0)
         _resize_into(src, m_src, (float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])), out)
         return
@@ -172,10 +185,12 @@ def mixup_partners(plan: BatchPlan, batch: np.ndarray) -> dict[int, np.ndarray]:
     return {ip.mixup: batch[ip.mixup].copy() for ip in plan.images if ip.mixup is not None}
 
 
-def finish_image(plan: BatchPlan, k: int, batch: np.ndarray, partners: dict[int, np.ndarray]) -> None:
-    """Mixup, then HSV, on rendered image k (Ultralytics' order), in place."""
+def finish_image(plan: BatchPlan, k: int, batch: np.ndarray, partners: dict[int, np.ndarray], *,
+                 exact_colour: bool = False) -> None:
+    """Mixup, then HSV, on rendered image k (Ultralytics' order), in place. HSV runs through
+    `apply_hsv_fast`, or `apply_hsv` with `exact_colour` (the reference other executors match)."""
     ip = plan.images[k]
     if ip.mixup is not None:
         cv2.addWeighted(batch[k], ip.mixup_ratio, partners[ip.mixup], 1 - ip.mixup_ratio, 0, dst=batch[k])
     if ip.hsv is not None:
-        apply_hsv_fast(batch[k], ip.hsv)
+        (apply_hsv if exact_colour else apply_hsv_fast)(batch[k], ip.hsv)

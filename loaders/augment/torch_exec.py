@@ -227,7 +227,7 @@ def _hsv_planes(rgb: torch.Tensor, gains: torch.Tensor) -> torch.Tensor:
 
     RGB->HSV is OpenCV's 8-bit fixed-point arithmetic (hue 0..180, max priority r > g > b, the
     ``round(2^12 * k / x)`` division tables: every product stays below 2^24, so float32 holds it
-    exactly); then Ultralytics' three look-up tables as float ops (``(x * g) % 180``,
+    exactly); then Ultralytics' three look-up tables as float ops (``(x + (g - 1) * 180) % 180``,
     ``clip(x * g)``, truncated to uint8); HSV->RGB as OpenCV's float path, rounded.
     """
     r, g, b = rgb[0], rgb[1], rgb[2]
@@ -238,7 +238,7 @@ def _hsv_planes(rgb: torch.Tensor, gains: torch.Tensor) -> torch.Tensor:
     num = torch.where(v == r, g - b, torch.where(v == g, b - r + 2 * diff, r - g + 4 * diff))
     h = torch.where(diff > 0, torch.floor((num * torch.round(122880 / diff.clamp_min(1)) + 2048) / 4096), 0)  # (180 << 12) / 6
     h = torch.where(h < 0, h + 180, h)
-    h = torch.floor(torch.remainder(h * gh, 180)) / 30  # sextant units 0..6
+    h = torch.floor(torch.remainder(h + (gh - 1) * 180, 180)) / 30  # Ultralytics 8.4: additive hue; sextant units 0..6
     s = torch.floor((s * gs).clamp(0, 255)) / 255
     v = torch.floor((v * gv).clamp(0, 255))
     vs = v * s
