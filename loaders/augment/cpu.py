@@ -60,10 +60,9 @@ def apply_hsv_fast(img: np.ndarray, gains: tuple[float, float, float]) -> None:
         return
     to_hsv, to_rgb = (cv2.COLOR_RGB2HSV, cv2.COLOR_HSV2RGB) if k >= 0 else (cv2.COLOR_BGR2HSV, cv2.COLOR_HSV2BGR)
     m = np.array([[1, 0, 0, abs(k)], [0, gains[1], 0, _FLOOR], [0, 0, gains[2], _FLOOR]], np.float32)
-    hsv = cv2.cvtColor(img, to_hsv, dst=_scratch(img.shape, 0))
-    out = _scratch(img.shape, 1)
-    cv2.transform(hsv, m, dst=out)  # never in place: cv2.transform in place is ~7x slower
-    cv2.cvtColor(out, to_rgb, dst=img)
+    hsv = cv2.cvtColor(img, to_hsv, dst=_scratch(img.shape))
+    cv2.transform(hsv, m, dst=img)  # never in place: cv2.transform in place is ~7x slower
+    cv2.cvtColor(img, to_rgb, dst=img)  # (in place is as fast here)
 
 
 #: round(x - 0.499) == floor(x) unless frac(x) >= 0.999: the tables' truncation through OpenCV's rounding
@@ -73,16 +72,14 @@ _FLOOR = -0.499
 _local = threading.local()
 
 
-def _scratch(shape: tuple[int, ...], slot: int = 0) -> np.ndarray:
-    """Per-thread uint8 buffer `slot` of `shape`, reused image after image: a fresh 6 MB array
-    costs ~1,500 page faults each time."""
-    bufs = getattr(_local, "bufs", None)
-    if bufs is None:
-        bufs = _local.bufs = {}
+def _scratch(shape: tuple[int, ...]) -> np.ndarray:
+    """A per-thread uint8 buffer of `shape`, reused image after image (a fresh 6 MB array costs
+    ~1,500 page faults each time); one caller at a time per thread."""
+    buf = getattr(_local, "buf", None)
     n = int(np.prod(shape))
-    if slot not in bufs or bufs[slot].size < n:
-        bufs[slot] = np.empty(n, np.uint8)
-    return bufs[slot][:n].reshape(shape)
+    if buf is None or buf.size < n:
+        buf = _local.buf = np.empty(n, np.uint8)
+    return buf[:n].reshape(shape)
 
 
 def render_image(ip: ImagePlan, sources: list[np.ndarray], scales: list[tuple[float, float]], out: np.ndarray, *,
