@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from cache_tools.format import payload_checksum
-from cache_tools.store import Store, _lmdb_env, open_store
+from cache_tools.store import Store, _lmdb_env, open_store, shard_problems
 from sainet.errors import StoreError
 
 __all__ = ["VerifyReport", "verify_store", "describe_store"]
@@ -46,9 +46,11 @@ def verify_store(path: str | Path, *, threads: int = 2, progress: Callable[[int]
 
     Index damage raises (`StoreFormatError`/`StoreCorruptError`); record damage is collected.
     """
-    store = open_store(path)
+    store = open_store(path)  # the whole index is checked for consistency here, before any payload is read
     report = VerifyReport(str(path))
     try:
+        for problem in shard_problems(store):
+            report.bad.append({"record": -1, "name": problem.split(":")[0], "reason": problem})
         if store.container == "lmdb":
             entries = _lmdb_env(store.path).stat()["entries"]
             if entries != len(store):
