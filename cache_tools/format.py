@@ -39,6 +39,7 @@ import numpy as np
 
 from sainet.errors import StoreCorruptError, StoreFormatError, StoreVersionError
 from sainet.imaging import MAX_PIXELS
+from sainet.safepath import UNSAFE_NAME_BYTES, is_plain_name
 
 __all__ = [
     "MAGIC",
@@ -259,9 +260,11 @@ def check_meta(meta: object, source: str) -> None:
             raise StoreFormatError(f"{source}: metadata field {key!r} is negative ({v})")
     for key in ("classes", "splits"):
         names = meta[key]
-        bad = [i for i, c in enumerate(names) if not isinstance(c, str) or not c or "\x00" in c]
+        bad = [i for i, c in enumerate(names) if not isinstance(c, str) or not c or "\x00" in c
+               or (key == "splits" and not is_plain_name(c))]
         if bad:
-            raise StoreFormatError(f"{source}: metadata field {key!r}[{bad[0]}] is {names[bad[0]]!r}, expected a non-empty string")
+            raise StoreFormatError(f"{source}: metadata field {key!r}[{bad[0]}] is {names[bad[0]]!r}, expected a non-empty string"
+                                   + (" that is a plain folder name" if key == "splits" else ""))
         if len(set(names)) != len(names):
             raise StoreFormatError(f"{source}: metadata field {key!r} repeats a name")
     for i, sh in enumerate(meta.get("shards", [])):
@@ -290,10 +293,20 @@ def _check_ranges(records: np.ndarray, strings: bytes, source: str) -> None:
     except UnicodeDecodeError as e:
         raise StoreFormatError(f"{source}: string table is not UTF-8 (byte {e.start}): a record name or key") from None
     # Valid UTF-8 overall plus every range starting and ending on a character boundary = every name valid.
-    cont = np.concatenate([(np.frombuffer(strings, np.uint8) & 0xC0) == 0x80, [False]])
+    raw = np.frombuffer(strings, np.uint8)
+    cont = np.concatenate([(raw & 0xC0) == 0x80, [False]])
     for f in ("name", "key"):
         start = records[f"{f}_start"].astype(np.int64)
         _refuse(cont[start] | cont[start + records[f"{f}_len"]], source, f"record field {f}_start/{f}_len splits a UTF-8 character")
+    # Names become file names (export): one plain component, no separator or NUL, not "." or "..".
+    start = records["name_start"].astype(np.int64)
+    end = start + records["name_len"]
+    bad_pos = np.flatnonzero(np.isin(raw, np.frombuffer(b"".join(UNSAFE_NAME_BYTES), np.uint8)))
+    _refuse(np.searchsorted(bad_pos, start) < np.searchsorted(bad_pos, end), source,
+            "record name holds a path separator or NUL (names are plain file names)")
+    short = np.flatnonzero(records["name_len"] <= 2)
+    dots = [int(i) for i in short if strings[start[i] : end[i]] in (b".", b"..")]
+    _refuse(np.isin(np.arange(len(records)), dots), source, "record name is '.' or '..'")
 
 
 def check_records(records: np.ndarray, strings: bytes, meta: dict, mode: str, imgsz: tuple[int, int] | None,

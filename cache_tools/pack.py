@@ -35,10 +35,11 @@ from cache_tools.format import (
     payload_checksum,
 )
 from cache_tools.plan import StoreEstimate, check_fits, estimate_store, fs_info, human_bytes
+from cache_tools.target import guard_target, partial_path, refuse_empty
 from cache_tools.writers import JOURNAL_DTYPE, open_writer
 from sainet import __version__
 from sainet.datasets import Importer, Problem, Sample, open_dataset
-from sainet.errors import ImageError, SainetError, StoreError, StoreExistsError
+from sainet.errors import ImageError, SainetError
 from sainet.geometry import letterbox, letterbox_params
 from sainet.imaging import decode_rgb, encode_jpeg, probe
 from sainet.parallel import ordered_map
@@ -69,6 +70,7 @@ class PackOptions:
     jpeg_quality: int = 95
     free_bytes: int | None = None  # override the measured free space (what-if, tests)
     mem_available: int | None = None
+    lock_wait: float = 0.0  # seconds to wait for another pack of the same target (0: refuse at once)
 
 
 @dataclass
@@ -189,11 +191,18 @@ def _fsync_dir(path: Path) -> None:
 
 def pack(src: str | os.PathLike[str], to: str | os.PathLike[str], opts: PackOptions | None = None,
          progress: Callable[[int], None] | None = None, on_start: Callable[[int, int], None] | None = None) -> PackReport:
-    """Pack `src` into a store at `to`. See the module docstring for the guarantees.
+    """Pack `src` into a store at `to`. See the module docstring for the guarantees, and
+    `cache_tools.target` for what `to` may be (never the source; --force replaces only a store; one pack at a time).
 
     `on_start(total, already_done)` is called once the work is known (for a progress bar).
     """
     opts = opts or PackOptions()
+    with guard_target(src, to, force=opts.force, wait=opts.lock_wait):
+        return _pack(src, to, opts, progress, on_start)
+
+
+def _pack(src: str | os.PathLike[str], to: str | os.PathLike[str], opts: PackOptions,
+          progress: Callable[[int], None] | None, on_start: Callable[[int, int], None] | None) -> PackReport:
     t0 = time.perf_counter()
     src, to = Path(src), Path(to)
     if opts.mode not in MODES:
@@ -203,14 +212,12 @@ def pack(src: str | os.PathLike[str], to: str | os.PathLike[str], opts: PackOpti
     container = opts.container or default_container(to)
     if container not in CONTAINERS:
         raise ValueError(f"container must be one of {CONTAINERS}")
-    if to.exists() and not opts.force:
-        raise StoreExistsError(f"{to} exists; pass --force to replace it (the old store stays until the new one is complete)")
 
     ds = open_dataset(src, opts.layout)
     samples = list(ds.samples())
     splits = list(dict.fromkeys(s.split for s in samples)) or ds.splits()
     est = plan_pack(ds, samples, opts.imgsz if opts.mode == "raw" else None)
-    partial = to.parent / f".{to.name}.partial"
+    partial = partial_path(to)
     partial_bytes = sum(p.stat().st_size for p in partial.rglob("*") if p.is_file()) if (opts.resume and partial.exists()) else 0
     fs = fs_info(to.parent, free=opts.free_bytes, mem_available=opts.mem_available)
     fs_room = type(fs)(**{**fs.__dict__, "free": fs.free + partial_bytes}) if partial_bytes else fs
@@ -280,6 +287,7 @@ def pack(src: str | os.PathLike[str], to: str | os.PathLike[str], opts: PackOpti
     except BaseException:
         writer.abort()
         raise
+    refuse_empty(len(index.records), len(bad), partial, to)
     blob = encode_index(index)
     tmp = partial / (INDEX_NAME + ".tmp")
     with open(tmp, "wb") as f:
@@ -307,6 +315,4 @@ def pack(src: str | os.PathLike[str], to: str | os.PathLike[str], opts: PackOpti
         store_bytes=sum(p.stat().st_size for p in to.iterdir() if p.is_file() and p.name != "lock.mdb"),
         seconds=time.perf_counter() - t0, estimate=est,
     )
-    if report.records == 0:
-        raise StoreError(f"{to}: no image could be packed ({len(bad)} left out); see the report")
     return report

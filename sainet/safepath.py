@@ -13,11 +13,19 @@ from pathlib import Path
 
 from sainet.errors import PathOutsideRoot, SainetError
 
-__all__ = ["resolve_inside", "is_inside", "overlaps"]
+__all__ = ["resolve_inside", "is_inside", "overlaps", "is_plain_name", "UNSAFE_NAME_BYTES"]
+
+#: Bytes a plain file name (one path component) may not hold.
+UNSAFE_NAME_BYTES = (b"/", b"\x00")
 
 
 def _real(path: str | os.PathLike[str]) -> str:
     return os.path.realpath(path)
+
+
+def is_plain_name(name: str) -> bool:
+    """One path component: not empty, not ``.``/``..``, no separator or NUL (an absolute name has one)."""
+    return bool(name) and name not in (".", "..") and not any(b.decode() in name for b in UNSAFE_NAME_BYTES)
 
 
 def is_inside(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> bool:
