@@ -11,7 +11,8 @@ import numpy as np
 
 from cache_tools.format import payload_checksum
 from cache_tools.store import Store, _lmdb_env, open_store, shard_problems
-from sainet.errors import StoreError
+from sainet.errors import ImageError, StoreError
+from sainet.imaging import probe
 
 __all__ = ["VerifyReport", "verify_store", "describe_store"]
 
@@ -38,6 +39,11 @@ def _check_one(store: Store, i: int) -> str | None:
     rec = store.index.records[i]
     if payload_checksum(buf) != int(rec["crc"]):
         return "payload checksum mismatch"
+    if store.mode == "jpeg":  # a header parse, no decode: a raw frame or garbage relabelled as an image is caught
+        try:
+            probe(buf, store.index.name(i))
+        except ImageError as e:
+            return f"payload is not an image: {e.reason}"
     return None
 
 

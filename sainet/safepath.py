@@ -13,7 +13,7 @@ from pathlib import Path
 
 from sainet.errors import PathOutsideRoot, SainetError
 
-__all__ = ["resolve_inside", "is_inside", "overlaps", "is_plain_name", "UNSAFE_NAME_BYTES"]
+__all__ = ["resolve_inside", "is_inside", "overlaps", "is_plain_name", "utf8_text", "UNSAFE_NAME_BYTES"]
 
 #: Bytes a plain file name (one path component) may not hold.
 UNSAFE_NAME_BYTES = (b"/", b"\x00")
@@ -21,6 +21,15 @@ UNSAFE_NAME_BYTES = (b"/", b"\x00")
 
 def _real(path: str | os.PathLike[str]) -> str:
     return os.path.realpath(path)
+
+
+def utf8_text(text: str) -> str:
+    """`text` as valid UTF-8: bytes a non-UTF-8 file name held as surrogate escapes become ``\\xNN``."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text
 
 
 def is_plain_name(name: str) -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import abc
 import enum
 import math
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +12,9 @@ from typing import ClassVar
 
 import numpy as np
 
-from sainet.errors import DatasetError, PathOutsideRoot
+from sainet.errors import DatasetError
 from sainet.imaging import probe
+from sainet.safepath import resolve_inside, utf8_text
 
 __all__ = [
     "IMAGE_EXTS",
@@ -83,6 +83,9 @@ class Problem:
     def severity(self) -> Severity:
         return self.kind.severity
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", utf8_text(self.path))  # non-UTF-8 file names stay printable
+
     def as_dict(self) -> dict[str, str]:
         return {"path": self.path, "kind": self.kind.value, "detail": self.detail, "severity": self.severity.name.lower()}
 
@@ -105,6 +108,11 @@ class Sample:
     data: bytes | None = None
     width: int | None = None
     height: int | None = None
+
+    def __post_init__(self) -> None:
+        # A non-UTF-8 file name (held with surrogate escapes) becomes a valid UTF-8 name: its odd bytes
+        # as \xNN. The file itself is still read through `path`.
+        self.name, self.key = utf8_text(self.name), utf8_text(self.key)
 
     def read(self) -> bytes:
         if self.data is not None:
@@ -166,18 +174,6 @@ class Importer(abc.ABC):
         self.problems.append(Problem(path, kind, detail))
 
 
-def resolve_inside(root: Path, rel: str | os.PathLike[str], base: Path | None = None) -> Path:
-    """Join `rel` to `base` (default `root`) and return it only if it stays inside `root`.
-
-    Symlinks are resolved first, so a link that leaves the root is refused like ``../``.
-    """
-    root_real = os.path.realpath(root)
-    candidate = os.path.realpath(os.path.join(base if base is not None else root, rel))
-    if os.path.commonpath([root_real, candidate]) != root_real:
-        raise PathOutsideRoot(str(rel), root_real)
-    return Path(candidate)
-
-
 def parse_yolo_labels(text: str, source: str, problems: list[Problem]) -> tuple[np.ndarray, np.ndarray]:
     """Parse YOLO label text (``cls x y w h`` rows). Malformed rows are reported and skipped.
 
@@ -195,11 +191,21 @@ def parse_yolo_labels(text: str, source: str, problems: list[Problem]) -> tuple[
         try:
             vals = [float(p) for p in parts]
         except ValueError:
-            problems.append(Problem(source, ProblemKind.LABEL_MALFORMED, f"line {lineno}: not numbers: {line.strip()[:60]!r}"))
+            # Which field, not the text: a label file's contents are never echoed.
+            bad = next(k for k, p in enumerate(parts) if not _is_number(p))
+            problems.append(Problem(source, ProblemKind.LABEL_MALFORMED, f"line {lineno}: field {bad + 1} is not a number"))
             continue
         cls.append(vals[0])
         boxes.append(vals[1:])
     return np.asarray(cls, np.float64), np.asarray(boxes, np.float64).reshape(-1, 4)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 #: Coordinates this far outside [0, 1] are rounding, clipped without a report.

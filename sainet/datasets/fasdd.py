@@ -27,6 +27,7 @@ from sainet.datasets.base import (
     validate_boxes,
 )
 from sainet.datasets.coco import read_coco
+from sainet.datasets.guards import read_label_inside
 from sainet.datasets.yolo import label_path_for
 from sainet.errors import DatasetError, PathOutsideRoot
 
@@ -83,7 +84,7 @@ class FasddImporter(Importer):
                 yield from samples
                 continue
             list_rel = self._lists[sp].relative_to(self.root).as_posix()
-            for line in self._lists[sp].read_text().splitlines():
+            for line in self._lists[sp].read_text(errors="surrogateescape").splitlines():
                 line = line.strip()
                 if not line:
                     continue
@@ -100,8 +101,9 @@ class FasddImporter(Importer):
                 if not lbl.is_file():
                     lbl = label_path_for(img)
                 cls, boxes = empty_labels()
-                if lbl.is_file():
-                    lrel = lbl.resolve().relative_to(self.root.resolve()).as_posix()
-                    raw_c, raw_b = parse_yolo_labels(lbl.read_text(errors="replace"), lrel, self.problems)
+                label = read_label_inside(self, lbl)
+                if label is not None:
+                    lrel, text = label
+                    raw_c, raw_b = parse_yolo_labels(text, lrel, self.problems)
                     cls, boxes = validate_boxes(raw_c, raw_b, len(self.names), lrel, self.problems)
                 yield Sample(name=img.name, key=rel, split=sp, cls=cls, boxes=boxes, path=img)

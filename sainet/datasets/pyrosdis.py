@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sainet.datasets.base import Importer, ProblemKind, Sample, parse_yolo_labels, validate_boxes
+from sainet.datasets.guards import check_parquet_schema
 from sainet.errors import DatasetError
 
 __all__ = ["PyroSdisImporter", "PYROSDIS_CLASSES", "REQUIRED_COLUMNS"]
@@ -73,6 +74,7 @@ class PyroSdisImporter(Importer):
         missing = [c for c in REQUIRED_COLUMNS if c not in pf.schema_arrow.names]
         if missing:
             raise DatasetError(f"{shard.name}: missing column(s) {', '.join(missing)}")
+        check_parquet_schema(pf.schema_arrow, shard.name)
         row = 0
         for batch in pf.iter_batches(batch_size=64, columns=list(REQUIRED_COLUMNS)):
             images = batch.column("image").to_pylist()
