@@ -179,15 +179,19 @@ class TargetLock:
         self.release()
 
 
-def _drop_partial_on_full_tmpfs(to: Path) -> None:
+def _after_full(to: Path, e: CapacityError) -> CapacityError:
+    """On tmpfs the unfinished pack holds RAM: remove it. On disk keep it for --resume. Say which."""
     partial = partial_path(to)
     try:
         in_memory = fs_info(to.parent).in_memory
     except OSError:
         in_memory = False
-    if in_memory and partial.is_dir() and not partial.is_symlink():
+    if not (partial.is_dir() and not partial.is_symlink()):
+        return e
+    if in_memory:
         shutil.rmtree(partial, ignore_errors=True)
-        log.warning("removed the unfinished pack %s to give the tmpfs (RAM) back", partial)
+        return CapacityError(f"{e}; the unfinished pack was removed to give the tmpfs (RAM) back")
+    return CapacityError(f"{e}; the unfinished pack stays in {partial} (never looks like a store): free space and rerun with --resume")
 
 
 @contextlib.contextmanager
@@ -199,9 +203,8 @@ def guard_target(src: str | os.PathLike[str], to: str | os.PathLike[str], *, for
         check_target(src, to, force=force)  # again under the lock: the first pack may have finished meanwhile
         try:
             yield
-        except CapacityError:
-            _drop_partial_on_full_tmpfs(to)
-            raise
+        except CapacityError as e:
+            raise _after_full(to, e) from None
 
 
 def refuse_empty(records: int, left_out: int, partial: Path, to: Path) -> None:

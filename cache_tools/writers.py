@@ -30,7 +30,7 @@ JOURNAL_DTYPE = np.dtype(
 
 
 def _full(e: OSError, what: str) -> CapacityError:
-    return CapacityError(f"{what}: filesystem full ({e.strerror}); the partial store was left unfinished and never looks valid")
+    return CapacityError(f"{what}: filesystem full ({e.strerror})")
 
 
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -40,7 +40,7 @@ def _write_error(e: OSError, what: str) -> CapacityError | StoreWriteError:
     """A failed write as a typed error: a full filesystem, or any other I/O failure."""
     if e.errno in _FULL:
         return _full(e, what)
-    return StoreWriteError(f"{what}: write failed ({e.strerror or e}); the partial store was left unfinished and never looks valid")
+    return StoreWriteError(f"{what}: write failed ({e.strerror or e}); the unfinished pack never looks like a store")
 
 
 def _write_all(fd: int, data: memoryview | bytes, offset: int, what: str) -> None:
@@ -61,8 +61,8 @@ def _lmdb_error(e: Exception, folder: Path, need: int) -> CapacityError | StoreW
     except OSError:
         free = -1
     if 0 <= free < need + (1 << 20):
-        return CapacityError(f"{folder}: filesystem full ({free} bytes free; LMDB said: {e}); the partial store was left unfinished and never looks valid")
-    return StoreWriteError(f"{folder}: LMDB write failed: {e}; the partial store was left unfinished and never looks valid")
+        return CapacityError(f"{folder}: filesystem full ({free} bytes free; LMDB said: {e})")
+    return StoreWriteError(f"{folder}: LMDB write failed: {e}; the unfinished pack never looks like a store")
 
 
 class ShardWriter:

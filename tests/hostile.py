@@ -363,13 +363,36 @@ def probe(store: str, out: str) -> dict:
     }
 
 
+SECRET = "HOSTILE-SECRET-7f3a"
+#: The outside label file's box has this width, which no synthetic box has: finding it in a store means it was read.
+SECRET_W = 0.123
+
+
+def probe_source(src: str, store: str) -> dict:
+    """`check` (its JSON report searched for text from outside the root) and `pack` (its boxes searched too)."""
+    from cache_tools import PackOptions, open_store, pack
+    from sainet.check import check_dataset
+    from sainet.datasets import open_dataset
+
+    def check() -> bool:
+        return SECRET in json.dumps(check_dataset(open_dataset(src), threads=1).as_dict())
+
+    def do_pack() -> bool:
+        report = pack(src, store, PackOptions(threads=1, container="shards"))
+        with open_store(store) as s:
+            leaked = bool(len(s.index.boxes)) and bool((np.abs(s.index.boxes["w"] - SECRET_W) < 1e-4).any())
+        return leaked or SECRET in json.dumps([p.as_dict() for p in report.problems] + report.bad)
+
+    return {"check": _op(check), "pack": _op(do_pack)}
+
+
 def _child() -> None:
     """Read one JSON job per line; print START before and RESULT after each (a crash leaves START alone)."""
     os.environ.setdefault("YOLO_OFFLINE", "1")
     for line in sys.stdin:
         job = json.loads(line)
         print("START", job["id"], flush=True)
-        res = probe(job["store"], job["out"])
+        res = probe_source(job["src"], job["store"]) if job.get("src") else probe(job["store"], job["out"])
         print("RESULT", json.dumps({"id": job["id"], "ops": res}, default=str), flush=True)
 
 
@@ -385,6 +408,26 @@ class Job:
     reject: bool = True
     export_refuses: bool = False
     before: set[str] = field(default_factory=set)
+    src: Path | None = None  # a source case: check and pack `src` into `store`
+    digest: str = ""  # of the source before the case
+
+
+def classify_source(job: Job, ops: dict) -> Outcome:
+    from tests.hostile_cli import digest_tree
+
+    crashed = {k: v for k, v in ops.items() if v["status"] == "exception"}
+    if crashed:
+        k, v = next(iter(crashed.items()))
+        return Outcome(job.category, job.case, "crashed", f"{k}: {v['message'].strip().splitlines()[-1]}")
+    if digest_tree(job.src) != job.digest:
+        return Outcome(job.category, job.case, "lost", "the source changed")
+    leaked = [k for k, v in ops.items() if v["status"] == "ok" and v["value"]]
+    if leaked:
+        return Outcome(job.category, job.case, "wrong", f"{leaked[0]}: text or boxes from a file outside the root")
+    if job.reject and ops["pack"]["status"] == "ok":
+        return Outcome(job.category, job.case, "wrong", "packed without an error")
+    p = ops["pack"]
+    return Outcome(job.category, job.case, "clean", "packed" if p["status"] == "ok" else f"{p['error']}: {p['message'][:140]}")
 
 
 def _files(root: Path) -> set[str]:
@@ -394,6 +437,8 @@ def _files(root: Path) -> set[str]:
 def classify(job: Job, ops: dict | None, died: str = "") -> Outcome:
     if died:
         return Outcome(job.category, job.case, "crashed", died)
+    if job.src is not None:
+        return classify_source(job, ops)
     outside = {f for f in _files(job.sandbox) - job.before if not f.startswith(("out", "store"))}
     if outside:
         return Outcome(job.category, job.case, "lost", f"written outside the export folder: {sorted(outside)[:3]}")
@@ -423,7 +468,8 @@ def run_jobs(jobs: list[Job], per_case_timeout: float = 60.0) -> list[Outcome]:
         proc = subprocess.Popen([sys.executable, "-m", "tests.hostile", "--probe"], cwd=ROOT, env=env(),
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         for j in pending:
-            proc.stdin.write(json.dumps({"id": j.id, "store": str(j.store), "out": str(j.sandbox / "out")}) + "\n")
+            proc.stdin.write(json.dumps({"id": j.id, "store": str(j.store), "out": str(j.sandbox / "out"),
+                                         "src": str(j.src) if j.src else None}) + "\n")
         proc.stdin.close()
         current = _read_child(proc, by_id, outcomes, per_case_timeout)
         if current is not None:
@@ -572,7 +618,7 @@ def run_all(work: Path, mutations: int) -> list[Outcome]:
     jobs = store_jobs(bases, work / "stores") + mutation_jobs(bases, work / "mutations", mutations)
     outcomes = run_jobs(jobs)
     outcomes += target_outcomes(work / "targets")
-    outcomes += source_outcomes(work / "sources")
+    outcomes += source_outcomes(work / "sources")  # through the CLI: exit codes and printed output too
     return outcomes
 
 

@@ -21,9 +21,18 @@ from pathlib import Path
 
 import yaml
 
-from tests.hostile import CAT_SOURCES, CAT_TARGETS, Outcome, cli_crash, env, make_source, sainet
-
-SECRET = "HOSTILE-SECRET-7f3a"
+from tests.hostile import (
+    CAT_SOURCES,
+    CAT_TARGETS,
+    SECRET,
+    SECRET_W,
+    Job,
+    Outcome,
+    cli_crash,
+    env,
+    make_source,
+    sainet,
+)
 
 
 def digest_tree(root: Path) -> str:
@@ -248,13 +257,13 @@ def _store_holds_secret(store: Path) -> bool:
     from cache_tools.store import open_store
 
     with open_store(store) as s:
-        return bool(len(s.index.boxes)) and bool(((s.index.boxes["w"] - 0.123).__abs__() < 1e-4).any())
+        return bool(len(s.index.boxes)) and bool(((s.index.boxes["w"] - SECRET_W).__abs__() < 1e-4).any())
 
 
 def _outside_label(work: Path) -> Path:
     secret = work / "outside" / "secret.txt"
     secret.parent.mkdir(parents=True, exist_ok=True)
-    secret.write_text(f"0 0.5 0.5 0.123 0.2\n{SECRET} x y z w\n")
+    secret.write_text(f"0 0.5 0.5 {SECRET_W} 0.2\n{SECRET} x y z w\n")
     return secret
 
 
@@ -276,7 +285,7 @@ def source_cases(work: Path) -> Iterator[tuple[str, Callable[[Path], Path], bool
         outside = d / "outside-labels"
         shutil.move(src / "labels" / "train", outside)
         for p in outside.glob("*.txt"):
-            p.write_text(f"0 0.5 0.5 0.123 0.2\n{SECRET} 1 2 3 4\n")
+            p.write_text(f"0 0.5 0.5 {SECRET_W} 0.2\n{SECRET} 1 2 3 4\n")
         (src / "labels" / "train").symlink_to(outside)
         return src
 
@@ -322,7 +331,10 @@ def source_cases(work: Path) -> Iterator[tuple[str, Callable[[Path], Path], bool
     yield "non-UTF-8 image and label file names", non_utf8_names, False
     yield "non-UTF-8 list file", non_utf8_list, False
     yield "data.yaml nc: 1e12", yaml_edit(lambda c: {**c, "nc": 1e12, "names": None}), True
-    yield "data.yaml names: 10^6 classes", yaml_edit(lambda c: {**c, "names": [f"c{i}" for i in range(10**6)]}), True
+    yield "data.yaml names: 10^6 classes", yaml_edit(lambda c: yaml.safe_dump({k: v for k, v in c.items() if k != "names"})
+                                                      + "names: [" + ", ".join(f"c{i}" for i in range(10**6)) + "]\n"), True
+    yield "data.yaml names: 10^5 classes in under 1 MB", yaml_edit(lambda c: {**c, "names": list(range(10**5))}), True
+    yield "data.yaml nc: 10^12 (an integer)", yaml_edit(lambda c: {**c, "nc": 10**12, "names": None}), True
     yield "data.yaml alias bomb (9^9 nodes)", yaml_edit(lambda c: bomb), True
     yield "data.yaml larger than 1 MB", yaml_edit(lambda c: yaml.safe_dump(c) + "#" * (2 << 20) + "\n"), False
     yield "data.yaml is a list", yaml_edit(lambda c: "- 1\n- 2\n"), True
@@ -381,6 +393,18 @@ def _parquet_cases() -> Iterator[tuple[str, Callable[[Path], Path], bool]]:
         return src
 
     yield "parquet image column of the wrong type", wrong_type, True
+
+
+def source_jobs(work: Path, start: int = 5000) -> list[Job]:
+    """The source cases as probe jobs (check + pack in a child process, several per child)."""
+    work.mkdir(parents=True)
+    jobs = []
+    for k, (case, build, must_fail) in enumerate(source_cases(work)):
+        d = work / f"s{k:02d}"
+        d.mkdir()
+        src = build(d)
+        jobs.append(Job(start + k, CAT_SOURCES, case, d / "store", d, reject=must_fail, src=src, digest=digest_tree(src)))
+    return jobs
 
 
 def source_outcomes(work: Path) -> list[Outcome]:

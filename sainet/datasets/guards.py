@@ -50,7 +50,7 @@ def load_yaml(path: str | os.PathLike[str]) -> Any:  # noqa: ANN401 - any YAML d
         text = path.read_bytes()[: MAX_YAML_BYTES + 1].decode("utf-8")
         return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path}: not valid YAML: {str(e)[:200]}") from None
+        raise DatasetError(f"{path}: not valid YAML: {' '.join(str(e).split())[:200]}") from None
     except OSError as e:
         raise DatasetError(f"{path}: cannot read: {e.strerror}") from None
 

@@ -54,7 +54,9 @@ def read_names(names: object, nc: object, source: str) -> list[str]:
     if isinstance(names, list):
         return [str(n) for n in names]
     if isinstance(nc, int) and not isinstance(nc, bool) and nc > 0:
-        return check_class_names([str(i) for i in range(min(nc, MAX_CLASSES + 1))], f"{source}: nc {nc}")
+        if nc > MAX_CLASSES:
+            raise DatasetError(f"{source}: nc {nc}; sainet accepts at most {MAX_CLASSES} classes")
+        return [str(i) for i in range(nc)]
     raise DatasetError(f"{source}: no 'names' (or 'nc') for the classes")
 
 
