@@ -111,6 +111,9 @@ def check_target(src: Path, to: Path, *, force: bool) -> None:
         raise TargetError(f"the target's partial folder {partial_path(to)} overlaps the source {src}")
     _check_replaceable(to, force)
     _check_partial(to)
+    old = to.parent / f".{to.name}.old"  # where pack moves the store it replaces, then deletes it
+    if (old.exists() or old.is_symlink()) and not is_store_folder(old):
+        raise TargetError(f"{old} is in the way of the pack and is not a sainet store; move it away")
 
 
 class TargetLock:

@@ -11,7 +11,7 @@ import numpy as np
 
 from cache_tools.format import payload_checksum
 from cache_tools.store import Store, _lmdb_env, open_store, shard_problems
-from sainet.errors import ImageError, StoreError
+from sainet.errors import ImageError, StoreCorruptError, StoreError
 from sainet.imaging import probe
 
 __all__ = ["VerifyReport", "verify_store", "describe_store"]
@@ -58,7 +58,10 @@ def verify_store(path: str | Path, *, threads: int = 2, progress: Callable[[int]
         for problem in shard_problems(store):
             report.bad.append({"record": -1, "name": problem.split(":")[0], "reason": problem})
         if store.container == "lmdb":
-            entries = _lmdb_env(store.path).stat()["entries"]
+            try:
+                entries = _lmdb_env(store.path).stat()["entries"]
+            except Exception as e:  # noqa: BLE001 - lmdb.Error and its subclasses (a damaged data.mdb)
+                raise StoreCorruptError(f"{store.path}: LMDB cannot be read: {e}") from None
             if entries != len(store):
                 report.bad.append({"record": -1, "name": "", "reason": f"LMDB holds {entries} payloads, index lists {len(store)}"})
         with ThreadPoolExecutor(threads) as pool:

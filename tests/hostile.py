@@ -386,10 +386,10 @@ def probe_source(src: str, store: str) -> dict:
     return {"check": _op(check), "pack": _op(do_pack)}
 
 
-def _child() -> None:
+def _child(jobs_file: str) -> None:
     """Read one JSON job per line; print START before and RESULT after each (a crash leaves START alone)."""
     os.environ.setdefault("YOLO_OFFLINE", "1")
-    for line in sys.stdin:
+    for line in Path(jobs_file).read_text().splitlines():
         job = json.loads(line)
         print("START", job["id"], flush=True)
         res = probe_source(job["src"], job["store"]) if job.get("src") else probe(job["store"], job["out"])
@@ -465,12 +465,12 @@ def run_jobs(jobs: list[Job], per_case_timeout: float = 60.0) -> list[Outcome]:
     pending = list(jobs)
     by_id = {j.id: j for j in jobs}
     while pending:
-        proc = subprocess.Popen([sys.executable, "-m", "tests.hostile", "--probe"], cwd=ROOT, env=env(),
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        for j in pending:
-            proc.stdin.write(json.dumps({"id": j.id, "store": str(j.store), "out": str(j.sandbox / "out"),
-                                         "src": str(j.src) if j.src else None}) + "\n")
-        proc.stdin.close()
+        # Jobs go through a file, not stdin: a child that dies early must not break (or block) the parent.
+        jobs_file = pending[0].sandbox.parent / f"jobs-{pending[0].id}.jsonl"
+        jobs_file.write_text("".join(json.dumps({"id": j.id, "store": str(j.store), "out": str(j.sandbox / "out"),
+                                                 "src": str(j.src) if j.src else None}) + "\n" for j in pending))
+        proc = subprocess.Popen([sys.executable, "-m", "tests.hostile", "--probe", str(jobs_file)], cwd=ROOT, env=env(),
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         current = _read_child(proc, by_id, outcomes, per_case_timeout)
         if current is not None:
             outcomes[current] = classify(by_id[current], None, _death(proc))
@@ -624,12 +624,12 @@ def run_all(work: Path, mutations: int) -> list[Outcome]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tests.hostile", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--probe", metavar="JOBS", help=argparse.SUPPRESS)
     ap.add_argument("--table", action="store_true", help="write the counts table into docs/RELIABILITY.md")
     ap.add_argument("--fast", action="store_true", help=f"only the make-test subset ({FAST_MUTATIONS} mutations)")
     args = ap.parse_args(argv)
     if args.probe:
-        _child()
+        _child(args.probe)
         return 0
     mutations = FAST_MUTATIONS if args.fast else SLOW_MUTATIONS
     t0 = time.time()
