@@ -301,12 +301,16 @@ def _check_ranges(records: np.ndarray, strings: bytes, source: str) -> None:
     # Names become file names (export): one plain component, no separator or NUL, not "." or "..".
     start = records["name_start"].astype(np.int64)
     end = start + records["name_len"]
-    bad_pos = np.flatnonzero(np.isin(raw, np.frombuffer(b"".join(UNSAFE_NAME_BYTES), np.uint8)))
+    unsafe = np.zeros(len(raw), bool)
+    for b in UNSAFE_NAME_BYTES:
+        unsafe |= raw == b[0]
+    bad_pos = np.flatnonzero(unsafe)
     _refuse(np.searchsorted(bad_pos, start) < np.searchsorted(bad_pos, end), source,
             "record name holds a path separator or NUL (names are plain file names)")
     short = np.flatnonzero(records["name_len"] <= 2)
-    dots = [int(i) for i in short if strings[start[i] : end[i]] in (b".", b"..")]
-    _refuse(np.isin(np.arange(len(records)), dots), source, "record name is '.' or '..'")
+    dots = np.zeros(len(records), bool)
+    dots[[int(i) for i in short if strings[start[i] : end[i]] in (b".", b"..")]] = True
+    _refuse(dots, source, "record name is '.' or '..'")
 
 
 def check_records(records: np.ndarray, strings: bytes, meta: dict, mode: str, imgsz: tuple[int, int] | None,
