@@ -60,4 +60,4 @@ def test_duplicate_coco_category_ids_are_an_error_not_a_relabel():
 
 @pytest.mark.slow
 def test_hostile_sources_through_the_cli(tmp_path):
-    _assert_all_clean(source_outcomes(tmp_path))
+    _assert_all_clean(source_outcomes(tmp_path / "cli"))

@@ -131,5 +131,5 @@ def test_a_pack_that_packs_nothing_leaves_no_store_and_keeps_the_old_one(tmp_pat
 
 @pytest.mark.slow
 def test_pack_targets_through_the_cli(tmp_path):
-    bad = [o for o in target_outcomes(tmp_path) if o.result != "clean"]
+    bad = [o for o in target_outcomes(tmp_path / "cli") if o.result != "clean"]
     assert not bad, bad
