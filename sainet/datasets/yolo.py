@@ -23,9 +23,7 @@ from sainet.datasets.base import (
     ProblemKind,
     Sample,
     empty_labels,
-    parse_yolo_labels,
     resolve_inside,
-    validate_boxes,
 )
 from sainet.errors import DatasetError, PathOutsideRoot
 
@@ -143,8 +141,7 @@ class YoloImporter(Importer):
                 cls, boxes = empty_labels()
                 if lbl.is_file():
                     lrel = lbl.relative_to(Path(self.root).resolve()).as_posix()
-                    raw_c, raw_b = parse_yolo_labels(lbl.read_text(errors="replace"), lrel, self.problems)
-                    cls, boxes = validate_boxes(raw_c, raw_b, nc, lrel, self.problems)
+                    cls, boxes = self._yolo_text(lbl.read_text(errors="replace"), lrel, nc)
                     if infer_names and len(cls):
                         while len(self.names) <= int(cls.max()):
                             self.names.append(str(len(self.names)))
