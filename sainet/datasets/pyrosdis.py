@@ -13,7 +13,8 @@ one string, empty for a negative image), ``image_name``, ``partner``, ``camera``
 Class ids: the published annotations write smoke as class **1**. The convention is read from the
 data (one class name and every id 1 means 1-based, see `detect_id_base`) or given explicitly as
 ``class_ids={1: "smoke"}``; either way it is said once in `notes`, and ids are stored 0-based.
-Rows are streamed a record batch at a time, so a 3 GB shard never sits in memory whole.
+Rows are streamed a record batch at a time (one row group read at a time), so a 480 MB shard never
+sits in memory whole.
 """
 
 from __future__ import annotations
@@ -137,7 +138,9 @@ class PyroSdisImporter(Importer):
 
     def _open(self, shard: Path) -> pq.ParquetFile:
         try:
-            pf = pq.ParquetFile(shard)
+            # pre_buffer (pyarrow's default) reads a whole file's column chunks ahead: a 480 MB shard
+            # would sit in memory. Without it, one row group at a time is read.
+            pf = pq.ParquetFile(shard, pre_buffer=False, buffer_size=1 << 22)
         except (OSError, pa.ArrowInvalid) as e:
             raise DatasetError(f"{shard}: not a parquet file: {e}") from None
         missing = [c for c in REQUIRED_COLUMNS if c not in pf.schema_arrow.names]
@@ -162,7 +165,7 @@ class PyroSdisImporter(Importer):
 
     def _read_shard(self, shard: Path, split: str) -> Iterator[Sample]:
         row = 0
-        for batch in self._open(shard).iter_batches(batch_size=64, columns=list(REQUIRED_COLUMNS)):
+        for batch in self._open(shard).iter_batches(batch_size=64, columns=list(REQUIRED_COLUMNS), use_threads=False):
             images = batch.column("image").to_pylist()
             anns = batch.column("annotations").to_pylist()
             names = batch.column("image_name").to_pylist()
