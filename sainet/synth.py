@@ -18,6 +18,7 @@ subset is TIFF, one image of it 16-bit.
 from __future__ import annotations
 
 import json
+import logging
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +35,7 @@ __all__ = ["SYNTH_LAYOUTS", "FASDD_SUBSETS", "PLANTED", "SynthObject", "SynthIma
 
 SYNTH_LAYOUTS = ("yolo", "coco", "voc", "fasdd", "pyrosdis")
 _KNOWN = ("fire", "smoke")
+log = logging.getLogger(__name__)
 
 #: FASDD subset -> (annotation folder suffix, image suffix): FASDD_RS holds YOLO_RS_RGB and TIFFs.
 FASDD_SUBSETS = {"CV": ("CV", ".jpg"), "UAV": ("UAV", ".jpg"), "RS": ("RS_RGB", ".tif")}
@@ -380,7 +382,7 @@ def _check_args(layout: str, classes: list[str], images: int, val_fraction: floa
         raise ValueError(f"subset must be one of {', '.join(FASDD_SUBSETS)}, got {subset!r}")
     if quirks and images < MIN_QUIRK_IMAGES:
         raise ValueError(f"the real-shaped {layout} layout plants its quirks in {MIN_QUIRK_IMAGES} images or more "
-                         f"(got {images}); pass --clean for fewer")
+                         f"(got {images})")
 
 
 def synthesize(
@@ -404,12 +406,17 @@ def synthesize(
 
     Class names must be ``fire`` and/or ``smoke`` (their renderers); their order sets the ids. The
     default is fire,smoke, or smoke alone for the pyrosdis layout (PyroSDIS is a smoke-only dataset).
-    `test_fraction` defaults to 0.15 for fasdd (which has a test split), else 0. `quirks` (default:
-    on for fasdd and pyrosdis) plants `PLANTED[layout]`; `subset` picks FASDD's CV, UAV or RS shape.
+    `test_fraction` defaults to 0.15 for fasdd (which has a test split), else 0. `quirks` plants
+    `PLANTED[layout]` (default: for fasdd and pyrosdis when `images` >= MIN_QUIRK_IMAGES); `subset`
+    picks FASDD's CV, UAV or RS shape.
     """
     classes = list(classes or (["smoke"] if layout == "pyrosdis" else ["fire", "smoke"]))
     test_fraction = (0.15 if layout == "fasdd" else 0.0) if test_fraction is None else test_fraction
-    quirks = layout in PLANTED if quirks is None else quirks and layout in PLANTED
+    if quirks is None:  # real-shaped by default when there is room for the quirks
+        quirks = layout in PLANTED and images >= MIN_QUIRK_IMAGES
+        if layout in PLANTED and not quirks:
+            log.info("synth %s: %d images are too few to plant the published quirks in; writing it clean", layout, images)
+    quirks = quirks and layout in PLANTED
     _check_args(layout, classes, images, val_fraction, test_fraction, background, subset, quirks)
     split = _split_of(seed, images, val_fraction, test_fraction)
     suffix = FASDD_SUBSETS[subset][1] if layout == "fasdd" else ".jpg"
