@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import simplejpeg
-from PIL import Image
+from PIL import BmpImagePlugin, Image, TiffImagePlugin, WebPImagePlugin
 
 from sainet.errors import CorruptImage, ImageTooLarge
 
@@ -122,7 +122,8 @@ def _probe_jpeg(data: bytes, source: str) -> ImageInfo:
     raise CorruptImage(source, "JPEG without a frame header (truncated or not a JPEG)")
 
 
-_PIL_FORMATS = {"TIFF": "tiff", "WEBP": "webp", "BMP": "bmp"}
+_PIL_PLUGINS = {"tiff": TiffImagePlugin.TiffImageFile, "webp": WebPImagePlugin.WebPImageFile,
+                "bmp": BmpImagePlugin.BmpImageFile}
 
 
 def _probe_other(data: bytes | memoryview, source: str) -> ImageInfo:
@@ -143,10 +144,11 @@ def _probe_other(data: bytes | memoryview, source: str) -> ImageInfo:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow's own bomb warning: the MAX_PIXELS check below decides
-            with Image.open(io.BytesIO(data)) as im:
+            # The format's own plugin, not Image.open: Ultralytics patches Image.open (to load HEIF).
+            with _PIL_PLUGINS[kind](io.BytesIO(data)) as im:
                 w, h, bands = im.width, im.height, len(im.getbands())
                 bits = getattr(im, "tag_v2", {}).get(258, (16 if im.mode.startswith("I;16") else 8,))
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError) as e:
         raise CorruptImage(source, f"{kind} header unreadable: {e}") from None
     if w <= 0 or h <= 0:
         raise CorruptImage(source, f"{kind} header claims a {w}x{h} image")

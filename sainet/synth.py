@@ -424,7 +424,7 @@ def synthesize(
     def one(i: int) -> SynthImage:
         img, objects = render(seed, i, size, classes, background)
         im = SynthImage(f"synth_{i:06d}.jpg", split[i], size[0], size[1],
-                        _encode(img, quality, suffix, sixteen_bit=suffix == ".tif" and i == 0), tuple(objects))
+                        _encode(img, quality, suffix, sixteen_bit=suffix == ".tif" and i == images - 1), tuple(objects))
         if progress:
             progress(1)
         return im
