@@ -1,9 +1,11 @@
-"""`sainet pack`: a source dataset -> a store (LMDB or shards; jpeg or raw payloads).
+"""`sainet pack`: one or more source datasets -> a store (LMDB or shards; jpeg or raw payloads).
 
-Order of work: read every annotation (labels only), plan the bytes and refuse what does not fit,
-then decode every image once in threads (corrupt ones are reported and left out), write payloads
-in source order under ``.NAME.partial``, journal each record, write the index last and rename the
-folder into place. A crash leaves only the partial folder, which never looks like a store (it has
+Order of work, in two streaming passes so memory stays bounded whatever the dataset size:
+pass 1 reads every annotation (pixels are read and let go at once; hashed for ``drop_leaks``),
+plans the bytes and refuses what does not fit; pass 2 reads the sources again in the same order and
+decodes every image once in a bounded window of threads (corrupt ones are reported and left out),
+writes payloads in source order under ``.NAME.partial``, journals each record, writes the index
+last and renames the folder into place. A crash leaves only the partial folder, which never looks like a store (it has
 no index); ``resume=True`` continues it, otherwise it is cleared and the pack restarts.
 """
 
@@ -370,7 +372,9 @@ def _commit(partial: Path, to: Path, index: IndexData) -> None:
 
 
 def _source_meta(sources: SourceSet, kept: list[_Entry], rows: np.ndarray, dropped_leaks: list[dict]) -> dict:
-    """What the store's metadata says about its source beyond the records (see cache_tools/FORMAT.md)."""
+    """Metadata about the sources beyond the records: ``sources`` (paths), ``notes`` (e.g. 1-based ids),
+    ``class_map`` (per source: name -> store id or None), ``boxes`` (where every box read went, `lost`
+    0), ``dropped_leaks`` ({key, name, same_as, boxes} of train images left out by --drop-leaks)."""
     return {
         "sources": [str(p.resolve()) for p in sources.paths], "notes": sources.notes,
         "class_map": sources.class_map(), "boxes": _box_counts(sources, kept, rows, dropped_leaks),

@@ -469,7 +469,7 @@ def _describe_source(text: str) -> tuple[int, tuple[int, int], int] | None:
 
 @app.command()
 def plan(
-    source: Annotated[str | None, typer.Option("--source", help="Dataset folder, or a description N@WxH[:avgKB] (e.g. 117000@1440x808:180KB).")] = None,
+    source: Annotated[str | None, typer.Option("--source", help="Dataset folder, or a description N@WxH[:avgKB] (e.g. 122634@1440x808:180KB, FASDD CV+UAV+RS).")] = None,
     store: Annotated[Path | None, typer.Option("--store", help="An existing store.")] = None,
     profile: Annotated[str, typer.Option(help="auto (this host) or a profile name, e.g. h200.")] = "auto",
     imgsz: Annotated[str, typer.Option(help="Training shape, WIDTHxHEIGHT or N.")] = "1440x808",
@@ -487,7 +487,8 @@ def plan(
 
     Examples:
 
-        sainet plan --profile h200 --source 117000@1440x808:180KB
+        sainet plan --profile h200 --source 122634@1440x808:180KB      # FASDD CV + UAV + RS
+        sainet plan --profile a10g --source 33636@1280x720:100KB       # PyroSDIS (train + val)
         sainet plan --source datasets/FASDD_CV --to /dev/shm/fasdd
         sainet plan --store /dev/shm/fasdd --profile a10g --batch 12 --json
     """
@@ -516,10 +517,17 @@ def plan(
             src_hw = (h, w)
         else:
             ds = open_dataset(source, layout)
-            samples = list(ds.samples())
-            est = plan_pack(ds, samples, shape)
-            if samples:
-                w, h = samples[0].original_size()
+            first: list[tuple[int, int]] = []
+
+            def sized(samples):  # noqa: ANN001, ANN202 - streams: no sample (nor its pixels) is kept
+                for s in samples:
+                    if not first:
+                        first.append(s.original_size())
+                    yield s
+
+            est = plan_pack(ds, sized(ds.samples()), shape)
+            if first:
+                w, h = first[0]
                 src_hw = (h, w)
         host = detect_host()
         prof = nearest_profile(host)[0] if profile == "auto" else get_profile(profile)
