@@ -148,6 +148,9 @@ def test_tiff_sized_from_header_decoded_and_stored_as_jpeg(real, tmp_path):
     with open_store(tmp_path / "rs") as st:
         payload = st.payload(0)
         assert bytes(payload[:2]) == b"\xff\xd8" and decode_rgb(payload).shape == (SIZE[1], SIZE[0], 3)
+        assert {(int(r["orig_w"]), int(r["orig_h"])) for r in st.index.records} == {SIZE}
+    r = pack(root / "FASDD_RS", tmp_path / "rs-raw", PackOptions(container="shards", mode="raw", imgsz=(96, 160), threads=2))
+    assert r.records == 20 and r.payload_bytes == 20 * 96 * 160 * 3
 
 
 def test_pack_counts_every_box_and_drops_leaks(real, tmp_path):
@@ -214,6 +217,11 @@ def test_cli_check_and_pack_report_counts(real, tmp_path):
     assert res.exit_code == 0, res.output
     assert "boxes: read" in res.output and "lost 0" in res.output and "box_zero_area 2" in res.output
     assert "train/val 1 groups" in res.output and "note: nested archive root" in res.output
+    res = runner.invoke(app, ["check", str(root / "pyro"), "--class-ids", "1=smoke", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout[res.stdout.index("{"):])
+    assert doc["box_counts"]["lost"] == 0 and doc["box_counts"]["kept"] == doc["boxes"] > 0
+    assert doc["notes"] == ["class ids mapped as given: 1 -> smoke"]
     res = runner.invoke(app, ["pack", str(root / "FASDD_CV"), str(root / "pyro"), "--to", str(tmp_path / "s"),
                               "--format", "shards", "--classes", "smoke", "--drop-leaks", "--json"])
     assert res.exit_code == 0, res.output

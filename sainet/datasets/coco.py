@@ -68,6 +68,7 @@ def read_coco(
     for a in anns:
         by_image.setdefault(a.get("image_id"), []).append(a)
     samples = []
+    tally = tally if tally is not None else BoxTally()
     for im in images:
         fname = str(im.get("file_name", ""))
         try:
@@ -75,39 +76,48 @@ def read_coco(
         except (KeyError, TypeError, ValueError):
             problems.append(Problem(f"{rel_json}: {fname}", ProblemKind.ANNOTATION_ERROR, "image entry without width/height"))
             continue
-        path = None
-        for d in image_dirs:
-            try:
-                cand = resolve_inside(root, fname, base=d)
-            except PathOutsideRoot as e:
-                problems.append(Problem(f"{rel_json}: {fname}", ProblemKind.PATH_OUTSIDE_ROOT, str(e)))
-                break
-            if cand.is_file():
-                path = cand
-                break
-        else:
-            problems.append(Problem(f"{rel_json}: {fname}", ProblemKind.MISSING_IMAGE, "image file not found"))
+        path = _find_image(fname, image_dirs, root, f"{rel_json}: {fname}", problems)
         if path is None:
             continue
         rel = path.relative_to(Path(root).resolve()).as_posix()
-        raw_c, raw_b = [], []
-        for a in by_image.get(im.get("id"), []):
-            if a.get("iscrowd"):
-                continue
-            try:
-                x, y, bw, bh = (float(v) for v in a["bbox"])
-            except (KeyError, TypeError, ValueError):
-                problems.append(Problem(rel, ProblemKind.LABEL_MALFORMED, f"annotation {a.get('id')}: bad bbox"))
-                if tally is not None:
-                    tally.read += 1
-                    tally.dropped[ProblemKind.LABEL_MALFORMED.value] += 1
-                continue
-            c = cat_index.get(a.get("category_id"), -1)
-            raw_c.append(c)
-            raw_b.append(((x + bw / 2) / w, (y + bh / 2) / h, bw / w, bh / h))
-        cls, boxes = validate_boxes(np.asarray(raw_c, np.float64), np.asarray(raw_b, np.float64).reshape(-1, 4), len(names), rel, problems, tally)
+        raw_c, raw_b = _coco_boxes(by_image.get(im.get("id"), []), cat_index, w, h, rel, problems, tally)
+        cls, boxes = validate_boxes(raw_c, raw_b, len(names), rel, problems, tally)
         samples.append(Sample(name=path.name, key=rel, split=split, cls=cls, boxes=boxes, path=path, width=w, height=h))
     return names, samples
+
+
+def _find_image(fname: str, image_dirs: list[Path], root: Path, where: str, problems: list[Problem]) -> Path | None:
+    for d in image_dirs:
+        try:
+            cand = resolve_inside(root, fname, base=d)
+        except PathOutsideRoot as e:
+            problems.append(Problem(where, ProblemKind.PATH_OUTSIDE_ROOT, str(e)))
+            return None
+        if cand.is_file():
+            return cand
+    problems.append(Problem(where, ProblemKind.MISSING_IMAGE, "image file not found"))
+    return None
+
+
+def _coco_boxes(anns: list[dict], cat_index: dict[object, int], w: int, h: int, rel: str, problems: list[Problem],
+                tally: BoxTally) -> tuple[np.ndarray, np.ndarray]:
+    """One image's annotations as raw (class, normalized xywh); crowd ones skipped (and counted), like Ultralytics."""
+    raw_c, raw_b = [], []
+    for a in anns:
+        if a.get("iscrowd"):
+            tally.read += 1
+            tally.dropped["crowd"] += 1
+            continue
+        try:
+            x, y, bw, bh = (float(v) for v in a["bbox"])
+        except (KeyError, TypeError, ValueError):
+            problems.append(Problem(rel, ProblemKind.LABEL_MALFORMED, f"annotation {a.get('id')}: bad bbox"))
+            tally.read += 1
+            tally.dropped[ProblemKind.LABEL_MALFORMED.value] += 1
+            continue
+        raw_c.append(cat_index.get(a.get("category_id"), -1))
+        raw_b.append(((x + bw / 2) / w, (y + bh / 2) / h, bw / w, bh / h))
+    return np.asarray(raw_c, np.float64), np.asarray(raw_b, np.float64).reshape(-1, 4)
 
 
 class CocoImporter(Importer):
