@@ -19,12 +19,14 @@ from sainet.errors import DatasetError, LayoutError
 __all__ = ["LAYOUTS", "BoxTally", "Importer", "Problem", "ProblemKind", "Sample", "Severity", "detect_layout", "open_dataset"]
 
 #: Layout name -> importer, in detection order (most specific first).
+#: pyrosdis comes last: it claims any folder holding parquet files (and refuses, listing them, a
+#: layout it cannot read), so a stray parquet file must not hide another layout.
 LAYOUTS: dict[str, type[Importer]] = {
-    "pyrosdis": PyroSdisImporter,
     "fasdd": FasddImporter,
     "yolo": YoloImporter,
     "coco": CocoImporter,
     "voc": VocImporter,
+    "pyrosdis": PyroSdisImporter,
 }
 
 
