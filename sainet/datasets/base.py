@@ -30,6 +30,7 @@ __all__ = [
     "empty_labels",
     "BoxTally",
     "detect_id_base",
+    "read_lines",
 ]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -196,6 +197,18 @@ class Importer(abc.ABC):
             raw_c, raw_b = mapped[keep], raw_b[keep]
         return self._boxes(raw_c, raw_b, source, nc)
 
+    def _label_file(self, lbl: Path, nc: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The one place a YOLO label file is read: none (or one outside the root) is a background image."""
+        if not lbl.is_file():
+            return empty_labels()
+        try:
+            real = resolve_inside(self.root, lbl)
+        except PathOutsideRoot as e:
+            self._problem(lbl.name, ProblemKind.PATH_OUTSIDE_ROOT, str(e))
+            return empty_labels()
+        lrel = real.relative_to(os.path.realpath(self.root)).as_posix()
+        return self._yolo_text(real.read_text(errors="replace"), lrel, nc)
+
     @classmethod
     @abc.abstractmethod
     def detect(cls, root: Path) -> bool:
@@ -214,6 +227,12 @@ class Importer(abc.ABC):
 
     def _problem(self, path: str, kind: ProblemKind, detail: str) -> None:
         self.problems.append(Problem(path, kind, detail))
+
+
+def read_lines(path: Path) -> list[str]:
+    """The non-empty, stripped lines of a list file (split lists, classes.txt, ImageSets): the one
+    place such files are read."""
+    return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
 
 
 def resolve_inside(root: Path, rel: str | os.PathLike[str], base: Path | None = None) -> Path:

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from sainet.datasets.base import Importer, ProblemKind, Sample, empty_labels, resolve_inside
+from sainet.datasets.base import Importer, ProblemKind, Sample, read_lines, resolve_inside
 from sainet.datasets.coco import read_coco
 from sainet.datasets.yolo import label_path_for
 from sainet.errors import DatasetError, PathOutsideRoot
@@ -52,7 +52,7 @@ def fasdd_root(root: Path) -> Path | None:
 
 
 def _read_names(classes: Path) -> list[str]:
-    return [n.strip() for n in classes.read_text().splitlines() if n.strip()]
+    return read_lines(classes)
 
 
 class FasddImporter(Importer):
@@ -102,10 +102,7 @@ class FasddImporter(Importer):
 
     def _yolo_split(self, sp: str) -> Iterator[Sample]:
         list_rel = self._lists[sp].relative_to(self.root).as_posix()
-        for line in self._lists[sp].read_text().splitlines():
-            line = line.strip()
-            if not line:
-                continue
+        for line in read_lines(self._lists[sp]):
             try:
                 img = resolve_inside(self.root, line)
             except PathOutsideRoot as e:
@@ -118,8 +115,5 @@ class FasddImporter(Importer):
             lbl = self.yolo_dir / "labels" / (img.stem + ".txt")
             if not lbl.is_file():
                 lbl = label_path_for(img)
-            cls, boxes = empty_labels()
-            if lbl.is_file():
-                lrel = lbl.resolve().relative_to(self.root.resolve()).as_posix()
-                cls, boxes = self._yolo_text(lbl.read_text(errors="replace"), lrel)
+            cls, boxes = self._label_file(lbl)
             yield Sample(name=img.name, key=rel, split=sp, cls=cls, boxes=boxes, path=img)
