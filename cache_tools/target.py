@@ -26,7 +26,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from cache_tools.format import INDEX_NAME, MAGIC
@@ -102,13 +102,19 @@ def _check_partial(to: Path) -> None:
         raise TargetError(f"{partial} is not a pack's partial folder (it holds {odd or 'no pack.json'!r}); refusing to delete it")
 
 
-def check_target(src: Path, to: Path, *, force: bool) -> None:
-    """Refuse a target `pack` must not write: see the module docstring."""
+def _check_source(src: Path, to: Path) -> None:
     if overlaps(src, to):
         rel = "is" if os.path.realpath(src) == os.path.realpath(to) else ("lies inside" if Path(os.path.realpath(to)).is_relative_to(os.path.realpath(src)) else "contains")
         raise TargetError(f"the target {to} {rel} the source {src}; pack to a folder outside the dataset")
     if overlaps(src, partial_path(to)):
         raise TargetError(f"the target's partial folder {partial_path(to)} overlaps the source {src}")
+
+
+def check_target(srcs: Sequence[str | os.PathLike[str]], to: str | os.PathLike[str], *, force: bool) -> None:
+    """Refuse a target `pack` must not write: see the module docstring. `srcs`: every source of the pack."""
+    to = Path(to)
+    for src in srcs:
+        _check_source(Path(src), to)
     _check_replaceable(to, force)
     _check_partial(to)
     old = to.parent / f".{to.name}.old"  # where pack moves the store it replaces, then deletes it
@@ -198,12 +204,13 @@ def _after_full(to: Path, e: CapacityError) -> CapacityError:
 
 
 @contextlib.contextmanager
-def guard_target(src: str | os.PathLike[str], to: str | os.PathLike[str], *, force: bool, wait: float = 0.0) -> Iterator[None]:
+def guard_target(srcs: Sequence[str | os.PathLike[str]], to: str | os.PathLike[str], *, force: bool,
+                 wait: float = 0.0) -> Iterator[None]:
     """Check the target, hold its lock for the pack, and clean a full tmpfs up afterwards."""
-    src, to = Path(src), Path(to)
-    check_target(src, to, force=force)  # before locking: a refusal creates nothing
+    to = Path(to)
+    check_target(srcs, to, force=force)  # before locking: a refusal creates nothing
     with TargetLock(to, wait):
-        check_target(src, to, force=force)  # again under the lock: the first pack may have finished meanwhile
+        check_target(srcs, to, force=force)  # again under the lock: the first pack may have finished meanwhile
         try:
             yield
         except CapacityError as e:

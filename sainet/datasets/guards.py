@@ -2,26 +2,21 @@
 
 Each function turns a hostile or malformed input into a per-file `Problem` or one `DatasetError`
 naming the file: YAML without anchors/aliases and at most 1 MB (no alias bombs), class lists of a
-sane length, COCO documents of the documented shape, parquet columns of the expected types, and
-label files read only when they resolve inside the dataset root.
+sane length, COCO documents of the documented shape and parquet columns of the expected types.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
-from sainet.errors import DatasetError, PathOutsideRoot
-from sainet.safepath import resolve_inside
-
-if TYPE_CHECKING:
-    from sainet.datasets.base import Importer
+from sainet.errors import DatasetError
 
 __all__ = ["MAX_YAML_BYTES", "MAX_CLASSES", "MAX_NAME_CHARS", "load_yaml", "check_class_names", "check_coco_doc",
-           "check_parquet_schema", "read_label_inside"]
+           "check_parquet_schema"]
 
 #: Dataset YAML files are a few hundred bytes; anything past this is refused before parsing.
 MAX_YAML_BYTES = 1 << 20
@@ -115,24 +110,3 @@ def check_parquet_schema(schema: Any, shard: str) -> None:  # noqa: ANN401 - pya
             t = schema.field(col).type
             if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t)):
                 raise fail(col, "string")
-
-
-def read_label_inside(importer: Importer, label: Path) -> tuple[str, str] | None:
-    """(root-relative name, text) of a label file, or None when there is none or it resolves outside the root.
-
-    A label that leaves the root (a symlinked file or folder) is reported as ``path_outside_root``
-    and never opened; its contents are never echoed.
-    """
-    from sainet.datasets.base import ProblemKind
-
-    if not (label.is_file() or label.is_symlink()):
-        return None
-    try:
-        real = resolve_inside(importer.root, label)
-    except PathOutsideRoot as e:
-        importer._problem(str(label), ProblemKind.PATH_OUTSIDE_ROOT, f"label file {e}; not read")
-        return None
-    if not real.is_file():
-        return None
-    rel = real.relative_to(os.path.realpath(importer.root)).as_posix()
-    return rel, real.read_text(errors="replace")
