@@ -21,6 +21,7 @@ import configs
 from cache_tools.format import INDEX_NAME
 from sainet.errors import CapacityError, DatasetError
 from sainet.geometry import format_imgsz, parse_imgsz
+from sainet.train import distributed
 
 __all__ = ["TrainRequest", "TrainResult", "train", "two_stage", "resolve"]
 
@@ -49,6 +50,7 @@ class TrainRequest:
     resume: str | None = None  # path to last.pt (the run's sainet_options.json fills in data, loader, imgsz)
     layout: str | None = None
     callbacks: dict[str, list[Any]] = field(default_factory=dict)  # Ultralytics callbacks, event -> functions
+    checkpoint_every: int = 0  # > 0: weights/mid_epoch.pt every N batches (resume continues mid-epoch)
 
 
 @dataclass
@@ -168,7 +170,7 @@ def resolve(req: TrainRequest) -> tuple[dict[str, Any], Any, dict[str, Any]]:
         threads = req.threads or int(rec["threads"])
         prefetch = req.prefetch or int(rec["prefetch"])
         options = SainetOptions(data=data_path, loader=loader, imgsz=shape, threads=threads, prefetch=prefetch,
-                                layout=req.layout, names=names)
+                                layout=req.layout, names=names, checkpoint_every=req.checkpoint_every)
         data_arg = data_path
         chosen.update(threads=threads, prefetch=prefetch)
     batch = req.batch or int(rec["batch"])
@@ -209,6 +211,10 @@ def train(req: TrainRequest) -> TrainResult:
     prepare_offline()
     overrides, options, chosen = resolve(req)
     log.info("profile %s: %s", chosen["profile"], ", ".join(f"{k}={v}" for k, v in chosen.items() if k != "profile"))
+    if options is not None and (nproc := distributed.ranks_to_spawn(overrides["device"])):
+        save_dir = distributed.launch_request(req, overrides, nproc)  # --device 0,1: torchrun, one rank per GPU
+        return TrainResult(save_dir, save_dir / "weights" / "best.pt", save_dir / "weights" / "last.pt",
+                           _last_metrics(save_dir / "results.csv"), [], {**chosen, "overrides": overrides})
     if options is not None:
         from sainet.train.trainer import SainetTrainer
 
