@@ -97,6 +97,17 @@ def test_rank_and_device_from_the_environment(monkeypatch):
         cuda_device("0,1", info)
 
 
+def test_memory_per_node(monkeypatch):
+    from sainet.train.distributed import host_bytes_per_node, ranks_per_node
+
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert ranks_per_node("0,1") == 2 and ranks_per_node("cpu") == 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert ranks_per_node("0") == 8
+    assert host_bytes_per_node(8, 10, 1000, "shm") == 80  # the store: once per machine, in the page cache / shm
+    assert host_bytes_per_node(8, 10, 1000, "ram") == 8080  # ... but copied into every rank by the ram loader
+
+
 def test_ddp_shim_target_still_exists():
     """`trainer._ddp_device_ids_for_cpu` patches this module global for Ultralytics' DDP wrap."""
     import inspect
@@ -281,6 +292,27 @@ def test_mid_epoch_checkpoint_resumes_the_same_epoch_order(store, tmp_path, monk
 
 
 # ------------------------------------------------------------------------------------------- slow
+@pytest.mark.slow
+def test_launch_spawns_torchrun_and_returns_the_run(store, tmp_path, monkeypatch):
+    """What `sainet train --device 0,1` does, on two CPU ranks: torchrun in its own session, the run
+    folder chosen by the caller, nothing left running."""
+    import psutil
+
+    from sainet.train import TrainRequest, resolve
+    from sainet.train.distributed import launch_request
+
+    for k, v in _env().items():
+        monkeypatch.setenv(k, v)
+    (tmp_path / "ddp").mkdir()  # taken: the launch must pick ddp-2, as Ultralytics would
+    req = TrainRequest(data=str(store), loader="lmdb", model="yolov8n.yaml", imgsz=64, epochs=1, batch=4, device="cpu",
+                       threads=1, prefetch=1, project=str(tmp_path), name="ddp", sets={"nbs": 4, "plots": False})
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    save_dir = launch_request(req, resolve(req)[0], 2)
+    assert save_dir == tmp_path / "ddp-2"
+    _check_shards(save_dir, _train_names(store), world=2)
+    assert {p.pid for p in psutil.Process().children(recursive=True)} <= before
+
+
 @pytest.mark.slow
 def test_two_nodes_on_localhost_each_with_its_own_store(store, tmp_path):
     """Two torchrun launches (--nnodes 2, node ranks 0 and 1, c10d rendezvous), each node reading its own copy."""

@@ -43,8 +43,8 @@ from sainet.errors import SainetError
 
 __all__ = [
     "DEFAULT_TIMEOUT_S", "ENV_TIMEOUT", "DistributedError", "DistInfo", "StoreFingerprint", "check_same_store",
-    "cuda_device", "gather", "init_process_group", "launch", "launch_request", "per_rank_batch", "ranks_to_spawn", "store_fingerprint",
-    "timeout_s",
+    "cuda_device", "gather", "host_bytes_per_node", "init_process_group", "launch", "launch_request",
+    "per_rank_batch", "ranks_per_node", "ranks_to_spawn", "store_fingerprint", "timeout_s",
 ]
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,20 @@ def ranks_to_spawn(device: str | None) -> int:
         return 0
     n = len(_devices(device))
     return n if n > 1 else 0
+
+
+def ranks_per_node(device: str | None) -> int:
+    """Ranks sharing this machine's memory: torchrun's LOCAL_WORLD_SIZE, else the GPUs listed in `device`."""
+    if os.environ.get("LOCAL_WORLD_SIZE"):
+        return max(1, int(os.environ["LOCAL_WORLD_SIZE"]))
+    return max(1, len(_devices(device)))
+
+
+def host_bytes_per_node(ranks: int, loader_buffer_bytes: int, store_bytes: int, loader: str) -> int:
+    """Host memory a run takes on one machine: the loader's buffers once per rank; the store once per
+    machine (mapped from the page cache or /dev/shm, shared by its ranks, so not counted here as
+    new memory), except for the ``ram`` loader, which copies it into every rank."""
+    return ranks * (loader_buffer_bytes + (store_bytes if loader == "ram" else 0))
 
 
 def cuda_device(device: str | None, info: DistInfo) -> int:

@@ -177,10 +177,10 @@ def resolve(req: TrainRequest) -> tuple[dict[str, Any], Any, dict[str, Any]]:
     chosen.update(loader=loader, batch=batch, imgsz=format_imgsz(shape), device=device)
 
     # The memory plan, before anything starts.
-    ranks = max(1, len(str(device).split(","))) if not on_cpu else 1
+    ranks = distributed.ranks_per_node(device)
     b = estimate_budget(images=images, imgsz=shape, batch=batch, threads=chosen.get("threads", 2),
                         prefetch=chosen.get("prefetch", 2), workers=8, model=req.model, amp=not on_cpu)
-    host_need = ranks * (b.sainet_loader_bytes + (store_bytes if loader == "ram" else 0))
+    host_need = distributed.host_bytes_per_node(ranks, b.sainet_loader_bytes, store_bytes, loader)
     chosen.update(loader_buffer_bytes=b.sainet_loader_bytes, store_bytes=store_bytes, vram_estimate_bytes=b.vram_bytes)
     if host_need > host.ram_available_gb * 1e9:
         raise CapacityError(f"loader {loader} needs {host_need / 1e9:.1f} GB of host RAM ({ranks} rank(s): buffers "
