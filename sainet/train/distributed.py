@@ -44,7 +44,8 @@ from sainet.errors import SainetError
 __all__ = [
     "DEFAULT_TIMEOUT_S", "ENV_TIMEOUT", "DistributedError", "DistInfo", "StoreFingerprint", "check_same_store",
     "cuda_device", "gather", "host_bytes_per_node", "init_process_group", "launch", "launch_request",
-    "per_rank_batch", "ranks_per_node", "ranks_to_spawn", "store_fingerprint", "timeout_s",
+    "per_rank_batch", "ranks_per_node", "ranks_to_spawn", "shutdown_process_group", "store_fingerprint",
+    "timeout_s",
 ]
 
 log = logging.getLogger(__name__)
@@ -169,6 +170,17 @@ def init_process_group(info: DistInfo, cuda_index: int | None) -> str:
     log.info("rank %d/%d (local %d) on %s: %s process group", info.rank, info.world_size, info.local_rank,
              socket.gethostname(), backend)
     return backend
+
+
+def shutdown_process_group() -> None:
+    """Destroy the default process group, if any (also after a failure: no barrier, nothing to wait for)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception as e:  # noqa: BLE001 - a peer may be gone already; the process is ending anyway
+            log.debug("destroy_process_group: %s", e)
 
 
 def gather(obj: Any) -> list[Any]:

@@ -1,9 +1,20 @@
 """`SainetTrainer`: Ultralytics' DetectionTrainer with sainet loaders for train and val.
 
 Everything but the data path stays Ultralytics': loss, EMA, validator, metrics, early stopping,
-checkpoints, results.csv, the runs/ layout, --resume. The class is importable by module path so
-Ultralytics' DDP launch can rebuild it in each rank; sainet's own options travel in the
-``SAINET_TRAIN_OPTIONS`` environment variable (JSON), which the ranks inherit.
+checkpoints, results.csv, the runs/ layout, --resume. sainet's own options travel in the
+``SAINET_TRAIN_OPTIONS`` environment variable (JSON), which torchrun's ranks inherit.
+
+Under torchrun the trainer, not Ultralytics, owns the process group (`sainet.train.distributed`):
+world size and global rank come from the environment rather than from the device string, gloo
+serves CPU ranks and NCCL GPU ranks, the loaders shard by global rank, ranks agree on one run
+folder and one store, and rank 0 alone writes. What is overridden and why:
+
+* ``__init__`` creates the process group first and sets ``world_size`` (Ultralytics: 0 on CPU);
+* ``_setup_ddp`` does nothing (Ultralytics forces CUDA + NCCL and a 3-hour timeout there);
+* ``_setup_train`` lets DDP wrap a CPU model (`_ddp_device_ids_for_cpu`);
+* ``get_dataloader`` ignores the LOCAL_RANK Ultralytics passes and shards by global rank;
+* ``final_eval`` sends best.pt's weights from rank 0 instead of reading the file on every rank;
+* ``resume_training`` also restores a mid-epoch checkpoint (`_mid_epoch_checkpoint`).
 """
 
 from __future__ import annotations
@@ -35,6 +46,7 @@ from sainet.train.distributed import (
     gather,
     init_process_group,
     per_rank_batch,
+    shutdown_process_group,
     store_fingerprint,
     timeout_s,
 )
@@ -185,6 +197,13 @@ class SainetTrainer(DetectionTrainer):
             if not self.args.resume:  # a reused run folder (exist_ok) starts fresh telemetry files
                 for name in ("loader.csv", "ranks.csv", "samples.csv"):
                     (Path(self.save_dir) / name).unlink(missing_ok=True)
+
+    def train(self) -> None:
+        try:
+            super().train()
+        finally:
+            if self.dist_backend:
+                shutdown_process_group()
 
     def _start_process_group(self, overrides: dict) -> str:
         """Create the process group (before Ultralytics' __init__, so that every rank can agree on
