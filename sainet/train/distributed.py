@@ -265,6 +265,7 @@ def launch_request(req: Any, overrides: dict[str, Any], nproc: int) -> Path:
     are dropped with a warning."""
     from ultralytics.cfg import DEFAULT_CFG, get_cfg, get_save_dir
 
+    per_rank_batch(int(overrides["batch"]), nproc)  # refuse before starting anything
     if req.callbacks:
         log.warning("callbacks are not passed to the %d spawned ranks; start torchrun yourself to use them", nproc)
     request = {k: v for k, v in asdict(req).items() if k != "callbacks"}
