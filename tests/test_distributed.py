@@ -97,6 +97,22 @@ def test_rank_and_device_from_the_environment(monkeypatch):
         cuda_device("0,1", info)
 
 
+def test_batch_is_global_and_profiles_give_it_per_gpu(store, monkeypatch):
+    """resolve(): the profile's batch is per GPU, --batch is global; the memory plan uses the per-rank batch."""
+    from sainet.budget import estimate_budget
+    from sainet.train import TrainRequest, resolve
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    req = TrainRequest(data=str(store), loader="lmdb", imgsz=64, device="cpu", profile="a100x2", threads=1, prefetch=1)
+    overrides, _, chosen = resolve(req)
+    assert overrides["batch"] == 64 and chosen["batch"] == 64  # a100x2 recommends 32 per GPU
+    per_rank = estimate_budget(images=12, imgsz=(64, 64), batch=32, threads=1, prefetch=1, workers=8, model=req.model, amp=False)
+    assert chosen["loader_buffer_bytes"] == per_rank.sainet_loader_bytes
+    with pytest.raises(DistributedError, match="--batch 5"):
+        resolve(TrainRequest(data=str(store), loader="lmdb", imgsz=64, batch=5, device="cpu", threads=1, prefetch=1))
+
+
 def test_memory_per_node(monkeypatch):
     from sainet.train.distributed import host_bytes_per_node, ranks_per_node
 

@@ -45,7 +45,7 @@ __all__ = [
     "DEFAULT_TIMEOUT_S", "ENV_TIMEOUT", "DistributedError", "DistInfo", "StoreFingerprint", "check_same_store",
     "cuda_device", "gather", "host_bytes_per_node", "init_process_group", "launch", "launch_request",
     "per_rank_batch", "ranks_per_node", "ranks_to_spawn", "shutdown_process_group", "store_fingerprint",
-    "timeout_s",
+    "timeout_s", "world_size_for",
 ]
 
 log = logging.getLogger(__name__)
@@ -115,6 +115,13 @@ def ranks_to_spawn(device: str | None) -> int:
         return 0
     n = len(_devices(device))
     return n if n > 1 else 0
+
+
+def world_size_for(device: str | None) -> int:
+    """Ranks of the whole run: torchrun's WORLD_SIZE, else the GPUs listed in `device` (what `launch` starts)."""
+    if os.environ.get("WORLD_SIZE"):
+        return max(1, int(os.environ["WORLD_SIZE"]))
+    return max(1, len(_devices(device)))
 
 
 def ranks_per_node(device: str | None) -> int:

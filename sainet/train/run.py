@@ -173,12 +173,14 @@ def resolve(req: TrainRequest) -> tuple[dict[str, Any], Any, dict[str, Any]]:
                                 layout=req.layout, names=names, checkpoint_every=req.checkpoint_every)
         data_arg = data_path
         chosen.update(threads=threads, prefetch=prefetch)
-    batch = req.batch or int(rec["batch"])
+    world = distributed.world_size_for(device)
+    batch = req.batch or int(rec["batch"]) * world  # profiles give the batch per GPU; --batch is the global batch
+    per_rank = distributed.per_rank_batch(batch, world) if loader != "ultralytics" else max(1, batch // world)
     chosen.update(loader=loader, batch=batch, imgsz=format_imgsz(shape), device=device)
 
     # The memory plan, before anything starts.
     ranks = distributed.ranks_per_node(device)
-    b = estimate_budget(images=images, imgsz=shape, batch=batch, threads=chosen.get("threads", 2),
+    b = estimate_budget(images=images, imgsz=shape, batch=per_rank, threads=chosen.get("threads", 2),
                         prefetch=chosen.get("prefetch", 2), workers=8, model=req.model, amp=not on_cpu)
     host_need = distributed.host_bytes_per_node(ranks, b.sainet_loader_bytes, store_bytes, loader)
     chosen.update(loader_buffer_bytes=b.sainet_loader_bytes, store_bytes=store_bytes, vram_estimate_bytes=b.vram_bytes)
@@ -187,7 +189,7 @@ def resolve(req: TrainRequest) -> tuple[dict[str, Any], Any, dict[str, Any]]:
                             f"{b.sainet_loader_bytes / 1e9:.1f} GB" + (f" + a {store_bytes / 1e9:.1f} GB RAM copy" if loader == "ram" else "")
                             + f"); {host.ram_available_gb:.1f} GB available: lower --batch or --prefetch, or use --loader shm/lmdb")
     if cuda and not on_cpu and host.vram_gb and b.vram_bytes > host.vram_gb * 1e9:
-        raise CapacityError(f"batch {batch} at {format_imgsz(shape)} with {req.model} needs about {b.vram_bytes / 1e9:.1f} GB "
+        raise CapacityError(f"batch {per_rank} per GPU at {format_imgsz(shape)} with {req.model} needs about {b.vram_bytes / 1e9:.1f} GB "
                             f"of GPU memory (estimate); the GPU has {host.vram_gb:.1f} GB: lower --batch")
 
     overrides: dict[str, Any] = {
