@@ -319,6 +319,7 @@ def test_mid_epoch_checkpoint_resumes_the_same_epoch_order(store, tmp_path, monk
     assert len(after) == len(names) - 4
     assert sorted(before + after) == sorted(names)  # the rest of the same epoch order, each once
     assert r.last.is_file() and not mid.exists()  # the epoch's last.pt supersedes the mid-epoch file
+    assert json.loads((r.save_dir / "distributed.json").read_text())["world_size"] == 1
 
 
 # ------------------------------------------------------------------------------------------- slow

@@ -225,13 +225,12 @@ class SainetTrainer(DetectionTrainer):
     def _setup_train(self) -> None:
         with _ddp_device_ids_for_cpu(self.world_size > 1 and self.device.type == "cpu"):
             super()._setup_train()
-        if self.dist.distributed:
-            self._agree_on_run()
+        self._agree_on_run()
 
     def _same_world_as_before(self) -> None:
         """A resumed run keeps its world size: the shards and the per-rank batch depend on it."""
         info = Path(self.save_dir) / RUN_INFO
-        world = max(1, self.world_size)
+        world = self.dist.world_size
         problem = None
         if self.dist.main and self.resume and info.is_file():
             before = json.loads(info.read_text()).get("world_size", 1)
@@ -243,15 +242,18 @@ class SainetTrainer(DetectionTrainer):
             raise DistributedError(problem)
 
     def _agree_on_run(self) -> None:
-        """Before the first step: the same store on every node; rank 0 records who is who."""
-        names = list(getattr(self.train_loader.dataset.source, "names", []))
-        check_same_store(self.sainet.data, store_fingerprint(self.sainet.data, names))
+        """Before the first step: the same store on every node; rank 0 records who is who (also for
+        a single process, so that a resume can tell the world size the run had)."""
+        if self.dist.distributed:
+            names = list(getattr(self.train_loader.dataset.source, "names", []))
+            check_same_store(self.sainet.data, store_fingerprint(self.sainet.data, names))
         ranks = gather({"rank": self.dist.rank, "local_rank": self.dist.local_rank, "host": socket.gethostname(),
                         "device": str(self.device), "data": str(Path(self.sainet.data).resolve())})
         if self.dist.main:
             (Path(self.save_dir) / RUN_INFO).write_text(json.dumps(
-                {"world_size": self.world_size, "backend": self.dist_backend, "timeout_s": timeout_s(),
-                 "batch": int(self.args.batch), "batch_per_rank": self.batch_size // self.world_size, "ranks": ranks},
+                {"world_size": self.dist.world_size, "backend": self.dist_backend,
+                 "timeout_s": timeout_s() if self.dist.distributed else None,
+                 "batch": int(self.args.batch), "batch_per_rank": self.batch_size // self.dist.world_size, "ranks": ranks},
                 indent=2))
 
     def get_dataset(self) -> dict:
@@ -302,7 +304,7 @@ class SainetTrainer(DetectionTrainer):
         mid = (ckpt or {}).get(MID_EPOCH_KEY) if self.resume else None
         if mid is None:
             return super().resume_training(ckpt)
-        if int(mid["world_size"]) != max(1, self.world_size):
+        if int(mid["world_size"]) != self.dist.world_size:
             raise DistributedError(f"{self.args.resume} was written by {mid['world_size']} ranks; resume it with as many")
         saved = mid["loader"]["batch_size"] * int(mid["world_size"])
         if saved != int(self.args.batch):
@@ -462,7 +464,7 @@ def _mid_epoch_checkpoint(trainer: SainetTrainer) -> None:
         "optimizer": deepcopy(trainer.optimizer.state_dict()), "scaler": trainer.scaler.state_dict(),
         "train_args": vars(trainer.args), "train_metrics": {**(trainer.metrics or {}), "fitness": trainer.fitness},
         "date": datetime.now().astimezone().isoformat(), "version": __version__,
-        MID_EPOCH_KEY: {"model": model, "loader": loader.state_dict(), "world_size": max(1, trainer.world_size)},
+        MID_EPOCH_KEY: {"model": model, "loader": loader.state_dict(), "world_size": trainer.dist.world_size},
     }
     path = _mid_epoch_path(trainer)
     tmp = path.with_suffix(".tmp")
