@@ -243,6 +243,13 @@ class DaliLoader(SainetLoader):
     def _builder(self) -> BatchBuilder:
         return DaliAssembler(self)
 
+    def close(self) -> None:
+        """Stop the epoch, then let the loader stream finish reading DALI's buffers before they go."""
+        super().close()
+        stream = getattr(getattr(self, "builder", None), "stream", None)
+        if stream is not None:
+            stream.synchronize()
+
     def _hand_off(self, item: Any) -> dict:
         return self.builder.hand_off(item)
 
