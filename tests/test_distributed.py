@@ -10,6 +10,7 @@ import contextlib
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -350,11 +351,7 @@ def test_two_nodes_on_localhost_each_with_its_own_store(store, tmp_path):
     copies = [tmp_path / f"node{k}" / "store" for k in range(2)]
     for c in copies:
         shutil.copytree(store, c)
-    port = _free_port()
-    procs = [_torchrun(["--nnodes", "2", "--node-rank", str(k), "--nproc-per-node", "1", "--rdzv-backend", "c10d",
-                        "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "sainet-dist-test", "-m", "sainet", "train",
-                        "--data", str(copies[k]), *TRAIN_ARGS, "--epochs", "2", "--project", str(tmp_path / f"runs{k}"),
-                        "--name", "nodes"]) for k in range(2)]
+    procs = _two_nodes(copies, tmp_path, 2, "nodes")
     outs = _finish(procs, timeout=400)
     assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
     runs = [tmp_path / f"runs{k}" / "nodes" for k in range(2)]
@@ -363,6 +360,48 @@ def test_two_nodes_on_localhost_each_with_its_own_store(store, tmp_path):
     _check_shards(main[0], _train_names(store), world=2, epochs=2)
     info = json.loads((main[0] / "distributed.json").read_text())
     assert sorted(r["data"] for r in info["ranks"]) == sorted(str(c.resolve()) for c in copies)
+
+
+def _two_nodes(stores: list[Path], tmp_path: Path, epochs: int, name: str) -> list[subprocess.Popen]:
+    """Two torchrun launches as two nodes of one process each (node k reads stores[k])."""
+    port = _free_port()
+    return [_torchrun(["--nnodes", "2", "--node-rank", str(k), "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+                       "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"sainet-{name}", "-m", "sainet", "train",
+                       "--data", str(stores[k]), *TRAIN_ARGS, "--epochs", str(epochs), "--project", str(tmp_path / f"runs{k}"),
+                       "--name", name]) for k in range(2)]
+
+
+@pytest.mark.slow
+def test_killed_rank_on_another_node_stops_the_run(store, tmp_path, capsys):
+    """Two nodes: kill -9 global rank 1; the other node's rank fails in its next collective (gloo
+    sees the closed connection), long before the process-group timeout."""
+    import psutil
+
+    procs = _two_nodes([store, store], tmp_path, 8, "kn")
+    try:
+        deadline = time.monotonic() + 300
+        while not any((tmp_path / f"runs{k}" / "kn" / "weights" / "last.pt").is_file() for k in range(2)):
+            assert all(p.poll() is None for p in procs) and time.monotonic() < deadline
+            time.sleep(0.5)
+        victim = next((p, c) for p in procs for c in psutil.Process(p.pid).children(recursive=True)
+                      if c.environ().get("RANK") == "1")
+        other = next(p for p in procs if p is not victim[0])
+        victim[1].kill()
+        t0 = time.monotonic()
+        out = other.communicate(timeout=300)[0]
+        stopped_s = time.monotonic() - t0
+        victim[0].wait(timeout=120)
+        left = [p.pid for p in procs if _group_alive(p.pid)]  # before the clean-up below: orphans?
+    finally:
+        for p in procs:
+            _kill_group(p)
+    with capsys.disabled():
+        print(f"\nkilled rank 1 on node B: node A's rank 0 stopped {stopped_s:.1f} s later, exit code {other.returncode}")
+    # Node A learns it either from gloo (the peer's connection closed) or, when node B hosted the
+    # c10d rendezvous store, from its agent losing the store; either way it stops, nothing left.
+    assert other.returncode != 0, out[-3000:]
+    assert re.search(r"Connection (closed|reset) by peer|RendezvousConnectionError", out), out[-3000:]
+    assert left == []
 
 
 @pytest.mark.slow
