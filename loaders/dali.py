@@ -243,9 +243,10 @@ class DaliLoader(SainetLoader):
     def _builder(self) -> BatchBuilder:
         return DaliAssembler(self)
 
-    def close(self) -> None:
-        """Stop the epoch, then let the loader stream finish reading DALI's buffers before they go."""
-        super().close()
+    def reset(self) -> None:
+        """Stop the epoch (batches still queued are dropped), then let the loader stream finish
+        reading the DALI buffers of those batches before they go (once per epoch: cheap)."""
+        super().reset()
         stream = getattr(getattr(self, "builder", None), "stream", None)
         if stream is not None:
             stream.synchronize()
