@@ -446,7 +446,9 @@ def _mid_epoch_checkpoint(trainer: SainetTrainer) -> None:
     loader's `state_dict` added; `SainetTrainer.resume_training` restores both and the epoch goes
     on with the batches not yet seen, in the same order. Written atomically by rank 0 (all ranks
     hold the same weights; the loader position differs only by rank); deleted once the epoch's
-    last.pt is saved. Gradients accumulated since the last optimizer step are not saved.
+    last.pt is saved. Not saved: gradients accumulated since the last optimizer step. Ultralytics
+    numbers the resumed epoch's batches from 0 again, so within that epoch the warmup schedule
+    (first `warmup_epochs` only) and the plotted batch indices restart.
     """
     loader = trainer.train_loader
     done = int(loader.state_dict()["batches_done"])
