@@ -734,7 +734,8 @@ def train(
     prefetch: Annotated[int | None, typer.Option(help="Batches prepared ahead (default: the profile's).")] = None,
     project: Annotated[str, typer.Option(help="Runs folder.")] = "runs/sainet",
     name: Annotated[str | None, typer.Option(help="Run name (default: loader-imgsz).")] = None,
-    resume: Annotated[str | None, typer.Option(help="Resume from a run's weights/last.pt.")] = None,
+    resume: Annotated[str | None, typer.Option(help="Resume from a run's weights/last.pt (or weights/mid_epoch.pt).")] = None,
+    checkpoint_every: Annotated[int, typer.Option(help="Also save weights/mid_epoch.pt every N batches (0: off).")] = 0,
 ) -> None:
     """Train YOLOv8 with Ultralytics on a sainet loader (or Ultralytics' own, for comparison).
 
@@ -750,6 +751,8 @@ def train(
     from sainet.train import train as do_train
 
     def report(r) -> None:  # noqa: ANN001 - TrainResult
+        if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 alone reports
+            return
         chosen = {k: v for k, v in r.resolved.items() if k != "overrides"}
         console.print(f"[bold]{r.save_dir}[/]: " + ", ".join(f"{k}={v}" for k, v in chosen.items()))
         m = r.metrics
@@ -767,7 +770,7 @@ def train(
         req = TrainRequest(data=data or "", loader=loader, model=model, weights=weights, imgsz=imgsz, epochs=epochs,
                            batch=batch, device=device, profile=profile, config=str(config) if config else None,
                            stage=stage, sets=_parse_sets(sets or []), project=project, name=name, threads=threads,
-                           prefetch=prefetch, resume=resume)
+                           prefetch=prefetch, resume=resume, checkpoint_every=checkpoint_every)
         if workflow:
             if workflow != "two-stage":
                 raise typer.BadParameter("--workflow takes two-stage")
