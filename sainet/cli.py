@@ -130,13 +130,20 @@ def synth(
     layout: Annotated[str, typer.Option(help="yolo, coco, voc, fasdd or pyrosdis.")] = "yolo",
     seed: Annotated[int, typer.Option(help="Random seed: same seed, same bytes.")] = 0,
     quality: Annotated[int, typer.Option(help="JPEG quality.")] = 90,
+    subset: Annotated[str, typer.Option(help="fasdd: the FASDD subset shape, CV, UAV or RS (TIFF).")] = "CV",
+    test_fraction: Annotated[float | None, typer.Option(help="Fraction in the test split (default 0.15 for fasdd, else 0).")] = None,
+    clean: Annotated[bool, typer.Option(help="fasdd/pyrosdis: without the published datasets' quirks (duplicates, leaks, bad boxes).")] = False,
 ) -> None:
     """Write a deterministic synthetic wildfire dataset (smoke plumes, fire, exact boxes).
+
+    The fasdd and pyrosdis layouts are shaped like the published datasets, quirks included
+    (see sainet.synth.PLANTED for the exact numbers).
 
     Examples:
 
         sainet synth data/synth --images 200
         sainet synth data/pyro --classes smoke --layout pyrosdis --size 1280x720
+        sainet synth data/FASDD_RS --layout fasdd --subset RS --size 640x640
     """
     from sainet.synth import synthesize
 
@@ -146,7 +153,8 @@ def synth(
         try:
             with progress_bar(images, "synth") as advance:
                 result = synthesize(out, images=images, size=(w, h), classes=names, val_fraction=val_fraction,
-                                    background=background, layout=layout, seed=seed, quality=quality, progress=advance)
+                                    background=background, layout=layout, seed=seed, quality=quality, progress=advance,
+                                    subset=subset, test_fraction=test_fraction, quirks=False if clean else None)
         except ValueError as e:
             raise typer.BadParameter(str(e)) from None
         nbytes = sum(len(r.jpeg) for r in result)
@@ -184,6 +192,27 @@ def _print_check(report, max_problems: int) -> None:  # noqa: ANN001 - CheckRepo
             console.print(f"... {len(report.problems) - max_problems} more (use --json for all)")
     else:
         console.print("no problems found")
+    _print_dataset_facts(report.notes, report.tally.as_dict(), report.duplicates.summary())
+
+
+def _print_dataset_facts(notes: list[str], boxes: dict, duplicates: dict | None) -> None:
+    """The lines check and pack both print: notes, where every box went, duplicates and leaks."""
+    for n in notes:
+        console.print(f"note: {n}")
+    dropped = ", ".join(f"{k} {v}" for k, v in boxes["dropped"].items())
+    extra = "".join(f", {k.replace('_', ' ')} {sum(v.values()) if isinstance(v, dict) else v}"
+                    for k, v in boxes.items() if k in ("filtered_by_class", "in_dropped_leaks", "in_left_out_images", "stored"))
+    console.print(f"boxes: read {boxes['read']}, kept {boxes['kept']} (clipped {boxes['clipped']}), dropped "
+                  f"{boxes['dropped_total']}" + (f" ({dropped})" if dropped else "") + extra + f", lost {boxes['lost']}")
+    if duplicates is None:
+        return
+    for where, title in (("within", "duplicates within a split"), ("across", "duplicates across splits (leakage)")):
+        groups = duplicates[where]
+        if not groups:
+            console.print(f"{title}: none")
+        for key, g in groups.items():
+            console.print(f"{title}: {key} {g['groups']} groups ({g['images']} images), e.g. {'; '.join(g['examples'][:2])}",
+                          soft_wrap=True)
 
 
 @app.command()
@@ -194,8 +223,12 @@ def check(
     strict: Annotated[bool, typer.Option(help="Fail on warnings too (dropped boxes, bad images).")] = False,
     threads: Annotated[int, typer.Option(help="Decode threads.")] = os.cpu_count() or 2,
     max_problems: Annotated[int, typer.Option(help="Problems listed in the table.")] = 50,
+    class_ids: Annotated[str | None, typer.Option(help="pyrosdis: the annotations' class ids, e.g. 1=smoke (default: detected).")] = None,
 ) -> None:
     """Validate a dataset without changing it: counts per split and class, and every problem with its file.
+
+    Also says where every box went (kept, clipped, dropped: nothing is lost), exact-duplicate images
+    within and across splits (leakage), and facts about the dataset (e.g. 1-based class ids).
 
     Exit code 0 when the dataset is usable (with --strict: and has no warnings), non-zero otherwise.
 
@@ -208,7 +241,7 @@ def check(
     from sainet.datasets import Severity, open_dataset
 
     def body() -> int:
-        ds = open_dataset(src, layout)
+        ds = open_dataset(src, layout, _class_ids(class_ids))
         with progress_bar(None, f"check {ds.layout}") as advance:
             report = check_dataset(ds, threads=threads, progress=advance)
         if as_json:
@@ -233,6 +266,17 @@ def check(
 # ---------------------------------------------------------------------------------------------- stores
 
 
+def _class_ids(text: str | None) -> dict[int, str] | None:
+    """``1=smoke,2=fire`` -> {1: "smoke", 2: "fire"}."""
+    if not text:
+        return None
+    try:
+        pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+        return {int(k): v.strip() for k, v in pairs if v.strip()}
+    except ValueError:
+        raise typer.BadParameter(f"--class-ids: expected ID=NAME[,ID=NAME], got {text!r}") from None
+
+
 def _imgsz_option(text: str | None) -> tuple[int, int] | None:
     from sainet.geometry import parse_imgsz
 
@@ -246,7 +290,7 @@ def _imgsz_option(text: str | None) -> tuple[int, int] | None:
 
 @app.command()
 def pack(
-    src: Annotated[Path, typer.Argument(help="Source dataset (any layout `sainet check` reads).")],
+    src: Annotated[list[Path], typer.Argument(help="Source dataset(s) (any layout `sainet check` reads); several are combined, classes unified by name.")],
     to: Annotated[Path, typer.Option("--to", help="Store to create, e.g. /dev/shm/fasdd.")],
     fmt: Annotated[str | None, typer.Option("--format", help="lmdb or shards (default: shards on tmpfs, lmdb elsewhere).")] = None,
     mode: Annotated[str, typer.Option(help="jpeg (original bytes) or raw (decoded, letterboxed frames).")] = "jpeg",
@@ -259,6 +303,9 @@ def pack(
     shard_size: Annotated[str, typer.Option(help="shards: target shard file size.")] = "1GiB",
     assume_free: Annotated[str | None, typer.Option(help="Plan against this much free space instead of the measured figure.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    classes: Annotated[str | None, typer.Option(help="Keep these classes only, by name and in this order, e.g. smoke.")] = None,
+    drop_leaks: Annotated[bool, typer.Option(help="Leave out train images whose bytes also appear in val or test.")] = False,
+    class_ids: Annotated[str | None, typer.Option(help="pyrosdis: the annotations' class ids, e.g. 1=smoke (default: detected).")] = None,
 ) -> None:
     """Pack a dataset into an LMDB or shard store, after checking that it fits.
 
@@ -270,6 +317,8 @@ def pack(
         sainet pack datasets/FASDD_CV --to /dev/shm/fasdd
         sainet pack data/synth --to stores/synth-raw --mode raw --imgsz 1440x808 --format lmdb
         sainet pack datasets/FASDD_CV --to /dev/shm/fasdd --resume
+        sainet pack datasets/FASDD_CV datasets/FASDD_UAV datasets/FASDD_RS --to /dev/shm/fasdd --drop-leaks
+        sainet pack datasets/pyro-sdis --to /dev/shm/pyro --classes smoke
     """
     from cache_tools.pack import PackOptions
     from cache_tools.pack import pack as do_pack
@@ -281,7 +330,8 @@ def pack(
         opts = PackOptions(
             container=fmt, mode=mode, imgsz=_imgsz_option(imgsz) if mode == "raw" else None, max_size=max_size,
             layout=layout, threads=threads, resume=resume, force=force, shard_size=_parse_bytes(shard_size),
-            free_bytes=_parse_bytes(assume_free) if assume_free else None,
+            free_bytes=_parse_bytes(assume_free) if assume_free else None, drop_leaks=drop_leaks,
+            classes=[c.strip() for c in classes.split(",") if c.strip()] if classes else None, class_ids=_class_ids(class_ids),
         )
         with progress_bar(None, "pack") as bar:
             report = do_pack(src, to, opts, progress=bar, on_start=bar.start)
@@ -291,6 +341,7 @@ def pack(
                 "records": report.records, "left_out": report.bad, "reencoded": report.reencoded,
                 "resumed": report.resumed, "payload_bytes": report.payload_bytes, "store_bytes": report.store_bytes,
                 "seconds": round(report.seconds, 3), "annotation_problems": [p.as_dict() for p in report.problems],
+                "boxes": report.boxes, "dropped_leaks": report.dropped_leaks, "notes": report.notes,
             }, indent=2))
             return 0
         console.print(f"packed {report.records} images into {report.store} ({report.container}, {report.mode}): "
@@ -304,7 +355,11 @@ def pack(
             for b in report.bad[:20]:
                 console.print(f"  {b['key']}: {b['reason']}", soft_wrap=True)
         if report.problems:
-            console.print(f"{len(report.problems)} annotation problems (boxes dropped or clipped); see `sainet check {src}`")
+            console.print(f"{len(report.problems)} annotation problems (boxes dropped or clipped); see `sainet check`")
+        if report.dropped_leaks:
+            console.print(f"dropped {len(report.dropped_leaks)} train images also in val/test (--drop-leaks), e.g. "
+                          + "; ".join(f"{d['name']} = {d['same_as']}" for d in report.dropped_leaks[:3]), soft_wrap=True)
+        _print_dataset_facts(report.notes, report.boxes, None)
         return 0
 
     _run(body)
@@ -414,7 +469,7 @@ def _describe_source(text: str) -> tuple[int, tuple[int, int], int] | None:
 
 @app.command()
 def plan(
-    source: Annotated[str | None, typer.Option("--source", help="Dataset folder, or a description N@WxH[:avgKB] (e.g. 117000@1440x808:180KB).")] = None,
+    source: Annotated[str | None, typer.Option("--source", help="Dataset folder, or a description N@WxH[:avgKB] (e.g. 122634@1440x808:180KB, FASDD CV+UAV+RS).")] = None,
     store: Annotated[Path | None, typer.Option("--store", help="An existing store.")] = None,
     profile: Annotated[str, typer.Option(help="auto (this host) or a profile name, e.g. h200.")] = "auto",
     imgsz: Annotated[str, typer.Option(help="Training shape, WIDTHxHEIGHT or N.")] = "1440x808",
@@ -432,7 +487,8 @@ def plan(
 
     Examples:
 
-        sainet plan --profile h200 --source 117000@1440x808:180KB
+        sainet plan --profile h200 --source 122634@1440x808:180KB      # FASDD CV + UAV + RS
+        sainet plan --profile a10g --source 33636@1280x720:100KB       # PyroSDIS (train + val)
         sainet plan --source datasets/FASDD_CV --to /dev/shm/fasdd
         sainet plan --store /dev/shm/fasdd --profile a10g --batch 12 --json
     """
@@ -461,10 +517,17 @@ def plan(
             src_hw = (h, w)
         else:
             ds = open_dataset(source, layout)
-            samples = list(ds.samples())
-            est = plan_pack(ds, samples, shape)
-            if samples:
-                w, h = samples[0].original_size()
+            first: list[tuple[int, int]] = []
+
+            def sized(samples):  # noqa: ANN001, ANN202 - streams: no sample (nor its pixels) is kept
+                for s in samples:
+                    if not first:
+                        first.append(s.original_size())
+                    yield s
+
+            est = plan_pack(ds, sized(ds.samples()), shape)
+            if first:
+                w, h = first[0]
                 src_hw = (h, w)
         host = detect_host()
         prof = nearest_profile(host)[0] if profile == "auto" else get_profile(profile)
@@ -685,7 +748,8 @@ def train(
     prefetch: Annotated[int | None, typer.Option(help="Batches prepared ahead (default: the profile's).")] = None,
     project: Annotated[str, typer.Option(help="Runs folder.")] = "runs/sainet",
     name: Annotated[str | None, typer.Option(help="Run name (default: loader-imgsz).")] = None,
-    resume: Annotated[str | None, typer.Option(help="Resume from a run's weights/last.pt.")] = None,
+    resume: Annotated[str | None, typer.Option(help="Resume from a run's weights/last.pt (or weights/mid_epoch.pt).")] = None,
+    checkpoint_every: Annotated[int, typer.Option(help="Also save weights/mid_epoch.pt every N batches (0: off).")] = 0,
 ) -> None:
     """Train YOLOv8 with Ultralytics on a sainet loader (or Ultralytics' own, for comparison).
 
@@ -701,6 +765,8 @@ def train(
     from sainet.train import train as do_train
 
     def report(r) -> None:  # noqa: ANN001 - TrainResult
+        if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 alone reports
+            return
         chosen = {k: v for k, v in r.resolved.items() if k != "overrides"}
         console.print(f"[bold]{r.save_dir}[/]: " + ", ".join(f"{k}={v}" for k, v in chosen.items()))
         m = r.metrics
@@ -718,7 +784,7 @@ def train(
         req = TrainRequest(data=data or "", loader=loader, model=model, weights=weights, imgsz=imgsz, epochs=epochs,
                            batch=batch, device=device, profile=profile, config=str(config) if config else None,
                            stage=stage, sets=_parse_sets(sets or []), project=project, name=name, threads=threads,
-                           prefetch=prefetch, resume=resume)
+                           prefetch=prefetch, resume=resume, checkpoint_every=checkpoint_every)
         if workflow:
             if workflow != "two-stage":
                 raise typer.BadParameter("--workflow takes two-stage")

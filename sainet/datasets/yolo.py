@@ -15,18 +15,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import yaml
-
 from sainet.datasets.base import (
     IMAGE_EXTS,
     Importer,
     ProblemKind,
     Sample,
-    empty_labels,
-    parse_yolo_labels,
+    read_lines,
     resolve_inside,
-    validate_boxes,
 )
+from sainet.datasets.guards import MAX_CLASSES, check_class_names, load_yaml
 from sainet.errors import DatasetError, PathOutsideRoot
 
 __all__ = ["YoloImporter", "label_path_for", "read_names"]
@@ -54,7 +51,9 @@ def read_names(names: object, nc: object, source: str) -> list[str]:
         return [v for _, v in items]
     if isinstance(names, list):
         return [str(n) for n in names]
-    if isinstance(nc, int) and nc > 0:
+    if isinstance(nc, int) and not isinstance(nc, bool) and nc > 0:
+        if nc > MAX_CLASSES:
+            raise DatasetError(f"{source}: nc {nc}; sainet accepts at most {MAX_CLASSES} classes")
         return [str(i) for i in range(nc)]
     raise DatasetError(f"{source}: no 'names' (or 'nc') for the classes")
 
@@ -68,15 +67,12 @@ class YoloImporter(Importer):
         self.yaml_path = yaml_path
         self._entries: dict[str, list[str]] = {}
         if yaml_path is not None:
-            try:
-                cfg = yaml.safe_load(yaml_path.read_text()) or {}
-            except (yaml.YAMLError, UnicodeDecodeError) as e:
-                raise DatasetError(f"{yaml_path}: not valid YAML: {e}") from None
+            cfg = load_yaml(yaml_path) or {}
             if not isinstance(cfg, dict):
                 raise DatasetError(f"{yaml_path}: expected a mapping")
             root = (yaml_path.parent / str(cfg.get("path") or ".")).resolve()
             super().__init__(root)
-            self.names = read_names(cfg.get("names"), cfg.get("nc"), str(yaml_path))
+            self.names = check_class_names(read_names(cfg.get("names"), cfg.get("nc"), str(yaml_path)), str(yaml_path))
             for split in SPLITS:
                 v = cfg.get(split)
                 if v:
@@ -91,7 +87,7 @@ class YoloImporter(Importer):
             if not self._entries:
                 raise DatasetError(f"{src}: no data.yaml and no images/<split>/ folders")
             classes = src / "classes.txt"
-            self.names = [n.strip() for n in classes.read_text().splitlines() if n.strip()] if classes.is_file() else []
+            self.names = read_lines(classes) if classes.is_file() else []
         if not self._entries:
             raise DatasetError(f"{yaml_path or src}: no train/val/test entries")
 
@@ -117,10 +113,7 @@ class YoloImporter(Importer):
             if p.is_dir():
                 yield from sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTS and q.is_file())
             elif p.suffix == ".txt" and p.is_file():
-                for line in p.read_text().splitlines():
-                    line = line.strip()
-                    if not line:
-                        continue
+                for line in read_lines(p):
                     try:
                         yield resolve_inside(self.root, line, base=p.parent)
                     except PathOutsideRoot as e:
@@ -132,20 +125,20 @@ class YoloImporter(Importer):
 
     def samples(self, split: str | None = None) -> Iterator[Sample]:
         infer_names = not self.names
-        nc = len(self.names) if self.names else 1 << 30
+        nc = len(self.names) if self.names else MAX_CLASSES
         for sp in [split] if split else self.splits():
             for img in self._images(sp):
-                rel = img.relative_to(Path(self.root).resolve()).as_posix() if img.is_absolute() else img.as_posix()
+                try:
+                    img = resolve_inside(self.root, img)  # a listed or found image may be a symlink out of the root
+                except PathOutsideRoot as e:
+                    self._problem(str(img), ProblemKind.PATH_OUTSIDE_ROOT, f"image {e}; not read")
+                    continue
+                rel = img.relative_to(Path(self.root).resolve()).as_posix()
                 if not img.is_file():
                     self._problem(rel, ProblemKind.MISSING_IMAGE, "listed image does not exist")
                     continue
-                lbl = label_path_for(img)
-                cls, boxes = empty_labels()
-                if lbl.is_file():
-                    lrel = lbl.relative_to(Path(self.root).resolve()).as_posix()
-                    raw_c, raw_b = parse_yolo_labels(lbl.read_text(errors="replace"), lrel, self.problems)
-                    cls, boxes = validate_boxes(raw_c, raw_b, nc, lrel, self.problems)
-                    if infer_names and len(cls):
-                        while len(self.names) <= int(cls.max()):
-                            self.names.append(str(len(self.names)))
+                cls, boxes = self._label_file(label_path_for(img), nc)
+                if infer_names and len(cls):
+                    while len(self.names) <= int(cls.max()):
+                        self.names.append(str(len(self.names)))
                 yield Sample(name=img.name, key=rel, split=sp, cls=cls, boxes=boxes, path=img)

@@ -21,6 +21,7 @@ import configs
 from cache_tools.format import INDEX_NAME
 from sainet.errors import CapacityError, DatasetError
 from sainet.geometry import format_imgsz, parse_imgsz
+from sainet.train import distributed
 
 __all__ = ["TrainRequest", "TrainResult", "train", "two_stage", "resolve"]
 
@@ -49,6 +50,7 @@ class TrainRequest:
     resume: str | None = None  # path to last.pt (the run's sainet_options.json fills in data, loader, imgsz)
     layout: str | None = None
     callbacks: dict[str, list[Any]] = field(default_factory=dict)  # Ultralytics callbacks, event -> functions
+    checkpoint_every: int = 0  # > 0: weights/mid_epoch.pt every N batches (resume continues mid-epoch)
 
 
 @dataclass
@@ -168,24 +170,26 @@ def resolve(req: TrainRequest) -> tuple[dict[str, Any], Any, dict[str, Any]]:
         threads = req.threads or int(rec["threads"])
         prefetch = req.prefetch or int(rec["prefetch"])
         options = SainetOptions(data=data_path, loader=loader, imgsz=shape, threads=threads, prefetch=prefetch,
-                                layout=req.layout, names=names)
+                                layout=req.layout, names=names, checkpoint_every=req.checkpoint_every)
         data_arg = data_path
         chosen.update(threads=threads, prefetch=prefetch)
-    batch = req.batch or int(rec["batch"])
+    world = distributed.world_size_for(device)
+    batch = req.batch or int(rec["batch"]) * world  # profiles give the batch per GPU; --batch is the global batch
+    per_rank = distributed.per_rank_batch(batch, world) if loader != "ultralytics" else max(1, batch // world)
     chosen.update(loader=loader, batch=batch, imgsz=format_imgsz(shape), device=device)
 
     # The memory plan, before anything starts.
-    ranks = max(1, len(str(device).split(","))) if not on_cpu else 1
-    b = estimate_budget(images=images, imgsz=shape, batch=batch, threads=chosen.get("threads", 2),
+    ranks = distributed.ranks_per_node(device)
+    b = estimate_budget(images=images, imgsz=shape, batch=per_rank, threads=chosen.get("threads", 2),
                         prefetch=chosen.get("prefetch", 2), workers=8, model=req.model, amp=not on_cpu)
-    host_need = ranks * (b.sainet_loader_bytes + (store_bytes if loader == "ram" else 0))
+    host_need = distributed.host_bytes_per_node(ranks, b.sainet_loader_bytes, store_bytes, loader)
     chosen.update(loader_buffer_bytes=b.sainet_loader_bytes, store_bytes=store_bytes, vram_estimate_bytes=b.vram_bytes)
     if host_need > host.ram_available_gb * 1e9:
         raise CapacityError(f"loader {loader} needs {host_need / 1e9:.1f} GB of host RAM ({ranks} rank(s): buffers "
                             f"{b.sainet_loader_bytes / 1e9:.1f} GB" + (f" + a {store_bytes / 1e9:.1f} GB RAM copy" if loader == "ram" else "")
                             + f"); {host.ram_available_gb:.1f} GB available: lower --batch or --prefetch, or use --loader shm/lmdb")
     if cuda and not on_cpu and host.vram_gb and b.vram_bytes > host.vram_gb * 1e9:
-        raise CapacityError(f"batch {batch} at {format_imgsz(shape)} with {req.model} needs about {b.vram_bytes / 1e9:.1f} GB "
+        raise CapacityError(f"batch {per_rank} per GPU at {format_imgsz(shape)} with {req.model} needs about {b.vram_bytes / 1e9:.1f} GB "
                             f"of GPU memory (estimate); the GPU has {host.vram_gb:.1f} GB: lower --batch")
 
     overrides: dict[str, Any] = {
@@ -209,6 +213,10 @@ def train(req: TrainRequest) -> TrainResult:
     prepare_offline()
     overrides, options, chosen = resolve(req)
     log.info("profile %s: %s", chosen["profile"], ", ".join(f"{k}={v}" for k, v in chosen.items() if k != "profile"))
+    if options is not None and (nproc := distributed.ranks_to_spawn(overrides["device"])):
+        save_dir = distributed.launch_request(req, overrides, nproc)  # --device 0,1: torchrun, one rank per GPU
+        return TrainResult(save_dir, save_dir / "weights" / "best.pt", save_dir / "weights" / "last.pt",
+                           _last_metrics(save_dir / "results.csv"), [], {**chosen, "overrides": overrides})
     if options is not None:
         from sainet.train.trainer import SainetTrainer
 
