@@ -20,6 +20,7 @@ __all__ = [
     "StoreCorruptError",
     "StoreExistsError",
     "CapacityError",
+    "SettingsError",
 ]
 
 
@@ -93,3 +94,17 @@ class CapacityError(SainetError):
     """The store (or the loader's buffers) will not fit the target filesystem or memory."""
 
     exit_code = 5
+
+
+class SettingsError(SainetError):
+    """A setting is invalid: an option value, a profile name, a config file, or a run to resume.
+
+    `option` names the command-line option (``--imgsz``) or file the value came from, when known.
+    Exit code 2, as for any other bad command-line usage.
+    """
+
+    exit_code = 2
+
+    def __init__(self, message: str, option: str | None = None) -> None:
+        super().__init__(f"{option}: {message}" if option else message)
+        self.option = option
