@@ -3,31 +3,33 @@
     >>> from loaders import build_loader
     >>> loader = build_loader("/dev/shm/fasdd", "shm", batch_size=16, imgsz="1440x808")
     >>> for batch in loader: batch["img"].shape   # (16, 3, 832, 1440) uint8
+
+The stages and their contracts: loaders/README.md. The backend table: `loaders.backends.BACKENDS`.
 """
 
 from __future__ import annotations
 
-import enum
 import os
 from pathlib import Path
 from typing import Any
 
 from loaders.augment.hyp import Hyp
-from loaders.loader import LoaderDataset, SainetLoader
+from loaders.backends import (
+    BACKENDS,
+    Backend,
+    LoaderKind,
+    check_container,
+    default_threads,
+    get_backend,
+    kind_for_container,
+)
+from loaders.dataset import LoaderDataset
+from loaders.loader import SainetLoader
 from loaders.sampler import ShardedSampler
-from loaders.sources import DiskSource, RamSource, StoreSource
-from sainet.errors import StoreFormatError
 from sainet.geometry import parse_imgsz
 
-__all__ = ["LoaderKind", "Hyp", "LoaderDataset", "SainetLoader", "ShardedSampler", "build_loader"]
-
-
-class LoaderKind(str, enum.Enum):
-    DISK = "disk"  # JPEG files of the source dataset (Ultralytics without cache)
-    RAM = "ram"  # a store copied into process memory (Ultralytics cache=ram)
-    SHM = "shm"  # shm shards, zero-copy
-    LMDB = "lmdb"  # LMDB, zero-copy
-    DALI = "dali"  # NVIDIA DALI decode (mixed on GPU, cpu otherwise) from a store
+__all__ = ["BACKENDS", "Backend", "Hyp", "LoaderDataset", "LoaderKind", "SainetLoader", "ShardedSampler", "build_loader",
+           "check_container", "default_threads", "get_backend", "kind_for_container"]
 
 
 def build_loader(
@@ -54,6 +56,7 @@ def build_loader(
     """Build a loader over one split of `data` (a store; for ``disk`` a dataset folder or data.yaml).
 
     `imgsz`: int (square), (h, w) tuple, or ``"WxH"`` string; padded up to stride 32.
+    `threads`: decode threads (default `default_threads()`).
     `on_error`: ``"raise"`` a typed error naming the record, or ``"skip"`` it (logged and counted).
     `verify`: check each payload's CRC as it is read. Default: on for jpeg stores (cheap next to
     decoding), off for raw stores (there the CRC would cost more than the copy; `sainet verify`
@@ -61,27 +64,20 @@ def build_loader(
     `epochs`: when given, mosaic and mixup switch off by themselves for the last ``hyp.close_mosaic``
     epochs (Ultralytics' trainer instead calls ``loader.dataset.close_mosaic()``).
     """
-    kind = LoaderKind(kind)
-    shape = parse_imgsz(imgsz)
+    backend = get_backend(kind)
     hyp = hyp if isinstance(hyp, Hyp) else Hyp.from_dict(hyp)
-    threads = threads or min(8, os.cpu_count() or 2)
-    common = dict(batch_size=batch_size, imgsz=shape, augment=augment, hyp=hyp, rank=rank, world_size=world_size,
-                  seed=seed, threads=threads, prefetch=prefetch, on_error=on_error, shuffle=shuffle, epochs=epochs)
-    if kind is LoaderKind.DISK:
-        return SainetLoader(DiskSource(Path(data), split, layout), **common)
+    common = dict(batch_size=batch_size, imgsz=parse_imgsz(imgsz), augment=augment, hyp=hyp, rank=rank,
+                  world_size=world_size, seed=seed, threads=threads or default_threads(), prefetch=prefetch,
+                  on_error=on_error, shuffle=shuffle, epochs=epochs)
+    if backend.reads == "dataset":
+        return backend.make(Path(data), split, {"layout": layout}, common)
     from cache_tools.store import open_store
 
     store = open_store(data)
-    if verify is None:
-        verify = store.mode == "jpeg"
-    if kind is LoaderKind.SHM and store.container != "shards":
-        raise StoreFormatError(f"{data} is an {store.container} store; the shm loader reads shard stores (use --loader lmdb)")
-    if kind is LoaderKind.LMDB and store.container != "lmdb":
-        raise StoreFormatError(f"{data} is a {store.container} store; the lmdb loader reads LMDB stores (use --loader shm)")
-    if kind is LoaderKind.RAM:
-        return SainetLoader(RamSource(store, split, verify=verify), **common)
-    if kind is LoaderKind.DALI:
-        from loaders.dali import DaliLoader
-
-        return DaliLoader(StoreSource(store, split, verify=verify), device=device, **common)
-    return SainetLoader(StoreSource(store, split, verify=verify), **common)
+    try:
+        check_container(backend.kind, store.container, data)
+    except Exception:
+        store.close()
+        raise
+    options = {"verify": store.mode == "jpeg" if verify is None else verify, "device": device}
+    return backend.make(store, split, options, common)

@@ -1,30 +1,57 @@
-"""DALI backend: a DALI pipeline decodes the store's JPEGs; the plan is applied after it.
+"""DALI backend: a DALI pipeline decodes the store's JPEGs, running ahead of the batch that uses them.
 
-The pipeline is an external source of encoded bytes (this rank's shard of the epoch order, read
-zero-copy from the store) into ``fn.decoders.image``: ``device="mixed"`` (nvJPEG) when CUDA is
-present, ``"cpu"`` with ``device_id=None`` otherwise. On the GPU the decoded tensors stay on the
-device (DLPack into torch) and the torch executor renders the batch there: no host round trip.
-On the CPU the decoded arrays go to the OpenCV executor (torch float ops are the wrong tool there).
-Raw stores need no decoding and use the plain path.
+Per batch (`DaliAssembler.build`, two batches in assembly at once):
+
+1. read (decode pool): each sample's bytes, zero-copy from the store, CRC-checked (when the
+   store verifies) and header-probed under the `on_error` policy. Where and what it costs: in the
+   loader's decode pool, in parallel (zlib's CRC releases the GIL), overlapped with DALI decoding
+   the previous batch and the render of the one before. Measured on the 2-core dev box: CRC
+   ~1 GB/s per core (0.59 ms for a 558 KB JPEG), probe ~0.1 ms; a batch of 32 x 190 KB is
+   8-10 ms of CPU, ~1.2 ms of wall time on 8 threads — next to the ~10 ms a batch may take at
+   3,000 img/s. ``build_loader(verify=False)`` drops the CRC (`sainet verify` checks offline).
+2. feed: the encoded batch goes to the pipeline and a run is scheduled at once (`DaliFeed`). The
+   other assembling thread feeds the next batch while this one waits for its outputs, so DALI
+   always has the next batch before the current one is consumed; with ``exec_dynamic=True`` a
+   run's outputs stay valid after later runs.
+3. plan (CPU, numpy) while DALI decodes; then render: on the GPU the torch executor
+   (`augment.torch_exec.render_batch`) on the loader's own CUDA stream; on the CPU the OpenCV
+   executor (torch float ops are the wrong tool there, see DESIGN.md).
+4. hand-off (GPU): an event recorded on the loader stream after the render; the consumer's stream
+   waits on it in the consumer's thread, and the batch tensor is marked as used by that stream
+   (``record_stream``) so its memory is not reused early. Nothing blocks the default stream.
+
+A batch that DALI cannot decode is decoded again sample by sample on the CPU to find the bad
+record(s); those go through the `on_error` policy (raised, or skipped: counted and replaced by the
+next good sample) and the repaired batch is decoded by DALI again. Raw stores need no decoding
+and use the plain CPU path.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
-from loaders.augment.plan import plan_batch
+from loaders.assemble import CpuAssembler
 from loaders.augment.torch_exec import render_batch
-from loaders.loader import SainetLoader, _Decoded
-from sainet.errors import CorruptImage
-from sainet.imaging import probe
+from loaders.collate import collate
+from loaders.decode import Decoded
+from loaders.loader import BatchBuilder, SainetLoader
+from loaders.read import read_encoded
+from sainet.errors import CorruptImage, ImageError, StoreError
 
-__all__ = ["DaliLoader", "dali_available"]
+__all__ = ["DaliAssembler", "DaliFeed", "DaliLoader", "dali_available", "hw_decoder_load"]
 
 log = logging.getLogger(__name__)
+
+#: decode rate the hybrid (CPU Huffman) share is sized for, img/s per rank (issue 16's target)
+_TARGET_RATE = 3000
+_CPU_HUFFMAN_RATE = 250  # 1440x808 JPEGs per second per core (DESIGN.md)
 
 
 def dali_available() -> bool:
@@ -35,42 +62,193 @@ def dali_available() -> bool:
     return True
 
 
+def hw_decoder_load(threads: int) -> float:
+    """Share of the JPEGs sent to the hardware decoder (A100/H100 NVJPG) in the mixed decoder.
+
+    The rest is decoded hybrid, its Huffman stage on this rank's `threads` CPU threads. DALI's
+    default 0.65 leaves 35 % to the CPU: at 2 threads per rank (16 cores, 8 ranks) that caps a
+    rank near 1,400 img/s. Here the CPU share is what its threads can do at the target rate,
+    between 0.65 and 0.95. Chosen from the rates above, not yet tuned on a GPU.
+    """
+    cpu_share = threads * _CPU_HUFFMAN_RATE / _TARGET_RATE
+    return float(min(0.95, max(0.65, 1.0 - cpu_share)))
+
+
+class DaliFeed:
+    """One DALI pipeline, fed ahead: `submit` feeds a batch and schedules its run; `take` returns
+    that run's outputs. Runs complete in submission order, so `take` waits for its turn."""
+
+    def __init__(self, batch_size: int, threads: int, device: str, device_id: int | None) -> None:
+        from nvidia.dali import fn, pipeline_def, types
+
+        # exec_dynamic: outputs outlive later runs (two batches use them at once) and can be bound
+        # to the loader's CUDA stream. exec_pipelined=False: each schedule_run runs exactly the
+        # batch fed before it (the pipelined executor's first run wants prefetch_queue_depth
+        # batches fed at once); exec_async: it runs in DALI's threads while Python goes on, up to
+        # prefetch_queue_depth runs in flight.
+        @pipeline_def(batch_size=batch_size, num_threads=threads, device_id=device_id, prefetch_queue_depth=2,
+                      exec_dynamic=True, exec_pipelined=False, exec_async=True)
+        def decode_pipe():  # noqa: ANN202
+            jpegs = fn.external_source(name="jpegs", dtype=types.UINT8, ndim=1, no_copy=True)
+            extra = {}
+            if device == "mixed":
+                # affine=False: several ranks on a node would otherwise pin their decode threads to
+                # the same cores; hw_decoder_load: see hw_decoder_load().
+                extra = {"affine": False, "hw_decoder_load": hw_decoder_load(threads)}
+            return fn.decoders.image(jpegs, device=device, output_type=types.RGB, **extra)
+
+        self.pipe = decode_pipe()
+        self.pipe.build()
+        self._cond = threading.Condition()
+        self._fed = 0
+        self._taken = 0
+
+    def submit(self, arrays: list[np.ndarray]) -> int:
+        """Feed one batch of encoded images and schedule its run; returns its ticket."""
+        with self._cond:
+            self.pipe.feed_input("jpegs", arrays)
+            self.pipe.schedule_run()
+            ticket = self._fed
+            self._fed += 1
+            return ticket
+
+    def take(self, ticket: int, stream: Any = None) -> Any:
+        """The decoded TensorList of run `ticket` (bound to CUDA `stream` when given), or the
+        exception DALI raised for it. Every submitted ticket must be taken exactly once."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._taken == ticket)
+            try:
+                (out,) = self.pipe.outputs(stream) if stream is not None else self.pipe.outputs()
+                return out
+            except RuntimeError as e:  # that run failed; DALI goes on with the next one
+                return e
+            finally:
+                self._taken += 1
+                self._cond.notify_all()
+
+
+@dataclass
+class _GpuBatch:
+    """A batch rendered on the loader stream, not yet handed over."""
+
+    batch: dict
+    ready: torch.cuda.Event
+    keep: list  # DALI outputs the render read: released once `ready` has completed
+
+
+class DaliAssembler:
+    """Builds batches from DALI-decoded images (see the module docstring)."""
+
+    def __init__(self, loader: DaliLoader) -> None:
+        self.loader = loader
+        self.cpu = CpuAssembler(loader.dataset, loader.policy, loader.buffers, lambda: loader.pool)
+        self.gpu = loader.dali_device == "mixed"
+        self.stream = torch.cuda.Stream(loader.device) if self.gpu else None
+        self._feed: DaliFeed | None = None
+        self._feed_lock = threading.Lock()
+        self._retired: collections.deque[tuple[torch.cuda.Event, list]] = collections.deque()
+
+    @property
+    def feed(self) -> DaliFeed:
+        with self._feed_lock:
+            if self._feed is None:
+                ld = self.loader
+                device_id = (ld.device.index or 0) if self.gpu else None
+                self._feed = DaliFeed(ld.batch_size, ld.num_workers, ld.dali_device, device_id)
+            return self._feed
+
+    def build(self, indices: np.ndarray, rng: np.random.Generator) -> Any:
+        if self.loader.source.mode == "raw":
+            return self.cpu.build(indices, rng)
+        used = self._read(indices.tolist())
+        ticket = self.feed.submit([a for a, _ in used])
+        used_idx = [u for _, u in used]
+        state = rng.bit_generator.state
+        try:
+            plan = self.loader.dataset.plan(used_idx, rng)  # while DALI decodes
+        finally:
+            out = self.feed.take(ticket, self.stream)
+        if isinstance(out, Exception):
+            used_idx = self._repair(used_idx, out)
+            rng.bit_generator.state = state  # the plan is redrawn for the samples used
+            plan = self.loader.dataset.plan(used_idx, rng)
+            out = self.feed.take(self.feed.submit([read_encoded(self.loader.source, i) for i in used_idx]), self.stream)
+            if isinstance(out, Exception):
+                raise CorruptImage(self.loader.source.where, f"DALI decode failed twice: {out}")
+        if not self.gpu:
+            images = [np.asarray(out[k]) for k in range(len(used_idx))]  # views of DALI's buffers
+            return self.cpu.render([Decoded(img, self._scale(u, img.shape), u) for img, u in zip(images, used_idx, strict=True)], plan)
+        return self._render_gpu(out, plan, used_idx)
+
+    def _read(self, indices: list[int]) -> list[tuple[np.ndarray, int]]:
+        """Encoded bytes of each sample (or its replacement under "skip"), read in the decode pool."""
+        policy, src = self.loader.policy, self.loader.source
+        return list(self.loader.pool.map(lambda i: policy.run(i, lambda j: (read_encoded(src, j), j)), indices))
+
+    def _repair(self, used: list[int], error: Exception) -> list[int]:
+        """DALI failed on this batch: find the bad samples with the CPU decoder, apply the policy
+        (raise, or count and replace by the next good sample)."""
+        decoder, policy = self.cpu.decoder, self.loader.policy
+        fixed, found = list(used), False
+        for k, i in enumerate(used):
+            try:
+                decoder.decode(i, reduce=False)
+            except (ImageError, StoreError) as e:
+                found = True
+                policy.failed(i, e)  # raises under on_error="raise"
+                fixed[k] = policy.run((i + 1) % len(self.loader.source), lambda j: (decoder.decode(j, reduce=False), j)[1])
+        if not found:
+            raise CorruptImage(self.loader.source.where, f"DALI decode failed: {error}")
+        return fixed
+
+    def _scale(self, u: int, shape: tuple[int, ...]) -> tuple[float, float]:
+        w0, h0 = self.loader.source.sizes[u]
+        return (w0 / shape[1], h0 / shape[0])
+
+    def _render_gpu(self, out: Any, plan: Any, used: list[int]) -> _GpuBatch:
+        """Render on the loader's stream; the consumer's stream waits on `ready` at hand-off."""
+        with torch.cuda.stream(self.stream):
+            images = [self.loader.to_torch(out[k]) for k in range(len(used))]
+            img = render_batch(plan, images, [self._scale(u, t.shape) for u, t in zip(used, images, strict=True)])
+            ready = torch.cuda.Event()
+            ready.record(self.stream)
+        return _GpuBatch(collate(img, plan, self.loader.source, used), ready, [out, images])
+
+    def hand_off(self, item: Any) -> dict:
+        """In the consumer's thread: make its current stream wait for the batch (no host sync)."""
+        if not isinstance(item, _GpuBatch):
+            return item
+        consumer = torch.cuda.current_stream(self.loader.device)
+        consumer.wait_event(item.ready)
+        item.batch["img"].record_stream(consumer)
+        self._retired.append((item.ready, item.keep))
+        while self._retired and self._retired[0][0].query():  # DALI buffers whose readers finished
+            self._retired.popleft()
+        return item.batch
+
+
 class DaliLoader(SainetLoader):
     kind = "dali"
-    assemblers = 1  # one pipeline: its outputs are only valid until its next run
+    assemblers = 2  # one batch is fed to DALI while the other is rendered (DaliFeed keeps the order)
 
     def __init__(self, source, *, device: str | None = None, **kw) -> None:  # noqa: ANN001 - Source
         if not dali_available():
             raise ImportError("the dali loader needs nvidia-dali: pip install 'sainet[dali]' (CUDA 13) or 'sainet[dali-cu12]'")
-        super().__init__(source, **kw)
         want_gpu = device not in ("cpu",) and torch.cuda.is_available()
         self.device = torch.device(device if device and device != "cpu" else "cuda") if want_gpu else torch.device("cpu")
         self.dali_device = "mixed" if want_gpu else "cpu"
-        self._pipe = None
-        self._pipe_lock = threading.Lock()
+        super().__init__(source, **kw)
         log.info("dali loader: decoders.image on %s", self.dali_device)
 
-    def _pipeline(self):  # noqa: ANN202 - nvidia.dali.Pipeline
-        if self._pipe is None:
-            with self._pipe_lock:
-                if self._pipe is None:
-                    from nvidia.dali import fn, pipeline_def, types
+    def _builder(self) -> BatchBuilder:
+        return DaliAssembler(self)
 
-                    device_id = (self.device.index or 0) if self.dali_device == "mixed" else None
+    def _hand_off(self, item: Any) -> dict:
+        return self.builder.hand_off(item)
 
-                    @pipeline_def(batch_size=self.batch_size, num_threads=self.num_workers, device_id=device_id,
-                                  prefetch_queue_depth=1, exec_dynamic=True)
-                    def decode_pipe():  # noqa: ANN202
-                        jpegs = fn.external_source(name="jpegs", dtype=types.UINT8, ndim=1, no_copy=True)
-                        return fn.decoders.image(jpegs, device=self.dali_device, output_type=types.RGB)
-
-                    pipe = decode_pipe()
-                    pipe.build()
-                    self._pipe = pipe
-        return self._pipe
-
-    def _to_torch(self, t):  # noqa: ANN001, ANN202 - a DALI TensorGPU
-        """A decoded GPU tensor as torch, without leaving the device (DLPack, else DALI's own copy)."""
+    def to_torch(self, t: Any) -> torch.Tensor:
+        """A decoded GPU sample as torch, without leaving the device (DLPack, else DALI's own copy),
+        ordered on the current (loader) stream."""
         try:
             return torch.from_dlpack(t)
         except (TypeError, RuntimeError, AttributeError):
@@ -79,46 +257,3 @@ class DaliLoader(SainetLoader):
             out = torch.empty(tuple(t.shape()), dtype=torch.uint8, device=self.device)
             feed_ndarray(t, out, cuda_stream=torch.cuda.current_stream(self.device))
             return out
-
-    def _encoded(self, i: int) -> tuple[np.ndarray, int]:
-        """The sample's bytes as a uint8 array (CRC and header checked), under the error policy."""
-
-        def attempt(j: int) -> tuple[np.ndarray, int]:
-            payload = self.source.payload(j)
-            probe(payload, self.source.describe(j))
-            return np.frombuffer(payload, np.uint8), j
-
-        return self._with_policy(i, attempt)
-
-    def _run_dali(self, arrays: list[np.ndarray], used: list[int]) -> list:
-        pipe = self._pipeline()
-        pipe.feed_input("jpegs", arrays)
-        try:
-            (out,) = pipe.run()
-        except RuntimeError as e:
-            # A payload that passed the header check but fails to decode: find it on the CPU path.
-            for i in used:
-                try:
-                    self._decode_one(i, 0, False)
-                except CorruptImage:
-                    if self.on_error == "raise":
-                        raise
-            raise CorruptImage(self.source.where, f"DALI decode failed: {e}") from None
-        return [out[k] for k in range(len(arrays))]
-
-    def build_batch(self, indices: np.ndarray, rng: np.random.Generator) -> dict:
-        if self.source.mode == "raw":
-            return super().build_batch(indices, rng)
-        enc = [self._encoded(int(i)) for i in indices]
-        used = [u for _, u in enc]
-        decoded = self._run_dali([a for a, _ in enc], used)
-        src = self.source
-        if self.dali_device == "cpu":
-            images = [np.asarray(t) for t in decoded]  # views of DALI's buffers, valid until the next run
-            return self._assemble([_Decoded(img, (src.sizes[u][0] / img.shape[1], src.sizes[u][1] / img.shape[0]), u)
-                                   for img, u in zip(images, used, strict=True)], rng)
-        images = [self._to_torch(t) for t in decoded]
-        scales = [(src.sizes[u][0] / img.shape[1], src.sizes[u][1] / img.shape[0]) for img, u in zip(images, used, strict=True)]
-        plan = plan_batch(rng, [tuple(src.sizes[u]) for u in used], [(src.cls[u], src.boxes[u]) for u in used],
-                          self.imgsz, self.dataset.hyp, augment=self.augment, mosaic=self.dataset.mosaic)
-        return self._pack(render_batch(plan, images, scales), plan, used)

@@ -127,9 +127,9 @@ def test_reduced_dct_decode_when_training_shape_is_small(tmp_path):
     pack(tmp_path / "src", tmp_path / "s", PackOptions(container="shards"))
     loader = build_loader(tmp_path / "s", "shm", batch_size=2, imgsz=192, augment=True)
     try:
-        d = loader._decode_one(0, 0, True)
+        d = loader.builder.decoder.decode(0, reduce=True)
         assert d.image.shape[:2] == (100, 200) and d.scale == (4.0, 4.0)  # 1/4: still >= 192/800 of the source
-        full = loader._decode_one(0, 0, False)  # eval: full decode, as Ultralytics' letterbox sees it
+        full = loader.builder.decoder.decode(0, reduce=False)  # eval: full decode, as Ultralytics' letterbox sees it
         assert full.image.shape[:2] == (400, 800)
         assert next(iter(loader))["img"].shape[2:] == (192, 192)
     finally:

@@ -232,7 +232,7 @@ def test_loader_memory_flat_across_epochs_and_store_size(tmp_path):
 
 
 def test_close_mosaic(data):
-    import loaders.loader as L
+    import loaders.dataset as L
 
     plans = []
     real = L.plan_batch

@@ -24,7 +24,8 @@ import numpy as np
 from loaders.augment.hyp import Hyp
 from sainet.geometry import letterbox_params
 
-__all__ = ["Placement", "ImagePlan", "BatchPlan", "plan_batch", "pixel_matrix", "box_candidates"]
+__all__ = ["Placement", "ImagePlan", "BatchPlan", "plan_batch", "pixel_matrix", "box_candidates", "translate_matrix",
+           "scale_matrix"]
 
 
 @dataclass
@@ -53,17 +54,19 @@ class BatchPlan:
     images: list[ImagePlan] = field(default_factory=list)
 
 
-def _t(tx: float, ty: float) -> np.ndarray:
+def translate_matrix(tx: float, ty: float) -> np.ndarray:
+    """3x3 translation by (tx, ty)."""
     return np.array([[1, 0, tx], [0, 1, ty], [0, 0, 1]], np.float64)
 
 
-def _s(sx: float, sy: float) -> np.ndarray:
+def scale_matrix(sx: float, sy: float) -> np.ndarray:
+    """3x3 scaling by (sx, sy); e.g. ``scale_matrix(*decoded.scale)`` maps decoded pixels to original coordinates."""
     return np.array([[sx, 0, 0], [0, sy, 0], [0, 0, 1]], np.float64)
 
 
 def pixel_matrix(m: np.ndarray) -> np.ndarray:
     """Edge-coordinate matrix -> the 2x3 pixel-centre matrix cv2.warpAffine expects."""
-    return (_t(-0.5, -0.5) @ m @ _t(0.5, 0.5))[:2]
+    return (translate_matrix(-0.5, -0.5) @ m @ translate_matrix(0.5, 0.5))[:2]
 
 
 def box_candidates(b1: np.ndarray, b2: np.ndarray, wh_thr: float = 2, ar_thr: float = 100, area_thr: float = 0.1,
@@ -102,7 +105,7 @@ def _random_affine(rng: np.random.Generator, hyp: Hyp, canvas_hw: tuple[int, int
     """Ultralytics RandomPerspective without perspective: canvas -> output. Returns (M, scale)."""
     ch, cw = canvas_hw
     oh, ow = out_hw
-    c = _t(-cw / 2, -ch / 2)
+    c = translate_matrix(-cw / 2, -ch / 2)
     a = rng.uniform(-hyp.degrees, hyp.degrees)
     s = rng.uniform(1 - hyp.scale, 1 + hyp.scale)
     cos, sin = math.cos(math.radians(a)) * s, math.sin(math.radians(a)) * s
@@ -110,7 +113,7 @@ def _random_affine(rng: np.random.Generator, hyp: Hyp, canvas_hw: tuple[int, int
     sh = np.eye(3)
     sh[0, 1] = math.tan(math.radians(rng.uniform(-hyp.shear, hyp.shear)))
     sh[1, 0] = math.tan(math.radians(rng.uniform(-hyp.shear, hyp.shear)))
-    t = _t(rng.uniform(0.5 - hyp.translate, 0.5 + hyp.translate) * ow, rng.uniform(0.5 - hyp.translate, 0.5 + hyp.translate) * oh)
+    t = translate_matrix(rng.uniform(0.5 - hyp.translate, 0.5 + hyp.translate) * ow, rng.uniform(0.5 - hyp.translate, 0.5 + hyp.translate) * oh)
     return t @ sh @ r @ c, s
 
 
@@ -128,7 +131,7 @@ def _source_boxes(cls: np.ndarray, boxes: np.ndarray, w0: int, h0: int) -> tuple
 def _letterbox_plan(w0: int, h0: int, out_hw: tuple[int, int], cls: np.ndarray, boxes: np.ndarray, src: int) -> ImagePlan:
     H, W = out_hw
     lb = letterbox_params(h0, w0, H, W)
-    m = _t(lb.left, lb.top) @ _s(lb.new_w / w0, lb.new_h / h0)
+    m = translate_matrix(lb.left, lb.top) @ scale_matrix(lb.new_w / w0, lb.new_h / h0)
     c, xyxy = _source_boxes(cls, boxes, w0, h0)
     return ImagePlan([Placement(src, m, None)], c, _transform_boxes(xyxy, m), letterbox=True,
                      ratio_pad=((lb.new_h / h0, lb.new_w / w0), (float(lb.left), float(lb.top))))
@@ -156,8 +159,6 @@ def plan_batch(
 
     Output image i is built around source i; mosaic partners are drawn from the same batch.
     """
-    H, W = out_hw
-    n = len(sizes)
     plan = BatchPlan(out_hw)
     if not augment:
         for i, ((w0, h0), (cls, boxes)) in enumerate(zip(sizes, labels, strict=True)):
@@ -165,85 +166,103 @@ def plan_batch(
         return plan
     # Every random draw happens whatever the probabilities and gains, so one seed gives the same
     # geometry whether or not, say, HSV or flips are switched on.
-    for i in range(n):
-        use_mosaic = rng.random() < hyp.mosaic
-        partners = rng.integers(0, n, 3).tolist()
-        if mosaic and use_mosaic:
-            canvas = (2 * H, 2 * W)
-            xc, yc = rng.uniform(W / 2, 3 * W / 2), rng.uniform(H / 2, 3 * H / 2)
-            srcs = [i, *partners]
-            pieces = []
-            for k, j in enumerate(srcs):
-                w0, h0 = sizes[j]
-                r = min(H / h0, W / w0)
-                w, h = min(math.ceil(w0 * r), W), min(math.ceil(h0 * r), H)
-                if k == 0:
-                    x1a, y1a, x2a, y2a = max(xc - w, 0), max(yc - h, 0), xc, yc
-                    px, py = x2a - w, y2a - h
-                elif k == 1:
-                    x1a, y1a, x2a, y2a = xc, max(yc - h, 0), min(xc + w, 2 * W), yc
-                    px, py = x1a, y2a - h
-                elif k == 2:
-                    x1a, y1a, x2a, y2a = max(xc - w, 0), yc, xc, min(2 * H, yc + h)
-                    px, py = x2a - w, y1a
-                else:
-                    x1a, y1a, x2a, y2a = xc, yc, min(xc + w, 2 * W), min(2 * H, yc + h)
-                    px, py = x1a, y1a
-                place = _t(px, py) @ _s(w / w0, h / h0)
-                pieces.append((j, place, (x1a, y1a, x2a, y2a)))
-                # (the crop of source j that shows in this quadrant, in its original coordinates)
-        else:
-            canvas = (H, W)
-            w0, h0 = sizes[i]
-            lb = letterbox_params(h0, w0, H, W)
-            place = _t(lb.left, lb.top) @ _s(lb.new_w / w0, lb.new_h / h0)
-            pieces = [(i, place, (lb.left, lb.top, lb.left + lb.new_w, lb.top + lb.new_h))]
-        affine, s = _random_affine(rng, hyp, canvas, out_hw)
-        flip = np.eye(3)
-        ud, lr = rng.random(2)
-        if ud < hyp.flipud:
-            flip = np.array([[1, 0, 0], [0, -1, H], [0, 0, 1]], np.float64) @ flip
-        if lr < hyp.fliplr:
-            flip = np.array([[-1, 0, W], [0, 1, 0], [0, 0, 1]], np.float64) @ flip
-        full_canvas = flip @ affine
-        placements, all_cls, before, after = [], [], [], []
-        for j, place, (x1a, y1a, x2a, y2a) in pieces:
-            m = full_canvas @ place
-            region = crop = None
-            if len(pieces) > 1:
-                region = _apply(full_canvas, _corners(x1a, y1a, x2a, y2a))
-                sx, sy, tx, ty = place[0, 0], place[1, 1], place[0, 2], place[1, 2]
-                crop = ((x1a - tx) / sx, (y1a - ty) / sy, (x2a - tx) / sx, (y2a - ty) / sy)
-            placements.append(Placement(j, m, region, crop))
-            w0, h0 = sizes[j]
-            c, xyxy = _source_boxes(*labels[j], w0, h0)
-            if not len(c):
-                continue
-            in_canvas = _clip(_transform_boxes(xyxy, place), x1a, y1a, x2a, y2a)  # the visible part only
-            keep = (in_canvas[:, 2] > in_canvas[:, 0]) & (in_canvas[:, 3] > in_canvas[:, 1])
-            all_cls.append(c[keep])
-            before.append(in_canvas[keep])
-            after.append(_transform_boxes(in_canvas[keep], full_canvas))
-        if all_cls:
-            cls, b1, b2 = np.concatenate(all_cls), np.concatenate(before), np.concatenate(after)
-            b2 = _clip(b2, 0, 0, W, H)
-            ok = box_candidates(b1 * s, b2)
-            cls, boxes = cls[ok], b2[ok]
-        else:
-            cls, boxes = np.zeros(0, np.int32), np.zeros((0, 4))
-        g = rng.uniform(-1, 1, 3) * np.array([hyp.hsv_h, hyp.hsv_s, hyp.hsv_v]) + 1
-        hsv = (float(g[0]), float(g[1]), float(g[2])) if (hyp.hsv_h or hyp.hsv_s or hyp.hsv_v) else None
-        # No geometry drawn (all gains 0, no flip, no mosaic): this is the letterbox, and is rendered
-        # as one (bit-identical to eval mode) rather than as a warp.
-        plain = len(pieces) == 1 and np.allclose(full_canvas, np.eye(3), atol=1e-12)
-        plan.images.append(ImagePlan(placements, cls, boxes, hsv=hsv, letterbox=plain))
-    if n > 1:
-        pre = [(im.cls, im.boxes) for im in plan.images]
-        for i, im in enumerate(plan.images):
-            p, j, ratio = rng.random(), int(rng.integers(0, n - 1)), float(rng.beta(32.0, 32.0))
-            if p < hyp.mixup:
-                j += j >= i
-                im.mixup, im.mixup_ratio = j, ratio
-                im.cls = np.concatenate([im.cls, pre[j][0]])
-                im.boxes = np.concatenate([im.boxes, pre[j][1]])
+    for i in range(len(sizes)):
+        plan.images.append(_augmented_image(rng, i, sizes, labels, out_hw, hyp, mosaic))
+    if len(sizes) > 1:
+        _add_mixup(rng, plan, hyp)
     return plan
+
+
+def _pieces(rng: np.random.Generator, i: int, sizes: list[tuple[int, int]], out_hw: tuple[int, int], hyp: Hyp,
+            mosaic: bool) -> tuple[tuple[int, int], list]:
+    """(canvas (h, w), [(source, placement on the canvas, visible rectangle)]) of output image i."""
+    H, W = out_hw
+    use_mosaic = rng.random() < hyp.mosaic
+    partners = rng.integers(0, len(sizes), 3).tolist()
+    if not (mosaic and use_mosaic):
+        w0, h0 = sizes[i]
+        lb = letterbox_params(h0, w0, H, W)
+        place = translate_matrix(lb.left, lb.top) @ scale_matrix(lb.new_w / w0, lb.new_h / h0)
+        return (H, W), [(i, place, (lb.left, lb.top, lb.left + lb.new_w, lb.top + lb.new_h))]
+    xc, yc = rng.uniform(W / 2, 3 * W / 2), rng.uniform(H / 2, 3 * H / 2)
+    pieces = []
+    for k, j in enumerate([i, *partners]):
+        w0, h0 = sizes[j]
+        r = min(H / h0, W / w0)
+        w, h = min(math.ceil(w0 * r), W), min(math.ceil(h0 * r), H)
+        if k == 0:
+            x1a, y1a, x2a, y2a = max(xc - w, 0), max(yc - h, 0), xc, yc
+            px, py = x2a - w, y2a - h
+        elif k == 1:
+            x1a, y1a, x2a, y2a = xc, max(yc - h, 0), min(xc + w, 2 * W), yc
+            px, py = x1a, y2a - h
+        elif k == 2:
+            x1a, y1a, x2a, y2a = max(xc - w, 0), yc, xc, min(2 * H, yc + h)
+            px, py = x2a - w, y1a
+        else:
+            x1a, y1a, x2a, y2a = xc, yc, min(xc + w, 2 * W), min(2 * H, yc + h)
+            px, py = x1a, y1a
+        pieces.append((j, translate_matrix(px, py) @ scale_matrix(w / w0, h / h0), (x1a, y1a, x2a, y2a)))
+    return (2 * H, 2 * W), pieces
+
+
+def _flip(rng: np.random.Generator, hyp: Hyp, out_hw: tuple[int, int]) -> np.ndarray:
+    H, W = out_hw
+    flip = np.eye(3)
+    ud, lr = rng.random(2)
+    if ud < hyp.flipud:
+        flip = np.array([[1, 0, 0], [0, -1, H], [0, 0, 1]], np.float64) @ flip
+    if lr < hyp.fliplr:
+        flip = np.array([[-1, 0, W], [0, 1, 0], [0, 0, 1]], np.float64) @ flip
+    return flip
+
+
+def _augmented_image(rng: np.random.Generator, i: int, sizes: list[tuple[int, int]], labels: list[tuple[np.ndarray, np.ndarray]],
+                     out_hw: tuple[int, int], hyp: Hyp, mosaic: bool) -> ImagePlan:
+    """Output image i: placements (mosaic or letterbox, then affine and flips), boxes, HSV gains."""
+    H, W = out_hw
+    canvas, pieces = _pieces(rng, i, sizes, out_hw, hyp, mosaic)
+    affine, s = _random_affine(rng, hyp, canvas, out_hw)
+    full_canvas = _flip(rng, hyp, out_hw) @ affine
+    placements, all_cls, before, after = [], [], [], []
+    for j, place, (x1a, y1a, x2a, y2a) in pieces:
+        region = crop = None
+        if len(pieces) > 1:  # the part of the canvas this source may paint, and the crop of source j shown there
+            region = _apply(full_canvas, _corners(x1a, y1a, x2a, y2a))
+            sx, sy, tx, ty = place[0, 0], place[1, 1], place[0, 2], place[1, 2]
+            crop = ((x1a - tx) / sx, (y1a - ty) / sy, (x2a - tx) / sx, (y2a - ty) / sy)
+        placements.append(Placement(j, full_canvas @ place, region, crop))
+        c, xyxy = _source_boxes(*labels[j], *sizes[j])
+        if not len(c):
+            continue
+        in_canvas = _clip(_transform_boxes(xyxy, place), x1a, y1a, x2a, y2a)  # the visible part only
+        keep = (in_canvas[:, 2] > in_canvas[:, 0]) & (in_canvas[:, 3] > in_canvas[:, 1])
+        all_cls.append(c[keep])
+        before.append(in_canvas[keep])
+        after.append(_transform_boxes(in_canvas[keep], full_canvas))
+    if all_cls:
+        cls, b1, b2 = np.concatenate(all_cls), np.concatenate(before), np.concatenate(after)
+        b2 = _clip(b2, 0, 0, W, H)
+        ok = box_candidates(b1 * s, b2)
+        cls, boxes = cls[ok], b2[ok]
+    else:
+        cls, boxes = np.zeros(0, np.int32), np.zeros((0, 4))
+    g = rng.uniform(-1, 1, 3) * np.array([hyp.hsv_h, hyp.hsv_s, hyp.hsv_v]) + 1
+    hsv = (float(g[0]), float(g[1]), float(g[2])) if (hyp.hsv_h or hyp.hsv_s or hyp.hsv_v) else None
+    # No geometry drawn (all gains 0, no flip, no mosaic): this is the letterbox, and is rendered
+    # as one (bit-identical to eval mode) rather than as a warp.
+    plain = len(pieces) == 1 and np.allclose(full_canvas, np.eye(3), atol=1e-12)
+    return ImagePlan(placements, cls, boxes, hsv=hsv, letterbox=plain)
+
+
+def _add_mixup(rng: np.random.Generator, plan: BatchPlan, hyp: Hyp) -> None:
+    """Draw each image's mixup partner (another image of the batch, its pre-mixup pixels) and blend labels."""
+    n = len(plan.images)
+    pre = [(im.cls, im.boxes) for im in plan.images]
+    for i, im in enumerate(plan.images):
+        p, j, ratio = rng.random(), int(rng.integers(0, n - 1)), float(rng.beta(32.0, 32.0))
+        if p < hyp.mixup:
+            j += j >= i
+            im.mixup, im.mixup_ratio = j, ratio
+            im.cls = np.concatenate([im.cls, pre[j][0]])
+            im.boxes = np.concatenate([im.boxes, pre[j][1]])

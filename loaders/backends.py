@@ -1,0 +1,120 @@
+"""The backends: name -> what it reads, which store container it needs, and how it is built.
+
+This table is the only place that knows which loader reads which container (and which source
+class). `loaders.build_loader`, the benchmark and the trainer all look here:
+
+    >>> from loaders.backends import BACKENDS, kind_for_container
+    >>> BACKENDS["shm"].container, BACKENDS["ram"].container, BACKENDS["disk"].reads
+    ('shards', None, 'dataset')
+    >>> kind_for_container("lmdb")
+    'lmdb'
+
+Adding a backend: a `Source` subclass (or a `SainetLoader` subclass with its own batch builder,
+like DALI), a factory below, and one `Backend` entry; the contract test runs it like the others.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sainet.errors import StoreFormatError
+
+if TYPE_CHECKING:
+    from cache_tools.store import Store
+    from loaders.loader import SainetLoader
+
+__all__ = ["BACKENDS", "Backend", "LoaderKind", "check_container", "default_threads", "get_backend", "kind_for_container"]
+
+
+class LoaderKind(str, enum.Enum):
+    DISK = "disk"  # JPEG files of the source dataset (Ultralytics without cache)
+    RAM = "ram"  # a store copied into process memory (Ultralytics cache=ram)
+    SHM = "shm"  # shm shards, zero-copy
+    LMDB = "lmdb"  # LMDB, zero-copy
+    DALI = "dali"  # NVIDIA DALI decode (mixed on GPU, cpu otherwise) from a store
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One loader backend. `make(data, split, options, common)`: `data` is the dataset folder
+    (``reads == "dataset"``) or the opened `Store`; `options` holds layout / verify / device;
+    `common` the `SainetLoader` keyword arguments."""
+
+    kind: LoaderKind
+    reads: str  # "dataset" (a source folder or data.yaml) or "store"
+    container: str | None  # the store container it needs ("shards", "lmdb"); None: any store, or none
+    summary: str
+    make: Callable[[Any, str | None, dict, dict], SainetLoader]
+
+
+def _disk(data: Path, split: str | None, options: dict, common: dict) -> SainetLoader:
+    from loaders.loader import SainetLoader
+    from loaders.sources import DiskSource
+
+    return SainetLoader(DiskSource(data, split, options.get("layout")), **common)
+
+
+def _ram(store: Store, split: str | None, options: dict, common: dict) -> SainetLoader:
+    from loaders.loader import SainetLoader
+    from loaders.sources import RamSource
+
+    return SainetLoader(RamSource(store, split, verify=options["verify"]), **common)
+
+
+def _zero_copy(store: Store, split: str | None, options: dict, common: dict) -> SainetLoader:
+    from loaders.loader import SainetLoader
+    from loaders.sources import StoreSource
+
+    return SainetLoader(StoreSource(store, split, verify=options["verify"]), **common)
+
+
+def _dali(store: Store, split: str | None, options: dict, common: dict) -> SainetLoader:
+    from loaders.dali import DaliLoader
+    from loaders.sources import StoreSource
+
+    return DaliLoader(StoreSource(store, split, verify=options["verify"]), device=options.get("device"), **common)
+
+
+BACKENDS: dict[str, Backend] = {b.kind.value: b for b in (
+    Backend(LoaderKind.DISK, "dataset", None, "image files of the source dataset, decoded per sample", _disk),
+    Backend(LoaderKind.RAM, "store", None, "a store copied into process memory (like Ultralytics cache=ram)", _ram),
+    Backend(LoaderKind.SHM, "store", "shards", "shm shards read zero-copy (mmap)", _zero_copy),
+    Backend(LoaderKind.LMDB, "store", "lmdb", "an LMDB store read zero-copy (mmap)", _zero_copy),
+    Backend(LoaderKind.DALI, "store", None, "DALI decode (nvJPEG on a GPU, CPU otherwise) of a jpeg store", _dali),
+)}
+
+
+def get_backend(kind: str | LoaderKind) -> Backend:
+    """The backend called `kind`; ValueError naming the known ones otherwise."""
+    name = kind.value if isinstance(kind, LoaderKind) else str(kind)
+    if name not in BACKENDS:
+        raise ValueError(f"unknown loader {name!r} (known: {', '.join(BACKENDS)})")
+    return BACKENDS[name]
+
+
+def kind_for_container(container: str) -> str:
+    """The zero-copy backend that reads a store of this container ("shards" -> "shm")."""
+    for name, b in BACKENDS.items():
+        if b.container == container:
+            return name
+    raise StoreFormatError(f"no loader reads {container!r} stores")
+
+
+def check_container(kind: str | LoaderKind, container: str, where: str | os.PathLike[str]) -> None:
+    """Raise a `StoreFormatError` naming the right loader if backend `kind` cannot read a store
+    of `container` at `where`."""
+    b = get_backend(kind)
+    if b.reads == "store" and b.container not in (None, container):
+        raise StoreFormatError(f"{where} holds a {container!r} store; the {b.kind.value} loader reads {b.container!r} stores "
+                               f"(use --loader {kind_for_container(container)})")
+
+
+def default_threads(cores: int | None = None, recommended: int | None = None) -> int:
+    """Decode threads when none are asked for: the profile's recommendation (8 without one), never
+    more than the cores there are (`cores`, default this host's)."""
+    return max(1, min(recommended or 8, cores or os.cpu_count() or 2))

@@ -1,0 +1,118 @@
+"""Decode stage: a payload to pixels, in the decode threads (libjpeg-turbo releases the GIL).
+
+Contract: `Decoder.decode(i)` returns a `Decoded` — the image (HxWx3 uint8 RGB, showing the
+whole original content at some scale), the `scale` from its pixels to original coordinates, and the
+sample index it came from. The augment plan is made in original coordinates, so the executor only
+needs that scale. Three ways to get there, each chosen to avoid work:
+
+- raw stores: no decode; the image is a view of the letterboxed frame in the store (zero-copy).
+- train: JPEGs far larger than the training shape decode at a reduced DCT scale (1/2, 1/4, 1/8).
+- eval (`decode_into`): the letterboxed result goes straight into the batch tensor; when no resize
+  is needed and the image fills whole rows, libjpeg-turbo decodes into the batch itself.
+
+Decoded pixels go into `Scratch` buffers reused batch after batch (page faults are expensive).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from loaders.sources import Source
+from sainet.geometry import PAD_VALUE, letterbox, letterbox_params
+from sainet.imaging import ImageInfo, decode_rgb, probe
+
+__all__ = ["Decoded", "Decoder", "Scratch"]
+
+
+@dataclass
+class Decoded:
+    image: np.ndarray
+    scale: tuple[float, float]  # decoded pixels -> original coordinates
+    index: int  # the sample actually used (differs from the asked one after a skip)
+
+
+class Scratch:
+    """Decode buffers of one batch in assembly, one per slot (the sample's place in the batch).
+
+    Each assembling thread owns one `Scratch`; a slot's buffer grows to the largest image seen
+    there and is then reused, so a steady state decodes without allocating.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: list[bytearray] = []
+
+    def get(self, slot: int, need: int) -> bytearray:
+        while len(self._buffers) <= slot:
+            self._buffers.append(bytearray(0))
+        if len(self._buffers[slot]) < need:
+            self._buffers[slot] = bytearray(need)
+        return self._buffers[slot]
+
+
+class Decoder:
+    """Decodes the samples of one source for a training shape `imgsz` (h, w)."""
+
+    def __init__(self, source: Source, imgsz: tuple[int, int]) -> None:
+        self.source, self.imgsz = source, imgsz
+
+    def decode(self, i: int, *, reduce: bool, scratch: Scratch | None = None, slot: int = 0) -> Decoded:
+        """Sample i's content. `reduce`: allow a reduced-DCT decode when the training shape is
+        at most half the original (train mode; eval decodes at full size, as Ultralytics does)."""
+        src = self.source
+        w0, h0 = (int(v) for v in src.sizes[i])
+        payload = src.payload(i)
+        if src.mode == "raw":
+            frame, (left, top, nw, nh) = self._frame(payload), src.raw_content(i)
+            return Decoded(frame[top : top + nh, left : left + nw], (w0 / nw, h0 / nh), i)
+        name = src.describe(i)
+        info = probe(payload, name)
+        min_size = None
+        if reduce:
+            H, W = self.imgsz
+            r = min(H / h0, W / w0)
+            if r <= 0.5:  # libjpeg-turbo's DCT scaling: decode at 1/2, 1/4 or 1/8 instead of full size
+                min_size = (max(1, math.ceil(w0 * r)), max(1, math.ceil(h0 * r)))
+        buf = scratch.get(slot, info.width * info.height * 3) if scratch is not None else None
+        img = decode_rgb(payload, name, min_size=min_size, info=info, buffer=buf)
+        return Decoded(img, (w0 / img.shape[1], h0 / img.shape[0]), i)
+
+    def decode_into(self, i: int, into: np.ndarray, scratch: Scratch | None = None, slot: int = 0) -> Decoded:
+        """Eval: sample i letterboxed to ``into.shape`` and written into `into` (a batch row)."""
+        src = self.source
+        payload = src.payload(i)
+        if src.mode == "raw":
+            frame = self._frame(payload)
+            if into.shape == frame.shape:  # packed at this very shape: the frame is the eval image
+                np.copyto(into, frame)
+            else:
+                left, top, nw, nh = src.raw_content(i)
+                letterbox(frame[top : top + nh, left : left + nw], *into.shape[:2], out=into)
+            return Decoded(into, (1.0, 1.0), i)
+        name = src.describe(i)
+        info = probe(payload, name)
+        if not self._decode_direct(payload, name, info, src.sizes[i], into):
+            buf = scratch.get(slot, info.width * info.height * 3) if scratch is not None else None
+            letterbox(decode_rgb(payload, name, info=info, buffer=buf), *into.shape[:2], out=into)
+        return Decoded(into, (1.0, 1.0), i)
+
+    def _frame(self, payload: memoryview | bytes) -> np.ndarray:
+        H, W = self.source.raw_hw
+        return np.frombuffer(payload, np.uint8).reshape(H, W, 3)
+
+    @staticmethod
+    def _decode_direct(payload: memoryview | bytes, name: str, info: ImageInfo, size: np.ndarray, into: np.ndarray) -> bool:
+        """Decode straight into the rows of `into` when the letterbox is only vertical padding
+        (1440x808 into 1440x832): no resize, no copy. False when that does not apply."""
+        w0, h0 = int(size[0]), int(size[1])
+        H, W = into.shape[:2]
+        lb = letterbox_params(h0, w0, H, W)
+        if not (info.format == "jpeg" and info.orientation == 1 and info.channels == 3 and lb.left == 0
+                and (lb.new_w, lb.new_h) == (w0, h0) == (info.width, info.height) and W == w0):
+            return False
+        decode_rgb(payload, name, info=info, buffer=into[lb.top : lb.top + h0])
+        into[: lb.top] = PAD_VALUE
+        into[lb.top + h0 :] = PAD_VALUE
+        return True

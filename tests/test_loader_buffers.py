@@ -1,0 +1,111 @@
+"""Batch buffers: a batch the consumer (or an async copy) may still read is never overwritten."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import numpy as np
+import pytest
+import torch
+
+from cache_tools import PackOptions, pack
+from loaders import build_loader
+from loaders.buffers import BatchBuffers
+from sainet.synth import synthesize
+
+GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: no GPU on this machine")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("buffers")
+    synthesize(root / "src", images=14, size=(128, 72), seed=5, val_fraction=0)
+    pack(root / "src", root / "s", PackOptions(container="shards"))
+    return root / "s"
+
+
+def test_from_numpy_keeps_its_array_alive():
+    """What the CPU pool relies on (loaders/buffers.py): every tensor sharing memory with
+    ``torch.from_numpy(view)`` keeps `view` alive, and dropping them all releases it. If torch
+    changes this, reuse would be unsafe: this test is the alarm."""
+    mem = np.zeros((2, 4, 4, 3), np.uint8)
+    view = mem.view()
+    ref = weakref.ref(view)
+    t = torch.from_numpy(view)
+    del view
+    part = t.permute(0, 3, 1, 2)[1, :, :2]  # a slice of a permuted view
+    arr = t[0].numpy()
+    del t
+    gc.collect()
+    assert ref() is not None
+    del part
+    gc.collect()
+    assert ref() is not None  # the .numpy() of a slice still holds it
+    del arr
+    gc.collect()
+    assert ref() is None
+
+
+def test_pool_reuses_only_free_buffers():
+    bufs = BatchBuffers((8, 16), pin=False, keep=4)
+    a, img_a = bufs.get(2)
+    b, _ = bufs.get(2)
+    assert a.data_ptr() != b.data_ptr()
+    ptr_a = a.data_ptr()
+    del a  # img_a (a view) still holds the buffer
+    c, _ = bufs.get(2)
+    assert c.data_ptr() not in (ptr_a, b.data_ptr())
+    del img_a
+    gc.collect()
+    d, _ = bufs.get(2)
+    assert d.data_ptr() == ptr_a  # free again: reused, no fresh allocation
+    more = [bufs.get(2)[0] for _ in range(6)]  # past `keep`: fresh unpooled buffers, all distinct
+    assert len({t.data_ptr() for t in [b, c, d, *more]}) == 9
+
+
+@pytest.mark.parametrize("augment", [True, False])
+def test_held_batches_are_never_overwritten(store, augment):
+    """Hold every batch of two epochs (whole batches and bare slices) and compare each with the
+    copy taken when it was yielded; then, with nothing held, the pool is reused."""
+    loader = build_loader(store, "shm", batch_size=2, imgsz=64, augment=augment, threads=2, prefetch=2)
+    try:
+        held, copies = [], []
+        for _ in range(2):
+            for k, b in enumerate(loader):
+                keep = b["img"] if k % 2 else b["img"][:1, :, 8:40]  # a slice alone keeps the buffer too
+                held.append(keep)
+                copies.append(keep.clone())
+        assert len(held) == 2 * len(loader) > loader.prefetch + loader.assemblers + 2
+        for h, c in zip(held, copies, strict=True):
+            assert torch.equal(h, c)
+        del held, h, keep, b
+        gc.collect()
+        ptrs = {b["img"].data_ptr() for b in loader}
+        assert len(ptrs) <= loader.prefetch + loader.assemblers + 2  # buffers went back into service
+    finally:
+        loader.close()
+
+
+@pytest.mark.gpu
+@GPU
+def test_async_copies_of_consecutive_batches_keep_their_bytes(store):
+    """Ultralytics' pattern: start a non-blocking copy, drop the batch at once. The copies are held
+    back behind GPU work, so a recycled pinned buffer would be overwritten before they read it."""
+    loader = build_loader(store, "shm", batch_size=2, imgsz=64, augment=True, threads=2, prefetch=2)
+    assert loader.pin_memory
+    busy = torch.randn(2048, 2048, device="cuda")
+    try:
+        for _ in range(2):
+            copies, expected = [], []
+            for b in loader:
+                for _ in range(20):  # queue work ahead of the copy on the same stream
+                    busy = busy @ busy / busy.norm()
+                expected.append(b["img"].clone())
+                copies.append(b["img"].to("cuda", non_blocking=True))
+                del b
+            torch.cuda.synchronize()
+            for d, e in zip(copies, expected, strict=True):
+                assert torch.equal(d.cpu(), e)
+    finally:
+        loader.close()

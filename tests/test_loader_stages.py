@@ -1,0 +1,169 @@
+"""Loader stages: the backend table, the DALI feed (CPU mode here), DALI's error policy, the GPU hand-off."""
+
+from __future__ import annotations
+
+import re
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cache_tools import PackOptions, open_store, pack
+from loaders import (
+    BACKENDS,
+    Hyp,
+    LoaderKind,
+    build_loader,
+    check_container,
+    default_threads,
+    kind_for_container,
+)
+from loaders.sources import StoreSource
+from sainet.errors import CorruptImage, StoreFormatError
+from sainet.synth import synthesize
+
+GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: no GPU on this machine")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stages")
+    synthesize(root / "src", images=10, size=(160, 90), seed=7, val_fraction=0)
+    pack(root / "src", root / "s", PackOptions(container="shards"))
+    return root / "s"
+
+
+def test_backend_table_is_the_one_rule():
+    assert set(BACKENDS) == {k.value for k in LoaderKind}
+    assert kind_for_container("shards") == "shm" and kind_for_container("lmdb") == "lmdb"
+    for name, b in BACKENDS.items():
+        for container in ("shards", "lmdb"):
+            if b.reads == "store" and b.container not in (None, container):
+                with pytest.raises(StoreFormatError, match=f"--loader {kind_for_container(container)}"):
+                    check_container(name, container, "/x")
+            else:
+                check_container(name, container, "/x")
+    with pytest.raises(ValueError, match="known: disk"):
+        build_loader("/nonexistent", "tape", batch_size=1, imgsz=64)
+    assert default_threads(cores=2) == 2 and default_threads(cores=64) == 8 and default_threads(cores=16, recommended=4) == 4
+
+
+def test_no_private_torch_apis_in_loaders():
+    """Issue 15: no private torch / Ultralytics calls in the loaders (each would need isolating)."""
+    pattern = re.compile(r"torch\._C|_cdata|_storage_Use_Count|_shutdown_workers|\._utils\.")
+    root = Path(__file__).resolve().parents[1] / "loaders"
+    hits = [f"{p}:{n}" for p in root.rglob("*.py") for n, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert not hits, hits
+
+
+def test_dali_feed_runs_ahead_in_order():
+    """Two batches fed and scheduled before either is taken; each taker gets its own run's output."""
+    pytest.importorskip("nvidia.dali")
+    import io
+
+    from PIL import Image
+
+    from loaders.dali import DaliFeed
+
+    def jpeg(w: int) -> np.ndarray:
+        buf = io.BytesIO()
+        Image.fromarray(np.full((16, w, 3), w, np.uint8)).save(buf, "JPEG")
+        return np.frombuffer(buf.getvalue(), np.uint8)
+
+    feed = DaliFeed(batch_size=2, threads=1, device="cpu", device_id=None)
+    tickets = [feed.submit([jpeg(8 * (t + 1)), jpeg(8 * (t + 1))]) for t in range(3)]
+    got: dict[int, tuple] = {}
+
+    def take(t: int) -> None:
+        out = feed.take(t)
+        got[t] = np.asarray(out[0]).shape
+
+    threads = [threading.Thread(target=take, args=(t,)) for t in reversed(tickets)]  # asked for out of order
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=60)
+    assert got == {0: (16, 8, 3), 1: (16, 16, 3), 2: (16, 24, 3)}
+
+
+class _Truncated(StoreSource):
+    """A store whose record `victim` is cut in half: its header and CRC-free read pass, decoding fails."""
+
+    def __init__(self, path: Path, victim: int) -> None:
+        super().__init__(open_store(path), None, verify=False)
+        self.victim = victim
+
+    def payload(self, i: int) -> memoryview:
+        p = super().payload(i)
+        return p[: len(p) // 2] if i == self.victim else p
+
+
+@pytest.mark.parametrize("augment", [True, False])
+def test_dali_on_error_skip_skips_a_record_dali_cannot_decode(store, augment):
+    pytest.importorskip("nvidia.dali")
+    from loaders.dali import DaliLoader
+
+    common = dict(batch_size=4, imgsz=(96, 160), augment=augment, hyp=Hyp(), threads=2, seed=3)
+    victim = 5
+    src = _Truncated(store, victim)
+    loader = DaliLoader(src, device="cpu", on_error="skip", **common)
+    try:
+        batches = list(loader)
+        assert [len(b["im_file"]) for b in batches] == [4, 4, 2]  # full batches: the bad record was replaced
+        assert src.names[victim] not in {n for b in batches for n in b["im_file"]}
+        assert loader.skipped == 1
+        again = list(loader)  # the pipeline goes on after the failed run
+        assert len(again) == 3 and loader.skipped == 2
+    finally:
+        loader.close()
+    raising = DaliLoader(_Truncated(store, victim), device="cpu", on_error="raise", **common)
+    try:
+        with pytest.raises(CorruptImage, match=re.escape(src.names[victim])):
+            list(raising)
+    finally:
+        raising.close()
+
+
+def test_dali_cpu_batches_repeat_with_the_seed(store):
+    pytest.importorskip("nvidia.dali")
+    runs = []
+    for _ in range(2):
+        loader = build_loader(store, "dali", batch_size=3, imgsz=96, seed=4, threads=2, device="cpu")
+        try:
+            runs.append([(b["img"].clone(), b["bboxes"].clone(), b["im_file"]) for b in loader])
+        finally:
+            loader.close()
+    for (ia, ba, na), (ib, bb, nb) in zip(*runs, strict=True):
+        assert na == nb and torch.equal(ia, ib) and torch.equal(ba, bb)
+
+
+@pytest.mark.gpu
+@GPU
+def test_dali_gpu_hand_off_to_a_busy_consumer_stream(store):
+    """Batches rendered on the loader's stream, consumed on another stream kept busy: each must
+    equal the same batch taken with a full device sync (the event hand-off orders them)."""
+    pytest.importorskip("nvidia.dali")
+
+    def epoch(busy: bool) -> list[torch.Tensor]:
+        loader = build_loader(store, "dali", batch_size=3, imgsz=96, seed=4, threads=2, device="cuda")
+        out, x = [], torch.randn(2048, 2048, device="cuda")
+        consumer = torch.cuda.Stream()
+        try:
+            with torch.cuda.stream(consumer):
+                for b in loader:
+                    assert b["img"].is_cuda
+                    if busy:
+                        for _ in range(10):
+                            x = x @ x / x.norm()
+                    else:
+                        torch.cuda.synchronize()
+                    out.append(b["img"].float().sum((1, 2, 3)))
+            torch.cuda.synchronize()
+            return out
+        finally:
+            loader.close()
+
+    for a, b in zip(epoch(False), epoch(True), strict=True):
+        torch.testing.assert_close(a, b)
