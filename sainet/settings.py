@@ -3,15 +3,16 @@
 The CLI (or a Python caller) builds a `TrainSettings`; the training shape inside it is already an
 ``(h, w)`` tuple, stride-padded (``"1440x808"`` -> ``(832, 1440)``), so nothing downstream parses
 text again. The same module holds the other facts every command needs once: the default thread
-count, the choice of hardware profile, and byte sizes written as text (``125GB``).
+count (``loaders.backends.default_threads``, re-exported here), byte sizes written as text (``125GB``)
+and device strings.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from loaders.backends import BACKENDS, default_threads
 from sainet.errors import SettingsError
 from sainet.geometry import parse_imgsz
 
@@ -25,22 +26,13 @@ __all__ = [
     "bench_config",
 ]
 
-#: Loaders `sainet train` accepts: the five sainet backends and Ultralytics' own (for comparison).
-LOADERS = ("dali", "lmdb", "shm", "ram", "disk", "ultralytics")
+#: Loaders `sainet train` accepts: sainet's backends (loaders.backends.BACKENDS) and Ultralytics' own (for comparison).
+LOADERS = (*BACKENDS, "ultralytics")
 #: Training shape when none is given and none is restored from a run: Ultralytics' default.
 DEFAULT_IMGSZ = (640, 640)
 
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12,
           "tb": 10**12, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
-
-
-def default_threads(cap: int | None = None) -> int:
-    """Decode/checksum threads when the user gives none: the cores, at most `cap` (default 8).
-
-    The one formula for every command. (The loader helper exports ``loaders.default_threads()`` on
-    its branch; when that lands, this should call it or it should call this: one rule, one place.)
-    """
-    return max(1, min(cap or 8, os.cpu_count() or 2))
 
 
 def parse_bytes(text: str) -> int:
@@ -159,7 +151,7 @@ def bench_config(*, stores: dict[str, Any], source: Any, imgsz: tuple[int, int],
     from sainet.bench import BenchConfig
 
     rec = profile.recommended
-    n_threads = threads or default_threads(int(rec["threads"]))
+    n_threads = threads or default_threads(recommended=int(rec["threads"]))
     return BenchConfig(stores=stores, source=source, imgsz=imgsz, batch=batch or int(rec["batch"]), augment=augment,
                        seconds=seconds, batches=batches, threads=n_threads, prefetch=int(rec["prefetch"]),
                        workers=n_threads if workers is None else workers, cold=cold)

@@ -44,7 +44,7 @@ def test_one_parser_for_sizes_threads_profiles():
             parse_wxh(bad)
     assert parse_bytes("1GiB") == 1 << 30 and parse_bytes("125GB") == 125 * 10**9
     assert parse_device(" 0, 1") == "0,1" and parse_device("CPU") == "cpu"
-    assert 1 <= default_threads() <= 8 and default_threads(1) == 1
+    assert 1 <= default_threads() <= 8 and default_threads(recommended=1) == 1
     from sainet.profiles import choose_profile
 
     assert choose_profile("a10g").name == "a10g"

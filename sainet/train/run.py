@@ -167,12 +167,12 @@ def _resolve_data(s: TrainSettings, loader: str) -> _Data:
                            "or train with --loader disk or --loader ultralytics")
     with open_store(data) as st:
         names, images, nbytes, container = dict(enumerate(st.classes)), len(st), st.nbytes(), st.container
-    wanted = {"shm": "shards", "lmdb": "lmdb"}.get(loader)
-    if wanted and wanted != container:
-        matching = "shm" if container == "shards" else "lmdb"
+    from loaders.backends import BACKENDS, check_container, kind_for_container
+
+    if BACKENDS[loader].container not in (None, container):
         if s.loader:
-            raise DatasetError(f"{data} is a {container} store; use --loader {matching}")
-        loader = matching  # the profile's choice, adapted to the store at hand
+            check_container(loader, container, data)  # raises, naming the loader that reads this store
+        loader = kind_for_container(container)  # the profile's choice, adapted to the store at hand
     return _Data(data, loader, names, images, nbytes)
 
 
