@@ -1,9 +1,11 @@
-"""`sainet pack`: a source dataset -> a store (LMDB or shards; jpeg or raw payloads).
+"""`sainet pack`: one or more source datasets -> a store (LMDB or shards; jpeg or raw payloads).
 
-Order of work: read every annotation (labels only), plan the bytes and refuse what does not fit,
-then decode every image once in threads (corrupt ones are reported and left out), write payloads
-in source order under ``.NAME.partial``, journal each record, write the index last and rename the
-folder into place. A crash leaves only the partial folder, which never looks like a store (it has
+Order of work, in two streaming passes so memory stays bounded whatever the dataset size:
+pass 1 reads every annotation (pixels are read and let go at once; hashed for ``drop_leaks``),
+plans the bytes and refuses what does not fit; pass 2 reads the sources again in the same order and
+decodes every image once in a bounded window of threads (corrupt ones are reported and left out),
+writes payloads in source order under ``.NAME.partial``, journals each record, writes the index
+last and renames the folder into place. A crash leaves only the partial folder, which never looks like a store (it has
 no index); ``resume=True`` continues it, otherwise it is cleared and the pack restarts.
 """
 
@@ -15,7 +17,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,8 +39,10 @@ from cache_tools.format import (
 from cache_tools.plan import StoreEstimate, check_fits, estimate_store, fs_info, human_bytes
 from cache_tools.writers import JOURNAL_DTYPE, open_writer
 from sainet import __version__
-from sainet.datasets import Importer, Problem, Sample, open_dataset
-from sainet.errors import ImageError, SainetError, StoreError, StoreExistsError
+from sainet.check import content_digest, find_duplicates
+from sainet.datasets import Problem, Sample
+from sainet.datasets.combine import SourceSet
+from sainet.errors import DatasetError, ImageError, SainetError, StoreError, StoreExistsError
 from sainet.geometry import letterbox, letterbox_params
 from sainet.imaging import decode_rgb, encode_jpeg, probe
 from sainet.parallel import ordered_map
@@ -69,6 +73,9 @@ class PackOptions:
     jpeg_quality: int = 95
     free_bytes: int | None = None  # override the measured free space (what-if, tests)
     mem_available: int | None = None
+    classes: list[str] | None = None  # keep (and order) these class names only
+    drop_leaks: bool = False  # leave out train images whose bytes also appear in val/test
+    class_ids: dict[int, str] | None = None  # the source's own class id -> name (pyrosdis)
 
 
 @dataclass
@@ -85,6 +92,24 @@ class PackReport:
     store_bytes: int = 0
     seconds: float = 0.0
     estimate: StoreEstimate | None = None
+    boxes: dict = field(default_factory=dict)  # meta["boxes"]: read/kept/clipped/dropped/.../stored/lost
+    dropped_leaks: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Entry:
+    """A sample's annotation without its pixels: what pass 1 keeps of every image."""
+
+    name: str
+    key: str
+    split: str
+    cls: np.ndarray
+    boxes: np.ndarray
+    size: int
+
+    def nbytes(self) -> int:
+        return self.size
 
 
 @dataclass
@@ -98,14 +123,14 @@ class _Item:
     reason: str = ""
 
 
-def _fingerprint(samples: list[Sample], opts: PackOptions, container: str, src: Path) -> dict:
+def _fingerprint(entries: list[_Entry], opts: PackOptions, container: str, sources: SourceSet) -> dict:
     h = hashlib.blake2b(digest_size=16)
-    for s in samples:
+    for s in entries:
         h.update(f"{s.split}\0{s.key}\0".encode())
     return {
-        "source": str(Path(src).resolve()), "samples": len(samples), "keys": h.hexdigest(), "container": container,
+        "source": sources.source, "samples": len(entries), "keys": h.hexdigest(), "container": container,
         "mode": opts.mode, "imgsz": list(opts.imgsz) if opts.imgsz else None, "max_size": opts.max_size,
-        "shard_size": opts.shard_size, "format_version": 1,
+        "shard_size": opts.shard_size, "format_version": 1, "classes": sources.names, "drop_leaks": opts.drop_leaks,
     }
 
 
@@ -125,18 +150,80 @@ def _process(src: int, sample: Sample, opts: PackOptions) -> _Item:
         r = opts.max_size / max(h0, w0)
         small = cv2.resize(img, (max(1, round(w0 * r)), max(1, round(h0 * r))), interpolation=cv2.INTER_AREA)
         return _Item(src, True, encode_jpeg(small, opts.jpeg_quality), (w0, h0), (small.shape[1], small.shape[0]), FLAG_REENCODED)
+    if info.format not in _STORED_AS_IS:  # a jpeg store holds JPEG/PNG; TIFF (16-bit RS), WebP, BMP become JPEG
+        return _Item(src, True, encode_jpeg(img, opts.jpeg_quality), (w0, h0), (w0, h0), FLAG_REENCODED)
     return _Item(src, True, data, (w0, h0), (w0, h0))
 
 
-def plan_pack(ds: Importer, samples: list[Sample], imgsz: tuple[int, int] | None) -> StoreEstimate:
-    return estimate_store(
-        images=len(samples), boxes=sum(len(s.cls) for s in samples), jpeg_payload=sum(s.nbytes() for s in samples),
-        name_bytes=sum(len(s.name.encode()) + len(s.key.encode()) for s in samples), raw_shape=imgsz,
-    )
+_STORED_AS_IS = ("jpeg", "png")
 
 
-def _build_index(rows: np.ndarray, samples: list[Sample], names: list[str], splits: list[str], opts: PackOptions,
-                 container: str, shard_sizes: list[int], bad: list[dict], src: Path, layout: str) -> IndexData:
+def plan_pack(ds: object, samples: Iterable[Sample | _Entry], imgsz: tuple[int, int] | None) -> StoreEstimate:
+    """The store's size for `samples` (one pass: an iterator is fine, nothing is kept). `ds` is unused."""
+    images = boxes = payload = name_bytes = 0
+    for s in samples:
+        images += 1
+        boxes += len(s.cls)
+        payload += s.nbytes()
+        name_bytes += len(s.name.encode()) + len(s.key.encode())
+    return estimate_store(images=images, boxes=boxes, jpeg_payload=payload, name_bytes=name_bytes, raw_shape=imgsz)
+
+
+def _scan(sources: SourceSet, drop_leaks: bool) -> tuple[list[_Entry], list[bool], list[dict]]:
+    """Pass 1: every sample's annotation (pixels are read and let go at once; hashed for --drop-leaks).
+
+    Returns (entries, kept flag per entry, the leaks left out of train).
+    """
+    entries: list[_Entry] = []
+    members: dict[bytes, list[tuple[str, str, str]]] = {}
+    for s in sources.samples():
+        if drop_leaks:
+            try:
+                members.setdefault(content_digest(s.read()), []).append((s.split, s.name, s.key))
+            except SainetError:
+                pass  # unreadable: pass 2 reports it as left out
+        entries.append(_Entry(s.name, s.key, s.split, s.cls, s.boxes, s.nbytes()))
+    keep = [True] * len(entries)
+    dropped: list[dict] = []
+    if drop_leaks:
+        leaked = dict(find_duplicates(members).leaked_train)
+        for i, e in enumerate(entries):
+            if e.key in leaked:
+                keep[i] = False
+                dropped.append({"key": e.key, "name": e.name, "same_as": leaked[e.key], "boxes": len(e.cls)})
+    return entries, keep, dropped
+
+
+def _payload_samples(sources: SourceSet, entries: list[_Entry], keep: list[bool], done: set[int]) -> Iterator[tuple[int, Sample]]:
+    """Pass 2: the kept samples again, with pixels, numbered as in the store; checked against pass 1."""
+    it = sources.reopen().samples()
+    k = -1
+    for e, kept in zip(entries, keep, strict=True):
+        s = next(it, None)
+        if s is None or s.key != e.key:
+            raise DatasetError(f"{e.key}: the source changed while it was being packed (expected it in order)")
+        if not kept:
+            continue
+        k += 1
+        if k not in done:
+            yield k, s
+
+
+def _box_counts(sources: SourceSet, kept: list[_Entry], rows: np.ndarray, dropped_leaks: list[dict]) -> dict:
+    """Where every box read went; `lost` must be 0 (kept = filtered + in left-out images + stored)."""
+    counts = sources.tally.as_dict()
+    bad_src = rows["src"][rows["status"] != 0]
+    counts["filtered_by_class"] = dict(sources.filtered)
+    counts["in_dropped_leaks"] = sum(d["boxes"] for d in dropped_leaks)
+    counts["in_left_out_images"] = int(sum(len(kept[int(i)].cls) for i in bad_src))
+    counts["stored"] = int(sum(len(e.cls) for e in kept)) - counts["in_left_out_images"]
+    counts["lost"] = counts["read"] - counts["dropped_total"] - sum(counts["filtered_by_class"].values()) \
+        - counts["in_dropped_leaks"] - counts["in_left_out_images"] - counts["stored"]
+    return counts
+
+
+def _build_index(rows: np.ndarray, samples: list[_Entry], names: list[str], splits: list[str], opts: PackOptions,
+                 container: str, shard_sizes: list[int], bad: list[dict], src: str, layout: str) -> IndexData:
     ok = np.sort(rows[rows["status"] == 0], order="src")
     records = np.zeros(len(ok), RECORD_DTYPE)
     n_boxes = sum(len(samples[int(r["src"])].cls) for r in ok)
@@ -169,7 +256,7 @@ def _build_index(rows: np.ndarray, samples: list[Sample], names: list[str], spli
         strings += kb
     counts = {sp: int((records["split"] == k).sum()) for k, sp in enumerate(splits)}
     meta = {
-        "classes": names, "splits": splits, "counts": counts, "source": str(Path(src).resolve()), "layout": layout,
+        "classes": names, "splits": splits, "counts": counts, "source": src, "layout": layout,
         "mode": opts.mode, "container": container, "imgsz": list(opts.imgsz) if opts.imgsz else None,
         "max_size": opts.max_size, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "sainet_version": __version__,
         "shards": [{"name": f"shard-{i:05d}.bin", "bytes": n} for i, n in enumerate(shard_sizes)], "bad": bad,
@@ -187,15 +274,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def pack(src: str | os.PathLike[str], to: str | os.PathLike[str], opts: PackOptions | None = None,
-         progress: Callable[[int], None] | None = None, on_start: Callable[[int, int], None] | None = None) -> PackReport:
-    """Pack `src` into a store at `to`. See the module docstring for the guarantees.
-
-    `on_start(total, already_done)` is called once the work is known (for a progress bar).
-    """
-    opts = opts or PackOptions()
-    t0 = time.perf_counter()
-    src, to = Path(src), Path(to)
+def _check_options(opts: PackOptions, to: Path) -> str:
+    """The container to write; ValueError for options that contradict each other."""
     if opts.mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}")
     if opts.mode == "raw" and not opts.imgsz:
@@ -203,23 +283,24 @@ def pack(src: str | os.PathLike[str], to: str | os.PathLike[str], opts: PackOpti
     container = opts.container or default_container(to)
     if container not in CONTAINERS:
         raise ValueError(f"container must be one of {CONTAINERS}")
+    return container
+
+
+def _check_target(sources: SourceSet, to: Path, opts: PackOptions) -> None:
+    """Whether a store may be written at `to` (target safety rules belong here)."""
     if to.exists() and not opts.force:
         raise StoreExistsError(f"{to} exists; pass --force to replace it (the old store stays until the new one is complete)")
 
-    ds = open_dataset(src, opts.layout)
-    samples = list(ds.samples())
-    splits = list(dict.fromkeys(s.split for s in samples)) or ds.splits()
-    est = plan_pack(ds, samples, opts.imgsz if opts.mode == "raw" else None)
-    partial = to.parent / f".{to.name}.partial"
+
+def _check_room(est: StoreEstimate, opts: PackOptions, container: str, to: Path, partial: Path) -> None:
     partial_bytes = sum(p.stat().st_size for p in partial.rglob("*") if p.is_file()) if (opts.resume and partial.exists()) else 0
     fs = fs_info(to.parent, free=opts.free_bytes, mem_available=opts.mem_available)
     fs_room = type(fs)(**{**fs.__dict__, "free": fs.free + partial_bytes}) if partial_bytes else fs
     check_fits(est, opts.mode, container, fs_room)
-    log.info("packing %d images from %s (%s) into %s %s at %s; planned %s", len(samples), src, ds.layout, container,
-             opts.mode, to, human_bytes(est.total(opts.mode, container)))
 
-    fingerprint = _fingerprint(samples, opts, container, src)
-    to.parent.mkdir(parents=True, exist_ok=True)
+
+def _prepare_partial(partial: Path, fingerprint: dict, opts: PackOptions) -> None:
+    """Keep the unfinished pack in `partial` when resuming the same work; else start it afresh."""
     if partial.exists():
         prior = None
         try:
@@ -236,50 +317,38 @@ def pack(src: str | os.PathLike[str], to: str | os.PathLike[str], opts: PackOpti
         partial.mkdir()
         (partial / "pack.json").write_text(json.dumps(fingerprint))
 
-    writer = open_writer(container, partial, shard_size=opts.shard_size, expected_bytes=est.payload(opts.mode),
-                         map_size=int(est.total(opts.mode, container) * 1.25) + (64 << 20))
-    bad_path = partial / "bad.jsonl"
-    try:
-        done_rows = writer.done()
-        done = set(int(s) for s in done_rows["src"])
-        bad = [json.loads(ln) for ln in bad_path.read_text().splitlines()] if bad_path.exists() else []
-        bad_keys = {b["src"] for b in bad}
-        bad = [b for b in bad if b["src"] in done]  # a reason written just before a kill, without its row
-        todo = ((i, s) for i, s in enumerate(samples) if i not in done)
-        if on_start:
-            on_start(len(samples), len(done))
-        threads = opts.threads or os.cpu_count() or 2
-        new_rows = []
-        with ThreadPoolExecutor(threads) as pool, open(bad_path, "a") as bad_log:
-            for item in ordered_map(pool, lambda t: _process(t[0], t[1], opts), todo, depth=4 * threads):
-                row = np.zeros((), JOURNAL_DTYPE)
-                row["src"], row["status"], row["flags"] = item.src, 0 if item.ok else 1, item.flags
-                row["orig_w"], row["orig_h"] = item.orig
-                row["new_w"], row["new_h"] = item.new
-                if item.ok:
-                    row["crc"] = payload_checksum(item.payload)
-                    writer.write(row, item.payload)
-                else:
-                    entry = {"src": item.src, "key": samples[item.src].key, "reason": item.reason}
-                    if item.src not in bad_keys:
-                        bad_log.write(json.dumps(entry) + "\n")
-                        bad_log.flush()
-                    bad.append(entry)
-                    log.warning("left out %s: %s", entry["key"], entry["reason"])
-                    writer.write(row, None)
-                new_rows.append(row.copy())
-                if progress:
-                    progress(1)
-        shard_sizes = writer.finish()
-        rows = np.concatenate([done_rows, np.array(new_rows, JOURNAL_DTYPE)]) if new_rows else done_rows
-        index = _build_index(rows, samples, list(ds.names), splits, opts, container, shard_sizes,
-                             [{"key": b["key"], "reason": b["reason"]} for b in sorted(bad, key=lambda b: b["src"])],
-                             src, ds.layout)
-        if container == "lmdb":  # so a truncated data.mdb is refused before LMDB maps it (SIGBUS otherwise)
-            index.meta["lmdb_bytes"] = os.path.getsize(partial / "data.mdb")
-    except BaseException:
-        writer.abort()
-        raise
+
+def _write_payloads(writer: object, work: Iterator[tuple[int, Sample]], kept: list[_Entry], opts: PackOptions,
+                    bad_path: Path, progress: Callable[[int], None] | None) -> tuple[list[np.ndarray], list[dict]]:
+    """Decode and write every sample of `work` in order (a bounded window in flight); journal rows, left-outs."""
+    threads = opts.threads or os.cpu_count() or 2
+    known_bad = {json.loads(ln)["src"] for ln in bad_path.read_text().splitlines()} if bad_path.exists() else set()
+    new_rows, bad = [], []
+    with ThreadPoolExecutor(threads) as pool, open(bad_path, "a") as bad_log:
+        for item in ordered_map(pool, lambda t: _process(t[0], t[1], opts), work, depth=4 * threads):
+            row = np.zeros((), JOURNAL_DTYPE)
+            row["src"], row["status"], row["flags"] = item.src, 0 if item.ok else 1, item.flags
+            row["orig_w"], row["orig_h"] = item.orig
+            row["new_w"], row["new_h"] = item.new
+            if item.ok:
+                row["crc"] = payload_checksum(item.payload)
+                writer.write(row, item.payload)
+            else:
+                entry = {"src": item.src, "key": kept[item.src].key, "reason": item.reason}
+                if item.src not in known_bad:
+                    bad_log.write(json.dumps(entry) + "\n")
+                    bad_log.flush()
+                bad.append(entry)
+                log.warning("left out %s: %s", entry["key"], entry["reason"])
+                writer.write(row, None)
+            new_rows.append(row.copy())
+            if progress:
+                progress(1)
+    return new_rows, bad
+
+
+def _commit(partial: Path, to: Path, index: IndexData) -> None:
+    """Write the index last, then swap the complete store into place (an old one is removed after)."""
     blob = encode_index(index)
     tmp = partial / (INDEX_NAME + ".tmp")
     with open(tmp, "wb") as f:
@@ -300,13 +369,78 @@ def pack(src: str | os.PathLike[str], to: str | os.PathLike[str], opts: PackOpti
     else:
         os.rename(partial, to)
     _fsync_dir(to.parent)
+
+
+def _source_meta(sources: SourceSet, kept: list[_Entry], rows: np.ndarray, dropped_leaks: list[dict]) -> dict:
+    """Metadata about the sources beyond the records: ``sources`` (paths), ``notes`` (e.g. 1-based ids),
+    ``class_map`` (per source: name -> store id or None), ``boxes`` (where every box read went, `lost`
+    0), ``dropped_leaks`` ({key, name, same_as, boxes} of train images left out by --drop-leaks)."""
+    return {
+        "sources": [str(p.resolve()) for p in sources.paths], "notes": sources.notes,
+        "class_map": sources.class_map(), "boxes": _box_counts(sources, kept, rows, dropped_leaks),
+        "dropped_leaks": dropped_leaks,
+    }
+
+
+def pack(src: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], to: str | os.PathLike[str],
+         opts: PackOptions | None = None, progress: Callable[[int], None] | None = None,
+         on_start: Callable[[int, int], None] | None = None) -> PackReport:
+    """Pack one source (or several, classes unified by name) into a store at `to`. See the module docstring.
+
+    `on_start(total, already_done)` is called once the work is known (for a progress bar).
+    """
+    opts, t0, to = opts or PackOptions(), time.perf_counter(), Path(to)
+    container = _check_options(opts, to)
+    sources = SourceSet([src] if isinstance(src, (str, os.PathLike)) else list(src), opts.layout, opts.class_ids,
+                        opts.classes)
+    _check_target(sources, to, opts)
+    entries, keep, dropped_leaks = _scan(sources, opts.drop_leaks)
+    kept = [e for e, k in zip(entries, keep, strict=True) if k]
+    splits = list(dict.fromkeys(e.split for e in kept)) or sources.importers[0].splits()
+    est = plan_pack(None, kept, opts.imgsz if opts.mode == "raw" else None)
+    partial = to.parent / f".{to.name}.partial"
+    _check_room(est, opts, container, to, partial)
+    log.info("packing %d images from %s (%s) into %s %s at %s; planned %s", len(kept), sources.source, sources.layout,
+             container, opts.mode, to, human_bytes(est.total(opts.mode, container)))
+    to.parent.mkdir(parents=True, exist_ok=True)
+    _prepare_partial(partial, _fingerprint(kept, opts, container, sources), opts)
+    writer = open_writer(container, partial, shard_size=opts.shard_size, expected_bytes=est.payload(opts.mode),
+                         map_size=int(est.total(opts.mode, container) * 1.25) + (64 << 20))
+    bad_path = partial / "bad.jsonl"
+    try:
+        done_rows = writer.done()
+        done = set(int(s) for s in done_rows["src"])
+        prior_bad = [json.loads(ln) for ln in bad_path.read_text().splitlines()] if bad_path.exists() else []
+        if on_start:
+            on_start(len(kept), len(done))
+        work = _payload_samples(sources, entries, keep, done)
+        new_rows, bad = _write_payloads(writer, work, kept, opts, bad_path, progress)
+        bad = [b for b in prior_bad if b["src"] in done] + bad  # a reason written just before a kill has no row
+        shard_sizes = writer.finish()
+        rows = np.concatenate([done_rows, np.array(new_rows, JOURNAL_DTYPE)]) if new_rows else done_rows
+        index = _build_index(rows, kept, list(sources.names), splits, opts, container, shard_sizes,
+                             [{"key": b["key"], "reason": b["reason"]} for b in sorted(bad, key=lambda b: b["src"])],
+                             sources.source, sources.layout)
+        index.meta.update(_source_meta(sources, kept, rows, dropped_leaks))
+        if container == "lmdb":  # so a truncated data.mdb is refused before LMDB maps it (SIGBUS otherwise)
+            index.meta["lmdb_bytes"] = os.path.getsize(partial / "data.mdb")
+    except BaseException:
+        writer.abort()
+        raise
+    _commit(partial, to, index)
+    return _report(to, container, opts, index, sources, len(done), time.perf_counter() - t0, est)
+
+
+def _report(to: Path, container: str, opts: PackOptions, index: IndexData, sources: SourceSet, resumed: int,
+            seconds: float, est: StoreEstimate) -> PackReport:
     report = PackReport(
         store=to, container=container, mode=opts.mode, records=len(index.records), bad=index.meta["bad"],
-        problems=list(ds.problems), reencoded=index.meta["reencoded"], resumed=len(done),
+        problems=sources.problems, reencoded=index.meta["reencoded"], resumed=resumed,
         payload_bytes=int(index.records["length"].sum()) if len(index.records) else 0,
         store_bytes=sum(p.stat().st_size for p in to.iterdir() if p.is_file() and p.name != "lock.mdb"),
-        seconds=time.perf_counter() - t0, estimate=est,
+        seconds=seconds, estimate=est, boxes=index.meta["boxes"], dropped_leaks=index.meta["dropped_leaks"],
+        notes=index.meta["notes"],
     )
     if report.records == 0:
-        raise StoreError(f"{to}: no image could be packed ({len(bad)} left out); see the report")
+        raise StoreError(f"{to}: no image could be packed ({len(report.bad)} left out); see the report")
     return report

@@ -70,7 +70,7 @@ def build_loader(
                   world_size=world_size, seed=seed, threads=threads or default_threads(), prefetch=prefetch,
                   on_error=on_error, shuffle=shuffle, epochs=epochs)
     if backend.reads == "dataset":
-        return backend.make(Path(data), split, {"layout": layout}, common)
+        return backend.build(Path(data), split, {"layout": layout}, common)
     from cache_tools.store import open_store
 
     store = open_store(data)
@@ -80,4 +80,4 @@ def build_loader(
         store.close()
         raise
     options = {"verify": store.mode == "jpeg" if verify is None else verify, "device": device}
-    return backend.make(store, split, options, common)
+    return backend.build(store, split, options, common)

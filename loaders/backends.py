@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from loaders.sources import DiskSource, RamSource, Source, StoreSource
 from sainet.errors import StoreFormatError
 
 if TYPE_CHECKING:
@@ -41,51 +42,45 @@ class LoaderKind(str, enum.Enum):
 
 @dataclass(frozen=True)
 class Backend:
-    """One loader backend. `make(data, split, options, common)`: `data` is the dataset folder
-    (``reads == "dataset"``) or the opened `Store`; `options` holds layout / verify / device;
-    `common` the `SainetLoader` keyword arguments."""
+    """One loader backend. `make(backend, data, split, options, common)`: `data` is the dataset
+    folder (``reads == "dataset"``) or the opened `Store`; `options` holds layout / verify /
+    device; `common` the `SainetLoader` keyword arguments."""
 
     kind: LoaderKind
     reads: str  # "dataset" (a source folder or data.yaml) or "store"
     container: str | None  # the store container it needs ("shards", "lmdb"); None: any store, or none
+    source: type[Source]  # where its samples come from
     summary: str
-    make: Callable[[Any, str | None, dict, dict], SainetLoader]
+    make: Callable[[Backend, Any, str | None, dict, dict], SainetLoader]
+
+    def build(self, data: Any, split: str | None, options: dict, common: dict) -> SainetLoader:
+        return self.make(self, data, split, options, common)
 
 
-def _disk(data: Path, split: str | None, options: dict, common: dict) -> SainetLoader:
+def _dataset_loader(b: Backend, data: Path, split: str | None, options: dict, common: dict) -> SainetLoader:
     from loaders.loader import SainetLoader
-    from loaders.sources import DiskSource
 
-    return SainetLoader(DiskSource(data, split, options.get("layout")), **common)
+    return SainetLoader(b.source(data, split, options.get("layout")), **common)
 
 
-def _ram(store: Store, split: str | None, options: dict, common: dict) -> SainetLoader:
+def _store_loader(b: Backend, store: Store, split: str | None, options: dict, common: dict) -> SainetLoader:
     from loaders.loader import SainetLoader
-    from loaders.sources import RamSource
 
-    return SainetLoader(RamSource(store, split, verify=options["verify"]), **common)
-
-
-def _zero_copy(store: Store, split: str | None, options: dict, common: dict) -> SainetLoader:
-    from loaders.loader import SainetLoader
-    from loaders.sources import StoreSource
-
-    return SainetLoader(StoreSource(store, split, verify=options["verify"]), **common)
+    return SainetLoader(b.source(store, split, verify=options["verify"]), **common)
 
 
-def _dali(store: Store, split: str | None, options: dict, common: dict) -> SainetLoader:
+def _dali_loader(b: Backend, store: Store, split: str | None, options: dict, common: dict) -> SainetLoader:
     from loaders.dali import DaliLoader
-    from loaders.sources import StoreSource
 
-    return DaliLoader(StoreSource(store, split, verify=options["verify"]), device=options.get("device"), **common)
+    return DaliLoader(b.source(store, split, verify=options["verify"]), device=options.get("device"), **common)
 
 
 BACKENDS: dict[str, Backend] = {b.kind.value: b for b in (
-    Backend(LoaderKind.DISK, "dataset", None, "image files of the source dataset, decoded per sample", _disk),
-    Backend(LoaderKind.RAM, "store", None, "a store copied into process memory (like Ultralytics cache=ram)", _ram),
-    Backend(LoaderKind.SHM, "store", "shards", "shm shards read zero-copy (mmap)", _zero_copy),
-    Backend(LoaderKind.LMDB, "store", "lmdb", "an LMDB store read zero-copy (mmap)", _zero_copy),
-    Backend(LoaderKind.DALI, "store", None, "DALI decode (nvJPEG on a GPU, CPU otherwise) of a jpeg store", _dali),
+    Backend(LoaderKind.DISK, "dataset", None, DiskSource, "image files of the source dataset, decoded per sample", _dataset_loader),
+    Backend(LoaderKind.RAM, "store", None, RamSource, "a store copied into process memory (like Ultralytics cache=ram)", _store_loader),
+    Backend(LoaderKind.SHM, "store", "shards", StoreSource, "shm shards read zero-copy (mmap)", _store_loader),
+    Backend(LoaderKind.LMDB, "store", "lmdb", StoreSource, "an LMDB store read zero-copy (mmap)", _store_loader),
+    Backend(LoaderKind.DALI, "store", None, StoreSource, "DALI decode (nvJPEG on a GPU, CPU otherwise) of a jpeg store", _dali_loader),
 )}
 
 
@@ -114,7 +109,10 @@ def check_container(kind: str | LoaderKind, container: str, where: str | os.Path
                                f"(use --loader {kind_for_container(container)})")
 
 
-def default_threads(cores: int | None = None, recommended: int | None = None) -> int:
-    """Decode threads when none are asked for: the profile's recommendation (8 without one), never
-    more than the cores there are (`cores`, default this host's)."""
-    return max(1, min(recommended or 8, cores or os.cpu_count() or 2))
+def default_threads(cores: int | None = None, recommended: int | None = None, ranks: int | None = None) -> int:
+    """Decode threads per rank when none are asked for: the profile's recommendation (8 without
+    one), never more than this rank's share of the cores — `cores` (default: this host's) divided
+    by `ranks` on the node (default: ``LOCAL_WORLD_SIZE``, which torchrun sets; 1 otherwise)."""
+    ranks = ranks or int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    share = (cores or os.cpu_count() or 2) // max(1, ranks)
+    return max(1, min(recommended or 8, share))

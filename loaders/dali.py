@@ -243,6 +243,14 @@ class DaliLoader(SainetLoader):
     def _builder(self) -> BatchBuilder:
         return DaliAssembler(self)
 
+    def reset(self) -> None:
+        """Stop the epoch (batches still queued are dropped), then let the loader stream finish
+        reading the DALI buffers of those batches before they go (once per epoch: cheap)."""
+        super().reset()
+        stream = getattr(getattr(self, "builder", None), "stream", None)
+        if stream is not None:
+            stream.synchronize()
+
     def _hand_off(self, item: Any) -> dict:
         return self.builder.hand_off(item)
 

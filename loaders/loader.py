@@ -12,6 +12,7 @@ per-sample worker processes and nothing that grows with the dataset or the epoch
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -64,6 +65,7 @@ class SainetLoader:
         self.buffers = BatchBuffers(imgsz, self.pin_memory, keep=prefetch + self.assemblers + 2)
         self.busy_seconds = 0.0  # time spent assembling batches (telemetry: loader images/s)
         self.images_built = 0
+        self._telemetry = threading.Lock()  # the assemblers add to the two counters above
         self._pool: ThreadPoolExecutor | None = None
         self.builder: BatchBuilder = self._builder()
         self._state = ResumeState(seed=seed, rank=rank, num_samples=len(self.sampler), batch_size=batch_size)
@@ -161,6 +163,7 @@ class SainetLoader:
         rng = np.random.default_rng([self.seed, epoch, k, self.rank])
         t0 = time.perf_counter()
         item = self.builder.build(indices, rng)
-        self.busy_seconds += (time.perf_counter() - t0) / self.assemblers  # wall time shared by those in flight
-        self.images_built += len(indices)
+        with self._telemetry:
+            self.busy_seconds += (time.perf_counter() - t0) / self.assemblers  # wall time shared by those in flight
+            self.images_built += len(indices)
         return item

@@ -108,11 +108,18 @@ def estimate_source(source: str | None, store: str | os.PathLike[str] | None, im
         n, (w, h), jpeg = desc
         return estimate_store(n, 3 * n, jpeg, 64 * n, imgsz), (h, w)
     ds = open_dataset(source, layout)
-    samples = list(ds.samples())
-    est = plan_pack(ds, samples, imgsz)
-    if not samples:
+    first: list[tuple[int, int]] = []
+
+    def sized(samples: Any) -> Any:  # streams: no sample (nor its pixels) is kept
+        for s in samples:
+            if not first:
+                first.append(s.original_size())
+            yield s
+
+    est = plan_pack(ds, sized(ds.samples()), imgsz)
+    if not first:
         return est, None
-    w, h = samples[0].original_size()
+    w, h = first[0]
     return est, (h, w)
 
 

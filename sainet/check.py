@@ -15,12 +15,65 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sainet.datasets import Importer, Problem, ProblemKind, Sample, Severity
+from sainet.datasets import BoxTally, Importer, Problem, ProblemKind, Sample, Severity
 from sainet.errors import CorruptImage, DatasetError, ImageTooLarge
 from sainet.imaging import ImageInfo, decode_rgb, probe
 from sainet.parallel import ordered_map
 
-__all__ = ["SplitStats", "CheckReport", "check_dataset", "inspect_image"]
+__all__ = ["SplitStats", "CheckReport", "Duplicates", "check_dataset", "content_digest", "find_duplicates", "inspect_image"]
+
+
+def content_digest(data: bytes | memoryview) -> bytes:
+    """The content hash duplicates and leaks are found by (check and pack use this one)."""
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+@dataclass
+class Duplicates:
+    """Exact-duplicate images (same bytes), within a split and across splits (leakage).
+
+    `within[split]` and `across["train/val"]` are groups of (split, name) members; `leaked_train`
+    are the train members of the groups that also appear in val or test (what ``pack --drop-leaks``
+    removes).
+    """
+
+    within: dict[str, list[list[tuple[str, str]]]] = field(default_factory=dict)
+    across: dict[str, list[list[tuple[str, str]]]] = field(default_factory=dict)
+    leaked_train: list[tuple[str, str]] = field(default_factory=list)  # (key, same-bytes member elsewhere)
+
+    def summary(self, examples: int = 3) -> dict:
+        def one(groups: list[list[tuple[str, str]]]) -> dict:
+            return {"groups": len(groups), "images": sum(len(g) for g in groups),
+                    "examples": [" = ".join(f"{n} ({sp})" for sp, n in g[:3]) for g in groups[:examples]]}
+
+        return {"within": {sp: one(g) for sp, g in sorted(self.within.items())},
+                "across": {pair: one(g) for pair, g in sorted(self.across.items())},
+                "leaked_train_images": len(self.leaked_train)}
+
+
+_SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
+
+
+def find_duplicates(members: dict[bytes, list[tuple[str, str, str]]]) -> Duplicates:
+    """Group (split, name, key) members by content digest into within-split and cross-split duplicates."""
+    dup = Duplicates()
+    for group in members.values():
+        if len(group) < 2:
+            continue
+        by_split: dict[str, list[tuple[str, str, str]]] = {}
+        for m in group:
+            by_split.setdefault(m[0], []).append(m)
+        for sp, ms in by_split.items():
+            if len(ms) > 1:
+                dup.within.setdefault(sp, []).append([(m[0], m[1]) for m in ms])
+        splits = sorted(by_split, key=lambda x: (_SPLIT_ORDER.get(x, 9), x))
+        for i, a in enumerate(splits):
+            for b in splits[i + 1:]:
+                dup.across.setdefault(f"{a}/{b}", []).append([(m[0], m[1]) for m in by_split[a] + by_split[b]])
+        others = [m for m in group if m[0] != "train"]
+        if "train" in by_split and others:
+            dup.leaked_train += [(m[2], f"{others[0][1]} ({others[0][0]})") for m in by_split["train"]]
+    return dup
 
 
 @dataclass
@@ -46,6 +99,9 @@ class CheckReport:
     names: list[str]
     splits: dict[str, SplitStats]
     problems: list[Problem]
+    notes: list[str] = field(default_factory=list)
+    tally: BoxTally = field(default_factory=BoxTally)
+    duplicates: Duplicates = field(default_factory=Duplicates)
 
     @property
     def images(self) -> int:
@@ -89,6 +145,7 @@ class CheckReport:
             "per_class": self.per_class(), "splits": {k: v.as_dict() for k, v in self.splits.items()},
             "problem_counts": self.problem_counts(), "problems": [p.as_dict() for p in self.problems],
             "usable": self.unusable_reason() is None, "reason": self.unusable_reason(),
+            "notes": self.notes, "box_counts": self.tally.as_dict(), "duplicates": self.duplicates.summary(),
         }
 
 
@@ -133,7 +190,7 @@ def _examine(sample: Sample) -> tuple[Sample, ImageInfo | None, list[Problem], b
     except DatasetError as e:
         return sample, None, [Problem(sample.key, ProblemKind.MISSING_IMAGE, str(e))], None
     info, problems = inspect_image(data, sample.key, sample.name)
-    digest = hashlib.blake2b(data, digest_size=16).digest() if info is not None else None
+    digest = content_digest(data) if info is not None else None
     if info is not None and sample.width is not None and (sample.width, sample.height) != info.size:
         problems.append(Problem(sample.key, ProblemKind.SIZE_MISMATCH,
                                 f"annotation says {sample.width}x{sample.height}, image is {info.size[0]}x{info.size[1]}"))
@@ -146,7 +203,7 @@ def check_dataset(
     """Check every image and annotation of `ds`; never modifies anything."""
     splits: dict[str, SplitStats] = {}
     problems: list[Problem] = []
-    seen: dict[bytes, str] = {}
+    members: dict[bytes, list[tuple[str, str, str]]] = {}
     with ThreadPoolExecutor(threads) as pool:
         for sample, info, found, digest in ordered_map(pool, _examine, ds.samples(), depth=4 * threads):
             st = splits.setdefault(sample.split, SplitStats())
@@ -156,22 +213,26 @@ def check_dataset(
             if info is None:
                 st.bad_images += 1
                 continue
-            if digest in seen:
-                problems.append(Problem(sample.key, ProblemKind.DUPLICATE_IMAGE, f"same bytes as {seen[digest]}"))
-            else:
-                seen[digest] = sample.key
-            st.images += 1
-            st.boxes += len(sample.cls)
-            if len(sample.cls) == 0:
-                st.backgrounds += 1
-            names = ds.names
-            for c in np.unique(sample.cls):
-                st.images_per_class[names[c] if c < len(names) else str(c)] += 1
-            for c in sample.cls:
-                st.per_class[names[c] if c < len(names) else str(c)] += 1
+            same = members.setdefault(digest, [])
+            if same:
+                problems.append(Problem(sample.key, ProblemKind.DUPLICATE_IMAGE, f"same bytes as {same[0][2]}"))
+            same.append((sample.split, sample.name, sample.key))
+            _count(st, sample, ds.names)
     for sp in ds.splits():
         splits.setdefault(sp, SplitStats())
     all_problems = ds.problems + problems
     if not any(s.images for s in splits.values()):
         all_problems.append(Problem(str(ds.root), ProblemKind.NO_IMAGES, "no decodable images"))
-    return CheckReport(str(ds.root), ds.layout, list(ds.names), splits, all_problems)
+    return CheckReport(str(ds.root), ds.layout, list(ds.names), splits, all_problems, list(ds.notes), ds.tally,
+                       find_duplicates(members))
+
+
+def _count(st: SplitStats, sample: Sample, names: list[str]) -> None:
+    st.images += 1
+    st.boxes += len(sample.cls)
+    if len(sample.cls) == 0:
+        st.backgrounds += 1
+    for c in np.unique(sample.cls):
+        st.images_per_class[names[c] if c < len(names) else str(c)] += 1
+    for c in sample.cls:
+        st.per_class[names[c] if c < len(names) else str(c)] += 1

@@ -10,12 +10,15 @@ is the displayed (width, height).
 
 from __future__ import annotations
 
+import io
 import struct
+import warnings
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import simplejpeg
+from PIL import BmpImagePlugin, Image, TiffImagePlugin, WebPImagePlugin
 
 from sainet.errors import CorruptImage, ImageTooLarge
 
@@ -119,6 +122,40 @@ def _probe_jpeg(data: bytes, source: str) -> ImageInfo:
     raise CorruptImage(source, "JPEG without a frame header (truncated or not a JPEG)")
 
 
+_PIL_PLUGINS = {"tiff": TiffImagePlugin.TiffImageFile, "webp": WebPImagePlugin.WebPImageFile,
+                "bmp": BmpImagePlugin.BmpImageFile}
+
+
+def _probe_other(data: bytes | memoryview, source: str) -> ImageInfo:
+    """TIFF, WebP, BMP headers through Pillow (lazy: it reads the header, not the pixels).
+
+    A TIFF's size lives in an IFD that can sit anywhere in the file, so the whole buffer is handed
+    over; nothing is decoded. An image whose size cannot be read is refused, never sized 0x0.
+    """
+    head = bytes(data[:12])
+    kind = (
+        "webp" if head[:4] == b"RIFF" and head[8:12] == b"WEBP"
+        else "bmp" if head[:2] == b"BM"
+        else "tiff" if head[:4] in (b"II*\x00", b"MM\x00*")
+        else "unknown"
+    )
+    if kind == "unknown":
+        raise CorruptImage(source, "not an image (unknown signature)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's own bomb warning: the MAX_PIXELS check below decides
+            # The format's own plugin, not Image.open: Ultralytics patches Image.open (to load HEIF).
+            with _PIL_PLUGINS[kind](io.BytesIO(data)) as im:
+                w, h, bands = im.width, im.height, len(im.getbands())
+                bits = getattr(im, "tag_v2", {}).get(258, (16 if im.mode.startswith("I;16") else 8,))
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError) as e:
+        raise CorruptImage(source, f"{kind} header unreadable: {e}") from None
+    if w <= 0 or h <= 0:
+        raise CorruptImage(source, f"{kind} header claims a {w}x{h} image")
+    depth = max(bits) if isinstance(bits, tuple) and bits else int(bits) if isinstance(bits, int) else 8
+    return ImageInfo(kind, w, h, 1 if bands == 1 else 3 if bands < 4 else 4, depth)
+
+
 def probe(data: bytes | memoryview, source: str = "<bytes>") -> ImageInfo:
     """Read the header of an encoded image. Raises `CorruptImage` or `ImageTooLarge`."""
     head = bytes(data[:4096]) if len(data) > 4096 else bytes(data)
@@ -134,17 +171,7 @@ def probe(data: bytes | memoryview, source: str = "<bytes>") -> ImageInfo:
         channels = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}.get(colour, 3)
         info = ImageInfo("png", w, h, channels, depth)
     else:
-        kind = (
-            "webp" if head[:4] == b"RIFF" and head[8:12] == b"WEBP"
-            else "bmp" if head[:2] == b"BM"
-            else "tiff" if head[:4] in (b"II*\x00", b"MM\x00*")
-            else "unknown"
-        )
-        if kind == "unknown":
-            raise CorruptImage(source, "not an image (unknown signature)")
-        arr = cv2.imdecode(np.frombuffer(head, np.uint8), cv2.IMREAD_UNCHANGED)
-        # Header-only decode of these rarer formats is not worth a parser: decode on demand.
-        info = ImageInfo(kind, 0, 0, 3) if arr is None else ImageInfo(kind, arr.shape[1], arr.shape[0], 3)
+        info = _probe_other(data, source)
     if info.width * info.height > MAX_PIXELS:
         raise ImageTooLarge(source, f"header claims {info.width}x{info.height} pixels (limit {MAX_PIXELS:,})")
     return info

@@ -93,6 +93,7 @@ class TrainSettings:
     resume: str | None = None  # a run's weights/last.pt
     layout: str | None = None
     callbacks: dict[str, list[Any]] = field(default_factory=dict, compare=False)  # Ultralytics event -> functions
+    checkpoint_every: int = 0  # > 0: weights/mid_epoch.pt every N batches (resume continues mid-epoch)
 
     def __post_init__(self) -> None:
         if self.imgsz is not None and not (isinstance(self.imgsz, tuple) and all(isinstance(v, int) for v in self.imgsz)
@@ -107,6 +108,9 @@ class TrainSettings:
             raise SettingsError(f"stage must be 1 or 2, got {self.stage!r}", "--stage")
         for name in ("epochs", "batch", "threads", "prefetch"):
             _positive(name, getattr(self, name), f"--{name}")
+        if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
+            raise SettingsError(f"must be 0 (off) or a positive number of batches, got {self.checkpoint_every!r}",
+                                "--checkpoint-every")
         if self.device is not None:
             try:
                 object.__setattr__(self, "device", parse_device(self.device))

@@ -6,15 +6,23 @@ bounding box of the pixels its object changed (alpha above a threshold), in inte
 detector can learn it and box round trips through every layout are exact.
 
 Images are a pure function of (seed, index): the output does not depend on the thread count.
+
+The ``fasdd`` and ``pyrosdis`` layouts are shaped like the published datasets, quirks included, in
+the exact numbers of `PLANTED` (so tests can assert them): PyroSDIS writes smoke as class id 1;
+FASDD unzips double nested with no classes.txt, a test split, names like ``smoke_CV000012.jpg``,
+COCO category ids that are not in name order, zero-size boxes and COCO boxes one pixel past the
+edge; both hold exact duplicate images within train and across splits (leakage). The FASDD ``RS``
+subset is TIFF, one image of it 16-bit.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -23,10 +31,26 @@ import yaml
 
 from sainet.imaging import encode_jpeg
 
-__all__ = ["SYNTH_LAYOUTS", "SynthObject", "SynthImage", "render", "synthesize"]
+__all__ = ["SYNTH_LAYOUTS", "FASDD_SUBSETS", "PLANTED", "SynthObject", "SynthImage", "render", "synthesize"]
 
 SYNTH_LAYOUTS = ("yolo", "coco", "voc", "fasdd", "pyrosdis")
 _KNOWN = ("fire", "smoke")
+log = logging.getLogger(__name__)
+
+#: FASDD subset -> (annotation folder suffix, image suffix): FASDD_RS holds YOLO_RS_RGB and TIFFs.
+FASDD_SUBSETS = {"CV": ("CV", ".jpg"), "UAV": ("UAV", ".jpg"), "RS": ("RS_RGB", ".tif")}
+
+#: The quirks the real-shaped layouts plant, in these exact numbers. Duplicates replace an image's
+#: bytes (and boxes) with another's, so image and box counts are those of the clean dataset, plus
+#: the zero-size rows (extra, dropped on import). Leaks are train images copied into val / test.
+PLANTED = {
+    "fasdd": {"duplicate_groups": {"train": 2}, "leaks": {"train/val": 1, "train/test": 1},
+              "zero_size_boxes": 2, "past_edge_coco_boxes": 3, "sixteen_bit_tiffs_rs": 1},
+    "pyrosdis": {"duplicate_groups": {"train": 1}, "leaks": {"train/val": 2},
+                 "zero_size_boxes": 0, "past_edge_coco_boxes": 0, "sixteen_bit_tiffs_rs": 0},
+}
+#: Fewest images a real-shaped layout with quirks needs (train must hold every planted source and copy).
+MIN_QUIRK_IMAGES = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +59,7 @@ class SynthObject:
     box: tuple[int, int, int, int]  # x0, y0, x1, y1: 0-based, x1/y1 exclusive
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class SynthImage:
     name: str
     split: str
@@ -44,14 +68,21 @@ class SynthImage:
     jpeg: bytes
     objects: tuple[SynthObject, ...]
 
-    def yolo_rows(self) -> str:
+    zero_size_row: bool = False  # quirk: one extra zero-width row in its annotations
+    past_edge: bool = False  # quirk: its first box is written one pixel past the right edge (COCO)
+
+    def yolo_rows(self, id_base: int = 0) -> str:
         rows = []
         for o in self.objects:
             x0, y0, x1, y1 = o.box
             rows.append(
-                f"{o.cls} {(x0 + x1) / 2 / self.width:.8f} {(y0 + y1) / 2 / self.height:.8f} "
+                f"{o.cls + id_base} {(x0 + x1) / 2 / self.width:.8f} {(y0 + y1) / 2 / self.height:.8f} "
                 f"{(x1 - x0) / self.width:.8f} {(y1 - y0) / self.height:.8f}"
             )
+        if self.zero_size_row and self.objects:
+            o = self.objects[0]
+            rows.append(f"{o.cls + id_base} {o.box[0] / self.width:.8f} {o.box[1] / self.height:.8f} 0.00000000 "
+                        f"{(o.box[3] - o.box[1]) / self.height:.8f}")
         return "\n".join(rows) + ("\n" if rows else "")
 
 
@@ -177,16 +208,24 @@ def _write_yolo(out: Path, images: list[SynthImage], classes: list[str]) -> None
     (out / "data.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 
-def _coco_doc(images: list[SynthImage], classes: list[str]) -> dict:
-    doc = {"images": [], "annotations": [], "categories": [{"id": i + 1, "name": c} for i, c in enumerate(classes)]}
+def _coco_doc(images: list[SynthImage], classes: list[str], cat_ids: dict[str, int] | None = None) -> dict:
+    """COCO json; `cat_ids` (name -> id) sets the category ids, listed in reverse id order (FASDD's test of by-name mapping)."""
+    ids = cat_ids or {c: i + 1 for i, c in enumerate(classes)}
+    cats = [{"id": ids[c], "name": c} for c in classes]
+    doc = {"images": [], "annotations": [], "categories": sorted(cats, key=lambda c: -c["id"]) if cat_ids else cats}
+
+    def ann(image_id: int, cls: int, x0: int, y0: int, w: int, h: int) -> None:
+        doc["annotations"].append({"id": len(doc["annotations"]) + 1, "image_id": image_id, "category_id": ids[classes[cls]],
+                                   "bbox": [x0, y0, w, h], "area": w * h, "iscrowd": 0})
+
     for i, im in enumerate(images):
         doc["images"].append({"id": i + 1, "file_name": im.name, "width": im.width, "height": im.height})
-        for o in im.objects:
+        for k, o in enumerate(im.objects):
             x0, y0, x1, y1 = o.box
-            doc["annotations"].append({
-                "id": len(doc["annotations"]) + 1, "image_id": i + 1, "category_id": o.cls + 1,
-                "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0,
-            })
+            ann(i + 1, o.cls, x0, y0, x1 - x0 + (1 if im.past_edge and k == 0 else 0), y1 - y0)
+        if im.zero_size_row and im.objects:
+            o = im.objects[0]
+            ann(i + 1, o.cls, o.box[0], o.box[1], 0, o.box[3] - o.box[1])
     return doc
 
 
@@ -226,32 +265,37 @@ def _write_voc(out: Path, images: list[SynthImage], classes: list[str]) -> None:
     (out / "classes.txt").write_text("\n".join(classes) + "\n")
 
 
-def _write_fasdd(out: Path, images: list[SynthImage], classes: list[str]) -> None:
-    yolo = out / "annotations" / "YOLO_CV"
-    coco = out / "annotations" / "COCO_CV" / "Annotations"
-    for d in (out / "images", yolo / "labels", coco):
+def _write_fasdd(out: Path, images: list[SynthImage], classes: list[str], subset: str = "CV") -> None:
+    """As FASDD_<subset>.zip unzips into `out`: one more FASDD_<subset>/ inside, no classes.txt."""
+    tag = FASDD_SUBSETS[subset][0]
+    root = out / f"FASDD_{subset}"
+    yolo = root / "annotations" / f"YOLO_{tag}"
+    coco = root / "annotations" / f"COCO_{tag}" / "Annotations"
+    for d in (root / "images", yolo / "labels", coco):
         d.mkdir(parents=True, exist_ok=True)
     for im in images:
-        (out / "images" / im.name).write_bytes(im.jpeg)
+        (root / "images" / im.name).write_bytes(im.jpeg)
         (yolo / "labels" / (Path(im.name).stem + ".txt")).write_text(im.yolo_rows())
-    for split in sorted({im.split for im in images}):
+    for split in _ordered_splits(images):
         part = [im for im in images if im.split == split]
         (yolo / f"{split}.txt").write_text("".join(f"./images/{im.name}\n" for im in part))
-        (coco / f"{split}.json").write_text(json.dumps(_coco_doc(part, classes)))
-    (yolo / "classes.txt").write_text("\n".join(classes) + "\n")
+        # Category ids deliberately not in class order: smoke 1, fire 2 (mapped by name on import).
+        cat_ids = {c: len(classes) - i for i, c in enumerate(classes)}
+        (coco / f"{split}.json").write_text(json.dumps(_coco_doc(part, classes, cat_ids)))
 
 
-def _write_pyrosdis(out: Path, images: list[SynthImage], classes: list[str]) -> None:
+def _write_pyrosdis(out: Path, images: list[SynthImage], classes: list[str], subset: str = "") -> None:
+    """The dataset repository's ``data/<split>-00000-of-00001.parquet``; smoke written as class 1."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     (out / "data").mkdir(parents=True, exist_ok=True)
     image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-    for split in sorted({im.split for im in images}):
+    for split in _ordered_splits(images):
         part = [im for im in images if im.split == split]
         table = pa.table({
             "image": pa.array([{"bytes": im.jpeg, "path": im.name} for im in part], image_type),
-            "annotations": pa.array([im.yolo_rows() for im in part], pa.string()),
+            "annotations": pa.array([im.yolo_rows(id_base=1) for im in part], pa.string()),
             "image_name": pa.array([im.name for im in part], pa.string()),
             "partner": pa.array(["synth"] * len(part), pa.string()),
             "camera": pa.array([f"cam{i % 4}" for i in range(len(part))], pa.string()),
@@ -260,7 +304,85 @@ def _write_pyrosdis(out: Path, images: list[SynthImage], classes: list[str]) -> 
         pq.write_table(table, out / "data" / f"{split}-00000-of-00001.parquet", row_group_size=64)
 
 
+def _ordered_splits(images: list[SynthImage]) -> list[str]:
+    return sorted({im.split for im in images}, key=["train", "val", "test"].index)
+
+
+def _fasdd_name(im: SynthImage, classes: list[str], subset: str, i: int) -> str:
+    """FASDD's name pattern: {fire,smoke,bothFireAndSmoke,neitherFireNorSmoke}_{CV|UAV|RS}NNNNNN."""
+    kinds = {classes[o.cls] for o in im.objects}
+    what = "neitherFireNorSmoke" if not kinds else "bothFireAndSmoke" if len(kinds) > 1 else kinds.pop()
+    return f"{what}_{subset}{i:06d}{FASDD_SUBSETS[subset][1]}"
+
+
+def _encode(img: np.ndarray, quality: int, suffix: str, sixteen_bit: bool) -> bytes:
+    if suffix == ".jpg":
+        return encode_jpeg(img, quality)
+    bgr = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(suffix, bgr.astype(np.uint16) * 257 if sixteen_bit else bgr)
+    if not ok:
+        raise ValueError(f"OpenCV cannot encode {suffix}")
+    return buf.tobytes()
+
+
+def _plant(images: list[SynthImage], layout: str) -> list[SynthImage]:
+    """Plant `PLANTED[layout]`: duplicates within train, train images leaked into val/test, bad boxes."""
+    want = PLANTED[layout]
+    by_split = {sp: [i for i, im in enumerate(images) if im.split == sp] for sp in ("train", "val", "test")}
+    train = by_split["train"]
+    plan = []  # (source index, copy index)
+    try:
+        for _ in range(want["duplicate_groups"]["train"]):
+            plan.append((train.pop(0), train.pop(0)))
+        for pair, n in want["leaks"].items():
+            target = by_split[pair.split("/")[1]]
+            for _ in range(n):
+                plan.append((train.pop(0), target.pop(0)))
+    except IndexError:
+        raise ValueError(f"a split is too small to plant {layout}'s duplicates and leaks in") from None
+    out = list(images)
+    for src, dst in plan:
+        out[dst] = replace(out[dst], jpeg=out[src].jpeg, objects=out[src].objects)
+    with_objects = [i for i in train if out[i].objects]
+    if len(with_objects) < want["zero_size_boxes"] + want["past_edge_coco_boxes"]:
+        raise ValueError("too few train images with objects to plant the quirks in; use more images or less background")
+    for i in with_objects[: want["zero_size_boxes"]]:
+        out[i] = replace(out[i], zero_size_row=True)
+    for i in with_objects[want["zero_size_boxes"]: want["zero_size_boxes"] + want["past_edge_coco_boxes"]]:
+        o = out[i].objects[0]  # its box reaches the right edge; COCO writes it one pixel wider
+        out[i] = replace(out[i], past_edge=True, objects=(SynthObject(o.cls, (o.box[0], o.box[1], out[i].width, o.box[3])),
+                                                          *out[i].objects[1:]))
+    return out
+
+
 _WRITERS = {"yolo": _write_yolo, "coco": _write_coco, "voc": _write_voc, "fasdd": _write_fasdd, "pyrosdis": _write_pyrosdis}
+
+
+def _split_of(seed: int, images: int, val_fraction: float, test_fraction: float) -> list[str]:
+    order = np.random.default_rng(seed).permutation(images)
+    n_val, n_test = int(round(images * val_fraction)), int(round(images * test_fraction))
+    split = ["train"] * images
+    for k, i in enumerate(order[: n_val + n_test].tolist()):
+        split[i] = "val" if k < n_val else "test"
+    return split
+
+
+def _check_args(layout: str, classes: list[str], images: int, val_fraction: float, test_fraction: float,
+                background: float, subset: str, quirks: bool) -> None:
+    if layout == "pyrosdis" and classes != ["smoke"]:
+        raise ValueError(f"the pyrosdis layout holds one class, smoke; got {classes}")
+    unknown = [c for c in classes if c not in _KNOWN]
+    if unknown or not classes or len(set(classes)) != len(classes):
+        raise ValueError(f"synth draws classes from {_KNOWN}; got {classes}")
+    if layout not in _WRITERS:
+        raise ValueError(f"layout must be one of {SYNTH_LAYOUTS}, got {layout!r}")
+    if not 0 <= val_fraction + test_fraction < 1 or min(val_fraction, test_fraction) < 0 or not 0 <= background <= 1 or images < 1:
+        raise ValueError("need images >= 1, 0 <= val_fraction + test_fraction < 1 and 0 <= background <= 1")
+    if subset not in FASDD_SUBSETS:
+        raise ValueError(f"subset must be one of {', '.join(FASDD_SUBSETS)}, got {subset!r}")
+    if quirks and images < MIN_QUIRK_IMAGES:
+        raise ValueError(f"the real-shaped {layout} layout plants its quirks in {MIN_QUIRK_IMAGES} images or more "
+                         f"(got {images})")
 
 
 def synthesize(
@@ -270,42 +392,52 @@ def synthesize(
     size: tuple[int, int] = (1440, 808),
     classes: list[str] | None = None,
     val_fraction: float = 0.2,
+    test_fraction: float | None = None,
     background: float = 0.1,
     layout: str = "yolo",
     seed: int = 0,
     quality: int = 90,
     threads: int | None = None,
     progress: Callable[[int], None] | None = None,
+    subset: str = "CV",
+    quirks: bool | None = None,
 ) -> list[SynthImage]:
     """Write a synthetic dataset to `out` in `layout`; returns what was written.
 
     Class names must be ``fire`` and/or ``smoke`` (their renderers); their order sets the ids. The
     default is fire,smoke, or smoke alone for the pyrosdis layout (PyroSDIS is a smoke-only dataset).
+    `test_fraction` defaults to 0.15 for fasdd (which has a test split), else 0. `quirks` plants
+    `PLANTED[layout]` (default: for fasdd and pyrosdis when `images` >= MIN_QUIRK_IMAGES); `subset`
+    picks FASDD's CV, UAV or RS shape.
     """
     classes = list(classes or (["smoke"] if layout == "pyrosdis" else ["fire", "smoke"]))
-    if layout == "pyrosdis" and classes != ["smoke"]:
-        raise ValueError(f"the pyrosdis layout holds one class, smoke; got {classes}")
-    unknown = [c for c in classes if c not in _KNOWN]
-    if unknown or not classes or len(set(classes)) != len(classes):
-        raise ValueError(f"synth draws classes from {_KNOWN}; got {classes}")
-    if layout not in _WRITERS:
-        raise ValueError(f"layout must be one of {SYNTH_LAYOUTS}, got {layout!r}")
-    if not 0 <= val_fraction < 1 or not 0 <= background <= 1 or images < 1:
-        raise ValueError("need images >= 1, 0 <= val_fraction < 1 and 0 <= background <= 1")
-    order = np.random.default_rng(seed).permutation(images)
-    n_val = int(round(images * val_fraction))
-    val = set(order[:n_val].tolist())
+    test_fraction = (0.15 if layout == "fasdd" else 0.0) if test_fraction is None else test_fraction
+    if quirks is None:  # real-shaped by default when there is room for the quirks
+        quirks = layout in PLANTED and images >= MIN_QUIRK_IMAGES
+        if layout in PLANTED and not quirks:
+            log.info("synth %s: %d images are too few to plant the published quirks in; writing it clean", layout, images)
+    quirks = quirks and layout in PLANTED
+    _check_args(layout, classes, images, val_fraction, test_fraction, background, subset, quirks)
+    split = _split_of(seed, images, val_fraction, test_fraction)
+    suffix = FASDD_SUBSETS[subset][1] if layout == "fasdd" else ".jpg"
 
     def one(i: int) -> SynthImage:
         img, objects = render(seed, i, size, classes, background)
-        im = SynthImage(f"synth_{i:06d}.jpg", "val" if i in val else "train", size[0], size[1],
-                        encode_jpeg(img, quality), tuple(objects))
+        im = SynthImage(f"synth_{i:06d}.jpg", split[i], size[0], size[1],
+                        _encode(img, quality, suffix, sixteen_bit=suffix == ".tif" and i == images - 1), tuple(objects))
         if progress:
             progress(1)
         return im
 
     with ThreadPoolExecutor(threads) as pool:
         result = list(pool.map(one, range(images)))
+    if quirks:
+        result = _plant(result, layout)
+    if layout == "fasdd":
+        result = [replace(im, name=_fasdd_name(im, classes, subset, i)) for i, im in enumerate(result)]
     out.mkdir(parents=True, exist_ok=True)
-    _WRITERS[layout](out, result, classes)
+    if layout == "fasdd":
+        _write_fasdd(out, result, classes, subset)
+    else:
+        _WRITERS[layout](out, result, classes)
     return result

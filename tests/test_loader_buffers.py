@@ -82,7 +82,8 @@ def test_held_batches_are_never_overwritten(store, augment):
         del held, h, keep, b
         gc.collect()
         ptrs = {b["img"].data_ptr() for b in loader}
-        assert len(ptrs) <= loader.prefetch + loader.assemblers + 2  # buffers went back into service
+        if not loader.pin_memory:  # the CPU pool (pinned batches come from torch's host cache instead)
+            assert len(ptrs) <= loader.prefetch + loader.assemblers + 2  # buffers went back into service
     finally:
         loader.close()
 

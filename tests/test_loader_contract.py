@@ -95,6 +95,7 @@ def test_eval_batches_identical_across_backends(stores):
         loader.close()
 
 
+@pytest.mark.gpu
 @GPU
 def test_dali_gpu_matches_cpu(stores):
     cpu = _eval_batches(stores, "dali", device="cpu")

@@ -47,7 +47,9 @@ def test_backend_table_is_the_one_rule():
                 check_container(name, container, "/x")
     with pytest.raises(ValueError, match="known: disk"):
         build_loader("/nonexistent", "tape", batch_size=1, imgsz=64)
-    assert default_threads(cores=2) == 2 and default_threads(cores=64) == 8 and default_threads(cores=16, recommended=4) == 4
+    assert default_threads(cores=2, ranks=1) == 2 and default_threads(cores=64, ranks=1) == 8
+    assert default_threads(cores=16, recommended=4, ranks=1) == 4 and default_threads(cores=16, ranks=8) == 2
+    assert default_threads(cores=4, ranks=8) == 1
 
 
 def test_no_private_torch_apis_in_loaders():

@@ -63,7 +63,7 @@ def _hostile_variant(layout: str, root: Path, secret: Path) -> None:
 
         xml.write_text(re.sub(r"<filename>.*?</filename>", f"<filename>../{rel}</filename>", xml.read_text()))
     elif layout == "fasdd":
-        lst = root / "annotations" / "YOLO_CV" / "train.txt"
+        lst = root / "FASDD_CV" / "annotations" / "YOLO_CV" / "train.txt"  # unzipped double nested
         lst.write_text(lst.read_text() + f"./{rel}\n{secret}\n")
     elif layout == "pyrosdis":
         shard = next((root / "data").glob("train-*.parquet"))

@@ -31,7 +31,8 @@ def synth_all(tmp_path_factory):
     for layout in SYNTH_LAYOUTS:
         out = tmp_path_factory.mktemp(layout)
         classes = ["smoke"] if layout == "pyrosdis" else ["fire", "smoke"]
-        made[layout] = (out, synthesize(out, images=10, size=SIZE, layout=layout, seed=7, background=0.2, classes=classes))
+        made[layout] = (out, synthesize(out, images=10, size=SIZE, layout=layout, seed=7, background=0.2, classes=classes,
+                                        test_fraction=0, quirks=False))
     return made
 
 
@@ -61,7 +62,8 @@ def test_layouts_agree_with_each_other(synth_all):
     for layout, (out, _) in synth_all.items():
         if layout == "pyrosdis":
             continue
-        per_layout[layout] = {s.name: (s.split, s.cls.tolist(), s.boxes) for s in open_dataset(out).samples()}
+        # FASDD's names follow the published pattern (smoke_CV000003.jpg): match them by index.
+        per_layout[layout] = {f"synth_{s.name[-10:-4]}.jpg": (s.split, s.cls.tolist(), s.boxes) for s in open_dataset(out).samples()}
     ref = per_layout["yolo"]
     for layout, got in per_layout.items():
         assert got.keys() == ref.keys(), layout
@@ -77,7 +79,7 @@ def test_fasdd_coco_annotations_match_yolo(synth_all):
     out, _ = synth_all["fasdd"]
     coco_only = out.parent / (out.name + "_coco")
     shutil.copytree(out, coco_only)
-    shutil.rmtree(coco_only / "annotations" / "YOLO_CV")
+    shutil.rmtree(coco_only / "FASDD_CV" / "annotations" / "YOLO_CV")
     a = {s.name: s for s in open_dataset(out).samples()}
     ds = open_dataset(coco_only)
     assert ds.coco_dir is not None

@@ -164,6 +164,23 @@ def _key_value(text: str) -> tuple[str, Any]:
 
 key_value_type = _parser(_key_value)
 
+
+def _class_ids(text: str) -> dict[int, str]:
+    """``1=smoke,2=fire`` -> {1: "smoke", 2: "fire"}."""
+    out: dict[int, str] = {}
+    for item in (i for i in text.split(",") if i.strip()):
+        key, sep, name = item.partition("=")
+        try:
+            out[int(key)] = name.strip()
+        except ValueError:
+            raise ValueError(f"expected ID=NAME[,ID=NAME], got {text!r}") from None
+        if not sep or not name.strip():
+            raise ValueError(f"expected ID=NAME[,ID=NAME], got {text!r}")
+    return out
+
+
+class_ids_type = _parser(_class_ids)
+
 Layout = Literal[tuple(LAYOUTS)]  # type: ignore[valid-type]
 Container = Literal[CONTAINERS]  # type: ignore[valid-type]
 Mode = Literal[MODES]  # type: ignore[valid-type]

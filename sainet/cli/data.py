@@ -19,6 +19,7 @@ from sainet.cli._app import (
     Mode,
     app,
     bytes_type,
+    class_ids_type,
     console,
     err,
     imgsz_type,
@@ -28,9 +29,10 @@ from sainet.cli._app import (
 )
 from sainet.errors import SettingsError
 from sainet.settings import default_threads
-from sainet.synth import SYNTH_LAYOUTS
+from sainet.synth import FASDD_SUBSETS, SYNTH_LAYOUTS
 
 _SynthLayout = Literal[SYNTH_LAYOUTS]  # type: ignore[valid-type]
+_Subset = Literal[tuple(FASDD_SUBSETS)]  # type: ignore[valid-type]
 
 
 @app.command()
@@ -44,13 +46,20 @@ def synth(
     layout: Annotated[_SynthLayout, typer.Option(help="Layout to write.")] = "yolo",  # type: ignore[assignment]
     seed: Annotated[int, typer.Option(min=0, help="Random seed: same seed, same bytes.")] = 0,
     quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG quality.")] = 90,
+    subset: Annotated[_Subset, typer.Option(help="fasdd: the FASDD subset shape (RS: TIFF).")] = "CV",
+    test_fraction: Annotated[float | None, typer.Option(min=0.0, max=0.99, help="Fraction in the test split (default 0.15 for fasdd, else 0).")] = None,
+    clean: Annotated[bool, typer.Option(help="fasdd/pyrosdis: without the published datasets' quirks (duplicates, leaks, bad boxes).")] = False,
 ) -> None:
     """Write a deterministic synthetic wildfire dataset (smoke plumes, fire, exact boxes).
+
+    The fasdd and pyrosdis layouts are shaped like the published datasets, quirks included
+    (see sainet.synth.PLANTED for the exact numbers).
 
     Examples:
 
     * `sainet synth data/synth --images 200`
     * `sainet synth data/pyro --classes smoke --layout pyrosdis --size 1280x720`
+    * `sainet synth data/FASDD_RS --layout fasdd --subset RS --size 640x640`
     """
     from sainet.synth import synthesize
 
@@ -59,9 +68,10 @@ def synth(
         try:
             with progress_bar(images, "synth") as advance:
                 result = synthesize(out, images=images, size=size, classes=names, val_fraction=val_fraction,
-                                    background=background, layout=layout, seed=seed, quality=quality, progress=advance)
-        except ValueError as e:  # the other values were checked by their option types: this is --classes
-            raise SettingsError(str(e), "--classes") from None
+                                    background=background, layout=layout, seed=seed, quality=quality, progress=advance,
+                                    subset=subset, test_fraction=test_fraction, quirks=False if clean else None)
+        except ValueError as e:  # the ranges were checked by the option types: classes or a fraction mix
+            raise SettingsError(str(e), "--classes" if "class" in str(e) else None) from None
         nbytes = sum(len(r.jpeg) for r in result)
         boxes = sum(len(r.objects) for r in result)
         console.print(f"wrote {len(result)} images ({nbytes / 1e6:.1f} MB, {nbytes / len(result) / 1e3:.0f} KB/img), "
@@ -80,7 +90,12 @@ def _print_check(report: Any, max_problems: int) -> None:
     console.print(t)
     if not report.problems:
         console.print("no problems found")
-        return
+    else:
+        _print_problems(report, max_problems)
+    _print_dataset_facts(report.notes, report.tally.as_dict(), report.duplicates.summary())
+
+
+def _print_problems(report: Any, max_problems: int) -> None:
     counts = ", ".join(f"{k}: {v}" for k, v in report.problem_counts().items())
     pt = Table(title=f"{len(report.problems)} problems {counts}")
     for col in ("severity", "kind", "path", "detail"):
@@ -100,8 +115,12 @@ def check(
     strict: Annotated[bool, typer.Option(help="Fail on warnings too (dropped boxes, bad images).")] = False,
     threads: Annotated[int | None, typer.Option(min=1, help="Decode threads (default: the cores, at most 8).")] = None,
     max_problems: Annotated[int, typer.Option(min=0, help="Problems listed in the table.")] = 50,
+    class_ids: Annotated[Any, typer.Option(parser=class_ids_type, metavar="ID=NAME,...", help="pyrosdis: the annotations' class ids, e.g. 1=smoke (default: detected).")] = None,
 ) -> None:
     """Validate a dataset without changing it: counts per split and class, and every problem with its file.
+
+    Also says where every box went (kept, clipped, dropped: nothing is lost), exact-duplicate images
+    within and across splits (leakage), and facts about the dataset (e.g. 1-based class ids).
 
     Exit code 0 when the dataset is usable (with --strict: and has no warnings), 1 otherwise.
 
@@ -114,7 +133,7 @@ def check(
     from sainet.datasets import open_dataset
 
     def body() -> int:
-        ds = open_dataset(src, layout)
+        ds = open_dataset(src, layout, class_ids)
         with progress_bar(None, f"check {ds.layout}") as advance:
             report = check_dataset(ds, threads=threads or default_threads(), progress=advance)
         if as_json:
@@ -132,6 +151,26 @@ def check(
     run(body)
 
 
+def _print_dataset_facts(notes: list[str], boxes: dict, duplicates: dict | None) -> None:
+    """The lines check and pack both print: notes, where every box went, duplicates and leaks."""
+    for n in notes:
+        console.print(f"note: {n}")
+    dropped = ", ".join(f"{k} {v}" for k, v in boxes["dropped"].items())
+    extra = "".join(f", {k.replace('_', ' ')} {sum(v.values()) if isinstance(v, dict) else v}"
+                    for k, v in boxes.items() if k in ("filtered_by_class", "in_dropped_leaks", "in_left_out_images", "stored"))
+    console.print(f"boxes: read {boxes['read']}, kept {boxes['kept']} (clipped {boxes['clipped']}), dropped "
+                  f"{boxes['dropped_total']}" + (f" ({dropped})" if dropped else "") + extra + f", lost {boxes['lost']}")
+    if duplicates is None:
+        return
+    for where, title in (("within", "duplicates within a split"), ("across", "duplicates across splits (leakage)")):
+        groups = duplicates[where]
+        if not groups:
+            console.print(f"{title}: none")
+        for key, g in groups.items():
+            console.print(f"{title}: {key} {g['groups']} groups ({g['images']} images), e.g. {'; '.join(g['examples'][:2])}",
+                          soft_wrap=True)
+
+
 def _reason(report: Any, strict: bool) -> str | None:
     """Why the dataset is not usable; with `strict`, warnings count too."""
     from sainet.datasets import Severity
@@ -146,7 +185,7 @@ def _reason(report: Any, strict: bool) -> str | None:
 
 @app.command()
 def pack(
-    src: Annotated[Path, typer.Argument(help="Source dataset (any layout `sainet check` reads).")],
+    src: Annotated[list[Path], typer.Argument(help="Source dataset(s) (any layout `sainet check` reads); several are combined, classes unified by name.")],
     to: Annotated[Path, typer.Option("--to", help="Store to create, e.g. /dev/shm/fasdd.")],
     fmt: Annotated[Container | None, typer.Option("--format", help="Container (default: shards on tmpfs, lmdb elsewhere).")] = None,
     mode: Annotated[Mode, typer.Option(help="jpeg (original bytes) or raw (decoded, letterboxed frames).")] = "jpeg",  # type: ignore[assignment]
@@ -159,6 +198,9 @@ def pack(
     shard_size: Annotated[Any, typer.Option(parser=bytes_type, metavar="SIZE", help="shards: target shard file size, e.g. 1GiB.")] = "1GiB",  # type: ignore[assignment]
     assume_free: Annotated[Any, typer.Option(parser=bytes_type, metavar="SIZE", help="Plan against this much free space instead of the measured figure.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    classes: Annotated[str | None, typer.Option(help="Keep these classes only, by name and in this order, e.g. smoke.")] = None,
+    drop_leaks: Annotated[bool, typer.Option(help="Leave out train images whose bytes also appear in val or test.")] = False,
+    class_ids: Annotated[Any, typer.Option(parser=class_ids_type, metavar="ID=NAME,...", help="pyrosdis: the annotations' class ids, e.g. 1=smoke (default: detected).")] = None,
 ) -> None:
     """Pack a dataset into an LMDB or shard store, after checking that it fits.
 
@@ -170,6 +212,8 @@ def pack(
     * `sainet pack datasets/FASDD_CV --to /dev/shm/fasdd`
     * `sainet pack data/synth --to stores/synth-raw --mode raw --imgsz 1440x808 --format lmdb`
     * `sainet pack datasets/FASDD_CV --to /dev/shm/fasdd --resume`
+    * `sainet pack datasets/FASDD_CV datasets/FASDD_UAV datasets/FASDD_RS --to /dev/shm/fasdd --drop-leaks`
+    * `sainet pack datasets/pyro-sdis --to /dev/shm/pyro --classes smoke`
     """
     from cache_tools.pack import PackOptions
     from cache_tools.pack import pack as do_pack
@@ -177,16 +221,17 @@ def pack(
     def body() -> int:
         opts = PackOptions(container=fmt, mode=mode, imgsz=imgsz if mode == "raw" else None, max_size=max_size,
                            layout=layout, threads=threads or default_threads(), resume=resume, force=force,
-                           shard_size=shard_size, free_bytes=assume_free)
+                           shard_size=shard_size, free_bytes=assume_free, drop_leaks=drop_leaks, class_ids=class_ids,
+                           classes=[c.strip() for c in classes.split(",") if c.strip()] if classes else None)
         with progress_bar(None, "pack") as bar:
             report = do_pack(src, to, opts, progress=bar, on_start=bar.start)
-        _print_pack(report, as_json, max_size, src)
+        _print_pack(report, as_json, max_size)
         return 0
 
     run(body)
 
 
-def _print_pack(report: Any, as_json: bool, max_size: int | None, src: Path) -> None:
+def _print_pack(report: Any, as_json: bool, max_size: int | None) -> None:
     from cache_tools.plan import human_bytes
 
     if as_json:
@@ -195,6 +240,7 @@ def _print_pack(report: Any, as_json: bool, max_size: int | None, src: Path) -> 
             "records": report.records, "left_out": report.bad, "reencoded": report.reencoded,
             "resumed": report.resumed, "payload_bytes": report.payload_bytes, "store_bytes": report.store_bytes,
             "seconds": round(report.seconds, 3), "annotation_problems": [p.as_dict() for p in report.problems],
+            "boxes": report.boxes, "dropped_leaks": report.dropped_leaks, "notes": report.notes,
         }, indent=2))
         return
     console.print(f"packed {report.records} images into {report.store} ({report.container}, {report.mode}): "
@@ -208,7 +254,11 @@ def _print_pack(report: Any, as_json: bool, max_size: int | None, src: Path) -> 
         for b in report.bad[:20]:
             console.print(f"  {b['key']}: {b['reason']}", soft_wrap=True)
     if report.problems:
-        console.print(f"{len(report.problems)} annotation problems (boxes dropped or clipped); see `sainet check {src}`")
+        console.print(f"{len(report.problems)} annotation problems (boxes dropped or clipped); see `sainet check`")
+    if report.dropped_leaks:
+        console.print(f"dropped {len(report.dropped_leaks)} train images also in val/test (--drop-leaks), e.g. "
+                      + "; ".join(f"{d['name']} = {d['same_as']}" for d in report.dropped_leaks[:3]), soft_wrap=True)
+    _print_dataset_facts(report.notes, report.boxes, None)
 
 
 @app.command()

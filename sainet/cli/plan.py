@@ -14,7 +14,7 @@ from sainet.cli._app import Layout, ProfileName, app, bytes_type, console, imgsz
 
 @app.command()
 def plan(
-    source: Annotated[str | None, typer.Option("--source", help="Dataset folder, or a description N@WxH[:avgKB] (e.g. 117000@1440x808:180KB).")] = None,
+    source: Annotated[str | None, typer.Option("--source", help="Dataset folder, or a description N@WxH[:avgKB] (e.g. 122634@1440x808:180KB, FASDD CV+UAV+RS).")] = None,
     store: Annotated[Path | None, typer.Option("--store", help="An existing store.")] = None,
     profile: Annotated[ProfileName, typer.Option(help="auto (this host) or a profile name.")] = "auto",  # type: ignore[assignment]
     imgsz: Annotated[Any, typer.Option(parser=imgsz_type, metavar="WxH|N", help="Training shape, WIDTHxHEIGHT or N.")] = "1440x808",  # type: ignore[assignment]
@@ -32,7 +32,8 @@ def plan(
 
     Examples:
 
-    * `sainet plan --profile h200 --source 117000@1440x808:180KB`
+    * `sainet plan --profile h200 --source 122634@1440x808:180KB` (FASDD CV + UAV + RS)
+    * `sainet plan --profile a10g --source 33636@1280x720:100KB` (PyroSDIS, train + val)
     * `sainet plan --source datasets/FASDD_CV --to /dev/shm/fasdd`
     * `sainet plan --store /dev/shm/fasdd --profile a10g --batch 12 --json`
     """

@@ -6,6 +6,7 @@ string and a type that rejects bad values, copied into `TrainSettings` in `body`
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -13,6 +14,7 @@ import typer
 from rich.table import Table
 
 from sainet.cli._app import ProfileName, app, console, device_type, imgsz_type, key_value_type, run
+from sainet.errors import SettingsError
 from sainet.settings import LOADERS
 
 Loader = Literal[LOADERS]  # type: ignore[valid-type]
@@ -20,6 +22,8 @@ _TELEMETRY = ("epoch", "epoch_s", "data_wait_fraction", "train_img_per_s", "load
 
 
 def print_train_result(r: Any) -> None:
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 alone reports
+        return
     chosen = {k: v for k, v in r.resolved.items() if k != "overrides"}
     console.print(f"[bold]{r.save_dir}[/]: " + ", ".join(f"{k}={v}" for k, v in chosen.items()))
     m = r.metrics
@@ -57,7 +61,8 @@ def train(
     prefetch: Annotated[int | None, typer.Option(min=1, help="Batches prepared ahead (default: the profile's).")] = None,
     project: Annotated[str, typer.Option(help="Runs folder.")] = "runs/sainet",
     name: Annotated[str | None, typer.Option(help="Run name (default: loader-imgsz).")] = None,
-    resume: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="Resume from a run's weights/last.pt: its data, loader, shape and options come back.")] = None,
+    resume: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="Resume from a run's weights/last.pt (or weights/mid_epoch.pt): its data, loader, shape and options come back.")] = None,
+    checkpoint_every: Annotated[int, typer.Option(min=0, help="Also save weights/mid_epoch.pt every N batches (0: off).")] = 0,
 ) -> None:
     """Train YOLOv8 with Ultralytics on a sainet loader (or Ultralytics' own, for comparison).
 
@@ -69,7 +74,6 @@ def train(
     * `sainet train --data stores/synth --loader ultralytics --epochs 2 --set lr0=0.005 --set mosaic=0.5`
     * `sainet train --resume runs/sainet/dali-1440x832/weights/last.pt`
     """
-    from sainet.errors import SettingsError
     from sainet.settings import TrainSettings
     from sainet.train import train as do_train
     from sainet.train import two_stage
@@ -78,13 +82,14 @@ def train(
         settings = TrainSettings(
             data=data or "", loader=loader, model=model, weights=weights, imgsz=imgsz, epochs=epochs, batch=batch,
             device=device, profile=profile, config=str(config) if config else None, stage=stage, sets=dict(sets or []),
-            project=project, name=name, threads=threads, prefetch=prefetch, resume=str(resume) if resume else None)
+            project=project, name=name, threads=threads, prefetch=prefetch, resume=str(resume) if resume else None,
+            checkpoint_every=checkpoint_every)
         if workflow:
             if not (stage1_data and stage2_data):
                 raise SettingsError("two-stage needs --stage1-data and --stage2-data", "--workflow")
             r1, r2 = two_stage(settings, stage1_data, stage2_data, stage1_epochs=stage1_epochs, stage2_epochs=stage2_epochs)
-            print_train_result(r1)
-            print_train_result(r2)
+            for r in (r1, r2):
+                print_train_result(r)
             console.print(f"stage 2 started from {r1.best}")
             return 0
         if not data and not resume:

@@ -6,8 +6,9 @@ import abc
 import enum
 import math
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -27,6 +28,9 @@ __all__ = [
     "parse_yolo_labels",
     "validate_boxes",
     "empty_labels",
+    "BoxTally",
+    "detect_id_base",
+    "read_lines",
 ]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -132,11 +136,36 @@ class Sample:
         return self.width, self.height
 
 
+@dataclass
+class BoxTally:
+    """What happened to every box an importer read: nothing is dropped without being counted here.
+
+    ``read == kept + sum(dropped.values())`` always holds (`lost` is that difference, 0 unless a bug);
+    `clipped` boxes are among the kept ones.
+    """
+
+    read: int = 0
+    kept: int = 0
+    clipped: int = 0
+    dropped: Counter = field(default_factory=Counter)  # ProblemKind value -> boxes dropped for it
+
+    @property
+    def lost(self) -> int:
+        return self.read - self.kept - sum(self.dropped.values())
+
+    def as_dict(self) -> dict[str, object]:
+        return {"read": self.read, "kept": self.kept, "clipped": self.clipped,
+                "dropped": dict(sorted(self.dropped.items())), "dropped_total": sum(self.dropped.values()),
+                "lost": self.lost}
+
+
 class Importer(abc.ABC):
     """Base of the layout importers. Subclasses set `layout`, `names` and implement `samples`.
 
     Problems met while reading annotations (bad rows, paths outside the root) are appended to
-    `problems`; the affected boxes or images are left out of what `samples` yields.
+    `problems`; the affected boxes or images are left out of what `samples` yields. Every box read
+    is counted in `tally`; facts about the dataset as a whole (a 1-based class id convention, a
+    nested root) are said once in `notes`.
     """
 
     layout: ClassVar[str] = ""
@@ -145,6 +174,40 @@ class Importer(abc.ABC):
         self.root = Path(root)
         self.names: list[str] = []
         self.problems: list[Problem] = []
+        self.tally = BoxTally()
+        self.notes: list[str] = []
+
+    def _boxes(self, cls: np.ndarray, xywh: np.ndarray, source: str, nc: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """`validate_boxes` against this dataset's classes, counted in `tally`."""
+        return validate_boxes(cls, xywh, len(self.names) if nc is None else nc, source, self.problems, self.tally)
+
+    def _yolo_text(self, text: str, source: str, nc: int | None = None,
+                   remap: dict[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The one place YOLO label text becomes boxes: parse, map the dataset's own class ids through
+        `remap` (when given; an id it lacks is reported and dropped), validate; all counted in `tally`."""
+        raw_c, raw_b = parse_yolo_labels(text, source, self.problems, self.tally)
+        if remap is not None and len(raw_c):
+            mapped = np.array([remap.get(int(c), -1) if c == int(c) else -1 for c in raw_c], np.float64)
+            for i in np.flatnonzero(mapped < 0):
+                self._problem(source, ProblemKind.CLASS_OUT_OF_RANGE, f"box {i}: class {raw_c[i]:g} not among "
+                              f"the dataset's ids {sorted(remap)}")
+                self.tally.read += 1
+                self.tally.dropped[ProblemKind.CLASS_OUT_OF_RANGE.value] += 1
+            keep = mapped >= 0
+            raw_c, raw_b = mapped[keep], raw_b[keep]
+        return self._boxes(raw_c, raw_b, source, nc)
+
+    def _label_file(self, lbl: Path, nc: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The one place a YOLO label file is read: none (or one outside the root) is a background image."""
+        if not lbl.is_file():
+            return empty_labels()
+        try:
+            real = resolve_inside(self.root, lbl)
+        except PathOutsideRoot as e:
+            self._problem(lbl.name, ProblemKind.PATH_OUTSIDE_ROOT, str(e))
+            return empty_labels()
+        lrel = real.relative_to(os.path.realpath(self.root)).as_posix()
+        return self._yolo_text(real.read_text(errors="replace"), lrel, nc)
 
     @classmethod
     @abc.abstractmethod
@@ -166,6 +229,12 @@ class Importer(abc.ABC):
         self.problems.append(Problem(path, kind, detail))
 
 
+def read_lines(path: Path) -> list[str]:
+    """The non-empty, stripped lines of a list file (split lists, classes.txt, ImageSets): the one
+    place such files are read."""
+    return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+
+
 def resolve_inside(root: Path, rel: str | os.PathLike[str], base: Path | None = None) -> Path:
     """Join `rel` to `base` (default `root`) and return it only if it stays inside `root`.
 
@@ -178,11 +247,14 @@ def resolve_inside(root: Path, rel: str | os.PathLike[str], base: Path | None = 
     return Path(candidate)
 
 
-def parse_yolo_labels(text: str, source: str, problems: list[Problem]) -> tuple[np.ndarray, np.ndarray]:
-    """Parse YOLO label text (``cls x y w h`` rows). Malformed rows are reported and skipped.
+def parse_yolo_labels(
+    text: str, source: str, problems: list[Problem], tally: BoxTally | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Parse YOLO label text (``cls x y w h`` rows). Malformed rows are reported, counted and skipped.
 
     Returns raw (cls float64 (n,), xywh float64 (n,4)); `validate_boxes` does the range checks.
     """
+    tally = tally if tally is not None else BoxTally()
     cls, boxes = [], []
     for lineno, line in enumerate(text.splitlines(), 1):
         parts = line.split()
@@ -191,11 +263,15 @@ def parse_yolo_labels(text: str, source: str, problems: list[Problem]) -> tuple[
         if len(parts) != 5:
             kind = "segment rows are not supported" if len(parts) > 5 and len(parts) % 2 == 1 else "expected 5 fields"
             problems.append(Problem(source, ProblemKind.LABEL_MALFORMED, f"line {lineno}: {len(parts)} fields, {kind}"))
+            tally.read += 1
+            tally.dropped[ProblemKind.LABEL_MALFORMED.value] += 1
             continue
         try:
             vals = [float(p) for p in parts]
         except ValueError:
             problems.append(Problem(source, ProblemKind.LABEL_MALFORMED, f"line {lineno}: not numbers: {line.strip()[:60]!r}"))
+            tally.read += 1
+            tally.dropped[ProblemKind.LABEL_MALFORMED.value] += 1
             continue
         cls.append(vals[0])
         boxes.append(vals[1:])
@@ -206,42 +282,63 @@ def parse_yolo_labels(text: str, source: str, problems: list[Problem]) -> tuple[
 _EPS = 1e-6
 
 
+def _check_box(c: float, x: float, y: float, w: float, h: float, nc: int) -> tuple[ProblemKind, str] | None:
+    """Why this box must be dropped, or None when it can be kept (perhaps after clipping)."""
+    if not all(map(math.isfinite, (c, x, y, w, h))):
+        return ProblemKind.BOX_NAN, f"non-finite value in {c} {x} {y} {w} {h}"
+    if c != int(c) or not 0 <= c < nc:
+        return ProblemKind.CLASS_OUT_OF_RANGE, f"class {c:g} not in 0..{nc - 1}"
+    if w < 0 or h < 0:
+        return ProblemKind.BOX_NEGATIVE, f"negative size in xywh {x:g} {y:g} {w:g} {h:g}"
+    if w == 0 or h == 0:
+        return ProblemKind.BOX_ZERO_AREA, "zero width or height"
+    return None
+
+
 def validate_boxes(
-    cls: np.ndarray, xywh: np.ndarray, nc: int, source: str, problems: list[Problem]
+    cls: np.ndarray, xywh: np.ndarray, nc: int, source: str, problems: list[Problem], tally: BoxTally | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Check normalized xywh boxes; report and drop the bad ones, clip the ones that stick out.
 
     Dropped: non-integer or out-of-range class ids, NaN/inf, negative or zero width/height.
     Clipped to the image (and reported): boxes extending beyond [0, 1]; dropped if nothing is left.
+    Every box is counted in `tally` (read, kept, clipped, dropped by kind) when one is given.
     """
+    tally = tally if tally is not None else BoxTally()
     keep_cls, keep_box = [], []
     for i in range(len(cls)):
         c, (x, y, w, h) = cls[i], xywh[i]
         row = f"box {i}"
-        if not all(map(math.isfinite, (c, x, y, w, h))):
-            problems.append(Problem(source, ProblemKind.BOX_NAN, f"{row}: non-finite value in {c} {x} {y} {w} {h}"))
-            continue
-        if c != int(c) or not 0 <= c < nc:
-            problems.append(Problem(source, ProblemKind.CLASS_OUT_OF_RANGE, f"{row}: class {c:g} not in 0..{nc - 1}"))
-            continue
-        if w < 0 or h < 0 or x < -_EPS or y < -_EPS:
-            problems.append(Problem(source, ProblemKind.BOX_NEGATIVE, f"{row}: negative value in xywh {x:g} {y:g} {w:g} {h:g}"))
-            if w < 0 or h < 0:
-                continue
-        if w == 0 or h == 0:
-            problems.append(Problem(source, ProblemKind.BOX_ZERO_AREA, f"{row}: zero width or height"))
+        tally.read += 1
+        why = _check_box(c, x, y, w, h, nc)
+        if why is not None:
+            problems.append(Problem(source, why[0], f"{row}: {why[1]}"))
+            tally.dropped[why[0].value] += 1
             continue
         x0, y0, x1, y1 = x - w / 2, y - h / 2, x + w / 2, y + h / 2
-        if min(x0, y0) < -_EPS or max(x1, y1) > 1 + _EPS:
-            if x >= -_EPS and y >= -_EPS:  # negative centres were reported above
-                problems.append(Problem(source, ProblemKind.BOX_OUT_OF_RANGE, f"{row}: xyxy {x0:.4f} {y0:.4f} {x1:.4f} {y1:.4f} clipped to the image"))
+        outside = min(x0, y0) < -_EPS or max(x1, y1) > 1 + _EPS
         x0, y0, x1, y1 = (min(max(v, 0.0), 1.0) for v in (x0, y0, x1, y1))
         if x1 - x0 <= 0 or y1 - y0 <= 0:
             problems.append(Problem(source, ProblemKind.BOX_ZERO_AREA, f"{row}: nothing left inside the image"))
+            tally.dropped[ProblemKind.BOX_ZERO_AREA.value] += 1
             continue
+        if outside:
+            problems.append(Problem(source, ProblemKind.BOX_OUT_OF_RANGE, f"{row}: xywh {x:.4f} {y:.4f} {w:.4f} {h:.4f} clipped to the image"))
+            tally.clipped += 1
+        tally.kept += 1
         keep_cls.append(int(c))
         keep_box.append(((x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0))
     return np.asarray(keep_cls, np.int32), np.asarray(keep_box, np.float32).reshape(-1, 4)
+
+
+def detect_id_base(ids: Iterable[float], names: list[str]) -> int:
+    """0, or 1 when the class ids are evidently 1-based: one class name and every id seen is 1.
+
+    (PyroSDIS writes smoke as class 1.) With several names the data cannot tell the convention
+    apart from a subset of classes, so it is 0 there; pass an explicit map instead.
+    """
+    seen = set(ids)
+    return 1 if len(names) == 1 and seen == {1.0} else 0
 
 
 def empty_labels() -> tuple[np.ndarray, np.ndarray]:

@@ -1,7 +1,9 @@
 """COCO detection json (``annotations/*.json``; boxes are absolute top-left xywh).
 
-Class ids are the categories sorted by their COCO id, numbered 0..nc-1. Images with no annotation
-are background images; crowd annotations are skipped like Ultralytics' converter does.
+Class ids are the categories sorted by their COCO id, numbered 0..nc-1, for the first json read;
+every other json (and a layout with fixed names, like FASDD) maps its category ids by category
+**name**, never by list order. Images with no annotation are background images; crowd annotations
+are skipped like Ultralytics' converter does.
 """
 
 from __future__ import annotations
@@ -12,7 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from sainet.datasets.base import Importer, Problem, ProblemKind, Sample, resolve_inside, validate_boxes
+from sainet.datasets.base import (
+    BoxTally,
+    Importer,
+    Problem,
+    ProblemKind,
+    Sample,
+    resolve_inside,
+    validate_boxes,
+)
 from sainet.errors import DatasetError, PathOutsideRoot
 
 __all__ = ["CocoImporter", "read_coco"]
@@ -26,10 +36,25 @@ def _split_of(stem: str) -> str:
     return s
 
 
+def _category_index(cats: list[dict], names: list[str] | None, rel_json: str) -> tuple[list[str], dict[object, int]]:
+    """(names, COCO category id -> class index): by id order when `names` is None, else by name."""
+    cat_names = [str(c["name"]) for c in cats]
+    if names is None:
+        return cat_names, {c["id"]: i for i, c in enumerate(cats)}
+    unknown = [n for n in cat_names if n not in names]
+    if unknown:
+        raise DatasetError(f"{rel_json}: categories {unknown} are not among the dataset's classes {names}")
+    return list(names), {c["id"]: names.index(str(c["name"])) for c in cats}
+
+
 def read_coco(
-    json_path: Path, image_dirs: list[Path], root: Path, split: str, problems: list[Problem]
+    json_path: Path, image_dirs: list[Path], root: Path, split: str, problems: list[Problem],
+    names: list[str] | None = None, tally: BoxTally | None = None,
 ) -> tuple[list[str], list[Sample]]:
-    """Read one COCO json into samples. Image files are looked up in `image_dirs`, in order."""
+    """Read one COCO json into samples. Image files are looked up in `image_dirs`, in order.
+
+    With `names`, categories are mapped to those classes by name (an unknown name is refused).
+    """
     rel_json = json_path.relative_to(root).as_posix() if json_path.is_relative_to(root) else str(json_path)
     try:
         doc = json.loads(json_path.read_bytes())
@@ -38,12 +63,12 @@ def read_coco(
         anns = doc.get("annotations", [])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise DatasetError(f"{rel_json}: not a COCO detection json ({type(e).__name__}: {e})") from None
-    names = [str(c["name"]) for c in cats]
-    cat_index = {c["id"]: i for i, c in enumerate(cats)}
+    names, cat_index = _category_index(cats, names, rel_json)
     by_image: dict[object, list[dict]] = {}
     for a in anns:
         by_image.setdefault(a.get("image_id"), []).append(a)
     samples = []
+    tally = tally if tally is not None else BoxTally()
     for im in images:
         fname = str(im.get("file_name", ""))
         try:
@@ -51,36 +76,48 @@ def read_coco(
         except (KeyError, TypeError, ValueError):
             problems.append(Problem(f"{rel_json}: {fname}", ProblemKind.ANNOTATION_ERROR, "image entry without width/height"))
             continue
-        path = None
-        for d in image_dirs:
-            try:
-                cand = resolve_inside(root, fname, base=d)
-            except PathOutsideRoot as e:
-                problems.append(Problem(f"{rel_json}: {fname}", ProblemKind.PATH_OUTSIDE_ROOT, str(e)))
-                break
-            if cand.is_file():
-                path = cand
-                break
-        else:
-            problems.append(Problem(f"{rel_json}: {fname}", ProblemKind.MISSING_IMAGE, "image file not found"))
+        path = _find_image(fname, image_dirs, root, f"{rel_json}: {fname}", problems)
         if path is None:
             continue
         rel = path.relative_to(Path(root).resolve()).as_posix()
-        raw_c, raw_b = [], []
-        for a in by_image.get(im.get("id"), []):
-            if a.get("iscrowd"):
-                continue
-            try:
-                x, y, bw, bh = (float(v) for v in a["bbox"])
-            except (KeyError, TypeError, ValueError):
-                problems.append(Problem(rel, ProblemKind.LABEL_MALFORMED, f"annotation {a.get('id')}: bad bbox"))
-                continue
-            c = cat_index.get(a.get("category_id"), -1)
-            raw_c.append(c)
-            raw_b.append(((x + bw / 2) / w, (y + bh / 2) / h, bw / w, bh / h))
-        cls, boxes = validate_boxes(np.asarray(raw_c, np.float64), np.asarray(raw_b, np.float64).reshape(-1, 4), len(names), rel, problems)
+        raw_c, raw_b = _coco_boxes(by_image.get(im.get("id"), []), cat_index, w, h, rel, problems, tally)
+        cls, boxes = validate_boxes(raw_c, raw_b, len(names), rel, problems, tally)
         samples.append(Sample(name=path.name, key=rel, split=split, cls=cls, boxes=boxes, path=path, width=w, height=h))
     return names, samples
+
+
+def _find_image(fname: str, image_dirs: list[Path], root: Path, where: str, problems: list[Problem]) -> Path | None:
+    for d in image_dirs:
+        try:
+            cand = resolve_inside(root, fname, base=d)
+        except PathOutsideRoot as e:
+            problems.append(Problem(where, ProblemKind.PATH_OUTSIDE_ROOT, str(e)))
+            return None
+        if cand.is_file():
+            return cand
+    problems.append(Problem(where, ProblemKind.MISSING_IMAGE, "image file not found"))
+    return None
+
+
+def _coco_boxes(anns: list[dict], cat_index: dict[object, int], w: int, h: int, rel: str, problems: list[Problem],
+                tally: BoxTally) -> tuple[np.ndarray, np.ndarray]:
+    """One image's annotations as raw (class, normalized xywh); crowd ones skipped (and counted), like Ultralytics."""
+    raw_c, raw_b = [], []
+    for a in anns:
+        if a.get("iscrowd"):
+            tally.read += 1
+            tally.dropped["crowd"] += 1
+            continue
+        try:
+            x, y, bw, bh = (float(v) for v in a["bbox"])
+        except (KeyError, TypeError, ValueError):
+            problems.append(Problem(rel, ProblemKind.LABEL_MALFORMED, f"annotation {a.get('id')}: bad bbox"))
+            tally.read += 1
+            tally.dropped[ProblemKind.LABEL_MALFORMED.value] += 1
+            continue
+        raw_c.append(cat_index.get(a.get("category_id"), -1))
+        raw_b.append(((x + bw / 2) / w, (y + bh / 2) / h, bw / w, bh / h))
+    return np.asarray(raw_c, np.float64), np.asarray(raw_b, np.float64).reshape(-1, 4)
 
 
 class CocoImporter(Importer):
@@ -104,9 +141,8 @@ class CocoImporter(Importer):
     def _load(self, split: str) -> list[Sample]:
         if split not in self._cache:
             dirs = [self.root / "images" / split, self.root / split, self.root / "images", self.root]
-            names, samples = read_coco(self._jsons[split], [d for d in dirs if d.is_dir()], self.root, split, self.problems)
-            if self.names and names != self.names:
-                raise DatasetError(f"{self._jsons[split]}: categories differ from the other splits'")
+            names, samples = read_coco(self._jsons[split], [d for d in dirs if d.is_dir()], self.root, split,
+                                       self.problems, self.names or None, self.tally)
             self.names = names
             self._cache[split] = samples
         return self._cache[split]

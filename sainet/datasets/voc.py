@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sainet.datasets.base import Importer, ProblemKind, Sample, resolve_inside, validate_boxes
+from sainet.datasets.base import Importer, ProblemKind, Sample, read_lines, resolve_inside
 from sainet.errors import DatasetError, PathOutsideRoot
 
 __all__ = ["VocImporter"]
@@ -33,13 +33,13 @@ class VocImporter(Importer):
             for f in sorted(sets.glob("*.txt")):
                 if "_" in f.stem:  # per-class lists (aeroplane_train.txt) are not splits
                     continue
-                self._ids[f.stem] = [ln.split()[0] for ln in f.read_text().splitlines() if ln.strip()]
+                self._ids[f.stem] = [ln.split()[0] for ln in read_lines(f)]
         if not self._ids:
             self._ids["train"] = sorted(p.stem for p in self.ann_dir.glob("*.xml"))
         self._parsed: dict[str, ET.Element | None] = {}
         classes = self.root / "classes.txt"
         if classes.is_file():
-            self.names = [n.strip() for n in classes.read_text().splitlines() if n.strip()]
+            self.names = read_lines(classes)
         else:
             found = set()
             for ids in self._ids.values():
@@ -106,6 +106,6 @@ class VocImporter(Importer):
                     x0, y0 = x0 - 1, y0 - 1
                     raw_c.append(index.get(name, -1))
                     raw_b.append(((x0 + x1) / 2 / w, (y0 + y1) / 2 / h, (x1 - x0) / w, (y1 - y0) / h))
-                cls, boxes = validate_boxes(np.asarray(raw_c, np.float64), np.asarray(raw_b, np.float64).reshape(-1, 4), len(self.names), rel_xml, self.problems)
+                cls, boxes = self._boxes(np.asarray(raw_c, np.float64), np.asarray(raw_b, np.float64).reshape(-1, 4), rel_xml)
                 rel = path.relative_to(Path(self.root).resolve()).as_posix()
                 yield Sample(name=path.name, key=rel, split=sp, cls=cls, boxes=boxes, path=path, width=w, height=h)

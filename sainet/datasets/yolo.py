@@ -22,10 +22,8 @@ from sainet.datasets.base import (
     Importer,
     ProblemKind,
     Sample,
-    empty_labels,
-    parse_yolo_labels,
+    read_lines,
     resolve_inside,
-    validate_boxes,
 )
 from sainet.errors import DatasetError, PathOutsideRoot
 
@@ -91,7 +89,7 @@ class YoloImporter(Importer):
             if not self._entries:
                 raise DatasetError(f"{src}: no data.yaml and no images/<split>/ folders")
             classes = src / "classes.txt"
-            self.names = [n.strip() for n in classes.read_text().splitlines() if n.strip()] if classes.is_file() else []
+            self.names = read_lines(classes) if classes.is_file() else []
         if not self._entries:
             raise DatasetError(f"{yaml_path or src}: no train/val/test entries")
 
@@ -117,10 +115,7 @@ class YoloImporter(Importer):
             if p.is_dir():
                 yield from sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTS and q.is_file())
             elif p.suffix == ".txt" and p.is_file():
-                for line in p.read_text().splitlines():
-                    line = line.strip()
-                    if not line:
-                        continue
+                for line in read_lines(p):
                     try:
                         yield resolve_inside(self.root, line, base=p.parent)
                     except PathOutsideRoot as e:
@@ -139,13 +134,8 @@ class YoloImporter(Importer):
                 if not img.is_file():
                     self._problem(rel, ProblemKind.MISSING_IMAGE, "listed image does not exist")
                     continue
-                lbl = label_path_for(img)
-                cls, boxes = empty_labels()
-                if lbl.is_file():
-                    lrel = lbl.relative_to(Path(self.root).resolve()).as_posix()
-                    raw_c, raw_b = parse_yolo_labels(lbl.read_text(errors="replace"), lrel, self.problems)
-                    cls, boxes = validate_boxes(raw_c, raw_b, nc, lrel, self.problems)
-                    if infer_names and len(cls):
-                        while len(self.names) <= int(cls.max()):
-                            self.names.append(str(len(self.names)))
+                cls, boxes = self._label_file(label_path_for(img), nc)
+                if infer_names and len(cls):
+                    while len(self.names) <= int(cls.max()):
+                        self.names.append(str(len(self.names)))
                 yield Sample(name=img.name, key=rel, split=sp, cls=cls, boxes=boxes, path=img)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from sainet.errors import CapacityError, DatasetError, SettingsError
 from sainet.geometry import format_imgsz
 from sainet.profiles import HostInfo, Profile
 from sainet.settings import LOADERS, TrainSettings, default_threads
+from sainet.train import distributed
 
 __all__ = ["TrainRequest", "TrainSettings", "TrainResult", "train", "two_stage", "resolve", "restore_run",
            "SETTINGS_FILE", "LOADERS"]
@@ -102,7 +104,7 @@ def restore_run(s: TrainSettings) -> TrainSettings:
             shown = (format_imgsz(mine), format_imgsz(theirs)) if opt == "--imgsz" else (mine, theirs)
             raise SettingsError(f"{shown[0]} differs from the run's {shown[1]}; resume continues the run as it was "
                                 f"(leave {opt} out, or start a new run)", opt)
-    keep = {k: getattr(s, k) for k in ("data", "device", "threads", "prefetch", "batch") if getattr(s, k)}
+    keep = {k: getattr(s, k) for k in ("data", "device", "threads", "prefetch", "batch", "checkpoint_every") if getattr(s, k)}
     return saved.replace(**keep, resume=s.resume, callbacks=s.callbacks)
 
 
@@ -180,17 +182,19 @@ def _check_memory(s: TrainSettings, d: _Data, host: HostInfo, on_cpu: bool, cuda
     """The memory plan, before anything starts: refuse what cannot fit host RAM or GPU memory."""
     from sainet.budget import estimate_budget
 
-    ranks = 1 if on_cpu else max(1, len(str(s.device).split(",")))
-    b = estimate_budget(images=d.images, imgsz=s.shape, batch=s.batch, threads=s.threads or 2, prefetch=s.prefetch or 2,
+    world = distributed.world_size_for(s.device)
+    per_rank = distributed.per_rank_batch(s.batch, world) if d.loader != "ultralytics" else max(1, s.batch // world)
+    ranks = distributed.ranks_per_node(s.device)
+    b = estimate_budget(images=d.images, imgsz=s.shape, batch=per_rank, threads=s.threads or 2, prefetch=s.prefetch or 2,
                         workers=8, model=s.model, amp=not on_cpu)
     ram_copy = d.store_bytes if d.loader == "ram" else 0
-    host_need = ranks * (b.sainet_loader_bytes + ram_copy)
+    host_need = distributed.host_bytes_per_node(ranks, b.sainet_loader_bytes, d.store_bytes, d.loader)
     if host_need > host.ram_available_gb * 1e9:
         raise CapacityError(f"loader {d.loader} needs {host_need / 1e9:.1f} GB of host RAM ({ranks} rank(s): buffers "
                             f"{b.sainet_loader_bytes / 1e9:.1f} GB" + (f" + a {ram_copy / 1e9:.1f} GB RAM copy" if ram_copy else "")
                             + f"); {host.ram_available_gb:.1f} GB available: lower --batch or --prefetch, or use --loader shm/lmdb")
     if cuda and not on_cpu and host.vram_gb and b.vram_bytes > host.vram_gb * 1e9:
-        raise CapacityError(f"batch {s.batch} at {format_imgsz(s.shape)} with {s.model} needs about {b.vram_bytes / 1e9:.1f} GB "
+        raise CapacityError(f"batch {per_rank} per GPU at {format_imgsz(s.shape)} with {s.model} needs about {b.vram_bytes / 1e9:.1f} GB "
                             f"of GPU memory (estimate); the GPU has {host.vram_gb:.1f} GB: lower --batch")
     return {"loader_buffer_bytes": b.sainet_loader_bytes, "store_bytes": d.store_bytes, "vram_estimate_bytes": b.vram_bytes}
 
@@ -213,9 +217,11 @@ def _overrides(s: TrainSettings, d: _Data, hyp: dict[str, Any]) -> dict[str, Any
 
 
 def _profile_defaults(s: TrainSettings, profile: Profile, cuda: bool) -> TrainSettings:
+    """The profile's values where none were given. Profiles give the batch per GPU; --batch is the global batch."""
     rec = profile.recommended
-    return s.replace(loader=s.loader or rec["loader"], batch=s.batch or int(rec["batch"]),
-                     device=s.device or ("0" if cuda else "cpu"), imgsz=s.shape,
+    device = s.device or ("0" if cuda else "cpu")
+    batch = s.batch or int(rec["batch"]) * distributed.world_size_for(device)
+    return s.replace(loader=s.loader or rec["loader"], batch=batch, device=device, imgsz=s.shape,
                      threads=s.threads or int(rec["threads"]), prefetch=s.prefetch or int(rec["prefetch"]))
 
 
@@ -237,7 +243,7 @@ def _plan(settings: TrainSettings) -> _Plan:
     options = None
     if d.loader != "ultralytics":
         options = SainetOptions(data=d.arg, loader=d.loader, imgsz=s.shape, threads=s.threads, prefetch=s.prefetch,
-                                layout=s.layout, names=d.names)
+                                layout=s.layout, names=d.names, checkpoint_every=s.checkpoint_every)
         chosen.update(threads=s.threads, prefetch=s.prefetch)
     chosen.update(loader=d.loader, batch=s.batch, imgsz=format_imgsz(s.shape), device=s.device)
     chosen.update(_check_memory(s, d, host, s.device == "cpu", cuda))
@@ -259,6 +265,10 @@ def train(settings: TrainSettings) -> TrainResult:
     prepare_offline()
     p = _plan(settings)
     log.info("profile %s: %s", p.chosen["profile"], ", ".join(f"{k}={v}" for k, v in p.chosen.items() if k != "profile"))
+    if p.options is not None and (nproc := distributed.ranks_to_spawn(p.overrides["device"])):
+        save_dir = distributed.launch_request(settings, p.overrides, nproc)  # --device 0,1: torchrun, one rank per GPU
+        return TrainResult(save_dir, save_dir / "weights" / "best.pt", save_dir / "weights" / "last.pt",
+                           _last_metrics(save_dir / "results.csv"), [], {**p.chosen, "overrides": p.overrides})
     if p.options is not None:
         from sainet.train.trainer import SainetTrainer
 
@@ -269,8 +279,9 @@ def train(settings: TrainSettings) -> TrainResult:
 
         trainer = DetectionTrainer(overrides=p.overrides)
     save_dir = Path(trainer.save_dir)
-    save_dir.mkdir(parents=True, exist_ok=True)
-    (save_dir / SETTINGS_FILE).write_text(json.dumps(p.settings.replace(resume=None).to_dict(), indent=2))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone writes
+        save_dir.mkdir(parents=True, exist_ok=True)
+        (save_dir / SETTINGS_FILE).write_text(json.dumps(p.settings.replace(resume=None).to_dict(), indent=2))
     for event, fns in settings.callbacks.items():
         for fn in fns:
             trainer.add_callback(event, fn)

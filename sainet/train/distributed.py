@@ -1,0 +1,305 @@
+"""Distributed training on torch.distributed: one code path for one GPU, several GPUs and several machines.
+
+Every multi-process run is started by torchrun (``torch.distributed.run``), which sets ``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK`` in each process:
+
+* ``sainet train --device 0,1 ...`` (one machine, several GPUs) spawns
+  ``python -m torch.distributed.run --standalone --nproc-per-node 2 -m sainet.train.distributed REQUEST.json``
+  itself (`launch`), waits for it and returns the run folder;
+* ``torchrun --nnodes N --node-rank R --nproc-per-node G --rdzv-backend c10d --rdzv-endpoint HOST:PORT
+  -m sainet train ...`` on each machine starts the ranks directly.
+
+A process that finds ``RANK``/``WORLD_SIZE`` in its environment trains as that rank and never spawns.
+`SainetTrainer` then creates the process group here (`init_process_group`): gloo with
+``--device cpu`` (so the whole path runs in CI), NCCL on CUDA with device = ``LOCAL_RANK``, and a
+timeout of ``SAINET_DIST_TIMEOUT`` seconds (default `DEFAULT_TIMEOUT_S`) instead of Ultralytics'
+fixed 3 hours.
+
+Faults: when a rank dies, torchrun's agent on that machine stops the machine's other ranks at once
+(SIGTERM, then SIGKILL after its grace period) and exits non-zero; ranks on other machines fail in
+their next collective — gloo sees the closed connection at once, NCCL's watchdog aborts after the
+timeout — so no rank waits longer than the timeout. `launch` runs torchrun in its own session and
+kills that whole process group on the way out, so nothing outlives it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sainet.errors import SainetError
+
+__all__ = [
+    "DEFAULT_TIMEOUT_S", "ENV_TIMEOUT", "DistributedError", "DistInfo", "StoreFingerprint", "check_same_store",
+    "cuda_device", "gather", "host_bytes_per_node", "init_process_group", "launch", "launch_request",
+    "per_rank_batch", "ranks_per_node", "ranks_to_spawn", "shutdown_process_group", "store_fingerprint",
+    "timeout_s", "world_size_for",
+]
+
+log = logging.getLogger(__name__)
+
+ENV_TIMEOUT = "SAINET_DIST_TIMEOUT"
+#: Seconds a collective may wait for the slowest rank before the run fails. Long enough for what
+#: rank 0 does alone between two collectives (saving weights, results.csv, plots); short enough
+#: that a dead peer on another machine (NCCL) stops the run within minutes, not Ultralytics' 3 h.
+DEFAULT_TIMEOUT_S = 600.0
+
+
+class DistributedError(SainetError):
+    """The ranks of a distributed run disagree (store, world size, batch) or a rank failed."""
+
+    exit_code = 6
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place in the run, from torchrun's environment (world_size 1 when not under torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+
+    @classmethod
+    def from_env(cls) -> DistInfo:
+        env = os.environ
+        world = int(env.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        try:
+            return cls(int(env["RANK"]), world, int(env.get("LOCAL_RANK", "0")), int(env.get("LOCAL_WORLD_SIZE", world)))
+        except KeyError:
+            raise DistributedError("WORLD_SIZE is set but RANK is not: start sainet with torchrun") from None
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def timeout_s() -> float:
+    raw = os.environ.get(ENV_TIMEOUT)
+    try:
+        value = float(raw) if raw else DEFAULT_TIMEOUT_S
+    except ValueError:
+        raise DistributedError(f"{ENV_TIMEOUT}={raw!r}: expected seconds") from None
+    if value <= 0:
+        raise DistributedError(f"{ENV_TIMEOUT}={raw!r}: expected a positive number of seconds")
+    return value
+
+
+def _devices(device: str | None) -> list[str]:
+    d = (device or "").strip().lower().removeprefix("cuda:")
+    return [x for x in d.split(",") if x.strip()] if d not in ("", "cpu", "cuda", "mps") else []
+
+
+def ranks_to_spawn(device: str | None) -> int:
+    """How many ranks `launch` should start for `device` here: the number of GPUs in a list such as
+    ``0,1`` when this process is not already a rank; 0 otherwise (train in this process)."""
+    if "RANK" in os.environ or "WORLD_SIZE" in os.environ:
+        return 0
+    n = len(_devices(device))
+    return n if n > 1 else 0
+
+
+def world_size_for(device: str | None) -> int:
+    """Ranks of the whole run: torchrun's WORLD_SIZE, else the GPUs listed in `device` (what `launch` starts)."""
+    if os.environ.get("WORLD_SIZE"):
+        return max(1, int(os.environ["WORLD_SIZE"]))
+    return max(1, len(_devices(device)))
+
+
+def ranks_per_node(device: str | None) -> int:
+    """Ranks sharing this machine's memory: torchrun's LOCAL_WORLD_SIZE, else the GPUs listed in `device`."""
+    if os.environ.get("LOCAL_WORLD_SIZE"):
+        return max(1, int(os.environ["LOCAL_WORLD_SIZE"]))
+    return max(1, len(_devices(device)))
+
+
+def host_bytes_per_node(ranks: int, loader_buffer_bytes: int, store_bytes: int, loader: str) -> int:
+    """Host memory a run takes on one machine: the loader's buffers once per rank; the store once per
+    machine (mapped from the page cache or /dev/shm, shared by its ranks, so not counted here as
+    new memory), except for the ``ram`` loader, which copies it into every rank."""
+    return ranks * (loader_buffer_bytes + (store_bytes if loader == "ram" else 0))
+
+
+def cuda_device(device: str | None, info: DistInfo) -> int:
+    """The CUDA index this rank uses: the LOCAL_RANK-th entry of a device list such as ``0,1,2,3``
+    (one entry per local rank), else LOCAL_RANK itself (``--device 0`` or ``cuda`` under torchrun)."""
+    listed = _devices(device)
+    if len(listed) > 1:
+        if len(listed) != info.local_world_size:
+            raise DistributedError(f"--device {device} lists {len(listed)} GPUs but torchrun started "
+                                   f"{info.local_world_size} ranks on this machine (--nproc-per-node); make them equal")
+        return int(listed[info.local_rank])
+    return info.local_rank
+
+
+def per_rank_batch(batch: int, world_size: int) -> int:
+    """`--batch` is the global batch, as in Ultralytics: each rank takes batch / world_size."""
+    if batch < world_size or batch % world_size:
+        raise DistributedError(f"--batch {batch} is the global batch and must divide evenly over {world_size} ranks "
+                               f"(e.g. --batch {max(1, batch // world_size) * world_size} or "
+                               f"{(batch // world_size + 1) * world_size})")
+    return batch // world_size
+
+
+def init_process_group(info: DistInfo, cuda_index: int | None) -> str:
+    """Create the default process group for this rank; returns the backend (gloo on CPU, nccl on CUDA)."""
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return str(dist.get_backend())
+    backend = "gloo"
+    kw: dict[str, Any] = {}
+    if cuda_index is not None:
+        torch.cuda.set_device(cuda_index)
+        backend = "nccl"
+        kw["device_id"] = torch.device("cuda", cuda_index)
+    dist.init_process_group(backend, rank=info.rank, world_size=info.world_size,
+                            timeout=timedelta(seconds=timeout_s()), **kw)
+    log.info("rank %d/%d (local %d) on %s: %s process group", info.rank, info.world_size, info.local_rank,
+             socket.gethostname(), backend)
+    return backend
+
+
+def shutdown_process_group() -> None:
+    """Destroy the default process group, if any (also after a failure: no barrier, nothing to wait for)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception as e:  # noqa: BLE001 - a peer may be gone already; the process is ending anyway
+            log.debug("destroy_process_group: %s", e)
+
+
+def gather(obj: Any) -> list[Any]:
+    """Every rank's `obj`, on every rank (a list indexed by rank); ``[obj]`` when not distributed."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+# ------------------------------------------------------------------------------------ store identity
+@dataclass(frozen=True)
+class StoreFingerprint:
+    """What must be equal on every node: format version, record count, content hash of the index."""
+
+    version: int
+    records: int
+    digest: str
+
+    def __str__(self) -> str:
+        return f"v{self.version}, {self.records} records, index {self.digest[:12]}"
+
+
+def store_fingerprint(data: str | os.PathLike[str], names: list[str] | None = None) -> StoreFingerprint:
+    """The fingerprint of a store (its index file), or for a dataset folder (``--loader disk``) of
+    the record names the loader found."""
+    from cache_tools.format import INDEX_NAME, read_index
+
+    index = Path(data) / INDEX_NAME
+    if index.is_file():
+        meta = read_index(Path(data))  # validates the index (typed error if foreign or damaged)
+        return StoreFingerprint(int(meta.version), len(meta.records), hashlib.blake2b(index.read_bytes(), digest_size=16).hexdigest())
+    h = hashlib.blake2b(digest_size=16)
+    for name in names or []:
+        h.update(name.encode() + b"\0")
+    return StoreFingerprint(0, len(names or []), h.hexdigest())
+
+
+def check_same_store(data: str, fingerprint: StoreFingerprint) -> None:
+    """All-gather every rank's (host, path, fingerprint); raise on every rank if any differs from rank 0's."""
+    mine = (socket.gethostname(), str(Path(data).resolve()), asdict(fingerprint))
+    everyone = gather(mine)
+    ref_host, ref_path, ref = everyone[0]
+    bad = [(r, h, p, f) for r, (h, p, f) in enumerate(everyone) if f != ref]
+    if bad:
+        lines = "; ".join(f"rank {r} on {h}: {p} ({StoreFingerprint(**f)})" for r, h, p, f in bad)
+        raise DistributedError(f"ranks read different stores: rank 0 on {ref_host}: {ref_path} ({StoreFingerprint(**ref)}) "
+                               f"but {lines}. Pack the same source with the same options on every node")
+
+
+# ------------------------------------------------------------------------------------------ launch
+def launch(request: dict[str, Any], nproc: int) -> int:
+    """Run `request` (a `sainet.train.TrainRequest` as a dict) on `nproc` local ranks through
+    torchrun; returns torchrun's exit code. torchrun runs in its own session, and that whole
+    process group is killed on the way out (also on Ctrl-C), so no rank outlives this call."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="sainet-dist-", delete=False) as f:
+        json.dump(request, f)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+           "-m", "sainet.train.distributed", f.name]
+    log.info("starting %d ranks: %s", nproc, " ".join(cmd))
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    try:
+        return proc.wait()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM if proc.poll() is None else signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=30)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        Path(f.name).unlink(missing_ok=True)
+
+
+def launch_request(req: Any, overrides: dict[str, Any], nproc: int) -> Path:
+    """`launch` a `TrainRequest` whose resolved Ultralytics `overrides` are given; returns the run folder.
+
+    The folder is chosen here (``name``, ``name2``... as Ultralytics would) and handed to the ranks,
+    so that the caller knows where the results are. Callbacks cannot travel to other processes and
+    are dropped with a warning."""
+    from ultralytics.cfg import DEFAULT_CFG, get_cfg, get_save_dir
+
+    per_rank_batch(int(overrides["batch"]), nproc)  # refuse before starting anything
+    if req.callbacks:
+        log.warning("callbacks are not passed to the %d spawned ranks; start torchrun yourself to use them", nproc)
+    request = {k: v for k, v in asdict(req).items() if k != "callbacks"}
+    if overrides.get("resume"):
+        save_dir = Path(overrides["resume"]).resolve().parent.parent
+    else:
+        save_dir = Path(get_save_dir(get_cfg(DEFAULT_CFG, overrides)))
+        request["sets"] = {**request["sets"], "save_dir": str(save_dir)}
+    rc = launch(request, nproc)
+    if rc:
+        raise DistributedError(f"distributed training failed: torchrun exited with {rc} (the failing rank's error is above)")
+    return save_dir
+
+
+def _main(argv: list[str]) -> int:
+    """A rank started by `launch`: train the request in the file ``argv[0]``."""
+    from sainet.train.run import TrainRequest, train
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    req = TrainRequest(**json.loads(Path(argv[0]).read_text()))
+    try:
+        train(req)
+    except SainetError as e:
+        print(f"error (rank {os.environ.get('RANK', '?')}): {e}", file=sys.stderr)
+        return e.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

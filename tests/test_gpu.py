@@ -1,0 +1,132 @@
+"""Tests that need a CUDA GPU (`pytest -m gpu`); skipped, with the reason, where there is none.
+
+The batched torch executor on CUDA against the OpenCV executor, the hand-off from the loader's own
+stream while the default stream is busy, pinned batches of the CPU loaders under non-blocking
+copies, the DALI loader's augmented batches against the CPU loader's, and a 2-epoch training run
+with ``--loader dali --device 0``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from loaders import build_loader
+from loaders.augment.hyp import Hyp
+from loaders.augment.plan import plan_batch
+from loaders.augment.torch_exec import render_batch
+from tests.test_gpu_executor import CASES, OUT_HW, _Count, _cpu_render, _sources
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: none on this machine")]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    from cache_tools import PackOptions, pack
+    from sainet.synth import synthesize
+
+    root = tmp_path_factory.mktemp("gpu")
+    synthesize(root / "src", images=48, size=(320, 180), seed=21, val_fraction=0.25, background=0.1)
+    pack(root / "src", root / "shards", PackOptions(container="shards"))
+    return root
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_batched_executor_on_cuda_matches_opencv(name):
+    hyp, augment = CASES[name]
+    imgs, labels, sizes, decoded, scales = _sources(6, seed=len(name), mixed_sizes=True)
+    plan = plan_batch(np.random.default_rng(7), sizes, labels, OUT_HW, hyp, augment=augment)
+    sources = [torch.from_numpy(d).cuda() for d in decoded]
+    torch.cuda.synchronize()
+    with _Count() as calls:  # and no host synchronisation inside
+        out = render_batch(plan, sources, scales)
+    assert out.is_cuda and out.dtype == torch.uint8 and out.shape == (6, 3, *OUT_HW)
+    assert calls.calls.count("to") == 1  # one host->device copy: the packed plan
+    diff = np.abs(_cpu_render(plan, decoded, scales).astype(int) - out.permute(0, 2, 3, 1).cpu().numpy().astype(int))
+    assert diff.mean() < 0.3 and np.percentile(diff, 99) <= 3 and (diff > 2).mean() < 0.02, (diff.mean(), (diff > 2).mean())
+    on_cpu = render_batch(plan, [torch.from_numpy(d) for d in decoded], scales)  # the same kernels on the CPU
+    assert (out.cpu().int() - on_cpu.int()).abs().max() <= 1
+
+
+def test_stream_hand_off_while_the_default_stream_is_busy():
+    """The loader renders on its own stream while the default stream works through a long matmul
+    queue; the consumer waits on the event (not the host), and reads the right bytes."""
+    imgs, labels, sizes, decoded, scales = _sources(6, seed=5, mixed_sizes=False)
+    plan = plan_batch(np.random.default_rng(3), sizes, labels, OUT_HW, CASES["full"][0], augment=True)
+    expected = render_batch(plan, [torch.from_numpy(d) for d in decoded], scales)
+    sources = [torch.from_numpy(d).cuda() for d in decoded]
+    a = torch.randn(4096, 4096, device="cuda")
+    torch.cuda.synchronize()
+    for _ in range(400):  # ~55 TFLOP queued on the default stream: far longer than one render
+        a = a @ a
+        a /= a.norm()
+    loader_stream = torch.cuda.Stream()
+    img = render_batch(plan, sources, scales, stream=loader_stream)
+    ready = torch.cuda.Event()
+    ready.record(loader_stream)
+    ready.synchronize()  # the host waits for the loader's work only
+    assert not torch.cuda.current_stream().query(), "the render waited for the default stream's queue"
+    torch.cuda.current_stream().wait_event(ready)  # the consumer's hand-off: no host sync
+    img.record_stream(torch.cuda.current_stream())
+    got = img.float().cpu()  # on the default stream, after the matmuls and the event
+    assert (got.int() - expected.int()).abs().max() <= 1
+
+
+def test_pinned_batches_survive_non_blocking_copies(store):
+    """A CPU loader's (pinned) batches copied with .to('cuda', non_blocking=True) and all kept: each
+    device copy holds its own batch (a buffer reused before its copy completed would show the next
+    one), compared with a CPU-only pass of the same seed."""
+
+    def run(to_cuda: bool) -> list[torch.Tensor]:
+        loader = build_loader(store / "shards", "shm", batch_size=4, imgsz=(192, 320), seed=9, threads=2, prefetch=2)
+        try:
+            return [b["img"].to("cuda", non_blocking=True) if to_cuda else b["img"].clone() for b in loader]
+        finally:
+            loader.close()
+
+    on_gpu, reference = run(True), run(False)
+    torch.cuda.synchronize()
+    assert len(on_gpu) == len(reference) >= 8
+    for k, (g, c) in enumerate(zip(on_gpu, reference, strict=True)):
+        assert torch.equal(g.cpu(), c), f"batch {k}: the device copy holds other bytes"
+
+
+def test_dali_augmented_batches_match_the_cpu_loader(store):
+    """Same seed, same plan: the DALI loader (nvJPEG + batched torch executor) and the shm loader
+    (libjpeg-turbo + OpenCV) give the same boxes and nearly the same pixels."""
+    pytest.importorskip("nvidia.dali", reason="needs nvidia-dali")
+    hyp = Hyp(mixup=0.3, degrees=5)
+    out = {}
+    for kind, device in (("shm", None), ("dali", "cuda")):
+        loader = build_loader(store / "shards", kind, batch_size=4, imgsz=(192, 320), hyp=hyp, seed=4, device=device)
+        try:
+            out[kind] = list(loader)
+        finally:
+            loader.close()
+    assert len(out["shm"]) == len(out["dali"]) >= 8
+    for a, b in zip(out["shm"], out["dali"], strict=True):
+        assert b["img"].is_cuda and a["im_file"] == b["im_file"]
+        torch.testing.assert_close(a["bboxes"], b["bboxes"], atol=1e-6, rtol=0)
+        assert torch.equal(a["cls"], b["cls"]) and torch.equal(a["batch_idx"], b["batch_idx"])
+        diff = (a["img"].int() - b["img"].cpu().int()).abs().float()
+        assert diff.mean() < 2.0, diff.mean()  # JPEG decoders (IDCT) and interpolation rounding
+
+
+def test_train_two_epochs_with_the_dali_loader_on_gpu(store, tmp_path):
+    pytest.importorskip("nvidia.dali", reason="needs nvidia-dali")
+    from sainet.train import TrainRequest, train
+    from tests.test_train import _check_run
+
+    r = train(TrainRequest(data=str(store / "shards"), loader="dali", model="yolov8n.yaml", imgsz="320x180", epochs=2,
+                           batch=8, device="0", project=str(tmp_path), name="dali-gpu"))
+    _check_run(r.save_dir)
+    assert (r.save_dir / "loader.csv").is_file()
+
+
+def test_fused_hsv_on_cuda_equals_eager():
+    """render_batch(fuse=True): HSV as one torch.compile'd kernel on the GPU, the same bytes."""
+    imgs, labels, sizes, decoded, scales = _sources(6, seed=2, mixed_sizes=False)
+    plan = plan_batch(np.random.default_rng(5), sizes, labels, OUT_HW, CASES["full"][0], augment=True)
+    sources = [torch.from_numpy(d).cuda() for d in decoded]
+    assert torch.equal(render_batch(plan, sources, scales), render_batch(plan, sources, scales, fuse=True))
