@@ -28,10 +28,13 @@ BAD_OPTIONS = [
     (["synth", "OUT", "--seed", "-1"], 2, "--seed"),
     (["synth", "OUT", "--classes", "water"], 2, "--classes"),
     (["synth", "OUT", "--images", "ten"], 2, "--images"),
+    (["synth", "OUT", "--layout", "fasdd", "--subset", "IR"], 2, "--subset"),
+    (["synth", "OUT", "--test-fraction", "2"], 2, "--test-fraction"),
     # check
     (["check", "SRC", "--threads", "0"], 2, "--threads"),
     (["check", "SRC", "--layout", "kitti"], 2, "--layout"),
     (["check", "SRC", "--max-problems", "-1"], 2, "--max-problems"),
+    (["check", "SRC", "--class-ids", "one=smoke"], 2, "--class-ids"),
     # pack
     (["pack", "SRC", "--to", "T", "--format", "zip"], 2, "--format"),
     (["pack", "SRC", "--to", "T", "--mode", "png"], 2, "--mode"),
@@ -43,6 +46,7 @@ BAD_OPTIONS = [
     (["pack", "SRC", "--to", "T", "--shard-size", "-1GB"], 2, "--shard-size"),
     (["pack", "SRC", "--to", "T", "--assume-free", "12XB"], 2, "--assume-free"),
     (["pack", "SRC"], 2, "--to"),
+    (["pack", "SRC", "--to", "T", "--class-ids", "1="], 2, "--class-ids"),
     # verify
     (["verify", "STORE", "--threads", "-2"], 2, "--threads"),
     # plan
@@ -80,6 +84,7 @@ BAD_OPTIONS = [
     (["train", "--resume", "MISSING"], 2, "--resume"),
     (["train"], 2, "--data"),
     (["train", "--data", "STORE", "--no-such-option"], 2, "--no-such-option"),
+    (["train", "--data", "STORE", "--checkpoint-every", "-1"], 2, "--checkpoint-every"),
     # top level
     (["no-such-command"], 2, "no-such-command"),
 ]
@@ -167,5 +172,6 @@ def test_every_option_has_help_and_examples_render_one_per_line():
         assert examples, f"`sainet {name}` has no examples"
         out = runner.invoke(app, [name, "--help"], env={"COLUMNS": "250"}).stdout
         lines = [ln.strip(" •│") for ln in out.splitlines()]
-        for ex in examples:
-            assert ex in lines, f"`sainet {name} --help`: example not on a line of its own: {ex}"
+        for ex in examples:  # each example starts a line, and no line holds two
+            own = [ln for ln in lines if ln == ex or ln.startswith(ex + " ")]
+            assert own and all(ln.count("sainet ") == 1 for ln in own), f"`sainet {name} --help`: {ex}"
