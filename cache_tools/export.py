@@ -2,6 +2,10 @@
 
 jpeg stores give byte-identical image files. raw stores hold letterboxed frames: the image region
 is cropped out of the frame and written as JPEG (quality 95), which re-encodes, and is logged.
+
+Every record and split name becomes a path only through `sainet.safepath.resolve_inside`: a
+crafted store whose names are absolute, contain ``..`` or a separator, or meet a symlink that
+leaves the export folder is refused with `UnsafeName` before anything is written.
 """
 
 from __future__ import annotations
@@ -13,13 +17,47 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from cache_tools.store import open_store
-from sainet.errors import StoreExistsError
+from cache_tools.store import Store, open_store
+from sainet.errors import StoreExistsError, UnsafeName
 from sainet.imaging import encode_jpeg
+from sainet.safepath import is_plain_name, resolve_inside
 
-__all__ = ["export_store"]
+__all__ = ["export_store", "safe_child"]
 
 log = logging.getLogger(__name__)
+
+
+def safe_child(root: Path, name: str, what: str) -> Path:
+    """`root / name` when `name` is one plain path component that stays inside `root` (symlinks resolved)."""
+    if not is_plain_name(name):
+        raise UnsafeName(f"{what} {name!r} is not a plain file name; refusing to write it under {root}")
+    return resolve_inside(root, name, error=lambda rel, r: UnsafeName(f"{what} {rel!r} would be written outside {r}"))
+
+
+def _plan_names(s: Store, out: Path) -> list[tuple[Path, Path]]:
+    """(image path, label path) per record, all checked before anything is written."""
+    split_dirs = {}
+    for sp in s.splits:
+        split_dirs[sp] = (safe_child(out / "images", sp, "split name"), safe_child(out / "labels", sp, "split name"))
+    used: set[tuple[str, str]] = set()
+    plan = []
+    for i in range(len(s)):
+        split = s.splits[int(s.index.records[i]["split"])]
+        name = s.index.name(i)
+        if s.mode == "raw":
+            name = Path(name).stem + ".jpg"
+        stem, suffix, k = Path(name).stem, Path(name).suffix, 0
+        # An image and its label share a stem: keep stems unique per split (a.jpg + a.png would share a.txt).
+        while (split, stem) in used:
+            k += 1
+            stem = f"{Path(name).stem}_{i}" + (f"_{k}" if k > 1 else "")
+        used.add((split, stem))
+        name = stem + suffix
+        img_dir, lbl_dir = split_dirs[split]
+        img = safe_child(img_dir, name, f"record {i} name")
+        lbl = safe_child(lbl_dir, stem + ".txt", f"record {i} name")
+        plan.append((img, lbl))
+    return plan
 
 
 def export_store(store_path: str | Path, out: str | Path, *, force: bool = False,
@@ -31,30 +69,29 @@ def export_store(store_path: str | Path, out: str | Path, *, force: bool = False
     with open_store(store_path) as s:
         if s.mode == "raw":
             log.warning("%s holds raw frames: exported images are re-encoded as JPEG (quality 95)", s.path)
-        used: set[tuple[str, str]] = set()
-        for i in range(len(s)):
+        out.mkdir(parents=True, exist_ok=True)
+        for sub in ("images", "labels"):
+            safe_child(out, sub, "folder")
+        plan = _plan_names(s, out)
+        for i, (img, lbl) in enumerate(plan):
             r = s[i]
-            name = r.name
-            if (r.split, name) in used:  # names are unique per source; keep them unique per split here too
-                name = f"{Path(name).stem}_{i}{Path(name).suffix}"
-            used.add((r.split, name))
-            img_dir, lbl_dir = out / "images" / r.split, out / "labels" / r.split
-            img_dir.mkdir(parents=True, exist_ok=True)
-            lbl_dir.mkdir(parents=True, exist_ok=True)
+            img.parent.mkdir(parents=True, exist_ok=True)
+            lbl.parent.mkdir(parents=True, exist_ok=True)
+            # Re-check after mkdir: a folder created since planning must not be a link out of `out`.
+            resolve_inside(out, img, error=lambda rel, root: UnsafeName(f"{rel} would be written outside {root}"))
             if s.mode == "jpeg":
-                (img_dir / name).write_bytes(r.payload)
+                img.write_bytes(r.payload)
             else:
                 h, w = s.imgsz
                 frame = np.frombuffer(r.payload, np.uint8).reshape(h, w, 3)
                 (left, top), (nw, nh) = r.pad, r.new_size
-                name = str(Path(name).with_suffix(".jpg"))
-                (img_dir / name).write_bytes(encode_jpeg(frame[top : top + nh, left : left + nw], 95))
+                img.write_bytes(encode_jpeg(frame[top : top + nh, left : left + nw], 95))
             rows = "".join(f"{c} {x:.8f} {y:.8f} {bw:.8f} {bh:.8f}\n" for c, (x, y, bw, bh) in zip(r.cls.tolist(), r.boxes.tolist(), strict=True))
-            (lbl_dir / (Path(name).stem + ".txt")).write_text(rows)
+            lbl.write_text(rows)
             n += 1
             if progress:
                 progress(1)
         # No `path`: Ultralytics then resolves the splits against this file's folder.
         cfg = {**{sp: f"images/{sp}" for sp in s.splits}, "names": dict(enumerate(s.classes))}
-    (out / "data.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    safe_child(out, "data.yaml", "file").write_text(yaml.safe_dump(cfg, sort_keys=False))
     return n

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,8 @@ from typing import Any
 import numpy as np
 
 from sainet.errors import StoreCorruptError, StoreFormatError, StoreVersionError
+from sainet.imaging import MAX_PIXELS
+from sainet.safepath import UNSAFE_NAME_BYTES, is_plain_name
 
 __all__ = [
     "MAGIC",
@@ -51,6 +55,9 @@ __all__ = [
     "decode_index",
     "read_index",
     "payload_checksum",
+    "check_meta",
+    "check_records",
+    "check_boxes",
     "shard_name",
 ]
 
@@ -116,6 +123,8 @@ RECORD_DTYPE = np.dtype(
 BOX_DTYPE = np.dtype([("record", "<u4"), ("cls", "<u4"), ("x", "<f4"), ("y", "<f4"), ("w", "<f4"), ("h", "<f4")])
 
 FLAG_REENCODED = 1
+#: An index larger than this is refused before it is read (a 1M-image store's index is ~150 MB).
+MAX_INDEX_BYTES = 4 << 30
 
 
 def payload_checksum(data: bytes | memoryview) -> int:
@@ -213,25 +222,137 @@ def decode_index(buf: bytes, source: str) -> IndexData:
     mo, ml = int(h["meta_offset"]), int(h["meta_len"])
     try:
         meta = json.loads(buf[mo : mo + ml].decode())
-    except (UnicodeDecodeError, ValueError) as e:
-        raise StoreFormatError(f"{source}: metadata is not JSON: {e}") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("classes"), list) or not isinstance(meta.get("splits"), list):
-        raise StoreFormatError(f"{source}: metadata lacks classes/splits")
-    # Cross-checks that keep later indexing in bounds.
-    if n and np.any(records["box_start"] + records["box_count"] > nb):
-        raise StoreFormatError(f"{source}: a record's boxes lie outside the box table")
-    if n and (np.any(records["name_start"] + records["name_len"] > sl) or np.any(records["key_start"] + records["key_len"] > sl)):
-        raise StoreFormatError(f"{source}: a record's name lies outside the string table")
-    if n and int(records["split"].max()) >= len(meta["splits"]):
-        raise StoreFormatError(f"{source}: a record names an unknown split")
-    if nb and int(boxes["record"].max()) >= n:
-        raise StoreFormatError(f"{source}: a box names an unknown record")
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise StoreFormatError(f"{source}: metadata is not JSON: {str(e)[:200]}") from None
     mode = MODES[int(h["mode"])]
     imgsz = (int(h["imgsz_h"]), int(h["imgsz_w"])) if mode == "raw" else None
+    strings = buf[so : so + sl]
+    check_meta(meta, source)
+    check_records(records, strings, meta, mode, imgsz, source)
+    check_boxes(boxes, records, len(meta["classes"]), source)
     return IndexData(
         container=CONTAINERS[int(h["container"])], mode=mode, imgsz=imgsz, records=records, boxes=boxes,
-        strings=buf[so : so + sl], meta=meta, num_shards=int(h["num_shards"]), version=version,
+        strings=strings, meta=meta, num_shards=int(h["num_shards"]), version=version,
     )
+
+
+#: Metadata fields sainet reads, with the JSON types they must have when present (bool is not an int here).
+_META_TYPES: dict[str, tuple[type, ...]] = {
+    "classes": (list,), "splits": (list,), "shards": (list,), "bad": (list,), "counts": (dict,), "lmdb_bytes": (int,),
+    "reencoded": (int,), "max_size": (int, type(None)), "imgsz": (list, type(None)), "source": (str, type(None)),
+    "layout": (str, type(None)), "created": (str, type(None)), "mode": (str,), "container": (str,),
+}
+_REQUIRED_META = ("classes", "splits")
+
+
+def check_meta(meta: object, source: str) -> None:
+    """Metadata types and the class/split name lists; names the offending field."""
+    if not isinstance(meta, dict):
+        raise StoreFormatError(f"{source}: metadata is a JSON {type(meta).__name__}, not an object")
+    for key in _REQUIRED_META:
+        if key not in meta:
+            raise StoreFormatError(f"{source}: metadata lacks {key!r}")
+    for key, types in _META_TYPES.items():
+        v = meta.get(key)
+        if key in meta and (not isinstance(v, types) or isinstance(v, bool)):
+            raise StoreFormatError(f"{source}: metadata field {key!r} is a {type(v).__name__}, expected {'/'.join(t.__name__ for t in types)}")
+        if isinstance(v, int) and not isinstance(v, bool) and v < 0:
+            raise StoreFormatError(f"{source}: metadata field {key!r} is negative ({v})")
+    for key in ("classes", "splits"):
+        names = meta[key]
+        bad = [i for i, c in enumerate(names) if not isinstance(c, str) or not c or "\x00" in c
+               or (key == "splits" and not is_plain_name(c))]
+        if bad:
+            raise StoreFormatError(f"{source}: metadata field {key!r}[{bad[0]}] is {names[bad[0]]!r}, expected a non-empty string"
+                                   + (" that is a plain folder name" if key == "splits" else ""))
+        if len(set(names)) != len(names):
+            raise StoreFormatError(f"{source}: metadata field {key!r} repeats a name")
+    for i, sh in enumerate(meta.get("shards", [])):
+        size = sh.get("bytes") if isinstance(sh, dict) else None
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size < 1 << 62:
+            raise StoreFormatError(f"{source}: metadata field 'shards'[{i}] has no byte count")
+
+
+def _refuse(mask: np.ndarray, source: str, what: str) -> None:
+    """Raise naming the first record (or box) where `mask` is true."""
+    bad = np.flatnonzero(mask)
+    if len(bad):
+        raise StoreFormatError(f"{source}: {what} (first at row {int(bad[0])}, {len(bad)} in all)")
+
+
+def _check_ranges(records: np.ndarray, strings: bytes, source: str) -> None:
+    """Name/key ranges inside the string table, on UTF-8 character boundaries, names non-empty."""
+    sl = len(strings)
+    for f in ("name", "key"):
+        start, length = records[f"{f}_start"], records[f"{f}_len"].astype(np.uint64)
+        # Compare without adding: start + length can wrap around in u8.
+        _refuse((start > sl) | (length > sl - np.minimum(start, sl)), source, f"record field {f}_start/{f}_len lies outside the string table")
+    _refuse(records["name_len"] == 0, source, "record field name_len is 0 (an empty name)")
+    try:
+        strings.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise StoreFormatError(f"{source}: string table is not UTF-8 (byte {e.start}): a record name or key") from None
+    # Valid UTF-8 overall plus every range starting and ending on a character boundary = every name valid.
+    raw = np.frombuffer(strings, np.uint8)
+    cont = np.concatenate([(raw & 0xC0) == 0x80, [False]])
+    for f in ("name", "key"):
+        start = records[f"{f}_start"].astype(np.int64)
+        _refuse(cont[start] | cont[start + records[f"{f}_len"]], source, f"record field {f}_start/{f}_len splits a UTF-8 character")
+    # Names become file names (export): one plain component, no separator or NUL, not "." or "..".
+    start = records["name_start"].astype(np.int64)
+    end = start + records["name_len"]
+    unsafe = np.zeros(len(raw), bool)
+    for b in UNSAFE_NAME_BYTES:
+        unsafe |= raw == b[0]
+    bad_pos = np.flatnonzero(unsafe)
+    _refuse(np.searchsorted(bad_pos, start) < np.searchsorted(bad_pos, end), source,
+            "record name holds a path separator or NUL (names are plain file names)")
+    short = np.flatnonzero(records["name_len"] <= 2)
+    dots = np.zeros(len(records), bool)
+    dots[[int(i) for i in short if strings[start[i] : end[i]] in (b".", b"..")]] = True
+    _refuse(dots, source, "record name is '.' or '..'")
+
+
+def check_records(records: np.ndarray, strings: bytes, meta: dict, mode: str, imgsz: tuple[int, int] | None,
+                  source: str) -> None:
+    """Cross-checks that keep every later lookup (names, boxes, splits, frame geometry) in bounds."""
+    if not len(records):
+        return
+    nsplits = len(meta["splits"])
+    _refuse(records["split"] >= nsplits, source, f"record field split names an unknown split (the index has {nsplits})")
+    _check_ranges(records, strings, source)
+    _refuse((records["orig_w"] == 0) | (records["orig_h"] == 0), source, "record field orig_w/orig_h is 0")
+    _refuse(records["orig_w"].astype(np.uint64) * records["orig_h"] > MAX_PIXELS, source,
+            f"record field orig_w*orig_h exceeds {MAX_PIXELS} pixels")
+    _refuse(~np.isfinite(records["ratio"]) | (records["ratio"] <= 0), source, "record field ratio is not a positive number")
+    if mode == "raw":
+        H, W = imgsz or (0, 0)
+        if not (0 < H <= 1 << 15 and 0 < W <= 1 << 15):
+            raise StoreFormatError(f"{source}: header field imgsz {H}x{W} is not a frame size")
+        _refuse(records["length"] != H * W * 3, source, f"record field length is not a {H}x{W}x3 raw frame")
+        _refuse((records["new_w"] == 0) | (records["new_h"] == 0), source, "record field new_w/new_h is 0")
+        _refuse((records["pad_left"].astype(np.uint64) + records["new_w"] > W)
+                | (records["pad_top"].astype(np.uint64) + records["new_h"] > H), source,
+                "record field pad/new size lies outside the raw frame")
+
+
+def check_boxes(boxes: np.ndarray, records: np.ndarray, nc: int, source: str) -> None:
+    """Boxes grouped by record exactly as the writer lays them out, class ids < len(classes), coordinates sane."""
+    counts = records["box_count"].astype(np.uint64)
+    if int(counts.sum()) != len(boxes):
+        raise StoreFormatError(f"{source}: records claim {int(counts.sum())} boxes, the box table holds {len(boxes)}")
+    starts = np.zeros(len(records), np.uint64)
+    starts[1:] = np.cumsum(counts)[:-1]
+    _refuse(records["box_start"] != starts, source, "record field box_start/box_count does not match the box table")
+    if not len(boxes):
+        return
+    _refuse(boxes["record"] != np.repeat(np.arange(len(records), dtype=np.int64), counts.astype(np.int64)), source,
+            "box field record does not match the record's box range")
+    _refuse(boxes["cls"] >= nc, source, f"box field cls is not a class id (the index names {nc} classes)")
+    xywh = np.stack([boxes["x"], boxes["y"], boxes["w"], boxes["h"]], axis=1)
+    eps = 1e-3
+    _refuse(~np.isfinite(xywh).all(axis=1) | (xywh < -eps).any(axis=1) | (xywh > 1 + eps).any(axis=1)
+            | (xywh[:, 2] <= 0) | (xywh[:, 3] <= 0), source, "box field x/y/w/h is not a normalized box")
 
 
 def read_index(store: Path) -> IndexData:
@@ -240,4 +361,16 @@ def read_index(store: Path) -> IndexData:
         raise StoreFormatError(f"{store}: no such store")
     if not path.is_file():
         raise StoreFormatError(f"{store}: not a sainet store (no {INDEX_NAME}; an unfinished pack leaves none)")
-    return decode_index(path.read_bytes(), str(path))
+    # O_NONBLOCK: if the file was swapped for a FIFO after the check above, open must not wait for a writer.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise StoreFormatError(f"{path}: not a regular file")
+        if st.st_size > MAX_INDEX_BYTES:
+            raise StoreFormatError(f"{path}: {st.st_size} bytes, more than an index can be ({MAX_INDEX_BYTES})")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            buf = f.read()
+    finally:
+        os.close(fd)
+    return decode_index(buf, str(path))

@@ -37,12 +37,13 @@ from cache_tools.format import (
     payload_checksum,
 )
 from cache_tools.plan import StoreEstimate, check_fits, estimate_store, fs_info, human_bytes
+from cache_tools.target import check_target, guard_target, partial_path, refuse_empty
 from cache_tools.writers import JOURNAL_DTYPE, open_writer
 from sainet import __version__
 from sainet.check import content_digest, find_duplicates
 from sainet.datasets import Problem, Sample
 from sainet.datasets.combine import SourceSet
-from sainet.errors import DatasetError, ImageError, SainetError, StoreError, StoreExistsError
+from sainet.errors import DatasetError, ImageError, SainetError
 from sainet.geometry import letterbox, letterbox_params
 from sainet.imaging import decode_rgb, encode_jpeg, probe
 from sainet.parallel import ordered_map
@@ -76,6 +77,7 @@ class PackOptions:
     classes: list[str] | None = None  # keep (and order) these class names only
     drop_leaks: bool = False  # leave out train images whose bytes also appear in val/test
     class_ids: dict[int, str] | None = None  # the source's own class id -> name (pyrosdis)
+    lock_wait: float = 0.0  # seconds to wait for another pack of the same target (0: refuse at once)
 
 
 @dataclass
@@ -287,9 +289,8 @@ def _check_options(opts: PackOptions, to: Path) -> str:
 
 
 def _check_target(sources: SourceSet, to: Path, opts: PackOptions) -> None:
-    """Whether a store may be written at `to` (target safety rules belong here)."""
-    if to.exists() and not opts.force:
-        raise StoreExistsError(f"{to} exists; pass --force to replace it (the old store stays until the new one is complete)")
+    """Whether a store may be written at `to`: the rules of `cache_tools.target` (also checked under the lock)."""
+    check_target(sources.paths, to, force=opts.force)
 
 
 def _check_room(est: StoreEstimate, opts: PackOptions, container: str, to: Path, partial: Path) -> None:
@@ -385,11 +386,20 @@ def _source_meta(sources: SourceSet, kept: list[_Entry], rows: np.ndarray, dropp
 def pack(src: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], to: str | os.PathLike[str],
          opts: PackOptions | None = None, progress: Callable[[int], None] | None = None,
          on_start: Callable[[int, int], None] | None = None) -> PackReport:
-    """Pack one source (or several, classes unified by name) into a store at `to`. See the module docstring.
+    """Pack one source (or several, classes unified by name) into a store at `to`. See the module docstring,
+    and `cache_tools.target` for what `to` may be (never a source; --force replaces only a store; one pack at a time).
 
     `on_start(total, already_done)` is called once the work is known (for a progress bar).
     """
-    opts, t0, to = opts or PackOptions(), time.perf_counter(), Path(to)
+    opts = opts or PackOptions()
+    srcs = [src] if isinstance(src, (str, os.PathLike)) else list(src)
+    with guard_target(srcs, to, force=opts.force, wait=opts.lock_wait):
+        return _pack(srcs, to, opts, progress, on_start)
+
+
+def _pack(src: Sequence[str | os.PathLike[str]], to: str | os.PathLike[str], opts: PackOptions,
+          progress: Callable[[int], None] | None, on_start: Callable[[int, int], None] | None) -> PackReport:
+    t0, to = time.perf_counter(), Path(to)
     container = _check_options(opts, to)
     sources = SourceSet([src] if isinstance(src, (str, os.PathLike)) else list(src), opts.layout, opts.class_ids,
                         opts.classes)
@@ -398,7 +408,7 @@ def pack(src: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], to: str
     kept = [e for e, k in zip(entries, keep, strict=True) if k]
     splits = list(dict.fromkeys(e.split for e in kept)) or sources.importers[0].splits()
     est = plan_pack(None, kept, opts.imgsz if opts.mode == "raw" else None)
-    partial = to.parent / f".{to.name}.partial"
+    partial = partial_path(to)
     _check_room(est, opts, container, to, partial)
     log.info("packing %d images from %s (%s) into %s %s at %s; planned %s", len(kept), sources.source, sources.layout,
              container, opts.mode, to, human_bytes(est.total(opts.mode, container)))
@@ -427,6 +437,7 @@ def pack(src: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], to: str
     except BaseException:
         writer.abort()
         raise
+    refuse_empty(len(index.records), len(bad), partial, to)
     _commit(partial, to, index)
     return _report(to, container, opts, index, sources, len(done), time.perf_counter() - t0, est)
 
@@ -441,6 +452,4 @@ def _report(to: Path, container: str, opts: PackOptions, index: IndexData, sourc
         seconds=seconds, estimate=est, boxes=index.meta["boxes"], dropped_leaks=index.meta["dropped_leaks"],
         notes=index.meta["notes"],
     )
-    if report.records == 0:
-        raise StoreError(f"{to}: no image could be packed ({len(report.bad)} left out); see the report")
     return report

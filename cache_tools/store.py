@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 from cache_tools.format import INDEX_NAME, IndexData, payload_checksum, read_index, shard_name
 from sainet.errors import StoreCorruptError, StoreFormatError
 
-__all__ = ["Record", "Store", "open_store"]
+__all__ = ["Record", "Store", "open_store", "lmdb_required_bytes", "shard_problems"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,13 +44,17 @@ class _ShardPayloads:
         self.sizes = [int(s["bytes"]) for s in ix.meta.get("shards", [])]
         if len(self.sizes) != ix.num_shards:
             raise StoreFormatError(f"{root}: index lists {len(self.sizes)} shard sizes for {ix.num_shards} shards")
-        ends = ix.records["offset"] + ix.records["length"]
-        for i in range(ix.num_shards):
-            sel = ix.records["shard"] == i
-            if sel.any() and int(ends[sel].max()) > self.sizes[i]:
-                raise StoreFormatError(f"{root}/{shard_name(i)}: records end past the shard's size")
-        if len(ix.records) and int(ix.records["shard"].max()) >= ix.num_shards:
-            raise StoreFormatError(f"{root}: a record names a shard that does not exist")
+        recs = ix.records
+        if len(recs) and int(recs["shard"].max()) >= ix.num_shards:
+            bad = int(np.flatnonzero(recs["shard"] >= ix.num_shards)[0])
+            raise StoreFormatError(f"{root}: record {bad}: field shard names a shard that does not exist")
+        if len(recs):
+            size = np.asarray(self.sizes, np.uint64)[recs["shard"]]
+            # offset + length can wrap around in u8: compare without adding.
+            past = (recs["length"] > size) | (recs["offset"] > size - np.minimum(recs["length"], size))
+            if past.any():
+                bad = int(np.flatnonzero(past)[0])
+                raise StoreFormatError(f"{root}/{shard_name(int(recs['shard'][bad]))}: record {bad}: field offset/length ends past the shard's size")
         self._maps: list[mmap.mmap | None] = [None] * ix.num_shards
         self._pid = -1
         self._lock = threading.Lock()
@@ -64,11 +69,18 @@ class _ShardPayloads:
                 if m is None:
                     path = self.root / shard_name(i)
                     try:
-                        fd = os.open(path, os.O_RDONLY)
+                        # A FIFO would block open() forever: refuse anything but a regular file first,
+                        # and open non-blocking in case it is swapped between the two calls.
+                        if not stat.S_ISREG(os.stat(path).st_mode):
+                            raise StoreCorruptError(f"{path}: shard is not a regular file")
+                        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
                     except OSError as e:
                         raise StoreCorruptError(f"{path}: cannot open shard: {e.strerror}") from None
                     try:
-                        size = os.fstat(fd).st_size
+                        st = os.fstat(fd)
+                        if not stat.S_ISREG(st.st_mode):
+                            raise StoreCorruptError(f"{path}: shard is not a regular file")
+                        size = st.st_size
                         # A shard shorter than the index says would SIGBUS on access: refuse it here.
                         if size < self.sizes[i]:
                             raise StoreCorruptError(f"{path}: shard is {size} bytes, index expects {self.sizes[i]} (truncated)")
@@ -125,16 +137,41 @@ def _lmdb_env(root: Path):  # noqa: ANN202 - lmdb.Environment
     return env
 
 
+_LMDB_MAGIC = 0xBEEFC0DE
+
+
+def lmdb_required_bytes(data: Path) -> int:
+    """Bytes an LMDB ``data.mdb`` must have, from its newest meta page: (last page + 1) x page size.
+
+    Meta page layout (LMDB 0.9, 64-bit): a 16-byte page header, then magic (u32) at 16, the page
+    size (the free DB's md_pad, u32) at 40, the last used page (u64) at 136 and the txn id at 144.
+    A file too short for its meta pages, or without the magic, is refused here.
+    """
+    with open(data, "rb") as f:
+        head = f.read(16 + 144 + 8)
+        if len(head) < 152 or int.from_bytes(head[16:20], "little") != _LMDB_MAGIC:
+            raise StoreCorruptError(f"{data}: not an LMDB data file (no meta page)")
+        psize = int.from_bytes(head[40:44], "little")
+        if psize < 512 or psize > 1 << 20 or psize & (psize - 1):
+            raise StoreCorruptError(f"{data}: LMDB meta page has page size {psize}")
+        f.seek(psize)
+        second = f.read(152)
+    metas = [head[:152]] + ([second] if len(second) == 152 and int.from_bytes(second[16:20], "little") == _LMDB_MAGIC else [])
+    newest = max(metas, key=lambda m: int.from_bytes(m[144:152], "little"))
+    return max(2 * psize, (int.from_bytes(newest[136:144], "little") + 1) * psize)
+
+
 class _LmdbPayloads:
     def __init__(self, root: Path, ix: IndexData) -> None:
         self.root = root
         data = root / "data.mdb"
         if not data.is_file():
-            raise StoreFormatError(f"{root}: LMDB store without data.mdb")
+            raise StoreFormatError(f"{root}: LMDB store without data.mdb (or not a regular file)")
         # LMDB memory-maps data.mdb: reading past the end of a truncated file is a SIGBUS, so the
-        # size recorded at pack time is checked before the environment is ever opened.
-        expected = int(ix.meta.get("lmdb_bytes", 0))
+        # size recorded at pack time, and the size LMDB's own meta pages need, are checked before
+        # the environment is ever opened (an index may lack the first: older or crafted stores).
         size = data.stat().st_size
+        expected = max(int(ix.meta.get("lmdb_bytes", 0)), lmdb_required_bytes(data))
         if size < expected:
             raise StoreCorruptError(f"{data}: {size} bytes, the index expects {expected} (truncated)")
         self._pid = -1
@@ -165,6 +202,24 @@ class _LmdbPayloads:
         self._local = threading.local()
 
 
+def shard_problems(store: Store) -> list[str]:
+    """Each shard file that is missing, not a regular file, or shorter than the index says (no file is opened)."""
+    out = []
+    sizes = getattr(store._payloads, "sizes", [])
+    for i, expected in enumerate(sizes):
+        path = store.path / shard_name(i)
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            out.append(f"{path.name}: {e.strerror}")
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            out.append(f"{path.name}: not a regular file")
+        elif st.st_size < expected:
+            out.append(f"{path.name}: {st.st_size} bytes, index expects {expected} (truncated)")
+    return out
+
+
 class Store:
     """A packed store opened for reading. See `open_store`."""
 
@@ -177,10 +232,6 @@ class Store:
         self.splits: list[str] = [str(s) for s in ix.meta["splits"]]
         self.meta = ix.meta
         self._payloads = _ShardPayloads(self.path, ix) if ix.container == "shards" else _LmdbPayloads(self.path, ix)
-        if self.mode == "raw":
-            h, w = ix.imgsz or (0, 0)
-            if len(ix.records) and np.any(ix.records["length"] != h * w * 3):
-                raise StoreFormatError(f"{self.path}: raw records are not {h}x{w}x3 frames")
 
     def __reduce__(self):  # noqa: ANN204 - rebuilt from its path in the other process, never pickled whole
         return (open_store, (str(self.path),))

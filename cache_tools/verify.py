@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from cache_tools.format import payload_checksum
-from cache_tools.store import Store, _lmdb_env, open_store
-from sainet.errors import StoreError
+from cache_tools.store import Store, _lmdb_env, open_store, shard_problems
+from sainet.errors import ImageError, StoreCorruptError, StoreError
+from sainet.imaging import probe
 
 __all__ = ["VerifyReport", "verify_store", "describe_store"]
 
@@ -38,6 +39,11 @@ def _check_one(store: Store, i: int) -> str | None:
     rec = store.index.records[i]
     if payload_checksum(buf) != int(rec["crc"]):
         return "payload checksum mismatch"
+    if store.mode == "jpeg":  # a header parse, no decode: a raw frame or garbage relabelled as an image is caught
+        try:
+            probe(buf, store.index.name(i))
+        except ImageError as e:
+            return f"payload is not an image: {e.reason}"
     return None
 
 
@@ -46,11 +52,16 @@ def verify_store(path: str | Path, *, threads: int = 2, progress: Callable[[int]
 
     Index damage raises (`StoreFormatError`/`StoreCorruptError`); record damage is collected.
     """
-    store = open_store(path)
+    store = open_store(path)  # the whole index is checked for consistency here, before any payload is read
     report = VerifyReport(str(path))
     try:
+        for problem in shard_problems(store):
+            report.bad.append({"record": -1, "name": problem.split(":")[0], "reason": problem})
         if store.container == "lmdb":
-            entries = _lmdb_env(store.path).stat()["entries"]
+            try:
+                entries = _lmdb_env(store.path).stat()["entries"]
+            except Exception as e:  # noqa: BLE001 - lmdb.Error and its subclasses (a damaged data.mdb)
+                raise StoreCorruptError(f"{store.path}: LMDB cannot be read: {e}") from None
             if entries != len(store):
                 report.bad.append({"record": -1, "name": "", "reason": f"LMDB holds {entries} payloads, index lists {len(store)}"})
         with ThreadPoolExecutor(threads) as pool:

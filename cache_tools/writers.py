@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from cache_tools.format import shard_name
-from sainet.errors import CapacityError, StoreCorruptError
+from sainet.errors import CapacityError, StoreCorruptError, StoreWriteError
 
 __all__ = ["JOURNAL_DTYPE", "ShardWriter", "LmdbWriter", "open_writer"]
 
@@ -30,7 +30,17 @@ JOURNAL_DTYPE = np.dtype(
 
 
 def _full(e: OSError, what: str) -> CapacityError:
-    return CapacityError(f"{what}: filesystem full ({e.strerror}); the partial store was left unfinished and never looks valid")
+    return CapacityError(f"{what}: filesystem full ({e.strerror})")
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _write_error(e: OSError, what: str) -> CapacityError | StoreWriteError:
+    """A failed write as a typed error: a full filesystem, or any other I/O failure."""
+    if e.errno in _FULL:
+        return _full(e, what)
+    return StoreWriteError(f"{what}: write failed ({e.strerror or e}); the unfinished pack never looks like a store")
 
 
 def _write_all(fd: int, data: memoryview | bytes, offset: int, what: str) -> None:
@@ -40,9 +50,19 @@ def _write_all(fd: int, data: memoryview | bytes, offset: int, what: str) -> Non
             n = os.pwrite(fd, view, offset)
             view, offset = view[n:], offset + n
     except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            raise _full(e, what) from None
-        raise
+        raise _write_error(e, what) from None
+
+
+def _lmdb_error(e: Exception, folder: Path, need: int) -> CapacityError | StoreWriteError:
+    """LMDB reports a full filesystem as EIO ("Input/output error"): tell them apart by the free space left."""
+    try:
+        st = os.statvfs(folder)
+        free = st.f_bavail * st.f_frsize
+    except OSError:
+        free = -1
+    if 0 <= free < need + (1 << 20):
+        return CapacityError(f"{folder}: filesystem full ({free} bytes free; LMDB said: {e})")
+    return StoreWriteError(f"{folder}: LMDB write failed: {e}; the unfinished pack never looks like a store")
 
 
 class ShardWriter:
@@ -86,10 +106,8 @@ class ShardWriter:
             if reserve > 0:
                 os.posix_fallocate(self._fd, 0, reserve)
         except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-                raise _full(e, str(path)) from None
             if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # filesystems without fallocate
-                raise
+                raise _write_error(e, str(path)) from None
 
     def write(self, row: np.void, payload: memoryview | bytes | None) -> None:
         if payload is not None:
@@ -105,12 +123,16 @@ class ShardWriter:
         try:
             os.write(self._journal_fd, row.tobytes())
         except OSError as e:
-            if e.errno == errno.ENOSPC:
-                raise _full(e, str(self.journal_path)) from None
-            raise
+            raise _write_error(e, str(self.journal_path)) from None
 
     def finish(self) -> list[int]:
         """Trim the last shard, flush everything, drop the journal; return the shard sizes."""
+        try:
+            return self._finish()
+        except OSError as e:
+            raise _write_error(e, str(self.folder)) from None
+
+    def _finish(self) -> list[int]:
         if self._fd < 0 and self.pos == 0 and not (self.folder / shard_name(0)).exists():
             sizes: list[int] = []
         else:
@@ -151,6 +173,9 @@ class LmdbWriter:
             self.env = lmdb.open(str(folder), map_size=int(map_size), subdir=True, max_dbs=2, sync=False,
                                  metasync=False, writemap=False, map_async=False, meminit=False, readahead=False)
         except lmdb.Error as e:
+            err = _lmdb_error(e, folder, 0)
+            if isinstance(err, CapacityError):
+                raise err from None
             raise StoreCorruptError(f"{folder}: cannot open the partial LMDB: {e}") from None
         self.journal = self.env.open_db(b"journal")
         self._pending: list[tuple[np.void, bytes | memoryview | None]] = []
@@ -183,16 +208,17 @@ class LmdbWriter:
             except lmdb.MapFullError:
                 self.env.set_mapsize(int(self.env.info()["map_size"] * 1.5))
             except lmdb.Error as e:
-                if "No space" in str(e) or "ENOSPC" in str(e):
-                    raise CapacityError(f"{self.folder}: filesystem full ({e}); the partial store was left unfinished and never looks valid") from None
-                raise
+                raise _lmdb_error(e, self.folder, sum(len(p) for _, p in self._pending if p is not None)) from None
         self._pending.clear()
 
     def finish(self) -> list[int]:
         self._commit()
-        with self.env.begin(write=True) as txn:
-            txn.drop(self.journal, delete=True)
-        self.env.sync(True)
+        try:
+            with self.env.begin(write=True) as txn:
+                txn.drop(self.journal, delete=True)
+            self.env.sync(True)
+        except self._lmdb.Error as e:
+            raise _lmdb_error(e, self.folder, 0) from None
         self.env.close()
         return []
 

@@ -20,6 +20,10 @@ __all__ = [
     "StoreCorruptError",
     "StoreExistsError",
     "CapacityError",
+    "UnsafeName",
+    "TargetError",
+    "TargetLocked",
+    "StoreWriteError",
     "SettingsError",
 ]
 
@@ -94,6 +98,22 @@ class CapacityError(SainetError):
     """The store (or the loader's buffers) will not fit the target filesystem or memory."""
 
     exit_code = 5
+
+
+class UnsafeName(StoreFormatError):
+    """A name from a store (record or split) would become a path outside its root (absolute, ``..``, a symlink out)."""
+
+
+class TargetError(StoreError):
+    """`pack` refuses its target: not a sainet store, the source itself, inside it or containing it."""
+
+
+class TargetLocked(TargetError):
+    """Another pack holds the target's lock."""
+
+
+class StoreWriteError(StoreError):
+    """Writing a store failed for a reason other than a full filesystem (I/O error, LMDB error)."""
 
 
 class SettingsError(SainetError):

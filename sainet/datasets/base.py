@@ -16,6 +16,7 @@ import numpy as np
 
 from sainet.errors import DatasetError, PathOutsideRoot
 from sainet.imaging import probe
+from sainet.safepath import resolve_inside, utf8_text
 
 __all__ = [
     "IMAGE_EXTS",
@@ -87,6 +88,9 @@ class Problem:
     def severity(self) -> Severity:
         return self.kind.severity
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", utf8_text(self.path))  # non-UTF-8 file names stay printable
+
     def as_dict(self) -> dict[str, str]:
         return {"path": self.path, "kind": self.kind.value, "detail": self.detail, "severity": self.severity.name.lower()}
 
@@ -109,6 +113,11 @@ class Sample:
     data: bytes | None = None
     width: int | None = None
     height: int | None = None
+
+    def __post_init__(self) -> None:
+        # A non-UTF-8 file name (held with surrogate escapes) becomes a valid UTF-8 name: its odd bytes
+        # as \xNN. The file itself is still read through `path`.
+        self.name, self.key = utf8_text(self.name), utf8_text(self.key)
 
     def read(self) -> bytes:
         if self.data is not None:
@@ -232,19 +241,8 @@ class Importer(abc.ABC):
 def read_lines(path: Path) -> list[str]:
     """The non-empty, stripped lines of a list file (split lists, classes.txt, ImageSets): the one
     place such files are read."""
-    return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
-
-
-def resolve_inside(root: Path, rel: str | os.PathLike[str], base: Path | None = None) -> Path:
-    """Join `rel` to `base` (default `root`) and return it only if it stays inside `root`.
-
-    Symlinks are resolved first, so a link that leaves the root is refused like ``../``.
-    """
-    root_real = os.path.realpath(root)
-    candidate = os.path.realpath(os.path.join(base if base is not None else root, rel))
-    if os.path.commonpath([root_real, candidate]) != root_real:
-        raise PathOutsideRoot(str(rel), root_real)
-    return Path(candidate)
+    # surrogateescape: a non-UTF-8 line stays a usable file name (shown with \xNN by `utf8_text`)
+    return [ln.strip() for ln in path.read_text(errors="surrogateescape").splitlines() if ln.strip()]
 
 
 def parse_yolo_labels(
@@ -269,13 +267,23 @@ def parse_yolo_labels(
         try:
             vals = [float(p) for p in parts]
         except ValueError:
-            problems.append(Problem(source, ProblemKind.LABEL_MALFORMED, f"line {lineno}: not numbers: {line.strip()[:60]!r}"))
+            # Which field, not the text: a label file's contents are never echoed.
+            bad = next(k for k, p in enumerate(parts) if not _is_number(p))
+            problems.append(Problem(source, ProblemKind.LABEL_MALFORMED, f"line {lineno}: field {bad + 1} is not a number"))
             tally.read += 1
             tally.dropped[ProblemKind.LABEL_MALFORMED.value] += 1
             continue
         cls.append(vals[0])
         boxes.append(vals[1:])
     return np.asarray(cls, np.float64), np.asarray(boxes, np.float64).reshape(-1, 4)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 #: Coordinates this far outside [0, 1] are rounding, clipped without a report.

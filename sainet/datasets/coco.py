@@ -23,6 +23,7 @@ from sainet.datasets.base import (
     resolve_inside,
     validate_boxes,
 )
+from sainet.datasets.guards import check_coco_doc
 from sainet.errors import DatasetError, PathOutsideRoot
 
 __all__ = ["CocoImporter", "read_coco"]
@@ -58,6 +59,7 @@ def read_coco(
     rel_json = json_path.relative_to(root).as_posix() if json_path.is_relative_to(root) else str(json_path)
     try:
         doc = json.loads(json_path.read_bytes())
+        check_coco_doc(doc, rel_json)
         cats = sorted(doc["categories"], key=lambda c: c["id"])
         images = doc["images"]
         anns = doc.get("annotations", [])
@@ -73,8 +75,10 @@ def read_coco(
         fname = str(im.get("file_name", ""))
         try:
             w, h = int(im["width"]), int(im["height"])
-        except (KeyError, TypeError, ValueError):
-            problems.append(Problem(f"{rel_json}: {fname}", ProblemKind.ANNOTATION_ERROR, "image entry without width/height"))
+            if w <= 0 or h <= 0:
+                raise ValueError(f"{w}x{h}")
+        except (KeyError, TypeError, ValueError, OverflowError):
+            problems.append(Problem(f"{rel_json}: {fname}", ProblemKind.ANNOTATION_ERROR, "image entry without a positive width/height"))
             continue
         path = _find_image(fname, image_dirs, root, f"{rel_json}: {fname}", problems)
         if path is None:

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sainet.datasets.base import Importer, ProblemKind, Sample, detect_id_base
+from sainet.datasets.guards import check_parquet_schema
 from sainet.errors import DatasetError, LayoutError
 
 __all__ = ["PyroSdisImporter", "PYROSDIS_CLASSES", "REQUIRED_COLUMNS", "find_shards"]
@@ -146,6 +147,7 @@ class PyroSdisImporter(Importer):
         missing = [c for c in REQUIRED_COLUMNS if c not in pf.schema_arrow.names]
         if missing:
             raise DatasetError(f"{shard.name}: missing column(s) {', '.join(missing)}")
+        check_parquet_schema(pf.schema_arrow, shard.name)
         return pf
 
     def _scan_ids(self) -> set[float]:

@@ -15,8 +15,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import yaml
-
 from sainet.datasets.base import (
     IMAGE_EXTS,
     Importer,
@@ -25,6 +23,7 @@ from sainet.datasets.base import (
     read_lines,
     resolve_inside,
 )
+from sainet.datasets.guards import MAX_CLASSES, check_class_names, load_yaml
 from sainet.errors import DatasetError, PathOutsideRoot
 
 __all__ = ["YoloImporter", "label_path_for", "read_names"]
@@ -52,7 +51,9 @@ def read_names(names: object, nc: object, source: str) -> list[str]:
         return [v for _, v in items]
     if isinstance(names, list):
         return [str(n) for n in names]
-    if isinstance(nc, int) and nc > 0:
+    if isinstance(nc, int) and not isinstance(nc, bool) and nc > 0:
+        if nc > MAX_CLASSES:
+            raise DatasetError(f"{source}: nc {nc}; sainet accepts at most {MAX_CLASSES} classes")
         return [str(i) for i in range(nc)]
     raise DatasetError(f"{source}: no 'names' (or 'nc') for the classes")
 
@@ -66,15 +67,12 @@ class YoloImporter(Importer):
         self.yaml_path = yaml_path
         self._entries: dict[str, list[str]] = {}
         if yaml_path is not None:
-            try:
-                cfg = yaml.safe_load(yaml_path.read_text()) or {}
-            except (yaml.YAMLError, UnicodeDecodeError) as e:
-                raise DatasetError(f"{yaml_path}: not valid YAML: {e}") from None
+            cfg = load_yaml(yaml_path) or {}
             if not isinstance(cfg, dict):
                 raise DatasetError(f"{yaml_path}: expected a mapping")
             root = (yaml_path.parent / str(cfg.get("path") or ".")).resolve()
             super().__init__(root)
-            self.names = read_names(cfg.get("names"), cfg.get("nc"), str(yaml_path))
+            self.names = check_class_names(read_names(cfg.get("names"), cfg.get("nc"), str(yaml_path)), str(yaml_path))
             for split in SPLITS:
                 v = cfg.get(split)
                 if v:
@@ -127,10 +125,15 @@ class YoloImporter(Importer):
 
     def samples(self, split: str | None = None) -> Iterator[Sample]:
         infer_names = not self.names
-        nc = len(self.names) if self.names else 1 << 30
+        nc = len(self.names) if self.names else MAX_CLASSES
         for sp in [split] if split else self.splits():
             for img in self._images(sp):
-                rel = img.relative_to(Path(self.root).resolve()).as_posix() if img.is_absolute() else img.as_posix()
+                try:
+                    img = resolve_inside(self.root, img)  # a listed or found image may be a symlink out of the root
+                except PathOutsideRoot as e:
+                    self._problem(str(img), ProblemKind.PATH_OUTSIDE_ROOT, f"image {e}; not read")
+                    continue
+                rel = img.relative_to(Path(self.root).resolve()).as_posix()
                 if not img.is_file():
                     self._problem(rel, ProblemKind.MISSING_IMAGE, "listed image does not exist")
                     continue
