@@ -24,6 +24,7 @@ __all__ = [
     "TargetError",
     "TargetLocked",
     "StoreWriteError",
+    "SettingsError",
 ]
 
 
@@ -113,3 +114,17 @@ class TargetLocked(TargetError):
 
 class StoreWriteError(StoreError):
     """Writing a store failed for a reason other than a full filesystem (I/O error, LMDB error)."""
+
+
+class SettingsError(SainetError):
+    """A setting is invalid: an option value, a profile name, a config file, or a run to resume.
+
+    `option` names the command-line option (``--imgsz``) or file the value came from, when known.
+    Exit code 2, as for any other bad command-line usage.
+    """
+
+    exit_code = 2
+
+    def __init__(self, message: str, option: str | None = None) -> None:
+        super().__init__(f"{option}: {message}" if option else message)
+        self.option = option

@@ -15,22 +15,37 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-__all__ = ["PAD_VALUE", "Letterbox", "parse_imgsz", "letterbox_params", "letterbox", "format_imgsz"]
+__all__ = ["PAD_VALUE", "Letterbox", "parse_wxh", "parse_imgsz", "letterbox_params", "letterbox", "format_imgsz"]
 
 PAD_VALUE = 114
 
 
+def parse_wxh(text: str) -> tuple[int, int]:
+    """``"1440x808"`` -> (1440, 808): width x height, as resolutions are written; both positive.
+
+    The one parser of ``WIDTHxHEIGHT`` text in sainet (image sizes, training shapes, source descriptions).
+    """
+    parts = str(text).lower().strip().split("x")
+    try:
+        w, h = (int(v) for v in parts)
+    except ValueError:
+        raise ValueError(f"{text!r}: expected WIDTHxHEIGHT like 1440x808") from None
+    if w <= 0 or h <= 0:
+        raise ValueError(f"{text!r}: width and height must be positive")
+    return w, h
+
+
 def parse_imgsz(value: int | str | tuple[int, int] | list[int], stride: int = 32) -> tuple[int, int]:
-    """int (square), (h, w) tuple, or ``"WxH"`` string -> (H, W) rounded up to `stride`."""
+    """int (square), (h, w) tuple, or ``"WxH"`` / ``"N"`` string -> (H, W) rounded up to `stride`."""
     if isinstance(value, str):
         text = value.lower().strip()
         if "x" in text:
+            w, h = parse_wxh(text)
+        else:
             try:
-                w, h = (int(v) for v in text.split("x"))
+                w = h = int(text)
             except ValueError:
                 raise ValueError(f"imgsz {value!r}: expected an int or WIDTHxHEIGHT like 1440x808") from None
-        else:
-            w = h = int(text)
     elif isinstance(value, (tuple, list)):
         if len(value) != 2:
             raise ValueError(f"imgsz {value!r}: expected (height, width)")

@@ -11,8 +11,10 @@ from typing import Any
 import psutil
 
 import configs
+from sainet.errors import SettingsError
 
-__all__ = ["Profile", "HostInfo", "load_profiles", "get_profile", "detect_host", "nearest_profile"]
+__all__ = ["Profile", "HostInfo", "load_profiles", "get_profile", "detect_host", "nearest_profile", "choose_profile",
+           "profile_names"]
 
 GB = 1e9
 
@@ -42,11 +44,23 @@ def load_profiles() -> dict[str, Profile]:
     return {n: Profile.from_dict(configs.load("profiles", n)) for n in configs.names("profiles")}
 
 
+def profile_names() -> list[str]:
+    """Names of the shipped profiles (configs/profiles/*.yaml), without reading them."""
+    return list(configs.names("profiles"))
+
+
 def get_profile(name: str) -> Profile:
     profiles = load_profiles()
     if name not in profiles:
-        raise KeyError(f"no profile {name!r} (have: {', '.join(profiles)})")
+        raise SettingsError(f"no profile {name!r} (have: auto, {', '.join(profiles)})", "--profile")
     return profiles[name]
+
+
+def choose_profile(name: str = "auto", host: HostInfo | None = None) -> Profile:
+    """The one profile choice of every command: ``auto`` is the nearest to this host, else by name."""
+    if name == "auto":
+        return nearest_profile(host or detect_host())[0]
+    return get_profile(name)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ def test_wheel_ships_configs_and_format_doc(tmp_path):
     wheel = next(tmp_path.glob("sainet-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     for required in ("configs/profiles/cpu.yaml", "configs/train/stage1.yaml", "cache_tools/FORMAT.md",
-                     "sainet/cli.py", "loaders/__init__.py", "cache_tools/format.py"):
+                     "sainet/cli/__init__.py", "loaders/__init__.py", "cache_tools/format.py"):
         assert required in names, required
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "sainet = sainet.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()

@@ -9,7 +9,7 @@ import os
 import shutil
 from pathlib import Path
 
-__all__ = ["prepare_offline"]
+__all__ = ["prepare_offline", "replace_amp_check"]
 
 
 def prepare_offline(config_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -27,25 +27,41 @@ def prepare_offline(config_dir: str | os.PathLike[str] | None = None) -> Path:
     from ultralytics.utils import SETTINGS
 
     SETTINGS.update({"sync": False, "hub": False} if "hub" in SETTINGS else {"sync": False})
-    _patch_amp_check()
+    import torch
+
+    if torch.cuda.is_available():  # on CPU, amp=False (run._overrides) means the check never runs
+        replace_amp_check()
     return cfg
 
 
-def _patch_amp_check() -> None:
-    """Ultralytics' AMP check downloads a model on CUDA; check autocast locally instead."""
+def _local_amp_check(model: object) -> bool:
+    """AMP works when an autocast matmul on the model's CUDA device gives finite numbers."""
     import torch
+
+    device = next(model.parameters()).device  # type: ignore[attr-defined]
+    if device.type != "cuda":
+        return False
+    try:
+        x = torch.randn(64, 64, device=device)
+        with torch.autocast("cuda"):
+            y = x @ x
+        return bool(torch.isfinite(y).all())
+    except RuntimeError:
+        return False
+
+
+def replace_amp_check() -> None:
+    """Replace Ultralytics' AMP check with a local one, on CUDA only.
+
+    Why a private hook: with ``amp=True`` Ultralytics' ``BaseTrainer._setup_train`` calls
+    ``ultralytics.engine.trainer.check_amp``, which loads ``yolo26n.pt`` (a download) to compare FP32
+    and AMP outputs; offline it fails. There is no public switch that keeps AMP on and skips the
+    check (``amp=False`` turns AMP off; ``amp="bf16"`` changes the numerics). So the module-level
+    name is rebound here, in this one place; tests/test_cli_settings.py fails loudly if Ultralytics
+    stops calling it by that name.
+    """
     from ultralytics.engine import trainer as ul_trainer
 
-    def check_amp(model: torch.nn.Module) -> bool:
-        device = next(model.parameters()).device
-        if device.type != "cuda":
-            return False
-        try:
-            x = torch.randn(64, 64, device=device)
-            with torch.autocast("cuda"):
-                y = x @ x
-            return bool(torch.isfinite(y).all())
-        except RuntimeError:
-            return False
-
-    ul_trainer.check_amp = check_amp
+    if not hasattr(ul_trainer, "check_amp"):
+        raise RuntimeError("ultralytics.engine.trainer.check_amp is gone: update sainet.train.offline.replace_amp_check")
+    ul_trainer.check_amp = _local_amp_check

@@ -1,14 +1,17 @@
 """Training entry points: one run (`train`) and the two-stage FASDD -> PyroSDIS workflow (`two_stage`).
 
-Resolves the data (a store, or for `disk`/`ultralytics` a dataset), the hardware profile (batch,
-loader, threads, prefetch unless given), the stage config and user overrides into Ultralytics
-arguments, checks the memory plan, then runs `SainetTrainer` (or Ultralytics' own trainer for
-``loader="ultralytics"``, for side-by-side comparison).
+`resolve` turns a `TrainSettings` into Ultralytics arguments in small steps: restore the run being
+resumed, pick the hardware profile (batch, loader, threads, prefetch unless given), find the data
+(a store, or for ``disk``/``ultralytics`` a dataset), merge the stage config and user overrides,
+and check the memory plan before anything starts. `train` then runs `SainetTrainer` (or
+Ultralytics' own trainer for ``loader="ultralytics"``, for side-by-side comparison) and records the
+resolved settings in the run folder, so ``--resume`` restores the run's shape, loader and options.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -19,38 +22,22 @@ import yaml
 
 import configs
 from cache_tools.format import INDEX_NAME
-from sainet.errors import CapacityError, DatasetError
-from sainet.geometry import format_imgsz, parse_imgsz
+from sainet.errors import CapacityError, DatasetError, SettingsError
+from sainet.geometry import format_imgsz
+from sainet.profiles import HostInfo, Profile
+from sainet.settings import LOADERS, TrainSettings, default_threads
 from sainet.train import distributed
 
-__all__ = ["TrainRequest", "TrainResult", "train", "two_stage", "resolve"]
+__all__ = ["TrainRequest", "TrainSettings", "TrainResult", "train", "two_stage", "resolve", "restore_run",
+           "SETTINGS_FILE", "LOADERS"]
 
 log = logging.getLogger(__name__)
-LOADERS = ("dali", "lmdb", "shm", "ram", "disk", "ultralytics")
+#: The resolved settings of a run, written into its folder; `--resume` reads them back.
+SETTINGS_FILE = "sainet_settings.json"
+_OPTIONS_FILE = "sainet_options.json"  # what SainetTrainer writes (runs made before SETTINGS_FILE existed)
 
-
-@dataclass
-class TrainRequest:
-    data: str
-    loader: str | None = None  # None: the profile's
-    model: str = "yolov8s.yaml"
-    weights: str | None = None
-    imgsz: str | int = 640
-    epochs: int | None = None
-    batch: int | None = None  # None: the profile's
-    device: str | None = None  # None: "0" with CUDA, else "cpu"
-    profile: str = "auto"
-    config: str | None = None  # a yaml of Ultralytics arguments
-    stage: int | None = None  # 1 or 2: configs/train/stage{N}.yaml
-    sets: dict[str, Any] = field(default_factory=dict)  # --set key=value (win over everything)
-    project: str = "runs/sainet"
-    name: str | None = None
-    threads: int | None = None
-    prefetch: int | None = None
-    resume: str | None = None  # path to last.pt (the run's sainet_options.json fills in data, loader, imgsz)
-    layout: str | None = None
-    callbacks: dict[str, list[Any]] = field(default_factory=dict)  # Ultralytics callbacks, event -> functions
-    checkpoint_every: int = 0  # > 0: weights/mid_epoch.pt every N batches (resume continues mid-epoch)
+#: The old name of `TrainSettings`, kept for callers of the first release.
+TrainRequest = TrainSettings
 
 
 @dataclass
@@ -61,6 +48,67 @@ class TrainResult:
     metrics: dict[str, float]
     telemetry: list[dict[str, float]]
     resolved: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Data:
+    arg: str  # Ultralytics' data= argument
+    loader: str  # the loader, matched to the store's container
+    names: dict[int, str] = field(default_factory=dict)
+    images: int = 0
+    store_bytes: int = 0
+
+
+@dataclass
+class _Plan:
+    settings: TrainSettings  # every value concrete
+    overrides: dict[str, Any]
+    options: Any  # SainetOptions, or None for Ultralytics' own loader
+    chosen: dict[str, Any]
+
+
+# ---------------------------------------------------------------------------------------------- resume
+
+
+def _saved_settings(run_dir: Path) -> TrainSettings | None:
+    """The settings a run was trained with: its SETTINGS_FILE, else the trainer's options file."""
+    path = run_dir / SETTINGS_FILE
+    try:
+        if path.is_file():
+            return TrainSettings.from_dict(json.loads(path.read_text()))
+        path = run_dir / _OPTIONS_FILE
+        if path.is_file():
+            o = json.loads(path.read_text())
+            return TrainSettings(data=o["data"], loader=o["loader"], imgsz=tuple(o["imgsz"]), threads=o["threads"],
+                                 prefetch=o["prefetch"], layout=o.get("layout"))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SettingsError(f"{path}: cannot read the run's settings ({e})", "--resume") from None
+    return None
+
+
+def restore_run(s: TrainSettings) -> TrainSettings:
+    """`--resume RUN/weights/last.pt`: the run's data, loader, shape and options come back.
+
+    Values the user gives win where changing them cannot change what is learned (data path,
+    device, threads, prefetch, batch: Ultralytics also lets batch change on resume); a different
+    shape or loader is refused, because the run would silently continue as another run.
+    """
+    last = Path(str(s.resume))
+    if not last.is_file():
+        raise SettingsError(f"{last}: no such checkpoint (expected RUN/weights/last.pt)", "--resume")
+    saved = _saved_settings(last.resolve().parent.parent)
+    if saved is None:
+        return s  # a run of Ultralytics' own trainer: its checkpoint carries its arguments
+    for opt, mine, theirs in (("--imgsz", s.imgsz, saved.imgsz), ("--loader", s.loader, saved.loader)):
+        if mine is not None and theirs is not None and mine != theirs:
+            shown = (format_imgsz(mine), format_imgsz(theirs)) if opt == "--imgsz" else (mine, theirs)
+            raise SettingsError(f"{shown[0]} differs from the run's {shown[1]}; resume continues the run as it was "
+                                f"(leave {opt} out, or start a new run)", opt)
+    keep = {k: getattr(s, k) for k in ("data", "device", "threads", "prefetch", "batch", "checkpoint_every") if getattr(s, k)}
+    return saved.replace(**keep, resume=s.resume, callbacks=s.callbacks)
+
+
+# ---------------------------------------------------------------------------------------------- resolve
 
 
 def _is_store(path: str) -> bool:
@@ -79,161 +127,168 @@ def _yolo_data_for(store: str, project: str) -> str:
     return str(out / "data.yaml")
 
 
-def _from_run(req: TrainRequest) -> TrainRequest:
-    """--resume RUN/weights/last.pt without --data: take data, loader and shape from the run."""
-    import json
-    from dataclasses import replace
-
-    saved = Path(req.resume).resolve().parent.parent / "sainet_options.json"
-    if req.data or not saved.is_file():
-        return req
-    o = json.loads(saved.read_text())
-    h, w = o["imgsz"]
-    return replace(req, data=o["data"], loader=req.loader or o["loader"], imgsz=req.imgsz if req.imgsz != 640 else f"{w}x{h}",
-                   threads=req.threads or o["threads"], prefetch=req.prefetch or o["prefetch"], layout=o.get("layout"))
-
-
-def resolve(req: TrainRequest) -> tuple[dict[str, Any], Any, dict[str, Any]]:
-    """-> (Ultralytics overrides, SainetOptions or None, what was chosen and why)."""
-    import torch
-
-    if req.resume:
-        req = _from_run(req)
-    from cache_tools.store import open_store
-    from sainet.budget import estimate_budget
-    from sainet.profiles import detect_host, get_profile, nearest_profile
-    from sainet.train.trainer import SainetOptions
-
-    host = detect_host()
-    if req.profile == "auto":
-        profile, _ = nearest_profile(host)
-    else:
-        profile = get_profile(req.profile)
-    rec = profile.recommended
-    chosen: dict[str, Any] = {"profile": profile.name}
-    loader = req.loader or rec["loader"]
-    if loader not in LOADERS:
-        raise ValueError(f"loader must be one of {LOADERS}")
-    shape = parse_imgsz(req.imgsz)
-    cuda = torch.cuda.is_available()
-    device = req.device or ("0" if cuda else "cpu")
-    on_cpu = device == "cpu"
-
+def _hyperparameters(s: TrainSettings) -> dict[str, Any]:
+    """Stage config < --config file < --epochs < --set."""
     hyp: dict[str, Any] = {}
-    if req.stage:
-        hyp.update(configs.load("train", f"stage{req.stage}")["hyp"])
-    if req.config:
-        doc = yaml.safe_load(Path(req.config).read_text()) or {}
-        if not isinstance(doc, dict):
-            raise ValueError(f"{req.config}: expected a mapping of Ultralytics arguments")
+    if s.stage:
+        hyp.update(configs.load("train", f"stage{s.stage}")["hyp"])
+    if s.config:
+        try:
+            doc = yaml.safe_load(Path(s.config).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise SettingsError(f"cannot read {s.config}: {e}", "--config") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("hyp", doc), dict):
+            raise SettingsError(f"{s.config}: expected a mapping of Ultralytics arguments", "--config")
         hyp.update(doc.get("hyp", doc))
-    if req.epochs is not None:
-        hyp["epochs"] = req.epochs
-    hyp.update(req.sets)
+    if s.epochs is not None:
+        hyp["epochs"] = s.epochs
+    hyp.update(s.sets)
+    return hyp
 
-    data = str(req.data)
-    options = None
-    names: dict[int, str] = {}
-    store_bytes = 0
-    images = 0
+
+def _resolve_data(s: TrainSettings, loader: str) -> _Data:
+    """Where the images come from, and the loader that reads them (matched to the store's container)."""
+    from cache_tools.store import open_store
+
+    data = str(s.data)
     if loader == "ultralytics":
-        yolo_data = _yolo_data_for(data, req.project) if _is_store(data) else data
-        if shape[0] != shape[1]:
-            log.warning("Ultralytics' own loader trains square: imgsz %s becomes %d", format_imgsz(shape), max(shape))
-        data_arg = yolo_data
-    else:
-        if loader == "disk":
-            src = data
-            if _is_store(data):
-                with open_store(data) as s:
-                    src = s.meta.get("source") or data
-            from loaders.sources import DiskSource
+        if s.shape[0] != s.shape[1]:
+            log.warning("Ultralytics' own loader trains square: imgsz %s becomes %d", format_imgsz(s.shape), max(s.shape))
+        return _Data(_yolo_data_for(data, s.project) if _is_store(data) else data, loader)
+    if loader == "disk":
+        src = data
+        if _is_store(data):
+            with open_store(data) as st:
+                src = st.meta.get("source") or data
+        from loaders.sources import DiskSource
 
-            ds = DiskSource(Path(src), None, req.layout)
-            names = dict(enumerate(ds.classes))
-            images = len(ds)
-            data_path = src
-        else:
-            if not _is_store(data):
-                raise DatasetError(f"{data} is not a store: pack it first (sainet pack {data} --to /dev/shm/NAME), "
-                                   "or train with --loader disk or --loader ultralytics")
-            with open_store(data) as s:
-                names = dict(enumerate(s.classes))
-                images = len(s)
-                store_bytes = s.nbytes()
-                container = s.container
-            if loader in ("shm", "lmdb") and {"shm": "shards", "lmdb": "lmdb"}[loader] != container:
-                if req.loader:
-                    raise DatasetError(f"{data} is a {container} store; use --loader {'shm' if container == 'shards' else 'lmdb'}")
-                loader = "shm" if container == "shards" else "lmdb"
-            data_path = data
-        threads = req.threads or int(rec["threads"])
-        prefetch = req.prefetch or int(rec["prefetch"])
-        options = SainetOptions(data=data_path, loader=loader, imgsz=shape, threads=threads, prefetch=prefetch,
-                                layout=req.layout, names=names, checkpoint_every=req.checkpoint_every)
-        data_arg = data_path
-        chosen.update(threads=threads, prefetch=prefetch)
-    world = distributed.world_size_for(device)
-    batch = req.batch or int(rec["batch"]) * world  # profiles give the batch per GPU; --batch is the global batch
-    per_rank = distributed.per_rank_batch(batch, world) if loader != "ultralytics" else max(1, batch // world)
-    chosen.update(loader=loader, batch=batch, imgsz=format_imgsz(shape), device=device)
+        ds = DiskSource(Path(src), None, s.layout)
+        return _Data(src, loader, dict(enumerate(ds.classes)), len(ds))
+    if not _is_store(data):
+        raise DatasetError(f"{data} is not a store: pack it first (sainet pack {data} --to /dev/shm/NAME), "
+                           "or train with --loader disk or --loader ultralytics")
+    with open_store(data) as st:
+        names, images, nbytes, container = dict(enumerate(st.classes)), len(st), st.nbytes(), st.container
+    from loaders.backends import BACKENDS, check_container, kind_for_container
 
-    # The memory plan, before anything starts.
-    ranks = distributed.ranks_per_node(device)
-    b = estimate_budget(images=images, imgsz=shape, batch=per_rank, threads=chosen.get("threads", 2),
-                        prefetch=chosen.get("prefetch", 2), workers=8, model=req.model, amp=not on_cpu)
-    host_need = distributed.host_bytes_per_node(ranks, b.sainet_loader_bytes, store_bytes, loader)
-    chosen.update(loader_buffer_bytes=b.sainet_loader_bytes, store_bytes=store_bytes, vram_estimate_bytes=b.vram_bytes)
+    if BACKENDS[loader].container not in (None, container):
+        if s.loader:
+            check_container(loader, container, data)  # raises, naming the loader that reads this store
+        loader = kind_for_container(container)  # the profile's choice, adapted to the store at hand
+    return _Data(data, loader, names, images, nbytes)
+
+
+def _check_memory(s: TrainSettings, d: _Data, host: HostInfo, on_cpu: bool, cuda: bool) -> dict[str, int]:
+    """The memory plan, before anything starts: refuse what cannot fit host RAM or GPU memory."""
+    from sainet.budget import estimate_budget
+
+    world = distributed.world_size_for(s.device)
+    per_rank = distributed.per_rank_batch(s.batch, world) if d.loader != "ultralytics" else max(1, s.batch // world)
+    ranks = distributed.ranks_per_node(s.device)
+    b = estimate_budget(images=d.images, imgsz=s.shape, batch=per_rank, threads=s.threads or 2, prefetch=s.prefetch or 2,
+                        workers=8, model=s.model, amp=not on_cpu)
+    ram_copy = d.store_bytes if d.loader == "ram" else 0
+    host_need = distributed.host_bytes_per_node(ranks, b.sainet_loader_bytes, d.store_bytes, d.loader)
     if host_need > host.ram_available_gb * 1e9:
-        raise CapacityError(f"loader {loader} needs {host_need / 1e9:.1f} GB of host RAM ({ranks} rank(s): buffers "
-                            f"{b.sainet_loader_bytes / 1e9:.1f} GB" + (f" + a {store_bytes / 1e9:.1f} GB RAM copy" if loader == "ram" else "")
+        raise CapacityError(f"loader {d.loader} needs {host_need / 1e9:.1f} GB of host RAM ({ranks} rank(s): buffers "
+                            f"{b.sainet_loader_bytes / 1e9:.1f} GB" + (f" + a {ram_copy / 1e9:.1f} GB RAM copy" if ram_copy else "")
                             + f"); {host.ram_available_gb:.1f} GB available: lower --batch or --prefetch, or use --loader shm/lmdb")
     if cuda and not on_cpu and host.vram_gb and b.vram_bytes > host.vram_gb * 1e9:
-        raise CapacityError(f"batch {per_rank} per GPU at {format_imgsz(shape)} with {req.model} needs about {b.vram_bytes / 1e9:.1f} GB "
+        raise CapacityError(f"batch {per_rank} per GPU at {format_imgsz(s.shape)} with {s.model} needs about {b.vram_bytes / 1e9:.1f} GB "
                             f"of GPU memory (estimate); the GPU has {host.vram_gb:.1f} GB: lower --batch")
+    return {"loader_buffer_bytes": b.sainet_loader_bytes, "store_bytes": d.store_bytes, "vram_estimate_bytes": b.vram_bytes}
 
-    overrides: dict[str, Any] = {
-        "model": req.model, "data": data_arg, "imgsz": max(shape), "batch": batch, "device": device,
-        "project": str(Path(req.project).resolve()), "name": req.name or f"{loader}-{format_imgsz(shape)}",
-        "exist_ok": False, "workers": 0 if loader != "ultralytics" else min(8, os.cpu_count() or 2),
-        "amp": False if on_cpu else True, "pretrained": req.weights or False, "verbose": False, "plots": True,
-        "rect": False,
+
+def _overrides(s: TrainSettings, d: _Data, hyp: dict[str, Any]) -> dict[str, Any]:
+    on_cpu = s.device == "cpu"
+    out: dict[str, Any] = {
+        "model": s.model, "data": d.arg, "imgsz": max(s.shape), "batch": s.batch, "device": s.device,
+        "project": str(Path(s.project).resolve()), "name": s.name or f"{d.loader}-{format_imgsz(s.shape)}",
+        "exist_ok": False, "workers": 0 if d.loader != "ultralytics" else default_threads(),
+        # amp=False on CPU is Ultralytics' public switch: its AMP check (which downloads a model) never runs.
+        "amp": not on_cpu, "pretrained": s.weights or False, "verbose": False, "plots": True, "rect": False,
     }
-    overrides.update(hyp)
+    out.update(hyp)
     if on_cpu:
-        overrides["amp"] = False
-    if req.resume:
-        overrides["resume"] = req.resume
-    return overrides, options, chosen
+        out["amp"] = False
+    if s.resume:
+        out["resume"] = s.resume
+    return out
 
 
-def train(req: TrainRequest) -> TrainResult:
+def _profile_defaults(s: TrainSettings, profile: Profile, cuda: bool) -> TrainSettings:
+    """The profile's values where none were given. Profiles give the batch per GPU; --batch is the global batch."""
+    rec = profile.recommended
+    device = s.device or ("0" if cuda else "cpu")
+    batch = s.batch or int(rec["batch"]) * distributed.world_size_for(device)
+    return s.replace(loader=s.loader or rec["loader"], batch=batch, device=device, imgsz=s.shape,
+                     threads=s.threads or int(rec["threads"]), prefetch=s.prefetch or int(rec["prefetch"]))
+
+
+def _plan(settings: TrainSettings) -> _Plan:
+    import torch
+
+    from sainet.profiles import choose_profile, detect_host
+    from sainet.train.trainer import SainetOptions
+
+    s = restore_run(settings) if settings.resume else settings
+    host = detect_host()
+    profile = choose_profile(s.profile, host)
+    cuda = torch.cuda.is_available()
+    given_loader = s.loader
+    s = _profile_defaults(s, profile, cuda)
+    d = _resolve_data(s.replace(loader=given_loader), s.loader)
+    s = s.replace(loader=d.loader)
+    chosen: dict[str, Any] = {"profile": profile.name}
+    options = None
+    if d.loader != "ultralytics":
+        options = SainetOptions(data=d.arg, loader=d.loader, imgsz=s.shape, threads=s.threads, prefetch=s.prefetch,
+                                layout=s.layout, names=d.names, checkpoint_every=s.checkpoint_every)
+        chosen.update(threads=s.threads, prefetch=s.prefetch)
+    chosen.update(loader=d.loader, batch=s.batch, imgsz=format_imgsz(s.shape), device=s.device)
+    chosen.update(_check_memory(s, d, host, s.device == "cpu", cuda))
+    return _Plan(s, _overrides(s, d, _hyperparameters(s)), options, chosen)
+
+
+def resolve(settings: TrainSettings) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+    """-> (Ultralytics overrides, SainetOptions or None, what was chosen and why)."""
+    p = _plan(settings)
+    return p.overrides, p.options, p.chosen
+
+
+# ---------------------------------------------------------------------------------------------- run
+
+
+def train(settings: TrainSettings) -> TrainResult:
     from sainet.train.offline import prepare_offline
 
     prepare_offline()
-    overrides, options, chosen = resolve(req)
-    log.info("profile %s: %s", chosen["profile"], ", ".join(f"{k}={v}" for k, v in chosen.items() if k != "profile"))
-    if options is not None and (nproc := distributed.ranks_to_spawn(overrides["device"])):
-        save_dir = distributed.launch_request(req, overrides, nproc)  # --device 0,1: torchrun, one rank per GPU
+    p = _plan(settings)
+    log.info("profile %s: %s", p.chosen["profile"], ", ".join(f"{k}={v}" for k, v in p.chosen.items() if k != "profile"))
+    if p.options is not None and (nproc := distributed.ranks_to_spawn(p.overrides["device"])):
+        save_dir = distributed.launch_request(settings, p.overrides, nproc)  # --device 0,1: torchrun, one rank per GPU
         return TrainResult(save_dir, save_dir / "weights" / "best.pt", save_dir / "weights" / "last.pt",
-                           _last_metrics(save_dir / "results.csv"), [], {**chosen, "overrides": overrides})
-    if options is not None:
+                           _last_metrics(save_dir / "results.csv"), [], {**p.chosen, "overrides": p.overrides})
+    if p.options is not None:
         from sainet.train.trainer import SainetTrainer
 
-        options.to_env()
-        trainer = SainetTrainer(overrides=overrides)
+        p.options.to_env()
+        trainer = SainetTrainer(overrides=p.overrides)
     else:
         from ultralytics.models.yolo.detect import DetectionTrainer
 
-        trainer = DetectionTrainer(overrides=overrides)
-    for event, fns in req.callbacks.items():
+        trainer = DetectionTrainer(overrides=p.overrides)
+    save_dir = Path(trainer.save_dir)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone writes
+        save_dir.mkdir(parents=True, exist_ok=True)
+        (save_dir / SETTINGS_FILE).write_text(json.dumps(p.settings.replace(resume=None).to_dict(), indent=2))
+    for event, fns in settings.callbacks.items():
         for fn in fns:
             trainer.add_callback(event, fn)
     trainer.train()
-    save_dir = Path(trainer.save_dir)
     metrics = _last_metrics(save_dir / "results.csv")
     return TrainResult(save_dir, save_dir / "weights" / "best.pt", save_dir / "weights" / "last.pt", metrics,
-                       list(getattr(trainer, "loader_telemetry", [])), {**chosen, "overrides": overrides})
+                       list(getattr(trainer, "loader_telemetry", [])), {**p.chosen, "overrides": p.overrides})
 
 
 def _last_metrics(path: Path) -> dict[str, float]:
@@ -252,15 +307,13 @@ def _last_metrics(path: Path) -> dict[str, float]:
     return out
 
 
-def two_stage(base: TrainRequest, stage1_data: str, stage2_data: str, *, stage1_epochs: int | None = None,
+def two_stage(base: TrainSettings, stage1_data: str, stage2_data: str, *, stage1_epochs: int | None = None,
               stage2_epochs: int | None = None) -> tuple[TrainResult, TrainResult]:
     """Stage 1 (FASDD, fire + smoke) then stage 2 (PyroSDIS, smoke) from stage 1's best.pt."""
-    from dataclasses import replace
-
     name = base.name or "two-stage"
-    r1 = train(replace(base, data=stage1_data, stage=1, epochs=stage1_epochs or base.epochs, name=f"{name}-stage1"))
+    r1 = train(base.replace(data=stage1_data, stage=1, epochs=stage1_epochs or base.epochs, name=f"{name}-stage1"))
     if not r1.best.is_file():
         raise DatasetError(f"stage 1 produced no best.pt in {r1.save_dir}")
-    r2 = train(replace(base, data=stage2_data, stage=2, epochs=stage2_epochs or base.epochs, weights=str(r1.best),
-                       name=f"{name}-stage2"))
+    r2 = train(base.replace(data=stage2_data, stage=2, epochs=stage2_epochs or base.epochs, weights=str(r1.best),
+                            name=f"{name}-stage2"))
     return r1, r2

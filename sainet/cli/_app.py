@@ -1,0 +1,234 @@
+"""The Typer app, its error handling and the option types shared by every command.
+
+Only the CLI prints and picks exit codes. A command body parses its options (the types below
+reject bad values before the body runs), calls one library function and prints the result;
+`run` maps every typed error to one line on stderr and the exit code of `EXIT_CODES`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from typer.core import TyperGroup
+
+from cache_tools.format import CONTAINERS, MODES
+from sainet.datasets import LAYOUTS
+from sainet.errors import SainetError
+from sainet.geometry import parse_imgsz, parse_wxh
+from sainet.profiles import profile_names
+from sainet.settings import parse_bytes, parse_device
+
+__all__ = ["app", "main", "console", "err", "EXIT_CODES", "run", "progress_bar", "bar_factory"]
+
+log = logging.getLogger("sainet")
+
+#: Exit code -> meaning; shown in `sainet --help` and README.md (tests/test_cli_errors.py keeps them true).
+EXIT_CODES = {
+    0: "success",
+    1: "the command ran and found a problem (check: not usable; verify: bad records), or a file system error",
+    2: "bad usage: an unknown or invalid option value, a missing option, an unreadable config; or a dataset that cannot be read",
+    3: "an image cannot be decoded (the error names the file or record)",
+    4: "a store is missing, foreign, damaged, of another version, or exists without --force",
+    5: "it does not fit: the store or the loader buffers exceed the free space or memory",
+    130: "interrupted (Ctrl-C); nothing half-written is left as a valid store",
+}
+
+console = Console()
+err = Console(stderr=True)
+
+
+class SainetGroup(TyperGroup):
+    """Usage errors as one line on stderr (not a framed panel), with the exit code of EXIT_CODES."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.TyperException as e:  # click's usage errors (bad option values, unknown options, ...)
+            # `sainet` alone: the help was shown when the error was made (its class is not public: matched by name)
+            rv = e.exit_code if type(e).__name__ == "NoArgsIsHelpError" else _usage_error(e)
+        except typer.Abort:
+            err.print("[yellow]aborted[/]")
+            rv = 1
+        rv = rv if isinstance(rv, int) else 0
+        if standalone_mode:
+            sys.exit(rv)
+        return rv
+
+
+def _usage_error(e: typer.TyperException) -> int:
+    ctx = getattr(e, "ctx", None)
+    hint = f" (see `sainet {ctx.info_name} --help`)" if ctx is not None and ctx.parent is not None else ""
+    err.print(f"[red]error:[/] {escape(e.format_message())}{hint}", soft_wrap=True)
+    return e.exit_code
+
+
+def _exit_code_help() -> str:
+    return "Exit codes:\n\n" + "\n".join(f"* **{code}** {text}" for code, text in EXIT_CODES.items())
+
+
+app = typer.Typer(
+    name="sainet",
+    cls=SainetGroup,
+    help="Data pipeline and training front end for the SAI-Net wildfire smoke/fire detector.\n\n" + _exit_code_help(),
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging (and the traceback of an error).")) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+        handlers=[RichHandler(console=err, show_time=False, show_path=False)], force=True,
+    )
+
+
+def _fail(message: str, code: int, exc: BaseException) -> None:
+    log.debug("traceback", exc_info=exc)  # shown with --verbose
+    err.print(f"[red]error:[/] {escape(message)}", soft_wrap=True)
+    raise typer.Exit(code) from None
+
+
+def run(fn: Callable[[], int | None]) -> None:
+    """Run a command body; map errors from bad input to one line and an exit code (EXIT_CODES)."""
+    try:
+        code = fn() or 0
+    except SainetError as e:
+        _fail(str(e), e.exit_code, e)
+    except typer.BadParameter:
+        raise
+    except (ValueError, KeyError) as e:  # from a value the types above could not judge alone
+        _fail(str(e.args[0]) if e.args else repr(e), 2, e)
+    except OSError as e:
+        _fail(f"{e.strerror or e}{': ' + str(e.filename) if e.filename else ''}", 1, e)
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]")
+        raise typer.Exit(130) from None
+    raise typer.Exit(code)
+
+
+# ---------------------------------------------------------------------------------------------- option types
+# Parsers given to typer.Option(parser=...): a bad value is a usage error naming the option (exit 2).
+
+
+def _parser(fn: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: Any) -> Any:
+        if not isinstance(text, str):  # a default already parsed
+            return text
+        try:
+            return fn(text)
+        except ValueError as e:
+            raise typer.BadParameter(str(e)) from None
+
+    parse.__name__ = fn.__name__
+    return parse
+
+
+imgsz_type = _parser(parse_imgsz)  # "1440x808" or "640" -> (H, W) stride-padded
+size_type = _parser(parse_wxh)  # "1440x808" -> (W, H) exact
+bytes_type = _parser(parse_bytes)  # "125GB" -> int
+device_type = _parser(parse_device)
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"expected key=value, got {text!r}")
+    try:
+        return key.strip(), yaml.safe_load(value)  # numbers, booleans and lists as YAML reads them
+    except yaml.YAMLError:
+        raise ValueError(f"{text!r}: the value is not valid YAML") from None
+
+
+key_value_type = _parser(_key_value)
+
+
+def _class_ids(text: str) -> dict[int, str]:
+    """``1=smoke,2=fire`` -> {1: "smoke", 2: "fire"}."""
+    out: dict[int, str] = {}
+    for item in (i for i in text.split(",") if i.strip()):
+        key, sep, name = item.partition("=")
+        try:
+            out[int(key)] = name.strip()
+        except ValueError:
+            raise ValueError(f"expected ID=NAME[,ID=NAME], got {text!r}") from None
+        if not sep or not name.strip():
+            raise ValueError(f"expected ID=NAME[,ID=NAME], got {text!r}")
+    return out
+
+
+class_ids_type = _parser(_class_ids)
+
+Layout = Literal[tuple(LAYOUTS)]  # type: ignore[valid-type]
+Container = Literal[CONTAINERS]  # type: ignore[valid-type]
+Mode = Literal[MODES]  # type: ignore[valid-type]
+ProfileName = Literal[("auto", *profile_names())]  # type: ignore[valid-type]
+
+
+# ---------------------------------------------------------------------------------------------- progress
+
+
+class _Bar:
+    """What `progress_bar` yields: call it to advance; `start(total, done)` once the work is known."""
+
+    def __init__(self, progress: Progress, task: int, unit: str) -> None:
+        self._p, self._task, self._unit = progress, task, unit
+        self._start, self._done = time.perf_counter(), 0
+
+    def __call__(self, n: int = 1) -> None:
+        self._done += n
+        elapsed = time.perf_counter() - self._start
+        self._p.update(self._task, advance=n, rate=f"{self._done / elapsed:,.1f} {self._unit}/s" if elapsed > 0 else "")
+
+    def start(self, total: int, done: int = 0) -> None:
+        self._p.update(self._task, total=total, completed=done)
+        self._start = time.perf_counter()
+
+
+@contextmanager
+def progress_bar(total: int | None, description: str, unit: str = "img") -> Iterator[_Bar]:
+    """A rich progress bar on stderr with the rate and the ETA."""
+    columns = [
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("[cyan]{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+    ]
+    with Progress(*columns, console=err) as p:
+        yield _Bar(p, p.add_task(description, total=total, rate=""), unit)
+
+
+@contextmanager
+def bar_factory(prefix: str = "") -> Iterator[Callable[[str, int | None], Callable[[int], None]]]:
+    """Several bars, one per named step (what bench.run_bench's `progress` argument takes)."""
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed} img"),
+                  TimeElapsedColumn(), console=err) as p:
+        def bar(name: str, total: int | None) -> Callable[[int], None]:
+            task = p.add_task(prefix + name, total=total)
+            return lambda n: p.update(task, advance=n)
+
+        yield bar
+
+
+def main() -> None:
+    app()

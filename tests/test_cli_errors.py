@@ -1,0 +1,177 @@
+"""Every command, given bad input, answers with one line on stderr naming what is wrong and the
+documented exit code (sainet.cli.EXIT_CODES) — never a traceback."""
+
+from __future__ import annotations
+
+import inspect as pyinspect
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from sainet.cli import EXIT_CODES, app
+
+runner = CliRunner()
+
+# (arguments, exit code, text the one-line message must contain: the option or file at fault)
+BAD_OPTIONS = [
+    # synth
+    (["synth", "OUT", "--images", "0"], 2, "--images"),
+    (["synth", "OUT", "--size", "big"], 2, "--size"),
+    (["synth", "OUT", "--size", "0x10"], 2, "--size"),
+    (["synth", "OUT", "--size", "-5x10"], 2, "--size"),
+    (["synth", "OUT", "--layout", "kitti"], 2, "--layout"),
+    (["synth", "OUT", "--val-fraction", "1.5"], 2, "--val-fraction"),
+    (["synth", "OUT", "--background", "-0.1"], 2, "--background"),
+    (["synth", "OUT", "--quality", "0"], 2, "--quality"),
+    (["synth", "OUT", "--quality", "101"], 2, "--quality"),
+    (["synth", "OUT", "--seed", "-1"], 2, "--seed"),
+    (["synth", "OUT", "--classes", "water"], 2, "--classes"),
+    (["synth", "OUT", "--images", "ten"], 2, "--images"),
+    (["synth", "OUT", "--layout", "fasdd", "--subset", "IR"], 2, "--subset"),
+    (["synth", "OUT", "--test-fraction", "2"], 2, "--test-fraction"),
+    # check
+    (["check", "SRC", "--threads", "0"], 2, "--threads"),
+    (["check", "SRC", "--layout", "kitti"], 2, "--layout"),
+    (["check", "SRC", "--max-problems", "-1"], 2, "--max-problems"),
+    (["check", "SRC", "--class-ids", "one=smoke"], 2, "--class-ids"),
+    # pack
+    (["pack", "SRC", "--to", "T", "--format", "zip"], 2, "--format"),
+    (["pack", "SRC", "--to", "T", "--mode", "png"], 2, "--mode"),
+    (["pack", "SRC", "--to", "T", "--max-size", "-10"], 2, "--max-size"),
+    (["pack", "SRC", "--to", "T", "--threads", "0"], 2, "--threads"),
+    (["pack", "SRC", "--to", "T", "--imgsz", "wide"], 2, "--imgsz"),
+    (["pack", "SRC", "--to", "T", "--imgsz", "0"], 2, "--imgsz"),
+    (["pack", "SRC", "--to", "T", "--shard-size", "lots"], 2, "--shard-size"),
+    (["pack", "SRC", "--to", "T", "--shard-size", "-1GB"], 2, "--shard-size"),
+    (["pack", "SRC", "--to", "T", "--assume-free", "12XB"], 2, "--assume-free"),
+    (["pack", "SRC"], 2, "--to"),
+    (["pack", "SRC", "--to", "T", "--class-ids", "1="], 2, "--class-ids"),
+    # verify
+    (["verify", "STORE", "--threads", "-2"], 2, "--threads"),
+    # plan
+    (["plan", "--source", "100@1440x808", "--profile", "dgx"], 2, "--profile"),
+    (["plan", "--source", "100@1440x808", "--batch", "0"], 2, "--batch"),
+    (["plan", "--source", "100@1440x808", "--imgsz", "1440x"], 2, "--imgsz"),
+    (["plan", "--source", "100@axb"], 2, "--source"),
+    (["plan", "--source", "0@1440x808"], 2, "--source"),
+    (["plan", "--source", "100@1440x808", "--to", "T", "--assume-free", "x"], 2, "--assume-free"),
+    (["plan"], 2, "--source"),
+    # bench-loader
+    (["bench-loader", "--source", "SRC", "--loaders", "shm,nope"], 2, "--loaders"),
+    (["bench-loader", "--source", "SRC", "--loaders", ","], 2, "--loaders"),
+    (["bench-loader", "--source", "SRC", "--batch", "0"], 2, "--batch"),
+    (["bench-loader", "--source", "SRC", "--seconds", "0"], 2, "--seconds"),
+    (["bench-loader", "--source", "SRC", "--threads", "0"], 2, "--threads"),
+    (["bench-loader", "--source", "SRC", "--profile", "laptop"], 2, "--profile"),
+    (["bench-loader"], 2, "--store or --source"),
+    # train
+    (["train", "--data", "STORE", "--loader", "fast"], 2, "--loader"),
+    (["train", "--data", "STORE", "--profile", "nope"], 2, "--profile"),
+    (["train", "--data", "STORE", "--imgsz", "12xq"], 2, "--imgsz"),
+    (["train", "--data", "STORE", "--batch", "-1"], 2, "--batch"),
+    (["train", "--data", "STORE", "--epochs", "0"], 2, "--epochs"),
+    (["train", "--data", "STORE", "--threads", "0"], 2, "--threads"),
+    (["train", "--data", "STORE", "--prefetch", "0"], 2, "--prefetch"),
+    (["train", "--data", "STORE", "--stage", "3"], 2, "--stage"),
+    (["train", "--data", "STORE", "--device", "gpu"], 2, "--device"),
+    (["train", "--data", "STORE", "--device", "0,0"], 2, "--device"),
+    (["train", "--data", "STORE", "--set", "lr0"], 2, "--set"),
+    (["train", "--data", "STORE", "--set", "=1"], 2, "--set"),
+    (["train", "--workflow", "three-stage"], 2, "--workflow"),
+    (["train", "--workflow", "two-stage", "--stage1-data", "STORE"], 2, "--workflow"),
+    (["train", "--data", "STORE", "--config", "MISSING"], 2, "--config"),
+    (["train", "--resume", "MISSING"], 2, "--resume"),
+    (["train"], 2, "--data"),
+    (["train", "--data", "STORE", "--no-such-option"], 2, "--no-such-option"),
+    (["train", "--data", "STORE", "--checkpoint-every", "-1"], 2, "--checkpoint-every"),
+    # top level
+    (["no-such-command"], 2, "no-such-command"),
+]
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory) -> dict[str, str]:
+    from cache_tools import PackOptions, pack
+    from sainet.synth import synthesize
+
+    root = tmp_path_factory.mktemp("cli-errors")
+    synthesize(root / "src", images=4, size=(64, 48), seed=1)
+    pack(root / "src", root / "store", PackOptions(container="shards"))
+    return {"SRC": str(root / "src"), "STORE": str(root / "store"), "OUT": str(root / "out"), "T": str(root / "t"),
+            "MISSING": str(root / "missing.yaml")}
+
+
+def _one_clean_line(res, expected_code: int, needle: str) -> None:
+    assert res.exit_code == expected_code, (res.exit_code, res.stdout, res.stderr)
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    assert "Traceback" not in res.stdout + res.stderr
+    progress = re.compile(r"━|\s\d+/[\d?]+\s")  # a progress bar drawn before the error
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip() and not progress.search(ln)]
+    assert len(lines) == 1 and lines[0].startswith("error:"), res.stderr
+    assert needle in lines[0], (needle, lines[0])
+
+
+@pytest.mark.parametrize("args,code,needle", BAD_OPTIONS, ids=[" ".join(a[:1] + a[-2:]) for a, _, _ in BAD_OPTIONS])
+def test_bad_option_is_one_line_and_a_documented_code(paths, args, code, needle):
+    res = runner.invoke(app, [paths.get(a, a) for a in args])
+    assert code in EXIT_CODES
+    _one_clean_line(res, code, needle)
+
+
+def test_there_are_at_least_forty_bad_options_across_commands():
+    assert len(BAD_OPTIONS) >= 40
+    assert {a[0] for a, _, _ in BAD_OPTIONS} >= {"synth", "check", "pack", "verify", "plan", "bench-loader", "train"}
+
+
+@pytest.mark.parametrize("args,code", [
+    (["check", "MISSING_DIR"], 2),  # no such dataset
+    (["check", "OUT_FILE"], 2),  # a file that is no dataset
+    (["pack", "MISSING_DIR", "--to", "T"], 2),
+    (["inspect", "MISSING_DIR"], 4),
+    (["inspect", "SRC"], 4),  # a dataset is not a store
+    (["verify", "SRC"], 4),
+    (["export", "MISSING_DIR", "--to", "T"], 4),
+    (["plan", "--store", "SRC"], 4),
+    (["plan", "--source", "MISSING_DIR"], 2),
+    (["train", "--data", "SRC", "--loader", "shm"], 2),  # not packed
+    (["bench-loader", "--store", "SRC", "--loaders", "shm"], 4),
+    (["demo", "--out", "OUT_FILE/demo"], 1),  # a file where a folder must go
+])
+def test_bad_files_name_the_file(paths, tmp_path, args, code):
+    out_file = tmp_path / "a-file"
+    out_file.write_text("not a dataset")
+    table = {**paths, "MISSING_DIR": str(tmp_path / "nothing-here"), "OUT_FILE": str(out_file)}
+    argv = [table.get(a, a.replace("OUT_FILE", str(out_file))) for a in args]
+    res = runner.invoke(app, argv)
+    named = next(v for v in argv[1:] if v.startswith(str(tmp_path)) or v in paths.values())
+    _one_clean_line(res, code, "")
+    assert named.split("/")[-1] in res.stderr or "nothing-here" in res.stderr or "a-file" in res.stderr, res.stderr
+
+
+def test_exit_codes_are_documented_in_help_and_readme():
+    from pathlib import Path
+
+    res = runner.invoke(app, ["--help"], env={"COLUMNS": "200"})
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for code in EXIT_CODES:
+        assert re.search(rf"\b{code}\b", res.stdout), code
+        assert re.search(rf"\|\s*{code}\s*\|", readme), f"README.md exit-code table lacks {code}"
+
+
+def test_every_option_has_help_and_examples_render_one_per_line():
+    from typer.main import get_command
+
+    group = get_command(app)
+    for name, cmd in group.commands.items():
+        for p in cmd.params:
+            if p.name != "help":
+                assert (getattr(p, "help", None) or "").strip(), f"`sainet {name}` {p.name} has no help"
+        doc = pyinspect.getdoc(cmd.callback) or ""
+        examples = re.findall(r"`(sainet [^`]+)`", doc.split("Example")[-1])
+        assert examples, f"`sainet {name}` has no examples"
+        out = runner.invoke(app, [name, "--help"], env={"COLUMNS": "250"}).stdout
+        lines = [ln.strip(" •│") for ln in out.splitlines()]
+        for ex in examples:  # each example starts a line, and no line holds two
+            own = [ln for ln in lines if ln == ex or ln.startswith(ex + " ")]
+            assert own and all(ln.count("sainet ") == 1 for ln in own), f"`sainet {name} --help`: {ex}"
