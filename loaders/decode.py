@@ -112,7 +112,10 @@ class Decoder:
         if not (info.format == "jpeg" and info.orientation == 1 and info.channels == 3 and lb.left == 0
                 and (lb.new_w, lb.new_h) == (w0, h0) == (info.width, info.height) and W == w0):
             return False
-        decode_rgb(payload, name, info=info, buffer=into[lb.top : lb.top + h0])
+        rows = into[lb.top : lb.top + h0]
+        out = decode_rgb(payload, name, info=info, buffer=rows)
+        if not np.shares_memory(out, rows):  # the decoder could not use the rows: copy its result in
+            rows[...] = out
         into[: lb.top] = PAD_VALUE
         into[lb.top + h0 :] = PAD_VALUE
         return True

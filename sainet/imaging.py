@@ -188,13 +188,18 @@ _ROTATE = {
 }
 
 
+def _nbytes(buffer: bytearray | np.ndarray) -> int:
+    """Bytes in a decode buffer (`len` of an ndarray counts its rows, not its bytes)."""
+    return memoryview(buffer).nbytes
+
+
 def decode_rgb(
     data: bytes | memoryview,
     source: str = "<bytes>",
     *,
     min_size: tuple[int, int] | None = None,
     info: ImageInfo | None = None,
-    buffer: bytearray | None = None,
+    buffer: bytearray | np.ndarray | None = None,
 ) -> np.ndarray:
     """Decode to an HxWx3 uint8 RGB array in the displayed orientation.
 
@@ -213,7 +218,7 @@ def decode_rgb(
         try:
             img = simplejpeg.decode_jpeg(
                 data, colorspace="RGB", min_width=mw, min_height=mh, strict=True,
-                buffer=buffer if buffer is not None and len(buffer) >= info.width * info.height * 3 else None,
+                buffer=buffer if buffer is not None and _nbytes(buffer) >= info.width * info.height * 3 else None,
             )
         except ValueError as e:
             raise CorruptImage(source, f"JPEG decode failed: {e}") from None

@@ -135,3 +135,32 @@ def test_reduced_dct_decode_when_training_shape_is_small(tmp_path):
         assert next(iter(loader))["img"].shape[2:] == (192, 192)
     finally:
         loader.close()
+
+
+@pytest.mark.parametrize("kind", ["shm", "lmdb", "disk"])
+def test_eval_decodes_into_the_batch_rows(tmp_path, kind):
+    """Frames whose letterbox is only vertical padding (1440x808 -> 1440x832; here 320x180 -> 320x192)
+    are decoded straight into the batch: every batch must hold the decoded pixels of its own images
+    (a buffer the decoder silently refused once left stale rows there)."""
+    import numpy as np
+
+    from sainet.geometry import PAD_VALUE
+    from sainet.imaging import decode_rgb
+
+    synthesize(tmp_path / "src", images=6, size=(320, 180), seed=5, background=0.2)
+    pack(tmp_path / "src", tmp_path / "shards", PackOptions(container="shards"))
+    pack(tmp_path / "src", tmp_path / "lmdb", PackOptions(container="lmdb"))
+    data = {"shm": tmp_path / "shards", "lmdb": tmp_path / "lmdb", "disk": tmp_path / "src"}[kind]
+    loader = build_loader(data, kind, batch_size=3, imgsz="320x180", augment=False, threads=2)
+    try:
+        src = loader.source
+        names = list(src.names)
+        for _ in range(2):  # the second epoch reuses the batch buffers of the first
+            for batch in loader:
+                for k, name in enumerate(batch["im_file"]):
+                    want = decode_rgb(src.payload(names.index(name)), name)
+                    img = batch["img"][k].permute(1, 2, 0).numpy()
+                    assert np.array_equal(img[6:186], want), name
+                    assert (img[:6] == PAD_VALUE).all() and (img[186:] == PAD_VALUE).all()
+    finally:
+        loader.close()
