@@ -25,6 +25,7 @@ __all__ = [
     "TargetLocked",
     "StoreWriteError",
     "SettingsError",
+    "ClassMappingError",
 ]
 
 
@@ -128,3 +129,15 @@ class SettingsError(SainetError):
     def __init__(self, message: str, option: str | None = None) -> None:
         super().__init__(f"{option}: {message}" if option else message)
         self.option = option
+
+
+class ClassMappingError(DatasetError):
+    """A training stage names classes its store does not hold exactly (one missing, or others besides).
+
+    `missing` are the stage's classes the store lacks, `extra` the store's classes the stage does
+    not name; `store` is the data path and `have` the store's class names, in index order.
+    """
+
+    def __init__(self, message: str, *, store: str, have: list[str], missing: list[str], extra: list[str]) -> None:
+        super().__init__(message)
+        self.store, self.have, self.missing, self.extra = store, have, missing, extra

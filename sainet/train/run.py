@@ -14,7 +14,7 @@ import csv
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from sainet.geometry import format_imgsz
 from sainet.profiles import HostInfo, Profile
 from sainet.settings import LOADERS, TrainSettings, default_threads
 from sainet.train import distributed
+from sainet.train.transfer import check_stage_classes
 
 __all__ = ["TrainRequest", "TrainSettings", "TrainResult", "train", "two_stage", "resolve", "restore_run",
            "SETTINGS_FILE", "LOADERS"]
@@ -127,11 +128,14 @@ def _yolo_data_for(store: str, project: str) -> str:
     return str(out / "data.yaml")
 
 
+def _stage_config(s: TrainSettings) -> dict[str, Any]:
+    """configs/train/stage{N}.yaml, or nothing without a stage."""
+    return configs.load("train", f"stage{s.stage}") if s.stage else {}
+
+
 def _hyperparameters(s: TrainSettings) -> dict[str, Any]:
     """Stage config < --config file < --epochs < --set."""
-    hyp: dict[str, Any] = {}
-    if s.stage:
-        hyp.update(configs.load("train", f"stage{s.stage}")["hyp"])
+    hyp: dict[str, Any] = dict(_stage_config(s).get("hyp") or {})
     if s.config:
         try:
             doc = yaml.safe_load(Path(s.config).read_text()) or {}
@@ -154,7 +158,11 @@ def _resolve_data(s: TrainSettings, loader: str) -> _Data:
     if loader == "ultralytics":
         if s.shape[0] != s.shape[1]:
             log.warning("Ultralytics' own loader trains square: imgsz %s becomes %d", format_imgsz(s.shape), max(s.shape))
-        return _Data(_yolo_data_for(data, s.project) if _is_store(data) else data, loader)
+        if not _is_store(data):
+            return _Data(data, loader)
+        with open_store(data) as st:
+            names = dict(enumerate(st.classes))
+        return _Data(data, loader, names)  # exported for Ultralytics once the classes are checked (_plan)
     if loader == "disk":
         src = data
         if _is_store(data):
@@ -176,6 +184,24 @@ def _resolve_data(s: TrainSettings, loader: str) -> _Data:
             check_container(loader, container, data)  # raises, naming the loader that reads this store
         loader = kind_for_container(container)  # the profile's choice, adapted to the store at hand
     return _Data(data, loader, names, images, nbytes)
+
+
+def _check_classes(s: TrainSettings, d: _Data, hyp: dict[str, Any]) -> None:
+    """A stage trains exactly its config's classes: checked by name against the data's classes."""
+    classes = _stage_config(s).get("classes")
+    if not classes:
+        return
+    if not d.names:
+        log.warning("stage %s: the classes of %s are not known before training; not checked against %s",
+                    s.stage, s.data, ", ".join(classes))
+        return
+    check_stage_classes(int(s.stage), [str(c) for c in classes], d.names, str(s.data), merge=bool(hyp.get("single_cls")))
+
+
+def _weights_from(s: TrainSettings) -> str:
+    """How the logs name the pretrained weights: ``stage-1`` when a stage starts from another's."""
+    source = _stage_config(s).get("from_stage")
+    return f"stage-{source}" if s.weights and source else "pretrained"
 
 
 def _check_memory(s: TrainSettings, d: _Data, host: HostInfo, on_cpu: bool, cuda: bool) -> dict[str, int]:
@@ -240,14 +266,19 @@ def _plan(settings: TrainSettings) -> _Plan:
     d = _resolve_data(s.replace(loader=given_loader), s.loader)
     s = s.replace(loader=d.loader)
     chosen: dict[str, Any] = {"profile": profile.name}
+    hyp = _hyperparameters(s)
+    _check_classes(s, d, hyp)
+    if d.loader == "ultralytics" and _is_store(d.arg):
+        d = replace(d, arg=_yolo_data_for(d.arg, s.project))
     options = None
     if d.loader != "ultralytics":
         options = SainetOptions(data=d.arg, loader=d.loader, imgsz=s.shape, threads=s.threads, prefetch=s.prefetch,
-                                layout=s.layout, names=d.names, checkpoint_every=s.checkpoint_every)
+                                layout=s.layout, names=d.names, checkpoint_every=s.checkpoint_every,
+                                weights_from=_weights_from(s))
         chosen.update(threads=s.threads, prefetch=s.prefetch)
     chosen.update(loader=d.loader, batch=s.batch, imgsz=format_imgsz(s.shape), device=s.device)
     chosen.update(_check_memory(s, d, host, s.device == "cpu", cuda))
-    return _Plan(s, _overrides(s, d, _hyperparameters(s)), options, chosen)
+    return _Plan(s, _overrides(s, d, hyp), options, chosen)
 
 
 def resolve(settings: TrainSettings) -> tuple[dict[str, Any], Any, dict[str, Any]]:

@@ -14,6 +14,7 @@ folder and one store, and rank 0 alone writes. What is overridden and why:
 * ``_setup_train`` lets DDP wrap a CPU model (`_ddp_device_ids_for_cpu`);
 * ``get_dataloader`` ignores the LOCAL_RANK Ultralytics passes and shards by global rank;
 * ``final_eval`` sends best.pt's weights from rank 0 instead of reading the file on every rank;
+* ``get_model`` carries the head's class rows over by name (`sainet.train.transfer`);
 * ``resume_training`` also restores a mid-epoch checkpoint (`_mid_epoch_checkpoint`).
 """
 
@@ -73,6 +74,7 @@ class SainetOptions:
     val_split: str = "val"
     names: dict[int, str] = field(default_factory=dict)
     checkpoint_every: int = 0  # > 0: a mid-epoch checkpoint (weights/mid_epoch.pt) every N batches
+    weights_from: str = "pretrained"  # how logs name the pretrained weights' classes ("stage-1")
 
     def to_env(self) -> None:
         os.environ[ENV_OPTIONS] = json.dumps(asdict(self))
@@ -277,6 +279,17 @@ class SainetTrainer(DetectionTrainer):
                                                  "names": dict(data["names"]), "nc": data["nc"]}, sort_keys=False))
             self.args.data = str(described)
         return data
+
+    def get_model(self, cfg: Any = None, weights: Any = None, verbose: bool = True):  # noqa: ANN201
+        """Ultralytics' model (pretrained tensors transferred where shapes match), with the head's
+        class rows carried over by class name from the pretrained head (`sainet.train.transfer`)."""
+        from sainet.train.transfer import carry_class_rows
+
+        model = super().get_model(cfg=cfg, weights=weights, verbose=verbose)
+        source = (weights.get("ema") or weights.get("model")) if isinstance(weights, dict) else weights
+        if source is not None:
+            carry_class_rows(model, source, self.data["names"], origin=self.sainet.weights_from, verbose=verbose)
+        return model
 
     def get_dataloader(self, dataset_path: str, batch_size: int = 16, rank: int = 0, mode: str = "train"):  # noqa: ANN201
         """A sainet loader over this rank's shard. Ultralytics passes LOCAL_RANK as `rank`; shards
