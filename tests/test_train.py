@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import socket
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from typer.testing import CliRunner
 
 from cache_tools import PackOptions, pack
 from sainet.cli import app
+from sainet.errors import ClassMappingError
 from sainet.synth import synthesize
 from sainet.train import TrainRequest, resolve, train, two_stage
 
@@ -72,18 +74,36 @@ def test_rectangular_training_with_mosaic(stores, tmp_path, monkeypatch):
     assert all("metrics/mAP50(B)" in {k.strip() for k in row} for row in val_rows)
 
 
-def test_two_stage_starts_from_stage1_best(stores, tmp_path):
+def test_two_stage_starts_from_stage1_best(stores, tmp_path, caplog):
     base = TrainRequest(data="", loader="shm", model="yolov8n.yaml", imgsz=160, epochs=2, batch=4, device="cpu",
                         project=str(tmp_path), name="ws", sets={"save_period": -1})
-    r1, r2 = two_stage(base, str(stores / "shards"), str(stores / "pyro-shards"))
+    with caplog.at_level(logging.INFO, logger="sainet.train.transfer"):
+        r1, r2 = two_stage(base, str(stores / "shards"), str(stores / "pyro-shards"))
     _check_run(r1.save_dir)
     _check_run(r2.save_dir)
     assert r2.resolved["overrides"]["pretrained"] == str(r1.best)
     assert r1.resolved["overrides"]["lr0"] == 0.01 and r2.resolved["overrides"]["lr0"] == 0.001
-    assert r2.resolved["overrides"]["single_cls"] is True
+    assert not r2.resolved["overrides"].get("single_cls")  # the store holds smoke alone: nothing to merge
     ckpt = torch.load(r2.best, map_location="cpu", weights_only=False)
     assert ckpt["train_args"]["pretrained"] == str(r1.best)
     assert ckpt["model"].nc == 1 and torch.load(r1.best, map_location="cpu", weights_only=False)["model"].nc == 2
+    assert ckpt["model"].names == {0: "smoke"}
+    assert "smoke: stage-1 class 1 → class 0" in caplog.text  # the head's smoke rows came from stage 1
+
+
+def test_stage_classes_checked_before_training(stores, tmp_path):
+    """Stage 2 names smoke: a fire + smoke store is refused (not merged), a smoke store lacks stage 1's fire."""
+    base = TrainRequest(loader="shm", model="yolov8n.yaml", device="cpu", project=str(tmp_path))
+    with pytest.raises(ClassMappingError, match=r"also holds fire .*sainet pack SRC --classes smoke"):
+        resolve(base.replace(data=str(stores / "shards"), stage=2))
+    with pytest.raises(ClassMappingError, match=r"has no class 'fire' \(its classes: smoke\)") as e:
+        resolve(base.replace(data=str(stores / "pyro-shards"), stage=1))
+    assert e.value.store == str(stores / "pyro-shards")
+    overrides, _, _ = resolve(base.replace(data=str(stores / "shards"), stage=2, sets={"single_cls": True}))
+    assert overrides["single_cls"] is True  # merging every class into one, when asked for, still works
+    result = runner.invoke(app, ["train", "--data", str(stores / "shards"), "--stage", "2", "--device", "cpu",
+                                 "--project", str(tmp_path)])
+    assert result.exit_code == 2 and "--classes smoke" in result.output
 
 
 def test_profile_values_and_explicit_flags(stores, tmp_path):
