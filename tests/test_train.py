@@ -104,6 +104,9 @@ def test_stage_classes_checked_before_training(stores, tmp_path):
     result = runner.invoke(app, ["train", "--data", str(stores / "shards"), "--stage", "2", "--device", "cpu",
                                  "--project", str(tmp_path)])
     assert result.exit_code == 2 and "--classes smoke" in result.output
+    with pytest.raises(ClassMappingError, match="stage 2"):  # before stage 1 trains: no stage-1 run folder
+        two_stage(base.replace(name="early", epochs=1), str(stores / "shards"), str(stores / "shards"))
+    assert not list(tmp_path.glob("early*"))
 
 
 def test_profile_values_and_explicit_flags(stores, tmp_path):

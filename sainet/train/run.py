@@ -340,11 +340,16 @@ def _last_metrics(path: Path) -> dict[str, float]:
 
 def two_stage(base: TrainSettings, stage1_data: str, stage2_data: str, *, stage1_epochs: int | None = None,
               stage2_epochs: int | None = None) -> tuple[TrainResult, TrainResult]:
-    """Stage 1 (FASDD, fire + smoke) then stage 2 (PyroSDIS, smoke) from stage 1's best.pt."""
+    """Stage 1 (FASDD, fire + smoke) then stage 2 (PyroSDIS, smoke) from stage 1's best.pt.
+
+    Stage 2's plan (its classes against its store, its memory) is checked before stage 1 starts,
+    so that a store stage 2 would refuse is found before a day of stage 1, not after.
+    """
     name = base.name or "two-stage"
+    second = base.replace(data=stage2_data, stage=2, epochs=stage2_epochs or base.epochs, name=f"{name}-stage2")
+    _plan(second)
     r1 = train(base.replace(data=stage1_data, stage=1, epochs=stage1_epochs or base.epochs, name=f"{name}-stage1"))
     if not r1.best.is_file():
         raise DatasetError(f"stage 1 produced no best.pt in {r1.save_dir}")
-    r2 = train(base.replace(data=stage2_data, stage=2, epochs=stage2_epochs or base.epochs, weights=str(r1.best),
-                            name=f"{name}-stage2"))
+    r2 = train(second.replace(weights=str(r1.best)))
     return r1, r2
