@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cache_tools import PackOptions, pack
+from sainet.geometry import parse_wxh
 from sainet.synth import synthesize
 from sainet.train import TrainRequest, train
 
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     import ultralytics
 
     args = parse_args(argv)
-    w, h = (int(v) for v in args.size.split("x"))
+    w, h = parse_wxh(args.size)
     if args.work.exists():
         shutil.rmtree(args.work)
     synthesize(args.work / "src", images=args.images, size=(w, h), seed=0, val_fraction=args.val_fraction)

@@ -24,7 +24,7 @@ from loaders.augment.cpu import finish_image, mixup_partners, render_image
 from loaders.augment.hyp import Hyp
 from loaders.augment.plan import BatchPlan, plan_batch
 from loaders.augment.torch_exec import render_batch
-from sainet.geometry import PAD_VALUE, letterbox_params, parse_imgsz
+from sainet.geometry import PAD_VALUE, letterbox_params, parse_imgsz, parse_wxh
 
 # -- the torch executor before issue 16, kept verbatim in spirit as the baseline: one grid and one
 # grid_sample per placement, a polygon mask built with a Python loop, tiny host->device copies.
@@ -154,7 +154,7 @@ def main() -> None:
     args = ap.parse_args()
     device = torch.device(args.device)
     out_hw = parse_imgsz(args.imgsz)
-    sw, sh = (int(v) for v in args.src.lower().split("x"))
+    sw, sh = parse_wxh(args.src)
     rng = np.random.default_rng(0)
     hosts = [rng.integers(0, 255, (sh, sw, 3), dtype=np.uint8) for _ in range(args.batch)]
     sources = [torch.from_numpy(h).to(device) for h in hosts]

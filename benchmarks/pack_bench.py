@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from cache_tools import PackOptions, pack
-from sainet.geometry import parse_imgsz
+from sainet.geometry import parse_imgsz, parse_wxh
 from sainet.synth import synthesize
 
 
@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
-    w, h = (int(v) for v in args.size.split("x"))
+    w, h = parse_wxh(args.size)
     args.work.mkdir(parents=True, exist_ok=True)
     src = args.source or args.work / "src"
     if args.source is None and not (src / "data.yaml").exists():

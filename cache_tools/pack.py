@@ -46,7 +46,7 @@ from sainet.datasets.combine import SourceSet
 from sainet.errors import DatasetError, ImageError, SainetError
 from sainet.geometry import letterbox, letterbox_params
 from sainet.imaging import decode_rgb, encode_jpeg, probe
-from sainet.parallel import ordered_map
+from sainet.parallel import default_threads, ordered_map
 
 __all__ = ["PackOptions", "PackReport", "pack", "default_container", "plan_pack"]
 
@@ -322,7 +322,7 @@ def _prepare_partial(partial: Path, fingerprint: dict, opts: PackOptions) -> Non
 def _write_payloads(writer: object, work: Iterator[tuple[int, Sample]], kept: list[_Entry], opts: PackOptions,
                     bad_path: Path, progress: Callable[[int], None] | None) -> tuple[list[np.ndarray], list[dict]]:
     """Decode and write every sample of `work` in order (a bounded window in flight); journal rows, left-outs."""
-    threads = opts.threads or os.cpu_count() or 2
+    threads = opts.threads or default_threads()
     known_bad = {json.loads(ln)["src"] for ln in bad_path.read_text().splitlines()} if bad_path.exists() else set()
     new_rows, bad = [], []
     with ThreadPoolExecutor(threads) as pool, open(bad_path, "a") as bad_log:

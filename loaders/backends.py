@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from loaders.sources import DiskSource, RamSource, Source, StoreSource
 from sainet.errors import StoreFormatError
+from sainet.parallel import default_threads  # the one thread formula (re-exported: loaders.default_threads)
 
 if TYPE_CHECKING:
     from cache_tools.store import Store
@@ -109,10 +110,3 @@ def check_container(kind: str | LoaderKind, container: str, where: str | os.Path
                                f"(use --loader {kind_for_container(container)})")
 
 
-def default_threads(cores: int | None = None, recommended: int | None = None, ranks: int | None = None) -> int:
-    """Decode threads per rank when none are asked for: the profile's recommendation (8 without
-    one), never more than this rank's share of the cores — `cores` (default: this host's) divided
-    by `ranks` on the node (default: ``LOCAL_WORLD_SIZE``, which torchrun sets; 1 otherwise)."""
-    ranks = ranks or int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
-    share = (cores or os.cpu_count() or 2) // max(1, ranks)
-    return max(1, min(recommended or 8, share))

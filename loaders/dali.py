@@ -15,7 +15,7 @@ Per batch (`DaliAssembler.build`, two batches in assembly at once):
    run's outputs stay valid after later runs.
 3. plan (CPU, numpy) while DALI decodes; then render: on the GPU the torch executor
    (`augment.torch_exec.render_batch`) on the loader's own CUDA stream; on the CPU the OpenCV
-   executor (torch float ops are the wrong tool there, see DESIGN.md).
+   executor (torch float ops are the wrong tool there, see docs/ARCHITECTURE.md).
 4. hand-off (GPU): an event recorded on the loader stream after the render; the consumer's stream
    waits on it in the consumer's thread, and the batch tensor is marked as used by that stream
    (``record_stream``) so its memory is not reused early. Nothing blocks the default stream.
@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 #: decode rate the hybrid (CPU Huffman) share is sized for, img/s per rank (issue 16's target)
 _TARGET_RATE = 3000
-_CPU_HUFFMAN_RATE = 250  # 1440x808 JPEGs per second per core (DESIGN.md)
+_CPU_HUFFMAN_RATE = 250  # 1440x808 JPEGs per second per core (docs/ARCHITECTURE.md)
 
 
 def dali_available() -> bool:

@@ -48,6 +48,7 @@ import psutil
 
 from cache_tools.format import INDEX_NAME
 from cache_tools.store import open_store
+from loaders.backends import BACKENDS as LOADER_BACKENDS
 from sainet.errors import SainetError
 from sainet.geometry import format_imgsz, letterbox_params
 from sainet.imaging import decode_rgb
@@ -56,7 +57,8 @@ __all__ = ["BenchResult", "BenchConfig", "run_bench", "evict", "headline", "stdo
            "BENCH_HYP"]
 
 log = logging.getLogger(__name__)
-BACKENDS = ("disk", "ram", "shm", "lmdb", "dali", "ultralytics", "ultralytics-ram")
+#: every name `run_bench` measures: the loader backends, Ultralytics' own loader (peer), raw-store variants
+BACKENDS = (*LOADER_BACKENDS, "ultralytics", "ultralytics-ram", "raw-shm", "raw-lmdb")
 REFERENCES = ("decode", "work-minimum", "raw-copy")
 #: The bench's train augmentation on top of Ultralytics' defaults (mosaic 1.0, HSV 0.015/0.7/0.4,
 #: fliplr 0.5, translate 0.1, scale 0.5): mixup 0.15, as in the FASDD stage-1 config (issue 14).
@@ -383,10 +385,9 @@ def _open_backend(name: str, cfg: BenchConfig, ultralytics_dir: Callable[[], Pat
         if cfg.source is None:
             raise FileNotFoundError("the ultralytics backend needs the source dataset")
         return _ultralytics_backend(cfg, name == "ultralytics-ram", ultralytics_dir())
-    if name in ("shm", "ram", "dali", "lmdb", "disk"):
-        jpeg_store = _jpeg_store(cfg)
-        store = {"shm": cfg.stores.get("shards"), "lmdb": cfg.stores.get("lmdb"), "ram": jpeg_store,
-                 "dali": jpeg_store, "disk": None}[name]
+    if name in LOADER_BACKENDS:
+        b = LOADER_BACKENDS[name]  # which container each backend reads: the loaders' one table
+        store = None if b.reads == "dataset" else cfg.stores.get(b.container) if b.container else _jpeg_store(cfg)
         if name != "disk" and store is None:
             raise FileNotFoundError(f"no store for the {name} backend")
         if name == "disk" and cfg.source is None:
@@ -398,7 +399,7 @@ def _open_backend(name: str, cfg: BenchConfig, ultralytics_dir: Callable[[], Pat
         if key not in cfg.stores:
             raise FileNotFoundError(f"no raw {kind} store (pass --raw, or a raw store)")
         return _sainet_backend(kind, cfg, cfg.stores[key])
-    raise ValueError(f"unknown backend {name!r} (known: {', '.join(BACKENDS)}, raw-shm, raw-lmdb)")
+    raise ValueError(f"unknown backend {name!r} (known: {', '.join(BACKENDS)})")
 
 
 def _run_loader(name: str, cfg: BenchConfig, ultralytics_dir: Callable[[], Path], progress: Callable[[int], None] | None) -> BenchResult:
@@ -588,10 +589,10 @@ def headline(results: list[BenchResult]) -> str:
 
 
 def host_description() -> dict:
-    from sainet.profiles import detect_host, nearest_profile
+    from sainet.profiles import choose_profile, detect_host
 
     host = detect_host()
-    prof, _ = nearest_profile(host)
+    prof = choose_profile("auto", host)
     return {"profile": prof.name, "cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
             **host.as_dict()}
 

@@ -19,6 +19,7 @@ from typing import Any
 from cache_tools.plan import StoreEstimate, check_fits, estimate_store, fs_info, human_bytes
 from sainet.errors import CapacityError, SettingsError
 from sainet.geometry import format_imgsz, parse_wxh
+from sainet.parallel import default_threads
 from sainet.profiles import Profile
 from sainet.settings import parse_bytes
 
@@ -160,7 +161,7 @@ def _rows(est: StoreEstimate, bud: Budget, prof: Profile, imgsz: tuple[int, int]
                      "host RAM (page cache)": _verdict(need, ram, "RAM"),
                      "/dev/shm": _verdict(need, shm, "shm") if shm else "no /dev/shm in this profile"})
     for item, per_rank in ((f"sainet loader buffers x {ranks} rank(s)", bud.sainet_loader_bytes),
-                           (f"Ultralytics workers ({min(8, prof.cores)}/rank) x {ranks}", bud.ultralytics_loader_bytes),
+                           (f"Ultralytics workers ({default_threads(cores=prof.cores, ranks=1)}/rank) x {ranks}", bud.ultralytics_loader_bytes),
                            (f"Ultralytics cache=ram x {ranks} rank(s)", bud.ultralytics_ram_cache_bytes)):
         rows.append({"item": item, "bytes": per_rank * ranks, "host RAM (page cache)": _verdict(per_rank * ranks, ram, "RAM"),
                      "/dev/shm": "-"})
@@ -201,7 +202,7 @@ def plan_memory(est: StoreEstimate, profile: Profile, imgsz: tuple[int, int], *,
     rec = profile.recommended
     b = batch or int(rec["batch"])
     bud = estimate_budget(images=est.images, imgsz=imgsz, batch=b, threads=int(rec["threads"]),
-                          prefetch=int(rec["prefetch"]), workers=min(8, profile.cores), model=model, source_hw=source_hw)
+                          prefetch=int(rec["prefetch"]), workers=default_threads(cores=profile.cores, ranks=1), model=model, source_hw=source_hw)
     vram = profile.vram_gb * 1e9
     vram_line = _verdict(bud.vram_bytes, vram, "VRAM") if vram else "no GPU in this profile"
     return MemoryPlan(profile, est.images, imgsz, b, model, _rows(est, bud, profile, imgsz), bud.vram_bytes, vram_line,

@@ -1,6 +1,6 @@
 """CPU executor: apply a plan with uint8 OpenCV kernels, one output image per call (run in threads).
 
-On a CPU, OpenCV's uint8 warpAffine and LUT are ~10x faster than torch float ops (DESIGN.md), and
+On a CPU, OpenCV's uint8 warpAffine and LUT are ~10x faster than torch float ops (docs/ARCHITECTURE.md, measured facts), and
 they release the GIL, so the decode threads run them in parallel.
 """
 

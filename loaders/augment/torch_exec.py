@@ -25,7 +25,7 @@ count, not on the batch size (tests/test_gpu_executor.py counts it).
 
 The same plan as the OpenCV executor, so boxes are identical by construction and pixels agree
 within interpolation rounding. On a CPU this is 10x or more slower than the OpenCV executor
-(DESIGN.md): use it where the tensors live on a GPU.
+(docs/ARCHITECTURE.md, measured facts): use it where the tensors live on a GPU.
 """
 
 from __future__ import annotations
