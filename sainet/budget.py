@@ -168,14 +168,23 @@ def _rows(est: StoreEstimate, bud: Budget, prof: Profile, imgsz: tuple[int, int]
     return rows
 
 
+def _loader_for(prof: Profile, container: str) -> str:
+    """The profile's loader when it can read `container`, else the zero-copy one that does."""
+    from loaders.backends import get_backend, kind_for_container
+
+    loader = prof.recommended["loader"]
+    needs = get_backend(loader).container
+    return loader if needs in (None, container) and get_backend(loader).reads == "store" else kind_for_container(container)
+
+
 def _advice(est: StoreEstimate, prof: Profile) -> str:
     ram, shm = prof.ram_gb * 1e9, prof.shm_gb * 1e9
-    loader = prof.recommended["loader"]
     jpeg_need, raw_need = est.total("jpeg", "shards"), est.total("raw", "shards")
     if shm and jpeg_need <= shm and jpeg_need <= ram:
-        advice = f"pack --mode jpeg into /dev/shm (shards) and train with --loader {loader}"
+        advice = f"pack --mode jpeg into /dev/shm (shards) and train with --loader {_loader_for(prof, 'shards')}"
     elif jpeg_need <= ram:
-        advice = f"pack --mode jpeg as LMDB on local disk (the page cache holds it) and train with --loader {loader}"
+        advice = ("pack --mode jpeg as LMDB on local disk (the page cache holds it) and train with "
+                  f"--loader {_loader_for(prof, 'lmdb')}")
     else:
         advice = "the jpeg store exceeds RAM: pack LMDB on fast local disk and expect cold reads"
     if raw_need <= (shm or ram) and raw_need <= ram:

@@ -126,3 +126,22 @@ def test_plan_of_a_dataset_and_a_target(source, tmp_path):
     doc = _json(res)
     assert doc["images"] == 16
     assert "needs" in doc["target"]["verdicts"]["jpeg"]  # 10 KB free: refused with the numbers
+
+
+def test_plan_advice_names_a_loader_that_reads_the_advised_container():
+    """The cpu profile recommends the lmdb loader; advice to pack shards into /dev/shm must then name
+    the loader that reads shards, or `train` refuses what `plan` advised."""
+    from loaders.backends import get_backend
+    from sainet.budget import _loader_for
+    from sainet.profiles import get_profile
+
+    cpu = get_profile("cpu")
+    assert cpu.recommended["loader"] == "lmdb"
+    assert _loader_for(cpu, "shards") == "shm" and _loader_for(cpu, "lmdb") == "lmdb"
+    for name in ("a100x2", "h200", "h200-shm", "a10g", "a5000", "h100", "cpu"):
+        prof = get_profile(name)
+        for container in ("shards", "lmdb"):
+            b = get_backend(_loader_for(prof, container))
+            assert b.reads == "store" and b.container in (None, container), (name, container)
+    doc = _json(runner.invoke(app, ["plan", "--profile", "cpu", "--source", "200@1440x808:180KB", "--json"]))
+    assert "/dev/shm (shards) and train with --loader shm" in doc["recommendation"]

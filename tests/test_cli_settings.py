@@ -65,7 +65,7 @@ def test_restore_run_brings_back_shape_loader_and_options(tmp_path):
     run = tmp_path / "run"
     (run / "weights").mkdir(parents=True)
     last = run / "weights" / "last.pt"
-    last.write_bytes(b"")
+    __import__("torch").save({"epoch": 0, "train_args": {"epochs": 3}}, last)  # one epoch done: resumable
     (run / SETTINGS_FILE).write_text(json.dumps(saved))
     # What the CLI builds for `sainet train --resume RUN/weights/last.pt` (no --imgsz: None, not "640")
     r = restore_run(TrainSettings(resume=str(last), device="cpu"))
@@ -141,3 +141,25 @@ def test_the_private_amp_hook_is_still_where_it_is_used():
         assert offline._local_amp_check(torch.nn.Linear(2, 2)) is False  # CPU: no AMP
     finally:
         ul_trainer.check_amp = original
+
+
+def test_resume_of_a_finished_run_is_one_line_not_a_traceback(tmp_path):
+    """A finished run's last.pt (Ultralytics strips it: epoch -1) cannot resume: exit 2 naming --resume,
+    no new run folder; a checkpoint of epoch 0 (one epoch done) is resumable."""
+    import torch
+
+    from sainet.cli import app
+    from sainet.train.run import _refuse_finished
+
+    weights = tmp_path / "runs" / "done" / "weights"
+    weights.mkdir(parents=True)
+    torch.save({"epoch": -1, "train_args": {"epochs": 3}, "model": None}, weights / "last.pt")
+    res = CliRunner().invoke(app, ["train", "--resume", str(weights / "last.pt"), "--project", str(tmp_path / "runs")])
+    assert res.exit_code == 2, res.output
+    assert "finished its 3 epochs" in res.output and "--resume" in res.output and "Traceback" not in res.output
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["done"]
+    torch.save({"epoch": 0, "train_args": {"epochs": 3}, "model": None}, weights / "mid.pt")
+    _refuse_finished(weights / "mid.pt")  # does not raise
+    (weights / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SettingsError, match="not a readable"):
+        _refuse_finished(weights / "junk.pt")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -228,3 +229,14 @@ def test_cli_check_and_pack_report_counts(real, tmp_path):
     doc = json.loads(res.stdout[res.stdout.index("{"):])
     leaks = sum(PLANTED["fasdd"]["leaks"].values()) + sum(PLANTED["pyrosdis"]["leaks"].values())
     assert len(doc["dropped_leaks"]) == leaks and doc["boxes"]["lost"] == 0
+
+
+def test_relative_source_paths_read_like_absolute_ones(real, tmp_path, monkeypatch):
+    """`sainet pack FASDD_CV FASDD_RS --to ...` from the folder that holds them (as the README writes it):
+    list-file paths joined onto a relative root were once joined twice."""
+    root, made = real
+    monkeypatch.chdir(root)
+    report = check_dataset(open_dataset(Path("FASDD_CV")))
+    assert report.boxes == _boxes(made["cv"])
+    res = runner.invoke(app, ["pack", "FASDD_CV", "FASDD_RS", "--to", str(tmp_path / "s"), "--format", "shards"])
+    assert res.exit_code == 0, res.output

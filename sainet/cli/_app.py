@@ -8,6 +8,7 @@ reject bad values before the body runs), calls one library function and prints t
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -50,8 +51,15 @@ EXIT_CODES = {
     130: "interrupted (Ctrl-C); nothing half-written is left as a valid store",
 }
 
-console = Console()
-err = Console(stderr=True)
+def _width(stream: Any) -> int | None:
+    """Rich's width, except when the stream is no terminal (a pipe, `tee`, a CI log) and COLUMNS is unset:
+    rich would then cut tables to 80 columns (the bench table's cells became `de…`); logs get 160."""
+    isatty = getattr(stream, "isatty", None)
+    return None if (isatty and isatty()) or os.environ.get("COLUMNS") else 160
+
+
+console = Console(width=_width(sys.stdout))
+err = Console(stderr=True, width=_width(sys.stderr))
 
 
 class SainetGroup(TyperGroup):

@@ -223,12 +223,25 @@ def pack(
                            layout=layout, threads=threads or default_threads(), resume=resume, force=force,
                            shard_size=shard_size, free_bytes=assume_free, drop_leaks=drop_leaks, class_ids=class_ids,
                            classes=[c.strip() for c in classes.split(",") if c.strip()] if classes else None)
-        with progress_bar(None, "pack") as bar:
-            report = do_pack(src, to, opts, progress=bar, on_start=bar.start)
+        try:
+            with progress_bar(None, "pack") as bar:
+                report = do_pack(src, to, opts, progress=bar, on_start=bar.start)
+        except KeyboardInterrupt:
+            _say_partial(to)
+            raise
         _print_pack(report, as_json, max_size)
         return 0
 
     run(body)
+
+
+def _say_partial(to: Path) -> None:
+    """After Ctrl-C: where the unfinished pack is (on tmpfs it holds RAM) and the two ways on."""
+    from cache_tools.target import partial_path
+
+    part = partial_path(Path(to))
+    if part.exists():
+        err.print(f"the unfinished pack is kept in {part}: `--resume` continues it, `rm -r {part}` frees its space")
 
 
 def _print_pack(report: Any, as_json: bool, max_size: int | None) -> None:

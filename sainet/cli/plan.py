@@ -32,8 +32,8 @@ def plan(
 
     Examples:
 
-    * `sainet plan --profile h200 --source 122634@1440x808:180KB` (FASDD CV + UAV + RS)
-    * `sainet plan --profile a10g --source 33636@1280x720:100KB` (PyroSDIS, train + val)
+    * `sainet plan --profile h200 --source 122634@1440x808:180KB   # FASDD CV + UAV + RS`
+    * `sainet plan --profile a10g --source 33636@1280x720:100KB   # PyroSDIS, train + val`
     * `sainet plan --source datasets/FASDD_CV --to /dev/shm/fasdd`
     * `sainet plan --store /dev/shm/fasdd --profile a10g --batch 12 --json`
     """

@@ -180,7 +180,9 @@ class Importer(abc.ABC):
     layout: ClassVar[str] = ""
 
     def __init__(self, root: Path) -> None:
-        self.root = Path(root)
+        # absolute (not resolved: symlink checks resolve themselves), so paths joined onto it from
+        # list files stay right whatever the working directory; a relative root was joined twice
+        self.root = Path(root).absolute()
         self.names: list[str] = []
         self.problems: list[Problem] = []
         self.tally = BoxTally()

@@ -97,6 +97,7 @@ def restore_run(s: TrainSettings) -> TrainSettings:
     last = Path(str(s.resume))
     if not last.is_file():
         raise SettingsError(f"{last}: no such checkpoint (expected RUN/weights/last.pt)", "--resume")
+    _refuse_finished(last)
     saved = _saved_settings(last.resolve().parent.parent)
     if saved is None:
         return s  # a run of Ultralytics' own trainer: its checkpoint carries its arguments
@@ -107,6 +108,22 @@ def restore_run(s: TrainSettings) -> TrainSettings:
                                 f"(leave {opt} out, or start a new run)", opt)
     keep = {k: getattr(s, k) for k in ("data", "device", "threads", "prefetch", "batch", "checkpoint_every") if getattr(s, k)}
     return saved.replace(**keep, resume=s.resume, callbacks=s.callbacks)
+
+
+def _refuse_finished(last: Path) -> None:
+    """A finished run's last.pt has no optimizer state and epoch -1 (Ultralytics strips it): say so in one
+    line instead of Ultralytics' AssertionError after a new, empty run folder was made."""
+    from ultralytics.nn.tasks import torch_safe_load
+
+    try:
+        ckpt, _ = torch_safe_load(str(last))
+    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is the user's file, not our bug
+        raise SettingsError(f"{last}: not a readable Ultralytics checkpoint ({type(e).__name__}: {e})", "--resume") from None
+    epoch = ckpt.get("epoch") if isinstance(ckpt, dict) else None
+    if not isinstance(epoch, int) or epoch < 0:
+        epochs = (ckpt.get("train_args") or {}).get("epochs", "?") if isinstance(ckpt, dict) else "?"
+        raise SettingsError(f"{last}: the run finished its {epochs} epochs, nothing to resume; start a new run "
+                            f"from it with --weights {last}", "--resume")
 
 
 # ---------------------------------------------------------------------------------------------- resolve
