@@ -41,6 +41,7 @@ from sainet.errors import (
 from sainet.geometry import letterbox
 from sainet.imaging import decode_rgb
 from sainet.synth import synthesize
+from tests.hostile_cli import small_tmpfs as mount_tmpfs
 
 runner = CliRunner()
 IMGSZ = (128, 224)  # raw frame (H, W) for 192x108 sources: 224/192 scale, padded height
@@ -128,14 +129,11 @@ def test_planner_refuses_and_accepts_with_injected_free_space(tmp_path, source):
 
 @contextlib.contextmanager
 def small_tmpfs(path: Path, size: str):
-    path.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"mounting a tmpfs is not permitted here ({r.stderr.decode().strip()})")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
+    """A real tmpfs (tests.hostile_cli mounts it); the test skips only where mounting is not permitted."""
+    with mount_tmpfs(path, size) as mnt:
+        if mnt is None:
+            pytest.skip("mounting a tmpfs is not permitted here (needs root)")
+        yield mnt
 
 
 def test_planner_with_a_small_tmpfs_mount(tmp_path, source):
