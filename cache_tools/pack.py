@@ -37,7 +37,7 @@ from cache_tools.format import (
     payload_checksum,
 )
 from cache_tools.plan import StoreEstimate, check_fits, estimate_store, fs_info, human_bytes
-from cache_tools.target import check_target, guard_target, partial_path, refuse_empty
+from cache_tools.target import guard_target, old_path, partial_path, refuse_empty
 from cache_tools.writers import JOURNAL_DTYPE, open_writer
 from sainet import __version__
 from sainet.check import content_digest, find_duplicates
@@ -160,8 +160,8 @@ def _process(src: int, sample: Sample, opts: PackOptions) -> _Item:
 _STORED_AS_IS = ("jpeg", "png")
 
 
-def plan_pack(ds: object, samples: Iterable[Sample | _Entry], imgsz: tuple[int, int] | None) -> StoreEstimate:
-    """The store's size for `samples` (one pass: an iterator is fine, nothing is kept). `ds` is unused."""
+def plan_pack(samples: Iterable[Sample | _Entry], imgsz: tuple[int, int] | None) -> StoreEstimate:
+    """The store's size for `samples` (one pass: an iterator is fine, nothing is kept)."""
     images = boxes = payload = name_bytes = 0
     for s in samples:
         images += 1
@@ -288,11 +288,6 @@ def _check_options(opts: PackOptions, to: Path) -> str:
     return container
 
 
-def _check_target(sources: SourceSet, to: Path, opts: PackOptions) -> None:
-    """Whether a store may be written at `to`: the rules of `cache_tools.target` (also checked under the lock)."""
-    check_target(sources.paths, to, force=opts.force)
-
-
 def _check_room(est: StoreEstimate, opts: PackOptions, container: str, to: Path, partial: Path) -> None:
     partial_bytes = sum(p.stat().st_size for p in partial.rglob("*") if p.is_file()) if (opts.resume and partial.exists()) else 0
     fs = fs_info(to.parent, free=opts.free_bytes, mem_available=opts.mem_available)
@@ -361,7 +356,7 @@ def _commit(partial: Path, to: Path, index: IndexData) -> None:
     os.replace(tmp, partial / INDEX_NAME)
     _fsync_dir(partial)
     if to.exists():  # --force: swap the complete new store in, then remove the old one
-        trash = to.parent / f".{to.name}.old"
+        trash = old_path(to)
         if trash.exists():
             shutil.rmtree(trash)
         os.rename(to, trash)
@@ -401,13 +396,11 @@ def _pack(src: Sequence[str | os.PathLike[str]], to: str | os.PathLike[str], opt
           progress: Callable[[int], None] | None, on_start: Callable[[int, int], None] | None) -> PackReport:
     t0, to = time.perf_counter(), Path(to)
     container = _check_options(opts, to)
-    sources = SourceSet([src] if isinstance(src, (str, os.PathLike)) else list(src), opts.layout, opts.class_ids,
-                        opts.classes)
-    _check_target(sources, to, opts)
+    sources = SourceSet(list(src), opts.layout, opts.class_ids, opts.classes)  # the target: checked by guard_target
     entries, keep, dropped_leaks = _scan(sources, opts.drop_leaks)
     kept = [e for e, k in zip(entries, keep, strict=True) if k]
     splits = list(dict.fromkeys(e.split for e in kept)) or sources.importers[0].splits()
-    est = plan_pack(None, kept, opts.imgsz if opts.mode == "raw" else None)
+    est = plan_pack(kept, opts.imgsz if opts.mode == "raw" else None)
     partial = partial_path(to)
     _check_room(est, opts, container, to, partial)
     log.info("packing %d images from %s (%s) into %s %s at %s; planned %s", len(kept), sources.source, sources.layout,

@@ -32,9 +32,9 @@ from pathlib import Path
 from cache_tools.format import INDEX_NAME, MAGIC
 from cache_tools.plan import fs_info
 from sainet.errors import CapacityError, StoreError, StoreExistsError, TargetError, TargetLocked
-from sainet.safepath import overlaps
+from sainet.safepath import is_inside, overlaps
 
-__all__ = ["partial_path", "lock_path", "is_store_folder", "check_target", "TargetLock", "guard_target", "refuse_empty"]
+__all__ = ["partial_path", "old_path", "lock_path", "is_store_folder", "check_target", "TargetLock", "guard_target", "refuse_empty"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,11 @@ _PARTIAL_FILE = re.compile(r"^(index\.sai(\.tmp)?|data\.mdb|lock\.mdb|shard-\d{5
 def partial_path(to: Path) -> Path:
     """The folder a pack of `to` writes into before renaming it into place."""
     return to.parent / f".{to.name}.partial"
+
+
+def old_path(to: Path) -> Path:
+    """Where pack moves the store it replaces (--force), then deletes it."""
+    return to.parent / f".{to.name}.old"
 
 
 def lock_path(to: Path) -> Path:
@@ -104,7 +109,7 @@ def _check_partial(to: Path) -> None:
 
 def _check_source(src: Path, to: Path) -> None:
     if overlaps(src, to):
-        rel = "is" if os.path.realpath(src) == os.path.realpath(to) else ("lies inside" if Path(os.path.realpath(to)).is_relative_to(os.path.realpath(src)) else "contains")
+        rel = "is" if os.path.realpath(src) == os.path.realpath(to) else "lies inside" if is_inside(to, src) else "contains"
         raise TargetError(f"the target {to} {rel} the source {src}; pack to a folder outside the dataset")
     if overlaps(src, partial_path(to)):
         raise TargetError(f"the target's partial folder {partial_path(to)} overlaps the source {src}")
@@ -117,7 +122,7 @@ def check_target(srcs: Sequence[str | os.PathLike[str]], to: str | os.PathLike[s
         _check_source(Path(src), to)
     _check_replaceable(to, force)
     _check_partial(to)
-    old = to.parent / f".{to.name}.old"  # where pack moves the store it replaces, then deletes it
+    old = old_path(to)
     if (old.exists() or old.is_symlink()) and not is_store_folder(old):
         raise TargetError(f"{old} is in the way of the pack and is not a sainet store; move it away")
 

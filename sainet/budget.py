@@ -117,7 +117,7 @@ def estimate_source(source: str | None, store: str | os.PathLike[str] | None, im
                 first.append(s.original_size())
             yield s
 
-    est = plan_pack(ds, sized(ds.samples()), imgsz)
+    est = plan_pack(sized(ds.samples()), imgsz)
     if not first:
         return est, None
     w, h = first[0]

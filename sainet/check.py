@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sainet.datasets import BoxTally, Importer, Problem, ProblemKind, Sample, Severity
+from sainet.datasets.base import split_sort_key
 from sainet.errors import CorruptImage, DatasetError, ImageTooLarge
 from sainet.imaging import ImageInfo, decode_rgb, probe
 from sainet.parallel import ordered_map
@@ -51,7 +52,6 @@ class Duplicates:
                 "leaked_train_images": len(self.leaked_train)}
 
 
-_SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
 
 
 def find_duplicates(members: dict[bytes, list[tuple[str, str, str]]]) -> Duplicates:
@@ -66,7 +66,7 @@ def find_duplicates(members: dict[bytes, list[tuple[str, str, str]]]) -> Duplica
         for sp, ms in by_split.items():
             if len(ms) > 1:
                 dup.within.setdefault(sp, []).append([(m[0], m[1]) for m in ms])
-        splits = sorted(by_split, key=lambda x: (_SPLIT_ORDER.get(x, 9), x))
+        splits = sorted(by_split, key=split_sort_key)
         for i, a in enumerate(splits):
             for b in splits[i + 1:]:
                 dup.across.setdefault(f"{a}/{b}", []).append([(m[0], m[1]) for m in by_split[a] + by_split[b]])

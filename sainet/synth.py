@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 import yaml
 
+from sainet.datasets.base import split_sort_key
 from sainet.imaging import encode_jpeg
 
 __all__ = ["SYNTH_LAYOUTS", "FASDD_SUBSETS", "PLANTED", "SynthObject", "SynthImage", "render", "synthesize"]
@@ -284,7 +285,7 @@ def _write_fasdd(out: Path, images: list[SynthImage], classes: list[str], subset
         (coco / f"{split}.json").write_text(json.dumps(_coco_doc(part, classes, cat_ids)))
 
 
-def _write_pyrosdis(out: Path, images: list[SynthImage], classes: list[str], subset: str = "") -> None:
+def _write_pyrosdis(out: Path, images: list[SynthImage], classes: list[str]) -> None:
     """The dataset repository's ``data/<split>-00000-of-00001.parquet``; smoke written as class 1."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -305,7 +306,7 @@ def _write_pyrosdis(out: Path, images: list[SynthImage], classes: list[str], sub
 
 
 def _ordered_splits(images: list[SynthImage]) -> list[str]:
-    return sorted({im.split for im in images}, key=["train", "val", "test"].index)
+    return sorted({im.split for im in images}, key=split_sort_key)
 
 
 def _fasdd_name(im: SynthImage, classes: list[str], subset: str, i: int) -> str:

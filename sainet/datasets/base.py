@@ -20,6 +20,7 @@ from sainet.safepath import resolve_inside, utf8_text
 
 __all__ = [
     "IMAGE_EXTS",
+    "split_sort_key",
     "Severity",
     "ProblemKind",
     "Problem",
@@ -33,6 +34,14 @@ __all__ = [
     "detect_id_base",
     "read_lines",
 ]
+
+
+_SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
+
+
+def split_sort_key(split: str) -> tuple[int, str]:
+    """train, val, test first (in that order), then any other split by name."""
+    return _SPLIT_ORDER.get(split, 9), split
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 

@@ -66,10 +66,6 @@ class SourceSet:
         return "+".join(dict.fromkeys(imp.layout for imp in self.importers))
 
     @property
-    def root(self) -> Path:
-        return self.importers[0].root
-
-    @property
     def source(self) -> str:
         return ", ".join(str(p.resolve()) for p in self.paths)
 

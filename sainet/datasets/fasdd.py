@@ -51,10 +51,6 @@ def fasdd_root(root: Path) -> Path | None:
     return None
 
 
-def _read_names(classes: Path) -> list[str]:
-    return read_lines(classes)
-
-
 class FasddImporter(Importer):
     layout = "fasdd"
 
@@ -75,7 +71,7 @@ class FasddImporter(Importer):
         adir, ext = (self.yolo_dir, ".txt") if self.yolo_dir is not None else (self.coco_dir / "Annotations", ".json")
         self._lists = {s: adir / f"{s}{ext}" for s in _SPLITS if (adir / f"{s}{ext}").is_file()}
         classes = adir / "classes.txt"
-        self.names = _read_names(classes) if classes.is_file() else list(FASDD_CLASSES)
+        self.names = read_lines(classes) if classes.is_file() else list(FASDD_CLASSES)
         if not classes.is_file():
             self.notes.append("no classes.txt (as published): classes are fire (0), smoke (1)")
         if not self._lists:

@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sainet.datasets.base import Importer, ProblemKind, Sample, detect_id_base
+from sainet.datasets.base import Importer, ProblemKind, Sample, detect_id_base, split_sort_key
 from sainet.datasets.guards import check_parquet_schema
 from sainet.errors import DatasetError, LayoutError
 
@@ -131,8 +131,7 @@ class PyroSdisImporter(Importer):
         return bool(_candidates(Path(root)))
 
     def splits(self) -> list[str]:
-        order = {"train": 0, "val": 1, "test": 2}
-        return sorted(self._by_split, key=lambda s: (order.get(s, 9), s))
+        return sorted(self._by_split, key=split_sort_key)
 
     def describe(self) -> str:
         return f"pyrosdis dataset at {self.root} ({sum(map(len, self._by_split.values()))} parquet files)"
