@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loaders.augment.hyp import Hyp
 from loaders.backends import (
@@ -24,12 +24,24 @@ from loaders.backends import (
     kind_for_container,
 )
 from loaders.dataset import LoaderDataset
-from loaders.loader import SainetLoader
 from loaders.sampler import ShardedSampler
 from sainet.geometry import parse_imgsz
 
+if TYPE_CHECKING:
+    from loaders.loader import SainetLoader
+
 __all__ = ["BACKENDS", "Backend", "Hyp", "LoaderDataset", "LoaderKind", "SainetLoader", "ShardedSampler", "build_loader",
            "check_container", "default_threads", "get_backend", "kind_for_container"]
+
+
+def __getattr__(name: str) -> Any:
+    """`SainetLoader` is imported on first use: it brings torch, which `sainet --help` and the
+    library's light users (settings, the backend table) do not need."""
+    if name == "SainetLoader":
+        from loaders.loader import SainetLoader
+
+        return SainetLoader
+    raise AttributeError(f"module 'loaders' has no attribute {name!r}")
 
 
 def build_loader(

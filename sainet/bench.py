@@ -52,13 +52,13 @@ from loaders.backends import BACKENDS as LOADER_BACKENDS
 from sainet.errors import SainetError
 from sainet.geometry import format_imgsz, letterbox_params
 from sainet.imaging import decode_rgb
+from sainet.settings import BENCH_BACKENDS
 
 __all__ = ["BenchResult", "BenchConfig", "run_bench", "evict", "headline", "stdout_to_stderr", "BACKENDS", "REFERENCES",
            "BENCH_HYP"]
 
 log = logging.getLogger(__name__)
-#: every name `run_bench` measures: the loader backends, Ultralytics' own loader (peer), raw-store variants
-BACKENDS = (*LOADER_BACKENDS, "ultralytics", "ultralytics-ram", "raw-shm", "raw-lmdb")
+BACKENDS = BENCH_BACKENDS  # every name `run_bench` measures (sainet.settings: light enough for the CLI)
 REFERENCES = ("decode", "work-minimum", "raw-copy")
 #: The bench's train augmentation on top of Ultralytics' defaults (mosaic 1.0, HSV 0.015/0.7/0.4,
 #: fliplr 0.5, translate 0.1, scale 0.5): mixup 0.15, as in the FASDD stage-1 config (issue 14).

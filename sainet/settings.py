@@ -3,7 +3,7 @@
 The CLI (or a Python caller) builds a `TrainSettings`; the training shape inside it is already an
 ``(h, w)`` tuple, stride-padded (``"1440x808"`` -> ``(832, 1440)``), so nothing downstream parses
 text again. The same module holds the other facts every command needs once: the default thread
-count (``loaders.backends.default_threads``, re-exported here), byte sizes written as text (``125GB``)
+count (``sainet.parallel.default_threads``, re-exported here), byte sizes written as text (``125GB``)
 and device strings.
 """
 
@@ -12,12 +12,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from loaders.backends import BACKENDS, default_threads
+from loaders.backends import BACKENDS
 from sainet.errors import SettingsError
 from sainet.geometry import parse_imgsz
+from sainet.parallel import default_threads
 
 __all__ = [
     "LOADERS",
+    "BENCH_BACKENDS",
     "DEFAULT_IMGSZ",
     "TrainSettings",
     "default_threads",
@@ -28,6 +30,8 @@ __all__ = [
 
 #: Loaders `sainet train` accepts: sainet's backends (loaders.backends.BACKENDS) and Ultralytics' own (for comparison).
 LOADERS = (*BACKENDS, "ultralytics")
+#: every name `sainet bench-loader` measures: the loaders, Ultralytics' RAM cache (peer), raw-store variants
+BENCH_BACKENDS = (*LOADERS, "ultralytics-ram", "raw-shm", "raw-lmdb")
 #: Training shape when none is given and none is restored from a run: Ultralytics' default.
 DEFAULT_IMGSZ = (640, 640)
 

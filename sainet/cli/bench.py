@@ -9,9 +9,9 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from sainet.bench import BACKENDS as _KNOWN  # the bench's own list of what it measures
 from sainet.cli._app import ProfileName, app, bar_factory, console, imgsz_type, key_value_type, run
 from sainet.geometry import format_imgsz
+from sainet.settings import BENCH_BACKENDS as _KNOWN
 
 
 def _loader_list(text: str) -> list[str]:
