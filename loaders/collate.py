@@ -17,9 +17,7 @@ import torch
 from loaders.augment.plan import BatchPlan
 from loaders.sources import Source
 
-__all__ = ["BATCH_KEYS", "collate", "collate_boxes"]
-
-BATCH_KEYS = ("img", "cls", "bboxes", "batch_idx", "im_file", "ori_shape", "resized_shape", "ratio_pad")
+__all__ = ["collate", "collate_boxes"]
 
 
 def collate_boxes(plan: BatchPlan) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

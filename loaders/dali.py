@@ -43,7 +43,7 @@ from loaders.collate import collate
 from loaders.decode import Decoded
 from loaders.loader import BatchBuilder, SainetLoader
 from loaders.read import read_encoded
-from sainet.errors import CorruptImage, ImageError, StoreError
+from sainet.errors import CorruptImage
 
 __all__ = ["DaliAssembler", "DaliFeed", "DaliLoader", "dali_available", "hw_decoder_load"]
 
@@ -172,7 +172,9 @@ class DaliAssembler:
             used_idx = self._repair(used_idx, out)
             rng.bit_generator.state = state  # the plan is redrawn for the samples used
             plan = self.loader.dataset.plan(used_idx, rng)
-            out = self.feed.take(self.feed.submit([read_encoded(self.loader.source, i) for i in used_idx]), self.stream)
+            read = {u: a for a, u in used}  # only the replacements are read (and checked) again
+            arrays = [read[i] if i in read else read_encoded(self.loader.source, i) for i in used_idx]
+            out = self.feed.take(self.feed.submit(arrays), self.stream)
             if isinstance(out, Exception):
                 raise CorruptImage(self.loader.source.where, f"DALI decode failed twice: {out}")
         if not self.gpu:
@@ -189,14 +191,8 @@ class DaliAssembler:
         """DALI failed on this batch: find the bad samples with the CPU decoder, apply the policy
         (raise, or count and replace by the next good sample)."""
         decoder, policy = self.cpu.decoder, self.loader.policy
-        fixed, found = list(used), False
-        for k, i in enumerate(used):
-            try:
-                decoder.decode(i, reduce=False)
-            except (ImageError, StoreError) as e:
-                found = True
-                policy.failed(i, e)  # raises under on_error="raise"
-                fixed[k] = policy.run((i + 1) % len(self.loader.source), lambda j: (decoder.decode(j, reduce=False), j)[1])
+        fixed = [policy.run(i, lambda j: (decoder.decode(j, reduce=False), j)[1]) for i in used]  # raises under "raise"
+        found = fixed != used
         if not found:
             raise CorruptImage(self.loader.source.where, f"DALI decode failed: {error}")
         return fixed

@@ -56,7 +56,7 @@ class SainetLoader:
         self.policy = ErrorPolicy(source, on_error)
         self.source, self.hyp, self.augment, self.imgsz = source, hyp, augment, imgsz
         self.batch_size, self.drop_last, self.num_workers = batch_size, False, threads
-        self.prefetch, self.on_error, self.seed, self.rank = prefetch, on_error, seed, rank
+        self.prefetch, self.seed, self.rank = prefetch, seed, rank
         self.epochs = epochs  # when known, mosaic closes by itself for the last hyp.close_mosaic epochs
         self.sampler = ShardedSampler(len(source), rank=rank, world_size=world_size, seed=seed,
                                       shuffle=augment if shuffle is None else shuffle)
@@ -84,6 +84,11 @@ class SainetLoader:
     def _builder(self) -> BatchBuilder:
         """The batch builder of this backend (the DALI loader makes its own)."""
         return CpuAssembler(self.dataset, self.policy, self.buffers, lambda: self.pool)
+
+    @property
+    def on_error(self) -> str:
+        """``"raise"`` or ``"skip"``: held by the error policy, the one place that applies it."""
+        return self.policy.on_error
 
     @property
     def skipped(self) -> int:

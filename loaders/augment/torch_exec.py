@@ -336,18 +336,20 @@ def render_batch(plan: BatchPlan, sources: Sequence[torch.Tensor] | torch.Tensor
             raise ValueError("render_batch: a padded source tensor needs src_hw (each source's true size)")
         src_hw = [(int(s.shape[0]), int(s.shape[1])) for s in sources]
     device = (sources if isinstance(sources, torch.Tensor) else sources[0]).device
-    packed = pack_plan(plan, scales, src_hw)
+    region = _shared_letterbox(plan, scales, src_hw)
+    colour = any(ip.mixup is not None or ip.hsv is not None for ip in plan.images)
+    # eval (a shared letterbox, no colour): one resize, no parameters to pack or copy to the device
+    packed = pack_plan(plan, scales, src_hw) if region is None or colour else None
     with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-        params = _to_device(packed, device)
-        region = _shared_letterbox(plan, scales, src_hw)
+        params = _to_device(packed, device) if packed is not None else None
         if region is not None:
-            canvas = _letterbox_canvas(sources, region, src_hw[0], packed.out_hw)
+            canvas = _letterbox_canvas(sources, region, src_hw[0], plan.out_hw)
         else:
             canvas = _geometry(packed, params, stack_sources(sources, src_hw, packed.pad_hw))
         canvas.round_().clamp_(0, 255)
-        if packed.mixup or packed.hsv:
+        if packed is not None and (packed.mixup or packed.hsv):
             canvas = _colour(packed, params, canvas, fuse)
-        H, W = packed.out_hw
-        out = torch.empty((packed.batch, 3, H, W), dtype=torch.uint8, device=device)
+        H, W = plan.out_hw
+        out = torch.empty((len(plan.images), 3, H, W), dtype=torch.uint8, device=device)
         out.copy_(canvas.permute(1, 0, 2, 3))
     return out
