@@ -43,7 +43,7 @@ from sainet.errors import SainetError
 
 __all__ = [
     "DEFAULT_TIMEOUT_S", "ENV_TIMEOUT", "DistributedError", "DistInfo", "StoreFingerprint", "check_same_store",
-    "cuda_device", "gather", "host_bytes_per_node", "init_process_group", "launch", "launch_request",
+    "broadcast", "cuda_device", "gather", "host_bytes_per_node", "init_process_group", "launch", "launch_request",
     "per_rank_batch", "ranks_per_node", "ranks_to_spawn", "shutdown_process_group", "store_fingerprint",
     "timeout_s", "world_size_for",
 ]
@@ -199,6 +199,15 @@ def gather(obj: Any) -> list[Any]:
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def broadcast(obj: Any) -> Any:
+    """Rank 0's `obj` on every rank (the process group must be up)."""
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 # ------------------------------------------------------------------------------------ store identity

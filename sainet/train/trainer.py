@@ -42,6 +42,7 @@ from sainet.errors import SainetError
 from sainet.train.distributed import (
     DistInfo,
     DistributedError,
+    broadcast,
     check_same_store,
     cuda_device,
     gather,
@@ -347,7 +348,7 @@ class SainetTrainer(DetectionTrainer):
             from ultralytics.nn.tasks import load_checkpoint
 
             state = load_checkpoint(self.best)[0].float().state_dict()
-        state = _broadcast(state)
+        state = broadcast(state)
         if state is None:
             return None
         self.ema.ema.load_state_dict(state)
@@ -366,15 +367,6 @@ class SainetTrainer(DetectionTrainer):
             super().plot_training_labels()
         except Exception as e:  # noqa: BLE001 - a plot must never stop a 30-hour run
             log.warning("label plot skipped: %s", e)
-
-
-def _broadcast(obj: Any) -> Any:
-    """Rank 0's `obj` on every rank."""
-    import torch.distributed as dist
-
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def _single_class(loader: Any) -> None:
