@@ -31,6 +31,7 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,7 +154,20 @@ def print_table(summary: list[dict]) -> None:
               f"{ok} | {sp} |")
 
 
+def _commit() -> str:
+    r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                       cwd=Path(__file__).parent, check=False)
+    return r.stdout.strip() or "unknown"
+
+
+def _save_partial(args: argparse.Namespace, rows: list[dict]) -> None:
+    """Each finished run is kept in WORK/runs.jsonl, so a crash two hours in loses one run, not all."""
+    with open(args.work / "runs.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+
+
 def main(argv: list[str] | None = None) -> None:
+    import torch
     import ultralytics
 
     args = parse_args(argv)
@@ -162,15 +176,19 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(args.work)
     synthesize(args.work / "src", images=args.images, size=(w, h), seed=0, val_fraction=args.val_fraction)
     pack(args.work / "src", args.work / "store", PackOptions(container="lmdb"))
-    rows = [train_one(args, run) for run in plan_runs(args)]
+    rows = []
+    for run in plan_runs(args):
+        rows.append(train_one(args, run))
+        _save_partial(args, rows)
     if args.rect_imgsz and "lmdb" in args.loaders.split(","):
         square = next(r for r in rows if r["loader"] == "lmdb" and r["batch"] == args.batch)
         rows.append(square | {"group": f"lmdb b{args.batch} square {args.imgsz} (equal-time pair)"})
         rows.append(train_one(args, Run(f"lmdb b{args.batch} rect {args.rect_imgsz} (equal time)", "lmdb", square["seed"],
                                         args.batch, args.rect_imgsz, hours=square["wall_s"] / 3600)))
+        _save_partial(args, rows)
     summary = summarize(rows)
     doc = {"host": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
-           "ultralytics": ultralytics.__version__,
+           "ultralytics": ultralytics.__version__, "torch": torch.__version__, "commit": _commit(),
            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
            "runs": rows, "summary": summary}
     if args.json:
