@@ -19,17 +19,37 @@ an asynchronous host-to-device copy that the consumer started and then forgot (U
   numpy view that the yielded tensor was made from (``torch.from_numpy`` keeps that array alive as
   long as any tensor sharing its memory — the batch, a slice of it, a ``.numpy()`` of it — lives;
   `tests/test_loader_buffers.py` checks exactly that, so a change in torch fails loudly).
+
+  The pool is bounded in bytes as well as in count (`POOL_BYTES`): at 1440x1440, batch 8, one
+  buffer is 50 MB, and six of them were most of the loader's memory. When every pooled buffer is
+  lent out, `get` waits up to `patience` seconds for one to come back (a consumer that keeps up
+  returns one per batch), and only then makes a fresh, unpooled one — so a consumer that holds
+  many batches (or trains slowly) costs memory and a page-fault pass, never correctness or a
+  deadlock. After a wait in vain, `get` stops waiting until a pooled buffer comes back again.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 import weakref
 
 import numpy as np
 import torch
 
-__all__ = ["BatchBuffers"]
+__all__ = ["BatchBuffers", "POOL_BYTES", "pool_size"]
+
+log = logging.getLogger(__name__)
+
+#: The CPU pool's byte budget; it never holds fewer than `pool_size`'s minimum buffers.
+POOL_BYTES = 192 << 20
+
+
+def pool_size(batch_bytes: int, least: int, most: int, budget: int = POOL_BYTES) -> int:
+    """How many CPU batch buffers to pool: as many as `most` (what keeps every stage busy) fit in
+    `budget`, never fewer than `least` (the consumer's batch plus one per assembler)."""
+    return max(least, min(most, budget // max(1, batch_bytes)))
 
 
 class _Slot:
@@ -46,13 +66,16 @@ class _Slot:
 class BatchBuffers:
     """Hands out (base (n,H,W,3), img view (n,3,H,W)) uint8 tensors for one batch each.
 
-    `keep`: how many CPU buffers to pool; when all are lent out a fresh (unpooled) one is made,
-    so a consumer holding many batches costs memory, never correctness.
+    `keep`: how many CPU buffers to pool. When all are lent out, `get` waits up to `patience`
+    seconds for one to be returned, then makes a fresh (unpooled) one: a consumer holding many
+    batches costs memory and time, never correctness.
     """
 
-    def __init__(self, hw: tuple[int, int], pin: bool, keep: int) -> None:
-        self.hw, self.pin, self.keep = hw, pin, keep
+    def __init__(self, hw: tuple[int, int], pin: bool, keep: int, patience: float = 1.0) -> None:
+        self.hw, self.pin, self.keep, self.patience = hw, pin, keep, patience
+        self.fresh = 0  # unpooled buffers made (telemetry; a steady state makes none)
         self._slots: list[_Slot] = []
+        self._hoarded = False  # a wait timed out and nothing came back since: the consumer keeps batches
         self._lock = threading.Lock()
 
     def get(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,13 +83,34 @@ class BatchBuffers:
         if self.pin:  # the caching host allocator guards reuse against in-flight copies (module doc)
             t = torch.empty((n, H, W, 3), dtype=torch.uint8, pin_memory=True)
             return t, t.permute(0, 3, 1, 2)
-        with self._lock:  # two batches are assembled at once: pick and mark a slot atomically
-            slot = next((s for s in self._slots if s.mem.shape[0] == n and s.free()), None)
-            if slot is None:
-                slot = _Slot(np.empty((n, H, W, 3), np.uint8))
-                if len(self._slots) < self.keep:
-                    self._slots.append(slot)
-            view = slot.mem.view()
-            t = torch.from_numpy(view)  # the tensor (and all its views) keep `view` alive
-            slot.lent = weakref.ref(view)
-        return t, t.permute(0, 3, 1, 2)
+        deadline = time.monotonic() + self.patience
+        while True:
+            with self._lock:  # two batches are assembled at once: pick and mark a slot atomically
+                slot = self._take(n, wait=time.monotonic() < deadline)
+                if slot is not None:
+                    view = slot.mem.view()
+                    t = torch.from_numpy(view)  # the tensor (and all its views) keep `view` alive
+                    slot.lent = weakref.ref(view)
+                    return t, t.permute(0, 3, 1, 2)
+            time.sleep(0.002)  # every pooled buffer is lent out: one comes back per consumed batch
+
+    def _take(self, n: int, wait: bool) -> _Slot | None:
+        """A free pooled slot for `n` images, a new one (pooled while there is room), or None: wait
+        for one of ours to come back."""
+        slot = next((s for s in self._slots if s.mem.shape[0] == n and s.free()), None)
+        if slot is not None:
+            self._hoarded = False
+            return slot
+        ours = any(s.mem.shape[0] == n for s in self._slots)
+        if len(self._slots) >= self.keep and ours and wait and not self._hoarded:
+            return None
+        slot = _Slot(np.empty((n, *self.hw, 3), np.uint8))
+        if len(self._slots) < self.keep:
+            self._slots.append(slot)
+        elif ours:  # waited `patience` seconds in vain (a smaller last batch is simply not pooled)
+            self._hoarded = True  # no more waiting until one of ours comes back
+            self.fresh += 1
+            if self.fresh == 1:
+                log.info("all %d pooled %dx%d batch buffers still held after %.1f s; making unpooled ones "
+                         "(memory and a page-fault pass per batch)", self.keep, *self.hw, self.patience)
+        return slot

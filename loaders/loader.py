@@ -24,7 +24,7 @@ import torch
 
 from loaders.assemble import CpuAssembler
 from loaders.augment.hyp import Hyp
-from loaders.buffers import BatchBuffers
+from loaders.buffers import BatchBuffers, pool_size
 from loaders.dataset import LoaderDataset
 from loaders.prefetch import Epoch, ResumeState
 from loaders.read import ErrorPolicy
@@ -62,7 +62,9 @@ class SainetLoader:
                                       shuffle=augment if shuffle is None else shuffle)
         self.dataset = LoaderDataset(source, hyp, augment, imgsz)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
-        self.buffers = BatchBuffers(imgsz, self.pin_memory, keep=prefetch + self.assemblers + 2)
+        n_bytes = batch_size * imgsz[0] * imgsz[1] * 3  # the consumer's batch + one per assembler, up to POOL_BYTES
+        keep = pool_size(n_bytes, least=self.assemblers + 1, most=prefetch + self.assemblers + 2)
+        self.buffers = BatchBuffers(imgsz, self.pin_memory, keep=keep)
         self.busy_seconds = 0.0  # time spent assembling batches (telemetry: loader images/s)
         self.images_built = 0
         self._telemetry = threading.Lock()  # the assemblers add to the two counters above

@@ -9,6 +9,8 @@ same threads:
 - decode: the same JPEGs decoded in a tight loop (the ceiling without augmentation);
 - work-minimum: decode once plus one resample of every output pixel into the training shape
   (the ceiling for any loader that augments);
+  every row also records CPU time per output image (`cpu_ms_per_image`, the process tree's), and
+  `cpu_vs_*` ratios compare it: on a busy host that figure is steady where images/s is not;
 - raw-copy: raw frames copied out of the store (the ceiling for raw stores);
 - ultralytics: its YOLODataset + InfiniteDataLoader on the same images and hyperparameters.
 
@@ -87,6 +89,7 @@ class BenchResult:
     augment: str = ""  # the augmentation settings, in Ultralytics' names
     megapixels_per_s: float | None = None
     repeats: list[float] = field(default_factory=list)  # images/s of each repeat (the figure is their median)
+    cpu_ms_per_image: float | None = None  # CPU time of the process tree per output image (robust to a busy host)
 
 
 @dataclass
@@ -223,11 +226,12 @@ def _measure(name: str, batches: Iterator[int], cfg: BenchConfig, progress: Call
             if cfg.batches is None and now - t0 >= (cfg.seconds or 10.0):
                 break
     dt = time.perf_counter() - t0
-    cpu = (_cpu_seconds(psutil.Process()) - cpu0) / dt * 100 if dt else 0.0
+    cpu_s = _cpu_seconds(psutil.Process()) - cpu0
     ms = np.array(lat) * 1000
     return BenchResult(name, "loader", images / dt if dt else 0.0, len(lat), images, dt,
                        float(np.percentile(ms, 50)) if len(ms) else None, float(np.percentile(ms, 99)) if len(ms) else None,
-                       cpu, max(0, sampler.peak - base_pss) / 1e6, max(0, sampler.peak_anon - base_anon) / 1e6)
+                       cpu_s / dt * 100 if dt else 0.0, max(0, sampler.peak - base_pss) / 1e6,
+                       max(0, sampler.peak_anon - base_anon) / 1e6, cpu_ms_per_image=cpu_s * 1000 / images if images else None)
 
 
 def _loop(make: Callable[[], Iterator[dict]]) -> Iterator[int]:
@@ -330,7 +334,7 @@ def _reference(name: str, cfg: BenchConfig, work: Callable[[int, np.ndarray], No
     with ThreadPoolExecutor(cfg.threads) as pool:
         for k in range(cfg.threads * 2):  # warm-up
             job(k)
-        t0 = time.perf_counter()
+        cpu0, t0 = _cpu_seconds(psutil.Process()), time.perf_counter()
         chunk = max(cfg.batch, cfg.threads * 4)
         while True:
             list(pool.map(job, range(done, done + chunk)))
@@ -340,8 +344,9 @@ def _reference(name: str, cfg: BenchConfig, work: Callable[[int, np.ndarray], No
             if (cfg.batches is not None and done >= cfg.batches * cfg.batch) or (
                     cfg.batches is None and time.perf_counter() - t0 >= budget):
                 break
-    dt = time.perf_counter() - t0
-    return BenchResult(name, "reference", done / dt, images=done, seconds=dt)
+    dt, cpu = time.perf_counter() - t0, _cpu_seconds(psutil.Process()) - cpu0
+    return BenchResult(name, "reference", done / dt, images=done, seconds=dt, cpu_percent=cpu / dt * 100,
+                       cpu_ms_per_image=cpu * 1000 / done)
 
 
 def _jpeg_store(cfg: BenchConfig) -> Path | None:
@@ -461,7 +466,12 @@ def _describe(r: BenchResult, cfg: BenchConfig) -> None:
 
 def _fill_ratios(results: list[BenchResult]) -> None:
     """Ratios from figures of the same round: images/s between equal output shapes (or to decode,
-    whose output is the source itself), megapixels/s (`mpx_vs_*`) between different ones."""
+    whose output is the source itself), megapixels/s (`mpx_vs_*`) between different ones.
+
+    `cpu_vs_*`: the same comparison in CPU time per output image (the other's over this one's).
+    On a host shared with other work, wall-clock rates swing with the load (a tight reference loop
+    most of all) while CPU time per image barely moves, so this is the robust efficiency figure;
+    it says nothing about how well a backend spreads over the cores (CPU % does)."""
     by = {r.name: r for r in results if r.images_per_s > 0}
     for r in results:
         if r.images_per_s <= 0:
@@ -472,6 +482,8 @@ def _fill_ratios(results: list[BenchResult]) -> None:
                 continue
             if ref == "decode" or r.out_shape == other.out_shape:
                 r.ratios[f"vs_{ref}"] = r.images_per_s / other.images_per_s
+                if r.cpu_ms_per_image and other.cpu_ms_per_image:
+                    r.ratios[f"cpu_vs_{ref}"] = other.cpu_ms_per_image / r.cpu_ms_per_image
             elif r.megapixels_per_s and other.megapixels_per_s:
                 r.ratios[f"mpx_vs_{ref}"] = r.megapixels_per_s / other.megapixels_per_s
 
@@ -499,7 +511,7 @@ def _merge(rounds: list[list[BenchResult]]) -> list[BenchResult]:
                         sum(r.seconds for r in ok), med("p50_ms"), med("p99_ms"), med("cpu_percent"), peak("pss_mb"),
                         peak("pss_anon_mb"), note=first.note, out_shape=first.out_shape, pixels_per_batch=first.pixels_per_batch,
                         decodes_per_image=first.decodes_per_image, augment=first.augment, megapixels_per_s=med("megapixels_per_s"),
-                        repeats=[r.images_per_s for r in rows])
+                        repeats=[r.images_per_s for r in rows], cpu_ms_per_image=med("cpu_ms_per_image"))
         keys = {k for r in ok for k in r.ratios}
         m.ratios = {k: statistics.median([r.ratios[k] for r in ok if k in r.ratios]) for k in sorted(keys)}
         out.append(m)
@@ -578,6 +590,8 @@ def headline(results: list[BenchResult]) -> str:
     text = f"best sainet loader {best.name}: {best.images_per_s:.0f} img/s at {best.out_shape} ({best.megapixels_per_s or 0:.0f} Mpx/s"
     if "vs_work-minimum" in best.ratios:
         text += f", {best.ratios['vs_work-minimum']:.2f}x work-minimum"
+        if "cpu_vs_work-minimum" in best.ratios:
+            text += f" ({best.ratios['cpu_vs_work-minimum']:.2f}x in CPU time per image)"
     text += ")"
     ul = next((r for r in results if r.name == "ultralytics" and r.images_per_s > 0), None)
     if ul is None:

@@ -44,6 +44,11 @@ def test_bench_loader_json_has_every_backend_and_references(source, tmp_path):
         wm = "mpx_vs_work-minimum" if name == "ultralytics" else "vs_work-minimum"  # its square vs the reference's 320x192
         assert r["ratios"][wm] == pytest.approx(r["megapixels_per_s"] / by["work-minimum"]["megapixels_per_s"], rel=1e-9)
         assert r["out_shape"] == ("320x320" if name == "ultralytics" else "320x192") and r["augment"].startswith("mosaic=1")
+        # CPU time per output image, and its ratio to the work-minimum's (the figure steady on a busy host)
+        assert r["cpu_ms_per_image"] > 0
+        if name != "ultralytics":
+            assert r["ratios"]["cpu_vs_work-minimum"] == pytest.approx(
+                by["work-minimum"]["cpu_ms_per_image"] / r["cpu_ms_per_image"], rel=1e-9)
         if name != "ultralytics":
             # Ultralytics' batches are square (320x320), these are 320x192: no images/s ratio, only megapixels/s
             assert "vs_ultralytics" not in r["ratios"]

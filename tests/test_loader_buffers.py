@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import threading
+import time
 import weakref
 
 import numpy as np
@@ -11,7 +13,7 @@ import torch
 
 from cache_tools import PackOptions, pack
 from loaders import build_loader
-from loaders.buffers import BatchBuffers
+from loaders.buffers import BatchBuffers, pool_size
 from sainet.synth import synthesize
 
 GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: no GPU on this machine")
@@ -48,7 +50,7 @@ def test_from_numpy_keeps_its_array_alive():
 
 
 def test_pool_reuses_only_free_buffers():
-    bufs = BatchBuffers((8, 16), pin=False, keep=4)
+    bufs = BatchBuffers((8, 16), pin=False, keep=4, patience=0)
     a, img_a = bufs.get(2)
     b, _ = bufs.get(2)
     assert a.data_ptr() != b.data_ptr()
@@ -62,6 +64,43 @@ def test_pool_reuses_only_free_buffers():
     assert d.data_ptr() == ptr_a  # free again: reused, no fresh allocation
     more = [bufs.get(2)[0] for _ in range(6)]  # past `keep`: fresh unpooled buffers, all distinct
     assert len({t.data_ptr() for t in [b, c, d, *more]}) == 9
+
+
+def test_pool_waits_for_a_returned_buffer_then_stops_waiting_for_a_hoarder():
+    """With every pooled buffer lent out, `get` waits for one to come back (bounded memory) rather
+    than allocating; when none comes back within `patience` it makes an unpooled one and does not
+    wait again until a pooled buffer is free."""
+    bufs = BatchBuffers((8, 16), pin=False, keep=2, patience=5.0)
+    a, _ = bufs.get(2)
+    b, _ = bufs.get(2)
+    ptr_a = a.data_ptr()
+    timer = threading.Timer(0.2, lambda: held.clear())
+    held = [a]
+    del a
+    timer.start()
+    t0 = time.monotonic()
+    c, _ = bufs.get(2)  # blocks until the timer drops `a`
+    assert c.data_ptr() == ptr_a and 0.1 < time.monotonic() - t0 < 4.0 and bufs.fresh == 0
+    bufs.patience = 0.1
+    d, _ = bufs.get(2)  # b and c held: waits 0.1 s in vain, then an unpooled buffer
+    assert d.data_ptr() not in (b.data_ptr(), c.data_ptr()) and bufs.fresh == 1
+    bufs.patience = 60.0
+    t0 = time.monotonic()
+    e, _ = bufs.get(2)  # a hoarder was seen: no second wait
+    assert time.monotonic() - t0 < 5.0 and bufs.fresh == 2
+    del c
+    gc.collect()
+    f, _ = bufs.get(2)
+    assert f.data_ptr() == ptr_a  # reuse resumes once a pooled buffer is back
+    small, _ = bufs.get(1)  # another size (an epoch's last batch): never waits for the full-size pool
+    assert small.shape[0] == 1 and bufs.fresh == 2
+
+
+def test_pool_size_is_bounded_in_bytes():
+    mb = 1 << 20
+    assert pool_size(10 * mb, least=3, most=6, budget=192 * mb) == 6  # 640x640 batch 8: all stages busy
+    assert pool_size(50 * mb, least=3, most=6, budget=192 * mb) == 3  # 1440x1440 batch 8: 150 MB, not 300
+    assert pool_size(115 * mb, least=3, most=6, budget=192 * mb) == 3  # never below consumer + assemblers
 
 
 @pytest.mark.parametrize("augment", [True, False])

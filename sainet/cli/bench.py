@@ -28,8 +28,8 @@ def print_bench_table(results: list[Any], cfg: Any, profile_name: str) -> None:
 
     t = Table(title=f"bench-loader {format_imgsz(cfg.imgsz)} batch {cfg.batch} {'augment' if cfg.augment else 'no augment'}, "
                     f"{cfg.threads} threads, profile {profile_name}")
-    cols = ("backend", "shape", "decodes/img", "img/s", "Mpx/s", "p50 ms", "p99 ms", "CPU %", "PSS MB", "anon MB",
-            "x decode", "x work-min", "x ultralytics")
+    cols = ("backend", "shape", "decodes/img", "img/s", "Mpx/s", "p50 ms", "p99 ms", "CPU %", "CPU ms/img", "PSS MB",
+            "anon MB", "x decode", "x work-min", "x work-min CPU", "x ultralytics")
     for col in cols:
         t.add_column(col, justify="left" if col == "backend" else "right")
 
@@ -42,8 +42,9 @@ def print_bench_table(results: list[Any], cfg: Any, profile_name: str) -> None:
         if "mpx_vs_ultralytics" in r.ratios:
             ul = f"{r.ratios['mpx_vs_ultralytics']:.2f} Mpx"
         t.add_row(r.name, r.out_shape or "source", f(r.decodes_per_image, "{:g}"), f(r.images_per_s), f(r.megapixels_per_s),
-                  f(r.p50_ms), f(r.p99_ms), f(r.cpu_percent, "{:.0f}"), f(r.pss_mb), f(r.pss_anon_mb),
-                  f(r.ratios.get("vs_decode"), "{:.2f}"), f(r.ratios.get("vs_work-minimum"), "{:.2f}"), ul)
+                  f(r.p50_ms), f(r.p99_ms), f(r.cpu_percent, "{:.0f}"), f(r.cpu_ms_per_image), f(r.pss_mb), f(r.pss_anon_mb),
+                  f(r.ratios.get("vs_decode"), "{:.2f}"), f(r.ratios.get("vs_work-minimum"), "{:.2f}"),
+                  f(r.ratios.get("cpu_vs_work-minimum"), "{:.2f}"), ul)
     console.print(t)
     for note in dict.fromkeys(f"{r.name}: {r.note}" for r in results if r.note):
         console.print(note)
