@@ -109,6 +109,19 @@ def test_stage_classes_checked_before_training(stores, tmp_path):
     assert not list(tmp_path.glob("early*"))
 
 
+def test_disk_loader_from_a_store_needs_its_one_source_folder(stores, tmp_path):
+    """--loader disk on a store reads the folder it was packed from: a store packed from two folders
+    (its source reads "a, b") or whose folder is gone is refused in one line, naming the store."""
+    from sainet.errors import DatasetError
+
+    base = TrainRequest(loader="disk", model="yolov8n.yaml", device="cpu", project=str(tmp_path))
+    overrides, _, _ = resolve(base.replace(data=str(stores / "lmdb")))  # one folder, still there: reads it
+    assert Path(overrides["data"]).exists()
+    pack([stores / "fasdd", stores / "pyro"], tmp_path / "both", PackOptions(container="shards"))
+    with pytest.raises(DatasetError, match=r"both: --loader disk .* is not one folder here"):
+        resolve(base.replace(data=str(tmp_path / "both")))
+
+
 def test_profile_values_and_explicit_flags(stores, tmp_path):
     overrides, options, chosen = resolve(TrainRequest(data=str(stores / "lmdb"), profile="a10g", device="cpu",
                                                       project=str(tmp_path)))

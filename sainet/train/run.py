@@ -185,6 +185,10 @@ def _resolve_data(s: TrainSettings, loader: str) -> _Data:
         if _is_store(data):
             with open_store(data) as st:
                 src = st.meta.get("source") or data
+            if not Path(src).is_dir():  # moved, or several folders ("a, b": `sainet pack A B --to`)
+                raise DatasetError(f"{data}: --loader disk reads the JPEG files of the dataset folder a store was packed "
+                                   f"from, and this store's ({src}) is not one folder here; pass the dataset folder "
+                                   "itself, or train from the store with --loader shm/lmdb/dali")
         from loaders.sources import DiskSource
 
         ds = DiskSource(Path(src), None, s.layout)
