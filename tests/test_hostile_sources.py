@@ -61,3 +61,23 @@ def test_duplicate_coco_category_ids_are_an_error_not_a_relabel():
 @pytest.mark.slow
 def test_hostile_sources_through_the_cli(tmp_path):
     _assert_all_clean(source_outcomes(tmp_path / "cli"))
+
+
+def test_voc_oversized_annotation_and_class_names_are_bounded(tmp_path):
+    """VOC gets the guards the other importers have: an annotation file over MAX_XML_BYTES is a
+    problem naming it (not parsed, the rest imports), and class names pass check_class_names."""
+    from sainet.datasets.voc import MAX_XML_BYTES
+    from sainet.synth import synthesize
+
+    src = tmp_path / "voc"
+    synthesize(src, images=4, size=(96, 64), seed=1, val_fraction=0, layout="voc")
+    xmls = sorted((src / "Annotations").glob("*.xml"))
+    big = xmls[0]
+    big.write_text(big.read_text().replace("</annotation>", "<!--" + "x" * MAX_XML_BYTES + "--></annotation>"))
+    report = check_dataset(open_dataset(src), threads=1)
+    bad = [p for p in report.problems if p.path.endswith(big.name)]
+    assert bad and "not parsed" in bad[0].detail
+    assert sum(1 for _ in open_dataset(src).samples()) == len(xmls) - 1
+    (src / "classes.txt").write_text("smoke\n" + "f" * 300 + "\n")
+    with pytest.raises(DatasetError, match="classes.txt: a class name of 300 characters"):
+        open_dataset(src)

@@ -2,7 +2,10 @@
 
 VOC pixel coordinates are 1-based and inclusive: a box covering 0-based columns [x0, x1) is written
 xmin = x0 + 1, xmax = x1. Class ids follow ``classes.txt`` when present, else the sorted names found.
-Without ImageSets every image is in ``train``.
+Without ImageSets every image is in ``train``. An annotation file is a few KB: one over
+`MAX_XML_BYTES` is reported as a problem and not parsed; class names pass the same limits as
+every importer's (`guards.check_class_names`). (Python's expat refuses entity-expansion bombs and
+ElementTree never fetches external entities.)
 """
 
 from __future__ import annotations
@@ -14,9 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from sainet.datasets.base import Importer, ProblemKind, Sample, read_lines, resolve_inside
+from sainet.datasets.guards import MAX_YAML_BYTES, check_class_names
 from sainet.errors import DatasetError, PathOutsideRoot
 
-__all__ = ["VocImporter"]
+__all__ = ["VocImporter", "MAX_XML_BYTES"]
+
+#: Larger than any real VOC annotation by a wide margin (the same bound as dataset YAML files).
+MAX_XML_BYTES = MAX_YAML_BYTES
 
 
 class VocImporter(Importer):
@@ -39,7 +46,7 @@ class VocImporter(Importer):
         self._parsed: dict[str, ET.Element | None] = {}
         classes = self.root / "classes.txt"
         if classes.is_file():
-            self.names = read_lines(classes)
+            self.names = check_class_names(read_lines(classes), str(classes))
         else:
             found = set()
             for ids in self._ids.values():
@@ -47,7 +54,7 @@ class VocImporter(Importer):
                     doc = self._xml(i)
                     if doc is not None:
                         found.update((o.findtext("name") or "").strip() for o in doc.iter("object"))
-            self.names = sorted(found - {""})
+            self.names = check_class_names(sorted(found - {""}), f"{self.ann_dir} (object names)")
 
     @classmethod
     def detect(cls, root: Path) -> bool:
@@ -61,6 +68,11 @@ class VocImporter(Importer):
             rel = f"Annotations/{image_id}.xml"
             try:
                 path = resolve_inside(self.root, rel)
+                if path.stat().st_size > MAX_XML_BYTES:
+                    self._problem(rel, ProblemKind.ANNOTATION_ERROR,
+                                  f"{path.stat().st_size:,} bytes: not parsed (an annotation is at most {MAX_XML_BYTES:,})")
+                    self._parsed[image_id] = None
+                    return None
                 self._parsed[image_id] = ET.parse(path).getroot()
             except PathOutsideRoot as e:
                 self._problem(rel, ProblemKind.PATH_OUTSIDE_ROOT, str(e))
