@@ -454,11 +454,18 @@ def _describe(r: BenchResult, cfg: BenchConfig) -> None:
     elif r.name.startswith("ultralytics"):
         hw = (max(cfg.imgsz), max(cfg.imgsz))  # Ultralytics' train loader (rect=False) is square
         h = Hyp.from_dict(cfg.hyp)
-        per = (4 * h.mosaic + 1 - h.mosaic) * (1 + h.mixup) if cfg.augment else 1.0  # a mixup partner is a whole mosaic
-        r.decodes_per_image = 0.0 if r.name == "ultralytics-ram" else per
+        # Without a RAM cache, Ultralytics' Mosaic draws its 3 partners from each worker's buffer of the
+        # last min(n, 8 x batch, 1000) images it loaded, kept decoded (BaseDataset.buffer): no decode.
+        # MixUp's partner comes from the whole dataset: one decode (its own mosaic partners: the buffer).
+        # With cache="ram" the buffer is off and every partner is a cached image.
+        cached = (4 * h.mosaic + 1 - h.mosaic) * (1 + h.mixup) if cfg.augment else 1.0
+        r.decodes_per_image = 0.0 if r.name == "ultralytics-ram" else (1 + h.mixup if cfg.augment else 1.0)
         r.augment = _hyp_text(cfg)
         if r.name == "ultralytics-ram":
-            r.note = (r.note + "; " if r.note else "") + f"{per:g} cached decoded images per output image"
+            r.note = (r.note + "; " if r.note else "") + f"{cached:g} cached decoded images per output image"
+        elif cfg.augment:
+            r.note = (r.note + "; " if r.note else "") + ("mosaic partners from each worker's buffer of recently "
+                                                          "loaded images, kept decoded")
     else:
         r.decodes_per_image = 0.0 if r.name.startswith("raw-") else 1.0
         r.augment = _hyp_text(cfg)
