@@ -64,6 +64,7 @@ def build_loader(
     layout: str | None = None,
     verify: bool | None = None,
     epochs: int | None = None,
+    partner_batches: int | None = None,
 ) -> SainetLoader:
     """Build a loader over one split of `data` (a store; for ``disk`` a dataset folder or data.yaml).
 
@@ -75,12 +76,15 @@ def build_loader(
     checks them offline).
     `epochs`: when given, mosaic and mixup switch off by themselves for the last ``hyp.close_mosaic``
     epochs (Ultralytics' trainer instead calls ``loader.dataset.close_mosaic()``).
+    `partner_batches`: how many recent batches' decoded samples mosaics may take partners from
+    (None: as many as Ultralytics' buffer spans, up to `loader.PARTNER_BYTES` of decoded pixels;
+    0: partners from the batch itself; the dali loader takes them from its own batch).
     """
     backend = get_backend(kind)
     hyp = hyp if isinstance(hyp, Hyp) else Hyp.from_dict(hyp)
     common = dict(batch_size=batch_size, imgsz=parse_imgsz(imgsz), augment=augment, hyp=hyp, rank=rank,
                   world_size=world_size, seed=seed, threads=threads or default_threads(), prefetch=prefetch,
-                  on_error=on_error, shuffle=shuffle, epochs=epochs)
+                  on_error=on_error, shuffle=shuffle, epochs=epochs, partner_batches=partner_batches)
     if backend.reads == "dataset":
         return backend.build(Path(data), split, {"layout": layout}, common)
     from cache_tools.store import open_store

@@ -24,7 +24,58 @@ from loaders.dataset import LoaderDataset
 from loaders.decode import Decoded, Decoder, Scratch
 from loaders.read import ErrorPolicy
 
-__all__ = ["CpuAssembler"]
+__all__ = ["CpuAssembler", "History"]
+
+
+class History:
+    """The decoded samples of one epoch's recent batches, shared by the assemblers: batch k's mosaic
+    partners come from batches k-P..k (P = `batches`), as Ultralytics' come from each worker's
+    buffer of the last min(n, 8 x batch, 1000) images it loaded. With P = 0 a batch's partners are
+    its own samples (each sample decoded once either way; P costs P batches of decoded pixels).
+
+    Deterministic: what batch k may draw from is fixed by the epoch's order, not by which thread
+    finished first — batch k waits for the decodes of batches k-P..k-1 (already submitted: the
+    producer submits in order), never for their rendering. After a mid-epoch resume at batch s,
+    batches before s are not decoded again: the first P batches draw from fewer batches.
+
+    Memory: batch k decodes into scratch set k mod (P + A), A the batches assembled at once. The
+    producer starts batch k + P + A only once batch k + P — the last one that may read set k — is
+    built (it keeps at most A batches in assembly, in order), so a set is never overwritten while read.
+    """
+
+    def __init__(self, batches: int, assemblers: int, start: int = 0, sets: list[Scratch] | None = None) -> None:
+        self.batches, self.start = batches, start
+        self._sets = sets or [Scratch() for _ in range(batches + assemblers)]  # kept by the loader across epochs
+        if len(self._sets) < batches + assemblers:
+            raise ValueError(f"{len(self._sets)} scratch sets for {batches} partner batches and {assemblers} assemblers")
+        self._decoded: dict[int, list[Decoded] | None] = {}
+        self._ready: dict[int, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def scratch(self, k: int) -> Scratch:
+        return self._sets[k % len(self._sets)]
+
+    def _event(self, k: int) -> threading.Event:
+        with self._lock:
+            return self._ready.setdefault(k, threading.Event())
+
+    def publish(self, k: int, decoded: list[Decoded] | None) -> None:
+        """Batch k's decoded samples (None: it failed; the epoch is ending) for later batches to share."""
+        with self._lock:
+            self._decoded[k] = decoded
+            for old in [j for j in self._decoded if j < k - self.batches]:
+                self._decoded.pop(old, None)
+                self._ready.pop(old, None)
+        self._event(k).set()
+
+    def recent(self, k: int) -> list[Decoded]:
+        """The decoded samples of batches max(start, k-P)..k-1, in batch order."""
+        out: list[Decoded] = []
+        for j in range(max(self.start, k - self.batches), k):
+            self._event(j).wait()
+            with self._lock:
+                out.extend(self._decoded.get(j) or [])
+        return out
 
 
 class CpuAssembler:
@@ -49,29 +100,39 @@ class CpuAssembler:
             return self.policy.run(i, lambda j: dec.decode_into(j, into, scratch, slot))
         return self.policy.run(i, lambda j: dec.decode(j, reduce=self.dataset.augment, scratch=scratch, slot=slot))
 
-    def build(self, indices: np.ndarray, rng: np.random.Generator) -> dict:
-        """Decode in the pool while this thread plans the batch, then render in the pool."""
-        scratch, pool = self.scratch(), self.pool()
+    def build(self, indices: np.ndarray, rng: np.random.Generator, k: int = 0, history: History | None = None) -> dict:
+        """Decode in the pool while this thread plans the batch, then render in the pool. `k`: the
+        batch number, which keys the partner `history` (None: partners from this batch only)."""
+        pool = self.pool()
         if not self.dataset.augment:  # eval: decode and letterbox straight into the batch, no render phase
+            scratch = self.scratch()
             out, img = self.buffers.get(len(indices))
             arr = out.numpy()
-            done = list(pool.map(lambda k: self.decode(int(indices[k]), k, scratch, arr[k]), range(len(indices))))
+            done = list(pool.map(lambda j: self.decode(int(indices[j]), j, scratch, arr[j]), range(len(indices))))
             used = [d.index for d in done]
             return collate(img, self.dataset.plan(used, rng), self.dataset.source, used)
-        futures = [pool.submit(self.decode, int(i), k, scratch) for k, i in enumerate(indices)]
-        state = rng.bit_generator.state
-        plan = self.dataset.plan(indices.tolist(), rng)
-        decoded = [f.result() for f in futures]
+        scratch = history.scratch(k) if history is not None else self.scratch()
+        futures = [pool.submit(self.decode, int(i), j, scratch) for j, i in enumerate(indices)]
+        decoded = None
+        try:
+            recent = history.recent(k) if history is not None and self.dataset.mosaic else []
+            state = rng.bit_generator.state
+            plan = self.dataset.plan(indices.tolist(), rng, [d.index for d in recent])
+            decoded = [f.result() for f in futures]
+        finally:
+            if history is not None:
+                history.publish(k, decoded)  # also on failure: later batches must not wait for it
         used = [d.index for d in decoded]
         if used != indices.tolist():  # a bad sample was replaced (on_error="skip"): plan what was used
             rng.bit_generator.state = state
-            plan = self.dataset.plan(used, rng)
-        return self.render(decoded, plan)
+            plan = self.dataset.plan(used, rng, [d.index for d in recent])
+        return self.render(decoded + recent, plan)
 
     def render(self, decoded: list[Decoded], plan: BatchPlan) -> dict:
-        """Render a planned batch with the OpenCV executor in the pool (also the DALI CPU path)."""
+        """Render a planned batch with the OpenCV executor in the pool (also the DALI CPU path).
+        `decoded`: the batch's samples, then any partners' (only the first len(plan.images) are output)."""
         pool = self.pool()
-        n = len(decoded)
+        n = len(plan.images)
         out, img = self.buffers.get(n)
         arr = out.numpy()
         images, scales = [d.image for d in decoded], [d.scale for d in decoded]
@@ -87,4 +148,4 @@ class CpuAssembler:
         if mixup:
             partners = mixup_partners(plan, arr)
             list(pool.map(lambda k: finish_image(plan, k, arr, partners), range(n)))
-        return collate(img, plan, self.dataset.source, [d.index for d in decoded])
+        return collate(img, plan, self.dataset.source, [d.index for d in decoded[:n]])

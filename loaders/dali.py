@@ -233,6 +233,9 @@ class DaliLoader(SainetLoader):
         want_gpu = device not in ("cpu",) and torch.cuda.is_available()
         self.device = torch.device(device if device and device != "cpu" else "cuda") if want_gpu else torch.device("cpu")
         self.dali_device = "mixed" if want_gpu else "cpu"
+        if kw.get("partner_batches"):
+            raise ValueError("the dali loader takes mosaic partners from its own batch (partner_batches=0)")
+        kw["partner_batches"] = 0
         super().__init__(source, **kw)
         log.info("dali loader: decoders.image on %s", self.dali_device)
 

@@ -42,8 +42,10 @@ class LoaderDataset:
         self.mosaic = False
         self.hyp = replace(self.hyp, mosaic=0.0, mixup=0.0, copy_paste=0.0)
 
-    def plan(self, used: list[int], rng: np.random.Generator) -> BatchPlan:
-        """The augment plan (or eval letterbox) of a batch of samples `used`, from the index alone."""
+    def plan(self, used: list[int], rng: np.random.Generator, partners: list[int] = ()) -> BatchPlan:  # type: ignore[assignment]
+        """The augment plan (or eval letterbox) of a batch of samples `used`, from the index alone;
+        `partners`: more samples (recent batches') that mosaics may take partners from."""
         src = self.source
-        return plan_batch(rng, [tuple(src.sizes[i]) for i in used], [(src.cls[i], src.boxes[i]) for i in used],
-                          self.imgsz, self.hyp, augment=self.augment, mosaic=self.mosaic)
+        every = [*used, *partners]
+        return plan_batch(rng, [tuple(src.sizes[i]) for i in every], [(src.cls[i], src.boxes[i]) for i in every],
+                          self.imgsz, self.hyp, augment=self.augment, mosaic=self.mosaic, n_out=len(used))

@@ -22,16 +22,22 @@ import cv2
 import numpy as np
 import torch
 
-from loaders.assemble import CpuAssembler
+from loaders.assemble import CpuAssembler, History
 from loaders.augment.hyp import Hyp
 from loaders.buffers import BatchBuffers, pool_size
 from loaders.dataset import LoaderDataset
+from loaders.decode import Scratch
 from loaders.prefetch import Epoch, ResumeState
 from loaders.read import ErrorPolicy
 from loaders.sampler import ShardedSampler
 from loaders.sources import Source
 
-__all__ = ["BatchBuilder", "LoaderDataset", "SainetLoader"]
+__all__ = ["BatchBuilder", "LoaderDataset", "SainetLoader", "PARTNER_BYTES", "PARTNER_MAX"]
+
+#: Decoded samples of recent batches kept for mosaic partners, at most (see `assemble.History`).
+PARTNER_BYTES = 64 << 20
+#: Ultralytics' mosaic buffer spans 8 x batch images: the batch and 7 before it.
+PARTNER_MAX = 7
 
 
 class BatchBuilder(Protocol):
@@ -50,7 +56,7 @@ class SainetLoader:
     def __init__(self, source: Source, *, batch_size: int, imgsz: tuple[int, int], augment: bool, hyp: Hyp,
                  rank: int = 0, world_size: int = 1, seed: int = 0, threads: int = 2, prefetch: int = 2,
                  on_error: str = "raise", shuffle: bool | None = None, pin_memory: bool | None = None,
-                 epochs: int | None = None) -> None:
+                 epochs: int | None = None, partner_batches: int | None = None) -> None:
         if batch_size < 1 or prefetch < 1 or threads < 1:
             raise ValueError("batch_size, prefetch and threads must be >= 1")
         self.policy = ErrorPolicy(source, on_error)
@@ -70,6 +76,10 @@ class SainetLoader:
         self._telemetry = threading.Lock()  # the assemblers add to the two counters above
         self._pool: ThreadPoolExecutor | None = None
         self.builder: BatchBuilder = self._builder()
+        #: recent batches whose decoded samples mosaics may take partners from (assemble.History)
+        self.partner_batches = self._partner_batches(batch_size) if partner_batches is None else partner_batches
+        self._partner_sets = [Scratch() for _ in range(self.partner_batches + self.assemblers)] if self.partner_batches else []
+        self._history: History | None = None
         self._state = ResumeState(seed=seed, rank=rank, num_samples=len(self.sampler), batch_size=batch_size)
         self._next_epoch = 0
         self._epoch_from_sampler = False
@@ -86,6 +96,18 @@ class SainetLoader:
     def _builder(self) -> BatchBuilder:
         """The batch builder of this backend (the DALI loader makes its own)."""
         return CpuAssembler(self.dataset, self.policy, self.buffers, lambda: self.pool)
+
+    def _partner_batches(self, batch_size: int) -> int:
+        """As many recent batches as Ultralytics' mosaic buffer spans (8 x batch images: 7 besides
+        the batch itself) whose decoded samples fit in `PARTNER_BYTES`; 0 without mosaic."""
+        if not self.dataset.mosaic or len(self.source) == 0:
+            return 0
+        sizes = np.asarray(self.source.sizes, np.float64).reshape(-1, 2)
+        w0, h0 = np.median(sizes[:, 0]), np.median(sizes[:, 1])
+        r = min(self.imgsz[0] / h0, self.imgsz[1] / w0)
+        scale = 1.0 if r > 0.5 else next(s for s in (0.5, 0.25, 0.125) if r > s / 2 or s == 0.125)  # the DCT scale decode.py picks
+        per_batch = batch_size * math.ceil(w0 * scale) * math.ceil(h0 * scale) * 3
+        return int(min(PARTNER_MAX, PARTNER_BYTES // max(1, per_batch)))
 
     @property
     def on_error(self) -> str:
@@ -113,6 +135,7 @@ class SainetLoader:
         start, self._resume_batch = self._resume_batch, 0
         self._state.epoch, self._state.batches_done = epoch, start
         order, B = self.sampler.order(epoch), self.batch_size
+        self._history = History(self.partner_batches, self.assemblers, start, self._partner_sets) if self._partner_sets else None
         batches = [order[k * B : (k + 1) * B] for k in range(start, len(self))]
         self._active = Epoch(batches, lambda k, idx: self._build(epoch, k, idx), start=start, depth=self.prefetch,
                              assemblers=self.assemblers, on_batch=self._count, on_error=self.close,
@@ -169,7 +192,10 @@ class SainetLoader:
         """Batch k of `epoch`: its random draws are a pure function of (seed, epoch, k, rank)."""
         rng = np.random.default_rng([self.seed, epoch, k, self.rank])
         t0 = time.perf_counter()
-        item = self.builder.build(indices, rng)
+        if self._history is not None:
+            item = self.builder.build(indices, rng, k, self._history)  # type: ignore[call-arg]
+        else:
+            item = self.builder.build(indices, rng)
         with self._telemetry:
             self.busy_seconds += (time.perf_counter() - t0) / self.assemblers  # wall time shared by those in flight
             self.images_built += len(indices)

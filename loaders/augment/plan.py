@@ -11,7 +11,8 @@ Coordinates are continuous "edge" coordinates (0 is the left edge of pixel 0; a 
 Semantics follow Ultralytics (Mosaic, RandomPerspective, RandomHSV, RandomFlip, MixUp): same
 hyperparameter names, ranges and box filter, with two deliberate differences: mosaic boxes are
 clipped to the part of their image that is visible in its quadrant (Ultralytics clips only to the
-canvas), and mosaic partners come from the same batch (each sample is decoded once).
+canvas), and mosaic partners come from the same batch and the loader's recent batches (each sample
+is decoded once).
 """
 
 from __future__ import annotations
@@ -154,10 +155,13 @@ def plan_batch(
     *,
     augment: bool,
     mosaic: bool = True,
+    n_out: int | None = None,
 ) -> BatchPlan:
     """Plan one batch. `sizes[i]` is source i's original (w, h); `labels[i]` its (cls, normalized xywh).
 
-    Output image i is built around source i; mosaic partners are drawn from the same batch.
+    Output image i (i < `n_out`, default all) is built around source i; mosaic partners are drawn
+    from all the sources given: the batch itself, then any recent batches' samples the caller
+    appends after it (the loader's partner history, `loaders.assemble.History`).
     """
     plan = BatchPlan(out_hw)
     if not augment:
@@ -166,9 +170,9 @@ def plan_batch(
         return plan
     # Every random draw happens whatever the probabilities and gains, so one seed gives the same
     # geometry whether or not, say, HSV or flips are switched on.
-    for i in range(len(sizes)):
+    for i in range(len(sizes) if n_out is None else n_out):
         plan.images.append(_augmented_image(rng, i, sizes, labels, out_hw, hyp, mosaic))
-    if len(sizes) > 1:
+    if len(plan.images) > 1:
         _add_mixup(rng, plan, hyp)
     return plan
 
