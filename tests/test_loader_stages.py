@@ -169,3 +169,58 @@ def test_dali_gpu_hand_off_to_a_busy_consumer_stream(store):
 
     for a, b in zip(epoch(False), epoch(True), strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_plan_partners_come_from_the_batch_and_its_history():
+    """plan_batch with n_out: outputs only for the batch, mosaic partners from every source given
+    (the batch, then the recent batches' samples); with no history the draws are what they were."""
+    from loaders.augment.plan import plan_batch
+
+    sizes = [(160, 90)] * 12
+    labels = [(np.zeros(1, np.int64), np.array([[0.5, 0.5, 0.2, 0.2]], np.float32))] * 12
+    hyp = Hyp(mosaic=1.0)
+    plan = plan_batch(np.random.default_rng(0), sizes, labels, (96, 96), hyp, augment=True, n_out=4)
+    assert len(plan.images) == 4
+    srcs = {p.src for ip in plan.images for p in ip.placements}
+    assert max(srcs) >= 4 and all(ip.placements[0].src == k for k, ip in enumerate(plan.images))
+    a = plan_batch(np.random.default_rng(1), sizes[:4], labels[:4], (96, 96), hyp, augment=True)
+    b = plan_batch(np.random.default_rng(1), sizes[:4], labels[:4], (96, 96), hyp, augment=True, n_out=4)
+    assert [[p.src for p in ip.placements] for ip in a.images] == [[p.src for p in ip.placements] for ip in b.images]
+
+
+def test_history_waits_for_earlier_decodes_and_bounds_what_it_keeps():
+    """Batch k sees the decodes of k-P..k-1 in batch order, waiting for one still decoding; a failed
+    batch (None) never blocks the others; nothing older than P batches is kept."""
+    from loaders.assemble import History
+    from loaders.decode import Decoded
+
+    h = History(batches=2, assemblers=2)
+    d = lambda i: Decoded(np.zeros((1, 1, 3), np.uint8), (1.0, 1.0), i)  # noqa: E731
+    h.publish(0, [d(0), d(1)])
+    h.publish(1, None)  # batch 1 failed
+    late = threading.Timer(0.2, lambda: h.publish(2, [d(4)]))
+    late.start()
+    assert [x.index for x in h.recent(3)] == [4]  # waited for batch 2; batch 1 gave nothing
+    h.publish(3, [d(6)])
+    assert [x.index for x in h.recent(4)] == [4, 6]
+    assert set(h._decoded) <= {1, 2, 3}  # batch 0 is past every later batch's window
+    assert h.scratch(0) is h.scratch(4) and h.scratch(0) is not h.scratch(1)
+    assert History(batches=2, assemblers=2, start=5).recent(5) == []  # a resumed epoch starts without history
+
+
+@pytest.mark.parametrize("partners", [0, 3])
+def test_batches_repeat_with_the_seed_whatever_the_partner_history(store, partners):
+    """Two assemblers and a shared history, yet the same seed gives the same pixels; the history's
+    partners change what the batches look like."""
+    def epoch(p: int) -> list[torch.Tensor]:
+        loader = build_loader(store, "shm", batch_size=2, imgsz=64, seed=4, threads=2, partner_batches=p)
+        try:
+            assert loader.partner_batches == p
+            return [b["img"].clone() for b in loader]
+        finally:
+            loader.close()
+
+    a, b = epoch(partners), epoch(partners)
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    if partners:
+        assert not all(torch.equal(x, y) for x, y in zip(a, epoch(0), strict=True))
