@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from loaders.assemble import CpuAssembler
+from loaders.assemble import CpuAssembler, History
 from loaders.augment.torch_exec import render_batch
 from loaders.collate import collate
 from loaders.decode import Decoded
@@ -157,30 +157,53 @@ class DaliAssembler:
                 self._feed = DaliFeed(ld.batch_size, ld.num_workers, ld.dali_device, device_id)
             return self._feed
 
-    def build(self, indices: np.ndarray, rng: np.random.Generator) -> Any:
+    def build(self, indices: np.ndarray, rng: np.random.Generator, k: int = 0, history: History | None = None) -> Any:
+        """Batch k: DALI decodes while the plan is drawn; mosaic partners also come from the
+        decoded samples of the `history`'s recent batches (kept as DALI output views or CUDA
+        tensors; on the GPU they are read on this loader's stream only)."""
         if self.loader.source.mode == "raw":
-            return self.cpu.build(indices, rng)
-        used = self._read(indices.tolist())
-        ticket = self.feed.submit([a for a, _ in used])
-        used_idx = [u for _, u in used]
-        state = rng.bit_generator.state
+            return self.cpu.build(indices, rng, k, history)
+        decoded = None
         try:
-            plan = self.loader.dataset.plan(used_idx, rng)  # while DALI decodes
-        finally:
-            out = self.feed.take(ticket, self.stream)
-        if isinstance(out, Exception):
-            used_idx = self._repair(used_idx, out)
-            rng.bit_generator.state = state  # the plan is redrawn for the samples used
-            plan = self.loader.dataset.plan(used_idx, rng)
-            read = {u: a for a, u in used}  # only the replacements are read (and checked) again
-            arrays = [read[i] if i in read else read_encoded(self.loader.source, i) for i in used_idx]
-            out = self.feed.take(self.feed.submit(arrays), self.stream)
+            used = self._read(indices.tolist())
+            ticket = self.feed.submit([a for a, _ in used])
+            used_idx = [u for _, u in used]
+            state = rng.bit_generator.state
+            if history is None:
+                recent = []
+                try:
+                    plan = self.loader.dataset.plan(used_idx, rng)  # while DALI decodes
+                finally:
+                    out = self.feed.take(ticket, self.stream)
+            else:  # tickets are taken in submission order, which two assemblers may swap: take first, then wait
+                out = self.feed.take(ticket, self.stream)  # for the earlier batches' decodes (never the reverse)
+                recent = history.recent(k) if self.loader.dataset.mosaic else []
+                plan = self.loader.dataset.plan(used_idx, rng, [d.index for d in recent])
             if isinstance(out, Exception):
-                raise CorruptImage(self.loader.source.where, f"DALI decode failed twice: {out}")
+                used_idx = self._repair(used_idx, out)
+                rng.bit_generator.state = state  # the plan is redrawn for the samples used
+                plan = self.loader.dataset.plan(used_idx, rng, [d.index for d in recent])
+                read = {u: a for a, u in used}  # only the replacements are read (and checked) again
+                arrays = [read[i] if i in read else read_encoded(self.loader.source, i) for i in used_idx]
+                out = self.feed.take(self.feed.submit(arrays), self.stream)
+                if isinstance(out, Exception):
+                    raise CorruptImage(self.loader.source.where, f"DALI decode failed twice: {out}")
+            decoded = self._decoded(out, used_idx)
+        finally:
+            if history is not None:
+                history.publish(k, decoded)  # also on failure: later batches must not wait for it
         if not self.gpu:
-            images = [np.asarray(out[k]) for k in range(len(used_idx))]  # views of DALI's buffers
-            return self.cpu.render([Decoded(img, self._scale(u, img.shape), u) for img, u in zip(images, used_idx, strict=True)], plan)
-        return self._render_gpu(out, plan, used_idx)
+            return self.cpu.render(decoded + recent, plan)
+        return self._render_gpu(out, plan, decoded + recent, len(used_idx))
+
+    def _decoded(self, out: Any, used: list[int]) -> list[Decoded]:
+        """DALI's outputs as `Decoded` samples: numpy views of its buffers (CPU) or CUDA tensors."""
+        if not self.gpu:
+            images = [np.asarray(out[k]) for k in range(len(used))]  # views of DALI's buffers
+            return [Decoded(img, self._scale(u, img.shape), u) for img, u in zip(images, used, strict=True)]
+        with torch.cuda.stream(self.stream):
+            images = [self.loader.to_torch(out[k]) for k in range(len(used))]
+        return [Decoded(t, self._scale(u, tuple(t.shape)), u) for t, u in zip(images, used, strict=True)]
 
     def _read(self, indices: list[int]) -> list[tuple[np.ndarray, int]]:
         """Encoded bytes of each sample (or its replacement under "skip"), read in the decode pool."""
@@ -201,14 +224,15 @@ class DaliAssembler:
         w0, h0 = self.loader.source.sizes[u]
         return (w0 / shape[1], h0 / shape[0])
 
-    def _render_gpu(self, out: Any, plan: Any, used: list[int]) -> _GpuBatch:
-        """Render on the loader's stream; the consumer's stream waits on `ready` at hand-off."""
+    def _render_gpu(self, out: Any, plan: Any, decoded: list[Decoded], n: int) -> _GpuBatch:
+        """Render on the loader's stream; the consumer's stream waits on `ready` at hand-off.
+        `decoded`: the batch's n samples, then the partners' from recent batches."""
         with torch.cuda.stream(self.stream):
-            images = [self.loader.to_torch(out[k]) for k in range(len(used))]
-            img = render_batch(plan, images, [self._scale(u, t.shape) for u, t in zip(used, images, strict=True)])
+            images = [d.image for d in decoded]
+            img = render_batch(plan, images, [d.scale for d in decoded])
             ready = torch.cuda.Event()
             ready.record(self.stream)
-        return _GpuBatch(collate(img, plan, self.loader.source, used), ready, [out, images])
+        return _GpuBatch(collate(img, plan, self.loader.source, [d.index for d in decoded[:n]]), ready, [out, images])
 
     def hand_off(self, item: Any) -> dict:
         """In the consumer's thread: make its current stream wait for the batch (no host sync)."""
@@ -233,9 +257,6 @@ class DaliLoader(SainetLoader):
         want_gpu = device not in ("cpu",) and torch.cuda.is_available()
         self.device = torch.device(device if device and device != "cpu" else "cuda") if want_gpu else torch.device("cpu")
         self.dali_device = "mixed" if want_gpu else "cpu"
-        if kw.get("partner_batches"):
-            raise ValueError("the dali loader takes mosaic partners from its own batch (partner_batches=0)")
-        kw["partner_batches"] = 0
         super().__init__(source, **kw)
         log.info("dali loader: decoders.image on %s", self.dali_device)
 
