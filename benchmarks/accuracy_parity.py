@@ -75,6 +75,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--work", type=Path, default=Path("/tmp/sainet-parity"))
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--reuse", type=Path, action="append", default=[],
+                    help="runs.jsonl of an earlier invocation with the same data and settings: a run found there is "
+                         "not trained again (read before each run, so another invocation may still be adding to it)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script, measures nothing")
     args = ap.parse_args(argv)
     if args.smoke:
@@ -94,7 +97,21 @@ def plan_runs(args: argparse.Namespace) -> list[Run]:
     return runs
 
 
+def _reused(args: argparse.Namespace, run: Run) -> dict | None:
+    """The row of `run` in a --reuse file, if one has it."""
+    for path in args.reuse:
+        lines = path.read_text().splitlines() if path.is_file() else []
+        for r in map(json.loads, filter(None, lines)):
+            if all(r.get(k) == v for k, v in run.__dict__.items() if k != "hours") and (run.hours is None) == (r.get("hours") is None):
+                print(f"reused from {path}: {json.dumps(r)}", flush=True)
+                return r
+    return None
+
+
 def train_one(args: argparse.Namespace, run: Run) -> dict:
+    reused = _reused(args, run)
+    if reused is not None:
+        return reused
     sets = {"seed": run.seed, "deterministic": True, "val": args.val_each_epoch, "close_mosaic": args.close_mosaic}
     if run.hours is not None:
         sets["time"] = run.hours
