@@ -470,7 +470,7 @@ def _describe(r: BenchResult, cfg: BenchConfig) -> None:
         r.decodes_per_image = 0.0 if r.name.startswith("raw-") else 1.0
         r.augment = _hyp_text(cfg)
         if cfg.augment:
-            r.note = (r.note + "; " if r.note else "") + "mosaic/mixup partners from the same batch: one decode per output image"
+            r.note = (r.note + "; " if r.note else "") + "mosaic partners from the batch and its recent batches' decoded samples, mixup partners from the batch: one decode per output image"
     if r.name != "decode":
         r.out_shape = format_imgsz(hw)
         r.pixels_per_batch = cfg.batch * hw[0] * hw[1]
