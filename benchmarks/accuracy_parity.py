@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     summary = summarize(rows)
     doc = {"host": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
            "ultralytics": ultralytics.__version__, "torch": torch.__version__, "commit": _commit(),
-           "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+           "settings": json.loads(json.dumps(vars(args), default=str)),  # paths (and --reuse's list of them) as text
            "runs": rows, "summary": summary}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
