@@ -22,7 +22,7 @@ import numpy as np
 
 from loaders.sources import Source
 from sainet.geometry import PAD_VALUE, letterbox, letterbox_params
-from sainet.imaging import ImageInfo, decode_rgb, probe
+from sainet.imaging import ImageInfo, decode_rgb, probe, scaled_bytes
 
 __all__ = ["Decoded", "Decoder", "Scratch"]
 
@@ -75,7 +75,7 @@ class Decoder:
             r = min(H / h0, W / w0)
             if r <= 0.5:  # libjpeg-turbo's DCT scaling: decode at 1/2, 1/4 or 1/8 instead of full size
                 min_size = (max(1, math.ceil(w0 * r)), max(1, math.ceil(h0 * r)))
-        buf = scratch.get(slot, info.width * info.height * 3) if scratch is not None else None
+        buf = scratch.get(slot, scaled_bytes(info, min_size)) if scratch is not None else None  # the reduced size, not the full
         img = decode_rgb(payload, name, min_size=min_size, info=info, buffer=buf)
         return Decoded(img, (w0 / img.shape[1], h0 / img.shape[0]), i)
 

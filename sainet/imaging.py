@@ -11,6 +11,7 @@ is the displayed (width, height).
 from __future__ import annotations
 
 import io
+import math
 import struct
 import warnings
 from dataclasses import dataclass
@@ -193,6 +194,19 @@ def _nbytes(buffer: bytearray | np.ndarray) -> int:
     return memoryview(buffer).nbytes
 
 
+def scaled_bytes(info: ImageInfo, min_size: tuple[int, int] | None) -> int:
+    """An upper bound of the bytes `decode_rgb(..., min_size=min_size)` decodes `info`'s JPEG to:
+    the smallest of libjpeg-turbo's 1/8, 1/4, 1/2 scales that keeps both sides at least `min_size`
+    (simplejpeg may pick a finer factor in between: never a larger image), else the full size."""
+    if min_size is not None:
+        mw, mh = min_size if info.orientation < 5 else (min_size[1], min_size[0])
+        for f in (0.125, 0.25, 0.5):
+            w, h = math.ceil(info.width * f), math.ceil(info.height * f)
+            if w >= mw and h >= mh:
+                return w * h * 3
+    return info.width * info.height * 3
+
+
 def decode_rgb(
     data: bytes | memoryview,
     source: str = "<bytes>",
@@ -218,7 +232,7 @@ def decode_rgb(
         try:
             img = simplejpeg.decode_jpeg(
                 data, colorspace="RGB", min_width=mw, min_height=mh, strict=True,
-                buffer=buffer if buffer is not None and _nbytes(buffer) >= info.width * info.height * 3 else None,
+                buffer=buffer if buffer is not None and _nbytes(buffer) >= scaled_bytes(info, min_size) else None,
             )
         except ValueError as e:
             raise CorruptImage(source, f"JPEG decode failed: {e}") from None

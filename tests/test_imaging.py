@@ -78,3 +78,23 @@ def test_grayscale_png16_and_scaled_decode():
     big = encode_jpeg(make_image(400, 200))
     small = decode_rgb(big, min_size=(100, 50))
     assert small.shape == (50, 100, 3)  # 1/4 DCT-scaled decode
+
+
+@pytest.mark.parametrize("min_size", [None, (700, 400), (300, 170), (100, 60), (20, 10)])
+def test_reduced_decode_fits_the_reduced_buffer(min_size):
+    """A reduced-DCT decode goes into a buffer sized for the reduced image (scaled_bytes), not the
+    full one: a loader keeps several batches of decoded sources, and full-size buffers for 1/2-scale
+    decodes held 4x the memory."""
+    import simplejpeg
+
+    from sainet.imaging import probe, scaled_bytes
+
+    rgb = np.random.default_rng(0).integers(0, 255, (810, 1440, 3), dtype=np.uint8)
+    data = simplejpeg.encode_jpeg(rgb, quality=80, colorspace="RGB")
+    info = probe(data)
+    need = scaled_bytes(info, min_size)
+    buf = bytearray(need)
+    img = decode_rgb(data, min_size=min_size, info=info, buffer=buf)
+    assert img.nbytes <= need and np.shares_memory(img, np.frombuffer(buf, np.uint8))
+    if min_size is not None:
+        assert img.shape[1] >= min_size[0] and img.shape[0] >= min_size[1] and need < 1440 * 810 * 3
