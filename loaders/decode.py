@@ -58,6 +58,14 @@ class Decoder:
     def __init__(self, source: Source, imgsz: tuple[int, int]) -> None:
         self.source, self.imgsz = source, imgsz
 
+    def min_size(self, w0: int, h0: int) -> tuple[int, int] | None:
+        """The smallest (w, h) a train decode of a w0 x h0 image needs: its size at the training
+        shape when that is at most half the original (libjpeg-turbo's DCT scaling then decodes at
+        1/2, 1/4 or 1/8 instead of full size), else None (full size)."""
+        H, W = self.imgsz
+        r = min(H / h0, W / w0)
+        return (max(1, math.ceil(w0 * r)), max(1, math.ceil(h0 * r))) if r <= 0.5 else None
+
     def decode(self, i: int, *, reduce: bool, scratch: Scratch | None = None, slot: int = 0) -> Decoded:
         """Sample i's content. `reduce`: allow a reduced-DCT decode when the training shape is
         at most half the original (train mode; eval decodes at full size, as Ultralytics does)."""
@@ -69,12 +77,7 @@ class Decoder:
             return Decoded(frame[top : top + nh, left : left + nw], (w0 / nw, h0 / nh), i)
         name = src.describe(i)
         info = probe(payload, name)
-        min_size = None
-        if reduce:
-            H, W = self.imgsz
-            r = min(H / h0, W / w0)
-            if r <= 0.5:  # libjpeg-turbo's DCT scaling: decode at 1/2, 1/4 or 1/8 instead of full size
-                min_size = (max(1, math.ceil(w0 * r)), max(1, math.ceil(h0 * r)))
+        min_size = self.min_size(w0, h0) if reduce else None
         buf = scratch.get(slot, scaled_bytes(info, min_size)) if scratch is not None else None  # the reduced size, not the full
         img = decode_rgb(payload, name, min_size=min_size, info=info, buffer=buf)
         return Decoded(img, (w0 / img.shape[1], h0 / img.shape[0]), i)

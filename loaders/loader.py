@@ -26,11 +26,12 @@ from loaders.assemble import CpuAssembler, History
 from loaders.augment.hyp import Hyp
 from loaders.buffers import BatchBuffers, pool_size
 from loaders.dataset import LoaderDataset
-from loaders.decode import Scratch
+from loaders.decode import Decoder, Scratch
 from loaders.prefetch import Epoch, ResumeState
 from loaders.read import ErrorPolicy
 from loaders.sampler import ShardedSampler
 from loaders.sources import Source
+from sainet.imaging import ImageInfo, scaled_bytes
 
 __all__ = ["BatchBuilder", "LoaderDataset", "SainetLoader", "PARTNER_BYTES", "PARTNER_MAX"]
 
@@ -102,11 +103,10 @@ class SainetLoader:
         the batch itself) whose decoded samples fit in `PARTNER_BYTES`; 0 without mosaic."""
         if not self.dataset.mosaic or len(self.source) == 0:
             return 0
-        sizes = np.asarray(self.source.sizes, np.float64).reshape(-1, 2)
-        w0, h0 = np.median(sizes[:, 0]), np.median(sizes[:, 1])
-        r = min(self.imgsz[0] / h0, self.imgsz[1] / w0)
-        scale = 1.0 if r > 0.5 else next(s for s in (0.5, 0.25, 0.125) if r > s / 2 or s == 0.125)  # the DCT scale decode.py picks
-        per_batch = batch_size * math.ceil(w0 * scale) * math.ceil(h0 * scale) * 3
+        sizes = np.asarray(self.source.sizes, np.int64).reshape(-1, 2)
+        w0, h0 = (int(v) for v in np.median(sizes, axis=0))
+        min_size = Decoder(self.source, self.imgsz).min_size(w0, h0)  # the decoder's own reduced-DCT rule
+        per_batch = batch_size * scaled_bytes(ImageInfo("jpeg", w0, h0, 3), min_size)
         return int(min(PARTNER_MAX, PARTNER_BYTES // max(1, per_batch)))
 
     @property
