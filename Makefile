@@ -33,6 +33,7 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check sainet loaders cache_tools tests benchmarks .ci
 	$(BIN)/python .ci/funclen.py sainet loaders cache_tools benchmarks configs   # no function over 60 lines
+	$(BIN)/lint-imports   # the layers contract in .importlinter: app -> loaders -> cache_tools -> sainet.core, no circles
 
 clean:
 	rm -rf $(DEMO) runs .pytest_cache .ruff_cache

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cache_tools import PackOptions, pack
-from sainet.geometry import parse_wxh
+from sainet.core.geometry import parse_wxh
 from sainet.synth import synthesize
 from sainet.train import TrainRequest, train
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from cache_tools import open_store
-from sainet.imaging import decode_rgb
+from sainet.core.imaging import decode_rgb
 
 
 def dali_rate(arrays: list[np.ndarray], device: str, batch: int, threads: int, seconds: float) -> float:

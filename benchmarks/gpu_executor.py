@@ -24,7 +24,7 @@ from loaders.augment.cpu import finish_image, mixup_partners, render_image
 from loaders.augment.hyp import Hyp
 from loaders.augment.plan import BatchPlan, plan_batch
 from loaders.augment.torch_exec import render_batch
-from sainet.geometry import PAD_VALUE, letterbox_params, parse_imgsz, parse_wxh
+from sainet.core.geometry import PAD_VALUE, letterbox_params, parse_imgsz, parse_wxh
 
 # -- the torch executor before issue 16, kept verbatim in spirit as the baseline: one grid and one
 # grid_sample per placement, a polygon mask built with a Python loop, tiny host->device copies.

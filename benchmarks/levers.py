@@ -30,8 +30,8 @@ import numpy as np
 import loaders.augment.cpu as cpu
 from loaders.augment.hyp import Hyp
 from loaders.augment.plan import BatchPlan, plan_batch
-from sainet.geometry import parse_imgsz
-from sainet.imaging import decode_rgb
+from sainet.core.geometry import parse_imgsz
+from sainet.core.imaging import decode_rgb
 from sainet.synth import synthesize
 
 _HUE_W = 1 / 3

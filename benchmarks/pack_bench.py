@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from cache_tools import PackOptions, pack
-from sainet.geometry import parse_imgsz, parse_wxh
+from sainet.core.geometry import parse_imgsz, parse_wxh
 from sainet.synth import synthesize
 
 

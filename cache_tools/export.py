@@ -3,7 +3,7 @@
 jpeg stores give byte-identical image files. raw stores hold letterboxed frames: the image region
 is cropped out of the frame and written as JPEG (quality 95), which re-encodes, and is logged.
 
-Every record and split name becomes a path only through `sainet.safepath.resolve_inside`: a
+Every record and split name becomes a path only through `sainet.core.safepath.resolve_inside`: a
 crafted store whose names are absolute, contain ``..`` or a separator, or meet a symlink that
 leaves the export folder is refused with `UnsafeName` before anything is written.
 """
@@ -18,9 +18,9 @@ import numpy as np
 import yaml
 
 from cache_tools.store import Store, open_store
-from sainet.errors import StoreExistsError, UnsafeName
-from sainet.imaging import encode_jpeg
-from sainet.safepath import is_plain_name, resolve_inside
+from sainet.core.errors import StoreExistsError, UnsafeName
+from sainet.core.imaging import encode_jpeg
+from sainet.core.safepath import is_plain_name, resolve_inside
 
 __all__ = ["export_store", "safe_child"]
 

@@ -37,9 +37,9 @@ from typing import Any
 
 import numpy as np
 
-from sainet.errors import StoreCorruptError, StoreFormatError, StoreVersionError
-from sainet.imaging import MAX_PIXELS
-from sainet.safepath import UNSAFE_NAME_BYTES, is_plain_name
+from sainet.core.errors import StoreCorruptError, StoreFormatError, StoreVersionError
+from sainet.core.imaging import MAX_PIXELS
+from sainet.core.safepath import UNSAFE_NAME_BYTES, is_plain_name
 
 __all__ = [
     "MAGIC",

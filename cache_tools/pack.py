@@ -39,14 +39,14 @@ from cache_tools.format import (
 from cache_tools.plan import StoreEstimate, check_fits, estimate_store, fs_info, human_bytes
 from cache_tools.target import guard_target, old_path, partial_path, refuse_empty
 from cache_tools.writers import JOURNAL_DTYPE, open_writer
-from sainet import __version__
-from sainet.check import content_digest, find_duplicates
-from sainet.datasets import Problem, Sample
-from sainet.datasets.combine import SourceSet
-from sainet.errors import DatasetError, ImageError, SainetError
-from sainet.geometry import letterbox, letterbox_params
-from sainet.imaging import decode_rgb, encode_jpeg, probe
-from sainet.parallel import default_threads, ordered_map
+from sainet.core import __version__
+from sainet.core.check import content_digest, find_duplicates
+from sainet.core.datasets import Problem, Sample
+from sainet.core.datasets.combine import SourceSet
+from sainet.core.errors import DatasetError, ImageError, SainetError
+from sainet.core.geometry import letterbox, letterbox_params
+from sainet.core.imaging import decode_rgb, encode_jpeg, probe
+from sainet.core.parallel import default_threads, ordered_map
 
 __all__ = ["PackOptions", "PackReport", "pack", "default_container", "plan_pack"]
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import psutil
 
 from cache_tools.format import BOX_DTYPE, HEADER_DTYPE, RECORD_DTYPE
-from sainet.errors import CapacityError
-from sainet.geometry import format_imgsz
+from sainet.core.errors import CapacityError
+from sainet.core.geometry import format_imgsz
 
 __all__ = ["FsInfo", "StoreEstimate", "fs_info", "estimate_store", "check_fits", "human_bytes"]
 

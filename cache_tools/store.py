@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from cache_tools.format import INDEX_NAME, IndexData, payload_checksum, read_index, shard_name
-from sainet.errors import StoreCorruptError, StoreFormatError
+from sainet.core.errors import StoreCorruptError, StoreFormatError
 
 __all__ = ["Record", "Store", "open_store", "lmdb_required_bytes", "shard_problems"]
 

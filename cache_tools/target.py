@@ -31,8 +31,8 @@ from pathlib import Path
 
 from cache_tools.format import INDEX_NAME, MAGIC
 from cache_tools.plan import fs_info
-from sainet.errors import CapacityError, StoreError, StoreExistsError, TargetError, TargetLocked
-from sainet.safepath import is_inside, overlaps
+from sainet.core.errors import CapacityError, StoreError, StoreExistsError, TargetError, TargetLocked
+from sainet.core.safepath import is_inside, overlaps
 
 __all__ = ["partial_path", "old_path", "lock_path", "is_store_folder", "check_target", "TargetLock", "guard_target", "refuse_empty"]
 

@@ -11,8 +11,8 @@ import numpy as np
 
 from cache_tools.format import payload_checksum
 from cache_tools.store import Store, _lmdb_env, open_store, shard_problems
-from sainet.errors import ImageError, StoreCorruptError, StoreError
-from sainet.imaging import probe
+from sainet.core.errors import ImageError, StoreCorruptError, StoreError
+from sainet.core.imaging import probe
 
 __all__ = ["VerifyReport", "verify_store", "describe_store"]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from cache_tools.format import shard_name
-from sainet.errors import CapacityError, StoreCorruptError, StoreWriteError
+from sainet.core.errors import CapacityError, StoreCorruptError, StoreWriteError
 
 __all__ = ["JOURNAL_DTYPE", "ShardWriter", "LmdbWriter", "open_writer"]
 

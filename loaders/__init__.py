@@ -25,7 +25,7 @@ from loaders.backends import (
 )
 from loaders.dataset import LoaderDataset
 from loaders.sampler import ShardedSampler
-from sainet.geometry import parse_imgsz
+from sainet.core.geometry import parse_imgsz
 
 if TYPE_CHECKING:
     from loaders.loader import SainetLoader

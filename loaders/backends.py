@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loaders.sources import DiskSource, RamSource, Source, StoreSource
-from sainet.errors import StoreFormatError
-from sainet.parallel import default_threads  # the one thread formula (re-exported: loaders.default_threads)
+from sainet.core.errors import StoreFormatError
+from sainet.core.parallel import (
+    default_threads,  # the one thread formula (re-exported: loaders.default_threads)
+)
 
 if TYPE_CHECKING:
     from cache_tools.store import Store

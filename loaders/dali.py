@@ -43,7 +43,7 @@ from loaders.collate import collate
 from loaders.decode import Decoded
 from loaders.loader import BatchBuilder, SainetLoader
 from loaders.read import read_encoded
-from sainet.errors import CorruptImage
+from sainet.core.errors import CorruptImage
 
 __all__ = ["DaliAssembler", "DaliFeed", "DaliLoader", "dali_available", "hw_decoder_load"]
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from loaders.sources import Source
-from sainet.geometry import PAD_VALUE, letterbox, letterbox_params
-from sainet.imaging import ImageInfo, decode_rgb, probe, scaled_bytes
+from sainet.core.geometry import PAD_VALUE, letterbox, letterbox_params
+from sainet.core.imaging import ImageInfo, decode_rgb, probe, scaled_bytes
 
 __all__ = ["Decoded", "Decoder", "Scratch"]
 

@@ -31,7 +31,7 @@ from loaders.prefetch import Epoch, ResumeState
 from loaders.read import ErrorPolicy
 from loaders.sampler import ShardedSampler
 from loaders.sources import Source
-from sainet.imaging import ImageInfo, scaled_bytes
+from sainet.core.imaging import ImageInfo, scaled_bytes
 
 __all__ = ["BatchBuilder", "LoaderDataset", "SainetLoader", "PARTNER_BYTES", "PARTNER_MAX"]
 

@@ -17,8 +17,8 @@ from typing import TypeVar
 import numpy as np
 
 from loaders.sources import Source
-from sainet.errors import ImageError, SainetError, StoreError
-from sainet.imaging import probe
+from sainet.core.errors import ImageError, SainetError, StoreError
+from sainet.core.imaging import probe
 
 __all__ = ["ON_ERROR", "ErrorPolicy", "read_encoded"]
 

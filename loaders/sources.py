@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from cache_tools.store import Store
-from sainet.datasets import open_dataset
-from sainet.errors import DatasetError
+from sainet.core.datasets import open_dataset
+from sainet.core.errors import DatasetError
 
 __all__ = ["Source", "StoreSource", "RamSource", "DiskSource"]
 

@@ -1,4 +1,9 @@
-"""sainet: data pipeline and training front end for the SAI-Net wildfire smoke/fire detector."""
+"""sainet: data pipeline and training front end for the SAI-Net wildfire smoke/fire detector.
 
-__version__ = "0.1.0"
+The package is the app (cli, train, bench, demo, settings, profiles, budget, synth) on top of
+`loaders` and `cache_tools`; its foundation is `sainet.core` (see docs/ARCHITECTURE.md, Layers).
+"""
+
+from sainet.core import __version__
+
 __all__ = ["__version__"]

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from cache_tools.plan import StoreEstimate, check_fits, estimate_store, fs_info, human_bytes
-from sainet.errors import CapacityError, SettingsError
-from sainet.geometry import format_imgsz, parse_wxh
-from sainet.parallel import default_threads
+from sainet.core.errors import CapacityError, SettingsError
+from sainet.core.geometry import format_imgsz, parse_wxh
+from sainet.core.parallel import default_threads
 from sainet.profiles import Profile
 from sainet.settings import parse_bytes
 
@@ -93,7 +93,7 @@ def estimate_source(source: str | None, store: str | os.PathLike[str] | None, im
     """
     from cache_tools.pack import plan_pack
     from cache_tools.store import open_store
-    from sainet.datasets import open_dataset
+    from sainet.core.datasets import open_dataset
 
     if (source is None) == (store is None):
         raise SettingsError("give one of --source or --store")

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from sainet.geometry import format_imgsz
+from sainet.core.geometry import format_imgsz
 
 __all__ = ["DemoSettings", "DEMO", "DemoReport", "run_demo", "demo_train_settings", "store_root", "read_losses"]
 
@@ -98,9 +98,9 @@ def read_losses(results_csv: Path) -> list[tuple[float, float]]:
 
 
 def _synth_and_check(out: Path, demo: DemoSettings, report: DemoReport, progress: Progress | None) -> Path:
-    from sainet.check import check_dataset
-    from sainet.datasets import open_dataset
-    from sainet.errors import DatasetError
+    from sainet.core.check import check_dataset
+    from sainet.core.datasets import open_dataset
+    from sainet.core.errors import DatasetError
     from sainet.synth import synthesize
 
     src = out / "synth"
@@ -143,9 +143,8 @@ def _pack_and_verify(src: Path, out: Path, shm_name: str, demo: DemoSettings, re
 
 def _bench(src: Path, stores: dict[str, Path], out: Path, demo: DemoSettings, report: DemoReport,
            progress: Progress | None) -> None:
-    from sainet.bench import run_bench, save_results
+    from sainet.bench import bench_config, run_bench, save_results
     from sainet.profiles import choose_profile
-    from sainet.settings import bench_config
 
     prof = choose_profile("cpu")
     cfg = bench_config(stores=stores, source=src, imgsz=demo.imgsz, profile=prof, batch=demo.batch,

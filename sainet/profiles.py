@@ -11,7 +11,7 @@ from typing import Any
 import psutil
 
 import configs
-from sainet.errors import SettingsError
+from sainet.core.errors import SettingsError
 
 __all__ = ["Profile", "HostInfo", "load_profiles", "get_profile", "detect_host", "nearest_profile", "choose_profile",
            "profile_names"]

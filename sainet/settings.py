@@ -3,7 +3,7 @@
 The CLI (or a Python caller) builds a `TrainSettings`; the training shape inside it is already an
 ``(h, w)`` tuple, stride-padded (``"1440x808"`` -> ``(832, 1440)``), so nothing downstream parses
 text again. The same module holds the other facts every command needs once: the default thread
-count (``sainet.parallel.default_threads``, re-exported here), byte sizes written as text (``125GB``)
+count (``sainet.core.parallel.default_threads``, re-exported here), byte sizes written as text (``125GB``)
 and device strings.
 """
 
@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from loaders.backends import BACKENDS
-from sainet.errors import SettingsError
-from sainet.geometry import parse_imgsz
-from sainet.parallel import default_threads
+from sainet.core.errors import SettingsError
+from sainet.core.geometry import parse_imgsz
+from sainet.core.parallel import default_threads
 
 __all__ = [
     "LOADERS",
@@ -25,7 +25,6 @@ __all__ = [
     "default_threads",
     "parse_bytes",
     "parse_device",
-    "bench_config",
 ]
 
 #: Loaders `sainet train` accepts: sainet's backends (loaders.backends.BACKENDS) and Ultralytics' own (for comparison).
@@ -146,22 +145,3 @@ class TrainSettings:
         if d.get("imgsz") is not None:
             d["imgsz"] = tuple(d["imgsz"])
         return cls(**d)
-
-
-def bench_config(*, stores: dict[str, Any], source: Any, imgsz: tuple[int, int], profile: Any, batch: int | None = None,
-                 augment: bool = True, seconds: float | None = 10.0, batches: int | None = None,
-                 threads: int | None = None, workers: int | None = None, cold: bool = False, repeats: int = 1,
-                 hyp: dict[str, Any] | None = None, scratch: Any = None) -> Any:
-    """`bench.BenchConfig` with the profile's values wherever the user gave none.
-
-    Threads: the profile's, at most the cores (`default_threads`); Ultralytics workers: as many as
-    the threads, so both sides get the same parallelism.
-    """
-    from sainet.bench import BENCH_HYP, BenchConfig
-
-    rec = profile.recommended
-    n_threads = threads or default_threads(recommended=int(rec["threads"]))
-    return BenchConfig(stores=stores, source=source, imgsz=imgsz, batch=batch or int(rec["batch"]), augment=augment,
-                       seconds=seconds, batches=batches, threads=n_threads, prefetch=int(rec["prefetch"]),
-                       workers=n_threads if workers is None else workers, cold=cold, repeats=repeats,
-                       hyp={**BENCH_HYP, **(hyp or {})}, scratch=scratch)

@@ -29,8 +29,8 @@ import cv2
 import numpy as np
 import yaml
 
-from sainet.datasets.base import split_sort_key
-from sainet.imaging import encode_jpeg
+from sainet.core.datasets.base import split_sort_key
+from sainet.core.imaging import encode_jpeg
 
 __all__ = ["SYNTH_LAYOUTS", "FASDD_SUBSETS", "PLANTED", "SynthObject", "SynthImage", "render", "synthesize"]
 

@@ -312,7 +312,7 @@ def mutate(ix, rng: np.random.Generator) -> str:  # noqa: ANN001 - IndexData
 # ------------------------------------------------------------------------------- the probing child
 
 def _op(fn: Callable[[], object]) -> dict:
-    from sainet.errors import SainetError
+    from sainet.core.errors import SainetError
 
     try:
         return {"status": "ok", "value": fn()}
@@ -371,8 +371,8 @@ SECRET_W = 0.123
 def probe_source(src: str, store: str) -> dict:
     """`check` (its JSON report searched for text from outside the root) and `pack` (its boxes searched too)."""
     from cache_tools import PackOptions, open_store, pack
-    from sainet.check import check_dataset
-    from sainet.datasets import open_dataset
+    from sainet.core.check import check_dataset
+    from sainet.core.datasets import open_dataset
 
     def check() -> bool:
         return SECRET in json.dumps(check_dataset(open_dataset(src), threads=1).as_dict())

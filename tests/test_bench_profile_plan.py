@@ -90,16 +90,16 @@ def test_bench_json_is_the_only_stdout_and_source_untouched(tmp_path):
 
 
 def test_headline_names_the_shapes_compared():
-    from sainet.bench import BenchResult, _fill_ratios, headline
+    from sainet.bench import BenchResult, fill_ratios, headline
 
     rows = [BenchResult("lmdb", "loader", 100.0, out_shape="1440x832", megapixels_per_s=100 * 1440 * 832 / 1e6),
             BenchResult("ultralytics", "loader", 40.0, out_shape="1440x1440", megapixels_per_s=40 * 1440 * 1440 / 1e6)]
-    _fill_ratios(rows)
+    fill_ratios(rows)
     text = headline(rows)
     assert "1440x832" in text and "1440x1440" in text and "megapixels/s" in text and "vs_ultralytics" not in rows[0].ratios
     rows[1].out_shape, rows[1].megapixels_per_s = "1440x832", rows[0].megapixels_per_s * 0.4
     rows[0].ratios.clear()
-    _fill_ratios(rows)
+    fill_ratios(rows)
     assert "2.50x Ultralytics" in headline(rows) and "both at 1440x832" in headline(rows)
 
 

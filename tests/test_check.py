@@ -10,10 +10,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from sainet.check import check_dataset
 from sainet.cli import app
-from sainet.datasets import ProblemKind, open_dataset
-from sainet.imaging import encode_jpeg
+from sainet.core.check import check_dataset
+from sainet.core.datasets import ProblemKind, open_dataset
+from sainet.core.imaging import encode_jpeg
 from tests.conftest import make_image, pil_bytes
 
 runner = CliRunner()

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sainet.errors import SettingsError
-from sainet.geometry import parse_imgsz, parse_wxh
+from sainet.core.errors import SettingsError
+from sainet.core.geometry import parse_imgsz, parse_wxh
 from sainet.settings import DEFAULT_IMGSZ, TrainSettings, default_threads, parse_bytes, parse_device
 
 runner = CliRunner()

@@ -24,7 +24,7 @@ import pytest
 from cache_tools import PackOptions, pack
 from cache_tools.store import open_store
 from loaders.sampler import ShardedSampler, padding
-from sainet.errors import SainetError
+from sainet.core.errors import SainetError
 from sainet.train.distributed import (
     DistInfo,
     DistributedError,
@@ -331,7 +331,7 @@ def test_launch_spawns_torchrun_and_returns_the_run(store, tmp_path, monkeypatch
     import psutil
 
     from sainet.train import TrainRequest, resolve
-    from sainet.train.distributed import launch_request
+    from sainet.train.launch import launch_request
 
     for k, v in _env().items():
         monkeypatch.setenv(k, v)

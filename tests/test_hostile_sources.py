@@ -11,10 +11,10 @@ import json
 import pytest
 import yaml
 
-from sainet.check import check_dataset
-from sainet.datasets import open_dataset
-from sainet.datasets.guards import check_coco_doc, load_yaml
-from sainet.errors import DatasetError
+from sainet.core.check import check_dataset
+from sainet.core.datasets import open_dataset
+from sainet.core.datasets.guards import check_coco_doc, load_yaml
+from sainet.core.errors import DatasetError
 from tests.hostile import SECRET, format_table, run_jobs
 from tests.hostile_cli import source_cases, source_jobs, source_outcomes
 
@@ -66,7 +66,7 @@ def test_hostile_sources_through_the_cli(tmp_path):
 def test_voc_oversized_annotation_and_class_names_are_bounded(tmp_path):
     """VOC gets the guards the other importers have: an annotation file over MAX_XML_BYTES is a
     problem naming it (not parsed, the rest imports), and class names pass check_class_names."""
-    from sainet.datasets.voc import MAX_XML_BYTES
+    from sainet.core.datasets.voc import MAX_XML_BYTES
     from sainet.synth import synthesize
 
     src = tmp_path / "voc"

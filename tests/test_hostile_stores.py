@@ -11,7 +11,7 @@ import pytest
 
 from cache_tools import export_store, open_store, verify_store
 from cache_tools.store import lmdb_required_bytes
-from sainet.errors import StoreFormatError, UnsafeName
+from sainet.core.errors import StoreFormatError, UnsafeName
 from tests.hostile import (
     CAT_MUTATIONS,
     CAT_STORES,

@@ -12,7 +12,7 @@ import pytest
 
 from cache_tools import PackOptions, pack, verify_store
 from cache_tools.target import TargetLock, lock_path, partial_path
-from sainet.errors import CapacityError, StoreError, StoreExistsError, TargetError, TargetLocked
+from sainet.core.errors import CapacityError, StoreError, StoreExistsError, TargetError, TargetLocked
 from tests.hostile import env, make_source
 from tests.hostile_cli import HOLD_LOCK, concurrent_packs, digest_tree, small_tmpfs, target_outcomes
 

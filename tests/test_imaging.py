@@ -7,8 +7,8 @@ import struct
 import numpy as np
 import pytest
 
-from sainet.errors import CorruptImage, ImageTooLarge
-from sainet.imaging import decode_rgb, encode_jpeg, probe
+from sainet.core.errors import CorruptImage, ImageTooLarge
+from sainet.core.imaging import decode_rgb, encode_jpeg, probe
 from tests.conftest import make_image, pil_bytes
 
 
@@ -87,7 +87,7 @@ def test_reduced_decode_fits_the_reduced_buffer(min_size):
     decodes held 4x the memory."""
     import simplejpeg
 
-    from sainet.imaging import probe, scaled_bytes
+    from sainet.core.imaging import probe, scaled_bytes
 
     rgb = np.random.default_rng(0).integers(0, 255, (810, 1440, 3), dtype=np.uint8)
     data = simplejpeg.encode_jpeg(rgb, quality=80, colorspace="RGB")

@@ -7,7 +7,7 @@ import torch
 
 from cache_tools import PackOptions, pack
 from loaders import LoaderKind, build_loader
-from sainet.errors import StoreFormatError
+from sainet.core.errors import StoreFormatError
 from sainet.synth import synthesize
 
 IMGSZ = "320x180"  # -> (192, 320)
@@ -144,8 +144,8 @@ def test_eval_decodes_into_the_batch_rows(tmp_path, kind):
     (a buffer the decoder silently refused once left stale rows there)."""
     import numpy as np
 
-    from sainet.geometry import PAD_VALUE
-    from sainet.imaging import decode_rgb
+    from sainet.core.geometry import PAD_VALUE
+    from sainet.core.imaging import decode_rgb
 
     synthesize(tmp_path / "src", images=6, size=(320, 180), seed=5, background=0.2)
     pack(tmp_path / "src", tmp_path / "shards", PackOptions(container="shards"))

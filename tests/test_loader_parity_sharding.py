@@ -13,7 +13,7 @@ import torch
 from cache_tools import PackOptions, open_store, pack
 from loaders import build_loader
 from loaders.sampler import ShardedSampler
-from sainet.errors import StoreCorruptError
+from sainet.core.errors import StoreCorruptError
 from sainet.synth import synthesize
 
 

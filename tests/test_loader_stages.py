@@ -21,7 +21,7 @@ from loaders import (
     kind_for_container,
 )
 from loaders.sources import StoreSource
-from sainet.errors import CorruptImage, StoreFormatError
+from sainet.core.errors import CorruptImage, StoreFormatError
 from sainet.synth import synthesize
 
 GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: no GPU on this machine")

@@ -11,9 +11,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from sainet.check import check_dataset
 from sainet.cli import app
-from sainet.datasets import ProblemKind, open_dataset
+from sainet.core.check import check_dataset
+from sainet.core.datasets import ProblemKind, open_dataset
 from sainet.synth import synthesize
 
 runner = CliRunner()

@@ -13,14 +13,14 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-import sainet.datasets.pyrosdis as pyrosdis_mod
+import sainet.core.datasets.pyrosdis as pyrosdis_mod
 from cache_tools import open_store
 from cache_tools.pack import PackOptions, pack
-from sainet.check import check_dataset
 from sainet.cli import app
-from sainet.datasets import Sample, open_dataset
-from sainet.errors import CorruptImage, DatasetError, LayoutError
-from sainet.imaging import decode_rgb, probe
+from sainet.core.check import check_dataset
+from sainet.core.datasets import Sample, open_dataset
+from sainet.core.errors import CorruptImage, DatasetError, LayoutError
+from sainet.core.imaging import decode_rgb, probe
 from sainet.synth import PLANTED, synthesize
 
 SIZE = (160, 96)

@@ -20,8 +20,8 @@ import torch
 from cache_tools import PackOptions, open_store, pack, verify_store
 from cache_tools.format import INDEX_NAME, decode_index, encode_index, payload_checksum
 from loaders import build_loader
-from sainet.errors import CorruptImage, ImageError, SainetError, StoreCorruptError, StoreFormatError
-from sainet.imaging import decode_rgb, encode_jpeg
+from sainet.core.errors import CorruptImage, ImageError, SainetError, StoreCorruptError, StoreFormatError
+from sainet.core.imaging import decode_rgb, encode_jpeg
 from sainet.synth import synthesize
 from tests.conftest import make_image, pil_bytes
 
@@ -353,8 +353,8 @@ def test_exif_labels_refer_to_the_frame_ultralytics_uses(tmp_path):
 
 
 def test_labels_inf_and_empty_files(tmp_path):
-    from sainet.check import check_dataset
-    from sainet.datasets import ProblemKind, open_dataset
+    from sainet.core.check import check_dataset
+    from sainet.core.datasets import ProblemKind, open_dataset
 
     synthesize(tmp_path, images=3, size=(64, 48), val_fraction=0, background=0)
     labels = sorted((tmp_path / "labels" / "train").iterdir())

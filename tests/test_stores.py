@@ -28,18 +28,18 @@ from cache_tools import (
     verify_store,
 )
 from cache_tools.format import CURRENT_VERSION, HEADER_DTYPE, INDEX_NAME, decode_index
-from sainet.check import check_dataset
 from sainet.cli import app
-from sainet.datasets import open_dataset
-from sainet.errors import (
+from sainet.core.check import check_dataset
+from sainet.core.datasets import open_dataset
+from sainet.core.errors import (
     CapacityError,
     StoreCorruptError,
     StoreExistsError,
     StoreFormatError,
     StoreVersionError,
 )
-from sainet.geometry import letterbox
-from sainet.imaging import decode_rgb
+from sainet.core.geometry import letterbox
+from sainet.core.imaging import decode_rgb
 from sainet.synth import synthesize
 from tests.hostile_cli import small_tmpfs as mount_tmpfs
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sainet.datasets import LAYOUTS, detect_layout, open_dataset
-from sainet.imaging import decode_rgb, probe
+from sainet.core.datasets import LAYOUTS, detect_layout, open_dataset
+from sainet.core.imaging import decode_rgb, probe
 from sainet.synth import SYNTH_LAYOUTS, render, synthesize
 
 SIZE = (160, 96)

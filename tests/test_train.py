@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from cache_tools import PackOptions, pack
 from sainet.cli import app
-from sainet.errors import ClassMappingError
+from sainet.core.errors import ClassMappingError
 from sainet.synth import synthesize
 from sainet.train import TrainRequest, resolve, train, two_stage
 
@@ -112,7 +112,7 @@ def test_stage_classes_checked_before_training(stores, tmp_path):
 def test_disk_loader_from_a_store_needs_its_one_source_folder(stores, tmp_path):
     """--loader disk on a store reads the folder it was packed from: a store packed from two folders
     (its source reads "a, b") or whose folder is gone is refused in one line, naming the store."""
-    from sainet.errors import DatasetError
+    from sainet.core.errors import DatasetError
 
     base = TrainRequest(loader="disk", model="yolov8n.yaml", device="cpu", project=str(tmp_path))
     overrides, _, _ = resolve(base.replace(data=str(stores / "lmdb")))  # one folder, still there: reads it
@@ -135,7 +135,7 @@ def test_profile_values_and_explicit_flags(stores, tmp_path):
 
 def test_memory_plan_refuses_what_cannot_fit(stores, tmp_path, monkeypatch):
     from sainet import profiles
-    from sainet.errors import CapacityError
+    from sainet.core.errors import CapacityError
 
     real = profiles.detect_host
 

@@ -7,7 +7,7 @@ import logging
 import pytest
 import torch
 
-from sainet.errors import ClassMappingError, DatasetError
+from sainet.core.errors import ClassMappingError, DatasetError
 from sainet.train.transfer import ClassCarry, carry_class_rows, check_stage_classes, match_classes
 
 

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from loaders.augment.plan import BatchPlan, ImagePlan, Placement, pixel_matrix, scale_matrix, translate_matrix
-from sainet.geometry import PAD_VALUE, letterbox
+from sainet.core.geometry import PAD_VALUE, letterbox
 
 __all__ = ["render_image", "apply_hsv", "apply_hsv_fast", "hsv_table", "mixup_partners", "finish_image"]
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from loaders.augment.hyp import Hyp
-from sainet.geometry import letterbox_params
+from sainet.core.geometry import letterbox_params
 
 __all__ = ["Placement", "ImagePlan", "BatchPlan", "plan_batch", "pixel_matrix", "box_candidates", "translate_matrix",
            "scale_matrix"]

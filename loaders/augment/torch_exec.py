@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from loaders.augment.plan import BatchPlan, Placement, scale_matrix
-from sainet.geometry import PAD_VALUE
+from sainet.core.geometry import PAD_VALUE
 
 __all__ = ["PackedPlan", "pack_plan", "stack_sources", "render_batch", "hsv_torch"]
 

@@ -30,9 +30,9 @@ from rich.progress import (
 from typer.core import TyperGroup
 
 from cache_tools.format import CONTAINERS, MODES
-from sainet.datasets import LAYOUTS
-from sainet.errors import SainetError
-from sainet.geometry import parse_imgsz, parse_wxh
+from sainet.core.datasets import LAYOUTS
+from sainet.core.errors import SainetError
+from sainet.core.geometry import parse_imgsz, parse_wxh
 from sainet.profiles import profile_names
 from sainet.settings import parse_bytes, parse_device
 

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from sainet.cli._app import ProfileName, app, bar_factory, console, imgsz_type, key_value_type, run
-from sainet.geometry import format_imgsz
+from sainet.core.geometry import format_imgsz
 from sainet.settings import BENCH_BACKENDS as _KNOWN
 
 
@@ -85,10 +85,9 @@ def bench_loader(
     * `sainet bench-loader --store /dev/shm/fasdd --loaders shm,dali,ultralytics --no-augment --json`
     * `sainet bench-loader --source data/synth --imgsz 640 --raw --loaders shm,raw-shm --cold`
     """
-    from sainet.bench import prepare_stores, run_bench, save_results
-    from sainet.errors import SettingsError
+    from sainet.bench import bench_config, prepare_stores, run_bench, save_results
+    from sainet.core.errors import SettingsError
     from sainet.profiles import choose_profile
-    from sainet.settings import bench_config
 
     def body() -> int:
         if store is None and source is None:

@@ -27,7 +27,7 @@ from sainet.cli._app import (
     run,
     size_type,
 )
-from sainet.errors import SettingsError
+from sainet.core.errors import SettingsError
 from sainet.settings import default_threads
 from sainet.synth import FASDD_SUBSETS, SYNTH_LAYOUTS
 
@@ -129,8 +129,8 @@ def check(
     * `sainet check datasets/FASDD_CV`
     * `sainet check data/pyro --layout pyrosdis --json > report.json`
     """
-    from sainet.check import check_dataset
-    from sainet.datasets import open_dataset
+    from sainet.core.check import check_dataset
+    from sainet.core.datasets import open_dataset
 
     def body() -> int:
         ds = open_dataset(src, layout, class_ids)
@@ -173,7 +173,7 @@ def _print_dataset_facts(notes: list[str], boxes: dict, duplicates: dict | None)
 
 def _reason(report: Any, strict: bool) -> str | None:
     """Why the dataset is not usable; with `strict`, warnings count too."""
-    from sainet.datasets import Severity
+    from sainet.core.datasets import Severity
 
     reason = report.unusable_reason()
     if reason is None and strict:

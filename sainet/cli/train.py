@@ -14,7 +14,7 @@ import typer
 from rich.table import Table
 
 from sainet.cli._app import ProfileName, app, console, device_type, imgsz_type, key_value_type, run
-from sainet.errors import SettingsError
+from sainet.core.errors import SettingsError
 from sainet.settings import LOADERS
 
 Loader = Literal[LOADERS]  # type: ignore[valid-type]

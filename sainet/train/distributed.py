@@ -4,8 +4,8 @@ Every multi-process run is started by torchrun (``torch.distributed.run``), whic
 ``WORLD_SIZE``, ``LOCAL_RANK`` in each process:
 
 * ``sainet train --device 0,1 ...`` (one machine, several GPUs) spawns
-  ``python -m torch.distributed.run --standalone --nproc-per-node 2 -m sainet.train.distributed REQUEST.json``
-  itself (`launch`), waits for it and returns the run folder;
+  ``python -m torch.distributed.run --standalone --nproc-per-node 2 -m sainet.train.rank REQUEST.json``
+  itself (`sainet.train.launch`), waits for it and returns the run folder;
 * ``torchrun --nnodes N --node-rank R --nproc-per-node G --rdzv-backend c10d --rdzv-endpoint HOST:PORT
   -m sainet train ...`` on each machine starts the ranks directly.
 
@@ -18,32 +18,26 @@ fixed 3 hours.
 Faults: when a rank dies, torchrun's agent on that machine stops the machine's other ranks at once
 (SIGTERM, then SIGKILL after its grace period) and exits non-zero; ranks on other machines fail in
 their next collective — gloo sees the closed connection at once, NCCL's watchdog aborts after the
-timeout — so no rank waits longer than the timeout. `launch` runs torchrun in its own session and
-kills that whole process group on the way out, so nothing outlives it.
+timeout — so no rank waits longer than the timeout. `sainet.train.launch` runs torchrun in its own
+session and kills that whole process group on the way out, so nothing outlives it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 import logging
 import os
-import signal
 import socket
-import subprocess
-import sys
-import tempfile
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sainet.errors import SainetError
+from sainet.core.errors import SainetError
 
 __all__ = [
     "DEFAULT_TIMEOUT_S", "ENV_TIMEOUT", "DistributedError", "DistInfo", "StoreFingerprint", "check_same_store",
-    "broadcast", "cuda_device", "gather", "host_bytes_per_node", "init_process_group", "launch", "launch_request",
+    "broadcast", "cuda_device", "gather", "host_bytes_per_node", "init_process_group",
     "per_rank_batch", "ranks_per_node", "ranks_to_spawn", "shutdown_process_group", "store_fingerprint",
     "timeout_s", "world_size_for",
 ]
@@ -248,67 +242,3 @@ def check_same_store(data: str, fingerprint: StoreFingerprint) -> None:
         lines = "; ".join(f"rank {r} on {h}: {p} ({StoreFingerprint(**f)})" for r, h, p, f in bad)
         raise DistributedError(f"ranks read different stores: rank 0 on {ref_host}: {ref_path} ({StoreFingerprint(**ref)}) "
                                f"but {lines}. Pack the same source with the same options on every node")
-
-
-# ------------------------------------------------------------------------------------------ launch
-def launch(request: dict[str, Any], nproc: int) -> int:
-    """Run `request` (a `sainet.train.TrainRequest` as a dict) on `nproc` local ranks through
-    torchrun; returns torchrun's exit code. torchrun runs in its own session, and that whole
-    process group is killed on the way out (also on Ctrl-C), so no rank outlives this call."""
-    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="sainet-dist-", delete=False) as f:
-        json.dump(request, f)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-           "-m", "sainet.train.distributed", f.name]
-    log.info("starting %d ranks: %s", nproc, " ".join(cmd))
-    proc = subprocess.Popen(cmd, start_new_session=True)
-    try:
-        return proc.wait()
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM if proc.poll() is None else signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=30)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        Path(f.name).unlink(missing_ok=True)
-
-
-def launch_request(req: Any, overrides: dict[str, Any], nproc: int) -> Path:
-    """`launch` a `TrainRequest` whose resolved Ultralytics `overrides` are given; returns the run folder.
-
-    The folder is chosen here (``name``, ``name2``... as Ultralytics would) and handed to the ranks,
-    so that the caller knows where the results are. Callbacks cannot travel to other processes and
-    are dropped with a warning."""
-    from ultralytics.cfg import DEFAULT_CFG, get_cfg, get_save_dir
-
-    per_rank_batch(int(overrides["batch"]), nproc)  # refuse before starting anything
-    if req.callbacks:
-        log.warning("callbacks are not passed to the %d spawned ranks; start torchrun yourself to use them", nproc)
-    request = {k: v for k, v in asdict(req).items() if k != "callbacks"}
-    if overrides.get("resume"):
-        save_dir = Path(overrides["resume"]).resolve().parent.parent
-    else:
-        save_dir = Path(get_save_dir(get_cfg(DEFAULT_CFG, overrides)))
-        request["sets"] = {**request["sets"], "save_dir": str(save_dir)}
-    rc = launch(request, nproc)
-    if rc:
-        raise DistributedError(f"distributed training failed: torchrun exited with {rc} (the failing rank's error is above)")
-    return save_dir
-
-
-def _main(argv: list[str]) -> int:
-    """A rank started by `launch`: train the request in the file ``argv[0]``."""
-    from sainet.train.run import TrainRequest, train
-
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    req = TrainRequest(**json.loads(Path(argv[0]).read_text()))
-    try:
-        train(req)
-    except SainetError as e:
-        print(f"error (rank {os.environ.get('RANK', '?')}): {e}", file=sys.stderr)
-        return e.exit_code
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))

@@ -22,11 +22,11 @@ import yaml
 
 import configs
 from cache_tools.format import INDEX_NAME
-from sainet.errors import CapacityError, DatasetError, SettingsError
-from sainet.geometry import format_imgsz
+from sainet.core.errors import CapacityError, DatasetError, SettingsError
+from sainet.core.geometry import format_imgsz
 from sainet.profiles import HostInfo, Profile
 from sainet.settings import LOADERS, TrainSettings, default_threads
-from sainet.train import distributed
+from sainet.train import distributed, launch
 from sainet.train.transfer import check_stage_classes
 
 __all__ = ["TrainRequest", "TrainSettings", "TrainResult", "train", "two_stage", "resolve", "restore_run",
@@ -318,7 +318,7 @@ def train(settings: TrainSettings) -> TrainResult:
     p = _plan(settings)
     log.info("profile %s: %s", p.chosen["profile"], ", ".join(f"{k}={v}" for k, v in p.chosen.items() if k != "profile"))
     if p.options is not None and (nproc := distributed.ranks_to_spawn(p.overrides["device"])):
-        save_dir = distributed.launch_request(settings, p.overrides, nproc)  # --device 0,1: torchrun, one rank per GPU
+        save_dir = launch.launch_request(settings, p.overrides, nproc)  # --device 0,1: torchrun, one rank per GPU
         return TrainResult(save_dir, save_dir / "weights" / "best.pt", save_dir / "weights" / "last.pt",
                            _last_metrics(save_dir / "results.csv"), [], {**p.chosen, "overrides": p.overrides})
     if p.options is not None:

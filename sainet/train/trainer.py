@@ -38,7 +38,7 @@ from typing import Any
 from ultralytics.models.yolo.detect import DetectionTrainer
 
 from loaders.sampler import ShardedSampler
-from sainet.errors import SainetError
+from sainet.core.errors import SainetError
 from sainet.train.distributed import (
     DistInfo,
     DistributedError,

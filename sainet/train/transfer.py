@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sainet.errors import ClassMappingError
+from sainet.core.errors import ClassMappingError
 
 __all__ = ["ClassCarry", "check_stage_classes", "match_classes", "carry_class_rows", "HEAD_BRANCHES"]
 

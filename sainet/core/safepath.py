@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from sainet.errors import PathOutsideRoot, SainetError
+from sainet.core.errors import PathOutsideRoot, SainetError
 
 __all__ = ["resolve_inside", "is_inside", "overlaps", "is_plain_name", "utf8_text", "UNSAFE_NAME_BYTES"]
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from sainet.errors import DatasetError
+from sainet.core.errors import DatasetError
 
 __all__ = ["MAX_YAML_BYTES", "MAX_CLASSES", "MAX_NAME_CHARS", "load_yaml", "check_class_names", "check_coco_doc",
            "check_parquet_schema"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from sainet.datasets.base import (
+from sainet.core.datasets.base import (
     IMAGE_EXTS,
     Importer,
     ProblemKind,
@@ -23,8 +23,8 @@ from sainet.datasets.base import (
     read_lines,
     resolve_inside,
 )
-from sainet.datasets.guards import MAX_CLASSES, check_class_names, load_yaml
-from sainet.errors import DatasetError, PathOutsideRoot
+from sainet.core.datasets.guards import MAX_CLASSES, check_class_names, load_yaml
+from sainet.core.errors import DatasetError, PathOutsideRoot
 
 __all__ = ["YoloImporter", "label_path_for", "read_names"]
 

@@ -21,7 +21,7 @@ import numpy as np
 import simplejpeg
 from PIL import BmpImagePlugin, Image, TiffImagePlugin, WebPImagePlugin
 
-from sainet.errors import CorruptImage, ImageTooLarge
+from sainet.core.errors import CorruptImage, ImageTooLarge
 
 __all__ = [
     "MAX_PIXELS",

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sainet.datasets.base import BoxTally, Importer, Problem, Sample
-from sainet.errors import DatasetError
+from sainet.core.datasets.base import BoxTally, Importer, Problem, Sample
+from sainet.core.errors import DatasetError
 
 __all__ = ["SourceSet"]
 
@@ -27,7 +27,7 @@ class SourceSet:
 
     def __init__(self, paths: Sequence[str | Path], layout: str | None = None,
                  class_ids: dict[int, str] | None = None, classes: Sequence[str] | None = None) -> None:
-        from sainet.datasets import open_dataset  # the registry imports this package's modules
+        from sainet.core.datasets import open_dataset  # the registry imports this package's modules
 
         if not paths:
             raise DatasetError("no source given")

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sainet.datasets.base import Importer, ProblemKind, Sample, read_lines, resolve_inside
-from sainet.datasets.guards import MAX_YAML_BYTES, check_class_names
-from sainet.errors import DatasetError, PathOutsideRoot
+from sainet.core.datasets.base import Importer, ProblemKind, Sample, read_lines, resolve_inside
+from sainet.core.datasets.guards import MAX_YAML_BYTES, check_class_names
+from sainet.core.errors import DatasetError, PathOutsideRoot
 
 __all__ = ["VocImporter", "MAX_XML_BYTES"]
 

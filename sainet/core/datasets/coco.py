@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sainet.datasets.base import (
+from sainet.core.datasets.base import (
     BoxTally,
     Importer,
     Problem,
@@ -23,8 +23,8 @@ from sainet.datasets.base import (
     resolve_inside,
     validate_boxes,
 )
-from sainet.datasets.guards import check_coco_doc
-from sainet.errors import DatasetError, PathOutsideRoot
+from sainet.core.datasets.guards import check_coco_doc
+from sainet.core.errors import DatasetError, PathOutsideRoot
 
 __all__ = ["CocoImporter", "read_coco"]
 

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sainet.datasets import BoxTally, Importer, Problem, ProblemKind, Sample, Severity
-from sainet.datasets.base import split_sort_key
-from sainet.errors import CorruptImage, DatasetError, ImageTooLarge
-from sainet.imaging import ImageInfo, decode_rgb, probe
-from sainet.parallel import ordered_map
+from sainet.core.datasets import BoxTally, Importer, Problem, ProblemKind, Sample, Severity
+from sainet.core.datasets.base import split_sort_key
+from sainet.core.errors import CorruptImage, DatasetError, ImageTooLarge
+from sainet.core.imaging import ImageInfo, decode_rgb, probe
+from sainet.core.parallel import ordered_map
 
 __all__ = ["SplitStats", "CheckReport", "Duplicates", "check_dataset", "content_digest", "find_duplicates", "inspect_image"]
 

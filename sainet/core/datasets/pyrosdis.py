@@ -26,9 +26,9 @@ from pathlib import Path, PurePosixPath
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sainet.datasets.base import Importer, ProblemKind, Sample, detect_id_base, split_sort_key
-from sainet.datasets.guards import check_parquet_schema
-from sainet.errors import DatasetError, LayoutError
+from sainet.core.datasets.base import Importer, ProblemKind, Sample, detect_id_base, split_sort_key
+from sainet.core.datasets.guards import check_parquet_schema
+from sainet.core.errors import DatasetError, LayoutError
 
 __all__ = ["PyroSdisImporter", "PYROSDIS_CLASSES", "REQUIRED_COLUMNS", "find_shards"]
 

@@ -14,9 +14,9 @@ from typing import ClassVar
 
 import numpy as np
 
-from sainet.errors import DatasetError, PathOutsideRoot
-from sainet.imaging import probe
-from sainet.safepath import resolve_inside, utf8_text
+from sainet.core.errors import DatasetError, PathOutsideRoot
+from sainet.core.imaging import probe
+from sainet.core.safepath import resolve_inside, utf8_text
 
 __all__ = [
     "IMAGE_EXTS",

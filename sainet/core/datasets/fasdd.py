@@ -22,10 +22,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from sainet.datasets.base import Importer, ProblemKind, Sample, read_lines, resolve_inside
-from sainet.datasets.coco import read_coco
-from sainet.datasets.yolo import label_path_for
-from sainet.errors import DatasetError, PathOutsideRoot
+from sainet.core.datasets.base import Importer, ProblemKind, Sample, read_lines, resolve_inside
+from sainet.core.datasets.coco import read_coco
+from sainet.core.datasets.yolo import label_path_for
+from sainet.core.errors import DatasetError, PathOutsideRoot
 
 __all__ = ["FasddImporter", "FASDD_CLASSES", "fasdd_root"]
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sainet.datasets.base import BoxTally, Importer, Problem, ProblemKind, Sample, Severity
-from sainet.datasets.coco import CocoImporter
-from sainet.datasets.fasdd import FasddImporter
-from sainet.datasets.pyrosdis import PyroSdisImporter
-from sainet.datasets.voc import VocImporter
-from sainet.datasets.yolo import YoloImporter
-from sainet.errors import DatasetError, LayoutError
+from sainet.core.datasets.base import BoxTally, Importer, Problem, ProblemKind, Sample, Severity
+from sainet.core.datasets.coco import CocoImporter
+from sainet.core.datasets.fasdd import FasddImporter
+from sainet.core.datasets.pyrosdis import PyroSdisImporter
+from sainet.core.datasets.voc import VocImporter
+from sainet.core.datasets.yolo import YoloImporter
+from sainet.core.errors import DatasetError, LayoutError
 
 __all__ = ["LAYOUTS", "BoxTally", "Importer", "Problem", "ProblemKind", "Sample", "Severity", "detect_layout", "open_dataset"]
 

@@ -1,0 +1,75 @@
+"""What a bench run is given (`BenchConfig`, made from a hardware profile by `bench_config`) and what
+each backend's row holds (`BenchResult`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sainet.settings import BENCH_BACKENDS, default_threads
+
+BACKENDS = BENCH_BACKENDS  # every name `run_bench` measures (sainet.settings: light enough for the CLI)
+REFERENCES = ("decode", "work-minimum", "raw-copy")
+#: The bench's train augmentation on top of Ultralytics' defaults (mosaic 1.0, HSV 0.015/0.7/0.4,
+#: fliplr 0.5, translate 0.1, scale 0.5): mixup 0.15, as in the FASDD stage-1 config (issue 14).
+BENCH_HYP: dict[str, float] = {"mixup": 0.15}
+
+
+@dataclass
+class BenchResult:
+    name: str
+    kind: str  # "loader" or "reference"
+    images_per_s: float
+    batches: int = 0
+    images: int = 0
+    seconds: float = 0.0
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    cpu_percent: float | None = None
+    pss_mb: float | None = None  # peak summed PSS of the process tree above the idle baseline
+    pss_anon_mb: float | None = None  # ... of which anonymous (private heap); the rest is mapped store pages
+    ratios: dict[str, float] = field(default_factory=dict)
+    note: str = ""
+    out_shape: str | None = None  # WxH of each output image; None: the source's own size (decode)
+    pixels_per_batch: int | None = None
+    decodes_per_image: float | None = None  # JPEG decodes per output image (mosaic/mixup partners included)
+    augment: str = ""  # the augmentation settings, in Ultralytics' names
+    megapixels_per_s: float | None = None
+    repeats: list[float] = field(default_factory=list)  # images/s of each repeat (the figure is their median)
+    cpu_ms_per_image: float | None = None  # CPU time of the process tree per output image (robust to a busy host)
+
+@dataclass
+class BenchConfig:
+    stores: dict[str, Path]  # "shards", "lmdb" (jpeg stores), optionally "raw"
+    source: Path | None  # the dataset folder (disk, ultralytics)
+    imgsz: tuple[int, int]
+    batch: int = 8
+    augment: bool = True
+    seconds: float | None = 10.0
+    batches: int | None = None
+    warmup: int = 3
+    threads: int = 2
+    prefetch: int = 2
+    workers: int = 2  # Ultralytics DataLoader workers
+    cold: bool = False
+    split: str = "train"
+    hyp: dict[str, float] = field(default_factory=lambda: dict(BENCH_HYP))  # Ultralytics names, on its defaults
+    repeats: int = 1
+    scratch: Path | None = None  # where the Ultralytics link tree goes (default: the system temp folder)
+
+def bench_config(*, stores: dict[str, Any], source: Any, imgsz: tuple[int, int], profile: Any, batch: int | None = None,
+                 augment: bool = True, seconds: float | None = 10.0, batches: int | None = None,
+                 threads: int | None = None, workers: int | None = None, cold: bool = False, repeats: int = 1,
+                 hyp: dict[str, Any] | None = None, scratch: Any = None) -> BenchConfig:
+    """`BenchConfig` with the profile's values wherever the user gave none.
+
+    Threads: the profile's, at most the cores (`default_threads`); Ultralytics workers: as many as
+    the threads, so both sides get the same parallelism.
+    """
+    rec = profile.recommended
+    n_threads = threads or default_threads(recommended=int(rec["threads"]))
+    return BenchConfig(stores=stores, source=source, imgsz=imgsz, batch=batch or int(rec["batch"]), augment=augment,
+                       seconds=seconds, batches=batches, threads=n_threads, prefetch=int(rec["prefetch"]),
+                       workers=n_threads if workers is None else workers, cold=cold, repeats=repeats,
+                       hyp={**BENCH_HYP, **(hyp or {})}, scratch=scratch)

@@ -1,0 +1,70 @@
+"""The launcher: ``sainet train --device 0,1`` starts torchrun with one rank per GPU and waits for it.
+
+Each rank runs `sainet.train.rank` (the entry point apart from this launcher), which trains the
+request as that rank; `sainet.train.distributed` holds the topology and collectives both use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from sainet.train.distributed import DistributedError, per_rank_batch
+
+__all__ = ["launch", "launch_request"]
+
+log = logging.getLogger(__name__)
+
+
+def launch(request: dict[str, Any], nproc: int) -> int:
+    """Run `request` (a `sainet.train.TrainRequest` as a dict) on `nproc` local ranks through
+    torchrun; returns torchrun's exit code. torchrun runs in its own session, and that whole
+    process group is killed on the way out (also on Ctrl-C), so no rank outlives this call."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="sainet-dist-", delete=False) as f:
+        json.dump(request, f)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+           "-m", "sainet.train.rank", f.name]
+    log.info("starting %d ranks: %s", nproc, " ".join(cmd))
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    try:
+        return proc.wait()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM if proc.poll() is None else signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=30)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        Path(f.name).unlink(missing_ok=True)
+
+
+def launch_request(req: Any, overrides: dict[str, Any], nproc: int) -> Path:
+    """`launch` a `TrainRequest` whose resolved Ultralytics `overrides` are given; returns the run folder.
+
+    The folder is chosen here (``name``, ``name2``... as Ultralytics would) and handed to the ranks,
+    so that the caller knows where the results are. Callbacks cannot travel to other processes and
+    are dropped with a warning."""
+    from ultralytics.cfg import DEFAULT_CFG, get_cfg, get_save_dir
+
+    per_rank_batch(int(overrides["batch"]), nproc)  # refuse before starting anything
+    if req.callbacks:
+        log.warning("callbacks are not passed to the %d spawned ranks; start torchrun yourself to use them", nproc)
+    request = {k: v for k, v in asdict(req).items() if k != "callbacks"}
+    if overrides.get("resume"):
+        save_dir = Path(overrides["resume"]).resolve().parent.parent
+    else:
+        save_dir = Path(get_save_dir(get_cfg(DEFAULT_CFG, overrides)))
+        request["sets"] = {**request["sets"], "save_dir": str(save_dir)}
+    rc = launch(request, nproc)
+    if rc:
+        raise DistributedError(f"distributed training failed: torchrun exited with {rc} (the failing rank's error is above)")
+    return save_dir
