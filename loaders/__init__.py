@@ -79,7 +79,7 @@ def build_loader(
     epochs (Ultralytics' trainer instead calls ``loader.dataset.close_mosaic()``).
     `partner_batches`: how many recent batches' decoded samples mosaics may take partners from
     (None: as many as Ultralytics' buffer spans, up to `loader.PARTNER_BYTES` of decoded pixels;
-    0: partners from the batch itself; the dali loader takes them from its own batch).
+    0: partners from the batch itself; the dali loader keeps the same history).
     """
     backend = get_backend(kind)
     hyp = hyp if isinstance(hyp, Hyp) else Hyp.from_dict(hyp)

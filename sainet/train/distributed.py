@@ -4,7 +4,7 @@ Every multi-process run is started by torchrun (``torch.distributed.run``), whic
 ``WORLD_SIZE``, ``LOCAL_RANK`` in each process:
 
 * ``sainet train --device 0,1 ...`` (one machine, several GPUs) spawns
-  ``python -m torch.distributed.run --standalone --nproc-per-node 2 -m sainet.train.rank REQUEST.json``
+  ``python -m torch.distributed.run --standalone --nproc-per-node 2 -m sainet.train.rank SETTINGS.json``
   itself (`sainet.train.launch`), waits for it and returns the run folder;
 * ``torchrun --nnodes N --node-rank R --nproc-per-node G --rdzv-backend c10d --rdzv-endpoint HOST:PORT
   -m sainet train ...`` on each machine starts the ranks directly.
