@@ -20,7 +20,7 @@ import numpy as np
 from cache_tools.format import INDEX_NAME, IndexData, payload_checksum, read_index, shard_name
 from sainet.core.errors import StoreCorruptError, StoreFormatError
 
-__all__ = ["Record", "Store", "open_store", "lmdb_required_bytes", "shard_problems"]
+__all__ = ["Record", "Store", "is_store", "open_store", "lmdb_required_bytes", "shard_problems"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,6 +306,14 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def is_store(path: str | os.PathLike[str]) -> bool:
+    """Whether `path` is a store: a folder holding a sainet index (`INDEX_NAME`). The one rule every
+    caller asks (the trainer, the benchmark, distributed training, the pack target); whether the
+    index is valid is checked when the store is opened (`open_store`), and before `--force` deletes
+    anything (`cache_tools.target.is_store_folder`)."""
+    return (Path(path) / INDEX_NAME).is_file()
 
 
 def open_store(path: str | os.PathLike[str]) -> Store:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from cache_tools.format import INDEX_NAME, MAGIC
 from cache_tools.plan import fs_info
+from cache_tools.store import is_store
 from sainet.core.errors import CapacityError, StoreError, StoreExistsError, TargetError, TargetLocked
 from sainet.core.safepath import is_inside, overlaps
 
@@ -67,9 +68,10 @@ def _only_files_matching(folder: Path, pattern: re.Pattern[str]) -> str | None:
 
 
 def is_store_folder(path: Path) -> bool:
-    """A folder holding a sainet index (magic checked) and nothing but store files."""
+    """A store (`is_store`) that is no link, whose index has the magic, holding nothing but store
+    files: what `--force` may replace."""
     index = path / INDEX_NAME
-    if path.is_symlink() or not path.is_dir() or index.is_symlink() or not index.is_file():
+    if path.is_symlink() or not path.is_dir() or index.is_symlink() or not is_store(path):
         return False
     with open(index, "rb") as f:
         if f.read(len(MAGIC)) != MAGIC:
@@ -86,7 +88,7 @@ def _check_replaceable(to: Path, force: bool) -> None:
         raise TargetError(f"{to} is a symbolic link; --force replaces only a sainet store folder (pack to its real path)")
     if not to.is_dir():
         raise TargetError(f"{to} is a file, not a sainet store; --force replaces only a sainet store")
-    if not (to / INDEX_NAME).is_file():
+    if not is_store(to):
         raise TargetError(f"{to} is not a sainet store (no {INDEX_NAME}); --force replaces only a sainet store, refusing to delete it")
     if not is_store_folder(to):
         odd = _only_files_matching(to, _STORE_FILE)

@@ -68,7 +68,8 @@ def build_loader(
 ) -> SainetLoader:
     """Build a loader over one split of `data` (a store; for ``disk`` a dataset folder or data.yaml).
 
-    `imgsz`: int (square), (h, w) tuple, or ``"WxH"`` string; padded up to stride 32.
+    `imgsz`: int (square), (h, w) tuple, or ``"WxH"`` string; padded up to stride 32 (an `Imgsz`,
+    what `TrainSettings` and the CLI hold, is already parsed and taken as it is).
     `threads`: decode threads (default `default_threads()`).
     `on_error`: ``"raise"`` a typed error naming the record, or ``"skip"`` it (logged and counted).
     `verify`: check each payload's CRC as it is read. Default: on for jpeg stores (cheap next to
@@ -78,14 +79,14 @@ def build_loader(
     epochs (Ultralytics' trainer instead calls ``loader.dataset.close_mosaic()``).
     `partner_batches`: how many recent batches' decoded samples mosaics may take partners from
     (None: as many as Ultralytics' buffer spans, up to `loader.PARTNER_BYTES` of decoded pixels;
-    0: partners from the batch itself; the dali loader takes them from its own batch).
+    0: partners from the batch itself; the dali loader keeps the same history).
     """
     backend = get_backend(kind)
     hyp = hyp if isinstance(hyp, Hyp) else Hyp.from_dict(hyp)
     common = dict(batch_size=batch_size, imgsz=parse_imgsz(imgsz), augment=augment, hyp=hyp, rank=rank,
                   world_size=world_size, seed=seed, threads=threads or default_threads(), prefetch=prefetch,
                   on_error=on_error, shuffle=shuffle, epochs=epochs, partner_batches=partner_batches)
-    if backend.reads == "dataset":
+    if backend.reads != "store":  # a dataset folder (disk); Ultralytics' own loader refuses in `build`
         return backend.build(Path(data), split, {"layout": layout}, common)
     from cache_tools.store import open_store
 

@@ -41,7 +41,7 @@ from loaders.assemble import CpuAssembler, History
 from loaders.augment.torch_exec import render_batch
 from loaders.collate import collate
 from loaders.decode import Decoded
-from loaders.loader import BatchBuilder, SainetLoader
+from loaders.loader import SainetLoader
 from loaders.read import read_encoded
 from sainet.core.errors import CorruptImage
 
@@ -260,7 +260,7 @@ class DaliLoader(SainetLoader):
         super().__init__(source, **kw)
         log.info("dali loader: decoders.image on %s", self.dali_device)
 
-    def _builder(self) -> BatchBuilder:
+    def _builder(self) -> DaliAssembler:
         return DaliAssembler(self)
 
     def reset(self) -> None:

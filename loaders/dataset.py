@@ -7,6 +7,7 @@ reads) and calls `dataset.close_mosaic(hyp)` for the last epochs; the loader's a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -42,7 +43,7 @@ class LoaderDataset:
         self.mosaic = False
         self.hyp = replace(self.hyp, mosaic=0.0, mixup=0.0, copy_paste=0.0)
 
-    def plan(self, used: list[int], rng: np.random.Generator, partners: list[int] = ()) -> BatchPlan:  # type: ignore[assignment]
+    def plan(self, used: list[int], rng: np.random.Generator, partners: Sequence[int] = ()) -> BatchPlan:
         """The augment plan (or eval letterbox) of a batch of samples `used`, from the index alone;
         `partners`: more samples (recent batches') that mosaics may take partners from."""
         src = self.source

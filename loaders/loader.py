@@ -4,9 +4,10 @@
                            '------------- one batch: assemble.py (or dali.py) ------------'
     prefetch (prefetch.py): a producer thread runs the batch builder ahead of the consumer.
 
-The stages share one small contract: a batch builder is ``build(indices, rng) -> batch dict``
-(`BatchBuilder`); everything before it is per sample, everything after it is per batch. No
-per-sample worker processes and nothing that grows with the dataset or the epoch count.
+The stages share one small contract: a batch builder is ``build(indices, rng, k, history) -> batch``
+(`BatchBuilder`, what `CpuAssembler` and `DaliAssembler` implement); everything before it is per
+sample, everything after it is per batch. No per-sample worker processes and nothing that grows
+with the dataset or the epoch count.
 """
 
 from __future__ import annotations
@@ -42,9 +43,12 @@ PARTNER_MAX = 7
 
 
 class BatchBuilder(Protocol):
-    """The contract between the per-sample stages and the loader: one batch from sample indices."""
+    """The contract between the per-sample stages and the loader: batch `k` of an epoch from its
+    sample `indices`, its random draws from `rng`. `history`: the decoded samples of recent batches
+    that mosaics may take partners from (None: partners from this batch only). Returns the batch
+    (`SainetLoader._hand_off` turns it into Ultralytics' batch dict in the consumer's thread)."""
 
-    def build(self, indices: np.ndarray, rng: np.random.Generator) -> Any: ...
+    def build(self, indices: np.ndarray, rng: np.random.Generator, k: int = 0, history: History | None = None) -> Any: ...
 
 
 class SainetLoader:
@@ -83,16 +87,8 @@ class SainetLoader:
         self._history: History | None = None
         self._state = ResumeState(seed=seed, rank=rank, num_samples=len(self.sampler), batch_size=batch_size)
         self._next_epoch = 0
-        self._epoch_from_sampler = False
         self._resume_batch = 0
         self._active: Epoch | None = None
-        orig_set_epoch = self.sampler.set_epoch
-
-        def set_epoch(epoch: int) -> None:  # the trainer's DDP call picks the next epoch's order
-            orig_set_epoch(epoch)
-            self._epoch_from_sampler = True
-
-        self.sampler.set_epoch = set_epoch  # type: ignore[method-assign]
 
     def _builder(self) -> BatchBuilder:
         """The batch builder of this backend (the DALI loader makes its own)."""
@@ -128,7 +124,7 @@ class SainetLoader:
         trainer drives it); otherwise each pass takes the next epoch. Nothing is built until the
         first batch is asked for, so an iterator made and dropped costs nothing."""
         self.reset()
-        epoch = self.sampler.epoch if self._epoch_from_sampler else self._next_epoch
+        epoch = self.sampler.epoch if self.sampler.epoch_set else self._next_epoch
         self._next_epoch = epoch + 1
         if self.epochs and self.hyp.close_mosaic and epoch >= self.epochs - self.hyp.close_mosaic and self.dataset.mosaic:
             self.dataset.close_mosaic()
@@ -155,7 +151,7 @@ class SainetLoader:
     def load_state_dict(self, state: dict) -> None:
         got = self._state.check(state)
         self._next_epoch, self._resume_batch = got.epoch, got.batches_done
-        if self._epoch_from_sampler:
+        if self.sampler.epoch_set:
             self.sampler.epoch = got.epoch
 
     def close(self) -> None:
@@ -192,10 +188,7 @@ class SainetLoader:
         """Batch k of `epoch`: its random draws are a pure function of (seed, epoch, k, rank)."""
         rng = np.random.default_rng([self.seed, epoch, k, self.rank])
         t0 = time.perf_counter()
-        if self._history is not None:
-            item = self.builder.build(indices, rng, k, self._history)  # type: ignore[call-arg]
-        else:
-            item = self.builder.build(indices, rng)
+        item = self.builder.build(indices, rng, k, self._history)
         with self._telemetry:
             self.busy_seconds += (time.perf_counter() - t0) / self.assemblers  # wall time shared by those in flight
             self.images_built += len(indices)

@@ -17,7 +17,9 @@ identity when not shuffling), the same on every rank. Rank r of world w then tak
   ``order[r * n // w : (r + 1) * n // w]``; no record is repeated, so every validation image
   is counted once when the ranks' statistics are gathered (slices differ in length by at most 1).
 
-The trainer-facing attributes (`__len__`, `set_epoch`) follow torch's DistributedSampler.
+The trainer-facing attributes (`__len__`, `set_epoch`) follow torch's DistributedSampler. Once
+`set_epoch` has been called (`epoch_set`), the loader takes each pass's epoch from the sampler (the
+trainer drives it) instead of counting passes itself.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class ShardedSampler:
             raise ValueError("cannot sample an empty split")
         self.n, self.rank, self.world_size, self.seed, self.shuffle, self.pad = n, rank, world_size, seed, shuffle, pad
         self.epoch = 0
+        self.epoch_set = False  # set_epoch was called: the caller (the trainer) picks each epoch
         if pad:
             self.num_samples = math.ceil(n / world_size)
         else:
@@ -51,6 +54,7 @@ class ShardedSampler:
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+        self.epoch_set = True
 
     def permutation(self, epoch: int | None = None) -> np.ndarray:
         """The whole split's order for `epoch`, the same on every rank."""

@@ -14,12 +14,12 @@ from typing import Any
 
 from loaders.backends import BACKENDS
 from sainet.core.errors import SettingsError
-from sainet.core.geometry import parse_imgsz
+from sainet.core.geometry import Imgsz, parse_imgsz
 from sainet.core.parallel import default_threads
 
 __all__ = [
     "LOADERS",
-    "BENCH_BACKENDS",
+    "BENCH_NAMES",
     "DEFAULT_IMGSZ",
     "TrainSettings",
     "default_threads",
@@ -27,12 +27,12 @@ __all__ = [
     "parse_device",
 ]
 
-#: Loaders `sainet train` accepts: sainet's backends (loaders.backends.BACKENDS) and Ultralytics' own (for comparison).
-LOADERS = (*BACKENDS, "ultralytics")
+#: Loaders `sainet train` accepts: the backend table (loaders.backends.BACKENDS), Ultralytics' own loader included.
+LOADERS = tuple(BACKENDS)
 #: every name `sainet bench-loader` measures: the loaders, Ultralytics' RAM cache (peer), raw-store variants
-BENCH_BACKENDS = (*LOADERS, "ultralytics-ram", "raw-shm", "raw-lmdb")
+BENCH_NAMES = (*LOADERS, "ultralytics-ram", "raw-shm", "raw-lmdb")
 #: Training shape when none is given and none is restored from a run: Ultralytics' default.
-DEFAULT_IMGSZ = (640, 640)
+DEFAULT_IMGSZ = Imgsz(640, 640)
 
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12,
           "tb": 10**12, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
@@ -99,8 +99,7 @@ class TrainSettings:
     checkpoint_every: int = 0  # > 0: weights/mid_epoch.pt every N batches (resume continues mid-epoch)
 
     def __post_init__(self) -> None:
-        if self.imgsz is not None and not (isinstance(self.imgsz, tuple) and all(isinstance(v, int) for v in self.imgsz)
-                                           and parse_imgsz(self.imgsz) == self.imgsz):
+        if self.imgsz is not None:  # text or a plain tuple from a Python caller; an Imgsz (the CLI's) stays as it is
             try:
                 object.__setattr__(self, "imgsz", parse_imgsz(self.imgsz))
             except (TypeError, ValueError) as e:

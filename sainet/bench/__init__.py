@@ -31,10 +31,10 @@ where its labels cache also lands.
 """
 
 from sainet.bench.report import fill_ratios, headline, host_description, plot_results, save_results
-from sainet.bench.results import BACKENDS, BENCH_HYP, REFERENCES, BenchConfig, BenchResult, bench_config
+from sainet.bench.results import BENCH_HYP, BENCH_NAMES, REFERENCES, BenchConfig, BenchResult, bench_config
 from sainet.bench.run import run_bench, stdout_to_stderr
 from sainet.bench.sampling import evict
 from sainet.bench.stores import prepare_stores
 
-__all__ = ["BACKENDS", "BENCH_HYP", "REFERENCES", "BenchConfig", "BenchResult", "bench_config", "evict", "fill_ratios", "headline",
+__all__ = ["BENCH_HYP", "BENCH_NAMES", "REFERENCES", "BenchConfig", "BenchResult", "bench_config", "evict", "fill_ratios", "headline",
            "host_description", "plot_results", "prepare_stores", "run_bench", "save_results", "stdout_to_stderr"]

@@ -8,8 +8,8 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from loaders.backends import BACKENDS as LOADER_BACKENDS
-from sainet.bench.results import BACKENDS, BenchConfig
+from loaders.backends import BACKENDS
+from sainet.bench.results import BENCH_NAMES, BenchConfig
 
 
 def _loop(make: Callable[[], Iterator[dict]]) -> Iterator[int]:
@@ -25,7 +25,7 @@ def _loop(make: Callable[[], Iterator[dict]]) -> Iterator[int]:
 def _sainet_backend(kind: str, cfg: BenchConfig, store: Path | None) -> tuple[Iterator[int], Callable[[], None]]:
     from loaders import build_loader
 
-    data = cfg.source if kind == "disk" else store
+    data = cfg.source if BACKENDS[kind].reads == "dataset" else store
     loader = build_loader(data, kind, batch_size=cfg.batch, imgsz=cfg.imgsz, split=cfg.split, augment=cfg.augment,
                           hyp=cfg.hyp, threads=cfg.threads, prefetch=cfg.prefetch, device=None)
     return _loop(lambda: iter(loader)), loader.close
@@ -86,17 +86,17 @@ def jpeg_store(cfg: BenchConfig) -> Path | None:
 
 def open_backend(name: str, cfg: BenchConfig, ultralytics_dir: Callable[[], Path]) -> tuple[Iterator[int], Callable[[], None]]:
     """Build backend `name`; FileNotFoundError / ValueError say why it cannot run here."""
-    if name in ("ultralytics", "ultralytics-ram"):
+    b = BACKENDS.get(name)  # what each loader reads: the loaders' one table
+    if name == "ultralytics-ram" or (b is not None and b.external):  # Ultralytics' own loader (and its RAM cache)
         if cfg.source is None:
             raise FileNotFoundError("the ultralytics backend needs the source dataset")
         return _ultralytics_backend(cfg, name == "ultralytics-ram", ultralytics_dir())
-    if name in LOADER_BACKENDS:
-        b = LOADER_BACKENDS[name]  # which container each backend reads: the loaders' one table
+    if b is not None:
         store = None if b.reads == "dataset" else cfg.stores.get(b.container) if b.container else jpeg_store(cfg)
-        if name != "disk" and store is None:
+        if b.reads == "store" and store is None:
             raise FileNotFoundError(f"no store for the {name} backend")
-        if name == "disk" and cfg.source is None:
-            raise FileNotFoundError("the disk backend needs the source dataset")
+        if b.reads == "dataset" and cfg.source is None:
+            raise FileNotFoundError(f"the {name} backend needs the source dataset")
         return _sainet_backend(name, cfg, store)
     if name.startswith("raw-"):
         kind = name.removeprefix("raw-")
@@ -104,4 +104,4 @@ def open_backend(name: str, cfg: BenchConfig, ultralytics_dir: Callable[[], Path
         if key not in cfg.stores:
             raise FileNotFoundError(f"no raw {kind} store (pass --raw, or a raw store)")
         return _sainet_backend(kind, cfg, cfg.stores[key])
-    raise ValueError(f"unknown backend {name!r} (known: {', '.join(BACKENDS)})")
+    raise ValueError(f"unknown backend {name!r} (known: {', '.join(BENCH_NAMES)})")

@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sainet.settings import BENCH_BACKENDS, default_threads
+# BENCH_NAMES: every name `run_bench` measures (kept in sainet.settings: light enough for the CLI)
+from sainet.settings import BENCH_NAMES as BENCH_NAMES
+from sainet.settings import default_threads
 
-BACKENDS = BENCH_BACKENDS  # every name `run_bench` measures (sainet.settings: light enough for the CLI)
 REFERENCES = ("decode", "work-minimum", "raw-copy")
 #: The bench's train augmentation on top of Ultralytics' defaults (mosaic 1.0, HSV 0.015/0.7/0.4,
 #: fliplr 0.5, translate 0.1, scale 0.5): mixup 0.15, as in the FASDD stage-1 config (issue 14).

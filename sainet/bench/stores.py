@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cache_tools.format import INDEX_NAME
-from cache_tools.store import open_store
+from cache_tools.store import is_store, open_store
 from sainet.core.geometry import format_imgsz
 
 
@@ -28,7 +27,7 @@ def prepare_stores(source: Path | None, store: Path | None, work: Path, imgsz: t
             if key in stores or (key == "raw" and not raw) or (key == "raw-lmdb" and not raw_lmdb):
                 continue
             target = work / f"{key}-{format_imgsz(imgsz) if key.startswith('raw') else 'jpeg'}"
-            if not (target / INDEX_NAME).is_file():
+            if not is_store(target):
                 pack(source, target, PackOptions(**{**opts.__dict__, "force": True}))
             stores[key] = target
     return stores, source

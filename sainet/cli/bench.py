@@ -11,7 +11,7 @@ from rich.table import Table
 
 from sainet.cli._app import ProfileName, app, bar_factory, console, imgsz_type, key_value_type, run
 from sainet.core.geometry import format_imgsz
-from sainet.settings import BENCH_BACKENDS as _KNOWN
+from sainet.settings import BENCH_NAMES as _KNOWN
 
 
 def _loader_list(text: str) -> list[str]:

@@ -6,7 +6,6 @@ string and a type that rejects bad values, copied into `TrainSettings` in `body`
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -15,6 +14,7 @@ from rich.table import Table
 
 from sainet.cli._app import ProfileName, app, console, device_type, imgsz_type, key_value_type, run
 from sainet.core.errors import SettingsError
+from sainet.core.topology import TorchrunEnv
 from sainet.settings import LOADERS
 
 Loader = Literal[LOADERS]  # type: ignore[valid-type]
@@ -22,7 +22,7 @@ _TELEMETRY = ("epoch", "epoch_s", "data_wait_fraction", "train_img_per_s", "load
 
 
 def print_train_result(r: Any) -> None:
-    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 alone reports
+    if TorchrunEnv.from_env().rank:  # under torchrun, rank 0 alone reports
         return
     chosen = {k: v for k, v in r.resolved.items() if k != "overrides"}
     console.print(f"[bold]{r.save_dir}[/]: " + ", ".join(f"{k}={v}" for k, v in chosen.items()))

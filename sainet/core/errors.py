@@ -26,6 +26,7 @@ __all__ = [
     "StoreWriteError",
     "SettingsError",
     "ClassMappingError",
+    "DistributedError",
 ]
 
 
@@ -141,3 +142,10 @@ class ClassMappingError(DatasetError):
     def __init__(self, message: str, *, store: str, have: list[str], missing: list[str], extra: list[str]) -> None:
         super().__init__(message)
         self.store, self.have, self.missing, self.extra = store, have, missing, extra
+
+
+class DistributedError(SainetError):
+    """The ranks of a distributed run disagree (store, world size, batch), a rank failed, or
+    torchrun's environment is incomplete."""
+
+    exit_code = 6

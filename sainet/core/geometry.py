@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import cv2
 import numpy as np
 
-__all__ = ["PAD_VALUE", "Letterbox", "parse_wxh", "parse_imgsz", "letterbox_params", "letterbox", "format_imgsz"]
+__all__ = ["PAD_VALUE", "Imgsz", "Letterbox", "parse_wxh", "parse_imgsz", "letterbox_params", "letterbox", "format_imgsz"]
 
 PAD_VALUE = 114
 
@@ -35,8 +36,25 @@ def parse_wxh(text: str) -> tuple[int, int]:
     return w, h
 
 
+class Imgsz(NamedTuple):
+    """A training shape (H, W) that has been parsed and padded to stride 32: what `parse_imgsz`
+    returns. It is a plain ``(h, w)`` tuple to everything else (equality, JSON, numpy shapes, its
+    repr); its type only records that parsing is done, so a value parsed at the edge (the CLI, a
+    `TrainSettings`) crosses the settings, the trainer and `loaders.build_loader` without being
+    parsed again."""
+
+    h: int
+    w: int
+
+    def __repr__(self) -> str:
+        return tuple.__repr__(self)
+
+
 def parse_imgsz(value: int | str | tuple[int, int] | list[int], stride: int = 32) -> tuple[int, int]:
-    """int (square), (h, w) tuple, or ``"WxH"`` / ``"N"`` string -> (H, W) rounded up to `stride`."""
+    """int (square), (h, w) tuple, or ``"WxH"`` / ``"N"`` string -> (H, W) rounded up to `stride`
+    (an `Imgsz` at the default stride 32). An `Imgsz` is already parsed and is returned as it is."""
+    if isinstance(value, Imgsz) and stride == 32:
+        return value
     if isinstance(value, str):
         text = value.lower().strip()
         if "x" in text:
@@ -54,7 +72,8 @@ def parse_imgsz(value: int | str | tuple[int, int] | list[int], stride: int = 32
         h = w = int(value)
     if h <= 0 or w <= 0:
         raise ValueError(f"imgsz {value!r} must be positive")
-    return math.ceil(h / stride) * stride, math.ceil(w / stride) * stride
+    hw = math.ceil(h / stride) * stride, math.ceil(w / stride) * stride
+    return Imgsz(*hw) if stride == 32 else hw
 
 
 def format_imgsz(hw: tuple[int, int]) -> str:

@@ -7,6 +7,8 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
+from sainet.core.topology import TorchrunEnv
+
 __all__ = ["default_threads", "ordered_map"]
 
 T = TypeVar("T")
@@ -29,6 +31,6 @@ def default_threads(cores: int | None = None, recommended: int | None = None, ra
     """Decode threads per rank when none are asked for: the profile's recommendation (8 without
     one), never more than this rank's share of the cores — `cores` (default: this host's) divided
     by `ranks` on the node (default: ``LOCAL_WORLD_SIZE``, which torchrun sets; 1 otherwise)."""
-    ranks = ranks or int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    ranks = ranks or TorchrunEnv.from_env().local_world_size or 1
     share = (cores or os.cpu_count() or 2) // max(1, ranks)
     return max(1, min(recommended or 8, share))

@@ -4,12 +4,13 @@ Every multi-process run is started by torchrun (``torch.distributed.run``), whic
 ``WORLD_SIZE``, ``LOCAL_RANK`` in each process:
 
 * ``sainet train --device 0,1 ...`` (one machine, several GPUs) spawns
-  ``python -m torch.distributed.run --standalone --nproc-per-node 2 -m sainet.train.rank REQUEST.json``
+  ``python -m torch.distributed.run --standalone --nproc-per-node 2 -m sainet.train.rank SETTINGS.json``
   itself (`sainet.train.launch`), waits for it and returns the run folder;
 * ``torchrun --nnodes N --node-rank R --nproc-per-node G --rdzv-backend c10d --rdzv-endpoint HOST:PORT
   -m sainet train ...`` on each machine starts the ranks directly.
 
 A process that finds ``RANK``/``WORLD_SIZE`` in its environment trains as that rank and never spawns.
+That environment is read in one place, `sainet.core.topology` (`DistInfo` is its `Topology`).
 `SainetTrainer` then creates the process group here (`init_process_group`): gloo with
 ``--device cpu`` (so the whole path runs in CI), NCCL on CUDA with device = ``LOCAL_RANK``, and a
 timeout of ``SAINET_DIST_TIMEOUT`` seconds (default `DEFAULT_TIMEOUT_S`) instead of Ultralytics'
@@ -33,7 +34,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sainet.core.errors import SainetError
+from sainet.core.errors import DistributedError
+from sainet.core.topology import Topology, TorchrunEnv
 
 __all__ = [
     "DEFAULT_TIMEOUT_S", "ENV_TIMEOUT", "DistributedError", "DistInfo", "StoreFingerprint", "check_same_store",
@@ -51,39 +53,8 @@ ENV_TIMEOUT = "SAINET_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 600.0
 
 
-class DistributedError(SainetError):
-    """The ranks of a distributed run disagree (store, world size, batch) or a rank failed."""
-
-    exit_code = 6
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    """This process's place in the run, from torchrun's environment (world_size 1 when not under torchrun)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    local_world_size: int = 1
-
-    @classmethod
-    def from_env(cls) -> DistInfo:
-        env = os.environ
-        world = int(env.get("WORLD_SIZE", "1"))
-        if world <= 1:
-            return cls()
-        try:
-            return cls(int(env["RANK"]), world, int(env.get("LOCAL_RANK", "0")), int(env.get("LOCAL_WORLD_SIZE", world)))
-        except KeyError:
-            raise DistributedError("WORLD_SIZE is set but RANK is not: start sainet with torchrun") from None
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
+#: This process's place in the run, from torchrun's environment (`sainet.core.topology.Topology`).
+DistInfo = Topology
 
 
 def timeout_s() -> float:
@@ -105,7 +76,7 @@ def _devices(device: str | None) -> list[str]:
 def ranks_to_spawn(device: str | None) -> int:
     """How many ranks `launch` should start for `device` here: the number of GPUs in a list such as
     ``0,1`` when this process is not already a rank; 0 otherwise (train in this process)."""
-    if "RANK" in os.environ or "WORLD_SIZE" in os.environ:
+    if TorchrunEnv.from_env().started:
         return 0
     n = len(_devices(device))
     return n if n > 1 else 0
@@ -113,15 +84,15 @@ def ranks_to_spawn(device: str | None) -> int:
 
 def world_size_for(device: str | None) -> int:
     """Ranks of the whole run: torchrun's WORLD_SIZE, else the GPUs listed in `device` (what `launch` starts)."""
-    if os.environ.get("WORLD_SIZE"):
-        return max(1, int(os.environ["WORLD_SIZE"]))
+    if (world := TorchrunEnv.from_env().world_size) is not None:
+        return max(1, world)
     return max(1, len(_devices(device)))
 
 
 def ranks_per_node(device: str | None) -> int:
     """Ranks sharing this machine's memory: torchrun's LOCAL_WORLD_SIZE, else the GPUs listed in `device`."""
-    if os.environ.get("LOCAL_WORLD_SIZE"):
-        return max(1, int(os.environ["LOCAL_WORLD_SIZE"]))
+    if (local := TorchrunEnv.from_env().local_world_size) is not None:
+        return max(1, local)
     return max(1, len(_devices(device)))
 
 
@@ -221,9 +192,10 @@ def store_fingerprint(data: str | os.PathLike[str], names: list[str] | None = No
     """The fingerprint of a store (its index file), or for a dataset folder (``--loader disk``) of
     the record names the loader found."""
     from cache_tools.format import INDEX_NAME, read_index
+    from cache_tools.store import is_store
 
-    index = Path(data) / INDEX_NAME
-    if index.is_file():
+    if is_store(data):
+        index = Path(data) / INDEX_NAME
         meta = read_index(Path(data))  # validates the index (typed error if foreign or damaged)
         return StoreFingerprint(int(meta.version), len(meta.records), hashlib.blake2b(index.read_bytes(), digest_size=16).hexdigest())
     h = hashlib.blake2b(digest_size=16)

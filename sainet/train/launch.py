@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 def launch(request: dict[str, Any], nproc: int) -> int:
-    """Run `request` (a `sainet.train.TrainRequest` as a dict) on `nproc` local ranks through
+    """Run `request` (a `sainet.settings.TrainSettings` as `to_dict` writes it) on `nproc` local ranks through
     torchrun; returns torchrun's exit code. torchrun runs in its own session, and that whole
     process group is killed on the way out (also on Ctrl-C), so no rank outlives this call."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="sainet-dist-", delete=False) as f:
@@ -58,7 +57,7 @@ def launch_request(req: Any, overrides: dict[str, Any], nproc: int) -> Path:
     per_rank_batch(int(overrides["batch"]), nproc)  # refuse before starting anything
     if req.callbacks:
         log.warning("callbacks are not passed to the %d spawned ranks; start torchrun yourself to use them", nproc)
-    request = {k: v for k, v in asdict(req).items() if k != "callbacks"}
+    request = req.to_dict()  # the settings file each rank reads (`sainet.train.rank`)
     if overrides.get("resume"):
         save_dir = Path(overrides["resume"]).resolve().parent.parent
     else:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -21,9 +20,11 @@ from typing import Any
 import yaml
 
 import configs
-from cache_tools.format import INDEX_NAME
+from cache_tools.store import is_store
+from loaders.backends import BACKENDS, reader_for
 from sainet.core.errors import CapacityError, DatasetError, SettingsError
 from sainet.core.geometry import format_imgsz
+from sainet.core.topology import Topology
 from sainet.profiles import HostInfo, Profile
 from sainet.settings import LOADERS, TrainSettings, default_threads
 from sainet.train import distributed, launch
@@ -129,10 +130,6 @@ def _refuse_finished(last: Path) -> None:
 # ---------------------------------------------------------------------------------------------- resolve
 
 
-def _is_store(path: str) -> bool:
-    return (Path(path) / INDEX_NAME).is_file()
-
-
 def _yolo_data_for(store: str, project: str) -> str:
     """A YOLO folder for Ultralytics' own loader: exported from the store once, reused after."""
     from cache_tools.export import export_store
@@ -172,17 +169,17 @@ def _resolve_data(s: TrainSettings, loader: str) -> _Data:
     from cache_tools.store import open_store
 
     data = str(s.data)
-    if loader == "ultralytics":
+    if BACKENDS[loader].external:  # Ultralytics' own loader: a dataset, or a store exported for it
         if s.shape[0] != s.shape[1]:
             log.warning("Ultralytics' own loader trains square: imgsz %s becomes %d", format_imgsz(s.shape), max(s.shape))
-        if not _is_store(data):
+        if not is_store(data):
             return _Data(data, loader)
         with open_store(data) as st:
             names = dict(enumerate(st.classes))
         return _Data(data, loader, names)  # exported for Ultralytics once the classes are checked (_plan)
-    if loader == "disk":
+    if BACKENDS[loader].reads == "dataset":  # the disk loader: the dataset folder a store was packed from
         src = data
-        if _is_store(data):
+        if is_store(data):
             with open_store(data) as st:
                 src = st.meta.get("source") or data
             if not Path(src).is_dir():  # moved, or several folders ("a, b": `sainet pack A B --to`)
@@ -193,17 +190,13 @@ def _resolve_data(s: TrainSettings, loader: str) -> _Data:
 
         ds = DiskSource(Path(src), None, s.layout)
         return _Data(src, loader, dict(enumerate(ds.classes)), len(ds))
-    if not _is_store(data):
+    if not is_store(data):
         raise DatasetError(f"{data} is not a store: pack it first (sainet pack {data} --to /dev/shm/NAME), "
                            "or train with --loader disk or --loader ultralytics")
     with open_store(data) as st:
         names, images, nbytes, container = dict(enumerate(st.classes)), len(st), st.nbytes(), st.container
-    from loaders.backends import BACKENDS, check_container, kind_for_container
-
-    if BACKENDS[loader].container not in (None, container):
-        if s.loader:
-            check_container(loader, container, data)  # raises, naming the loader that reads this store
-        loader = kind_for_container(container)  # the profile's choice, adapted to the store at hand
+    # the user's loader must read this store (else an error naming the one that does); the profile's is adapted to it
+    loader = reader_for(loader, container, data, given=bool(s.loader))
     return _Data(data, loader, names, images, nbytes)
 
 
@@ -230,7 +223,7 @@ def _check_memory(s: TrainSettings, d: _Data, host: HostInfo, on_cpu: bool, cuda
     from sainet.budget import estimate_budget
 
     world = distributed.world_size_for(s.device)
-    per_rank = distributed.per_rank_batch(s.batch, world) if d.loader != "ultralytics" else max(1, s.batch // world)
+    per_rank = max(1, s.batch // world) if BACKENDS[d.loader].external else distributed.per_rank_batch(s.batch, world)
     ranks = distributed.ranks_per_node(s.device)
     b = estimate_budget(images=d.images, imgsz=s.shape, batch=per_rank, threads=s.threads or 2, prefetch=s.prefetch or 2,
                         workers=8, model=s.model, amp=not on_cpu)
@@ -251,7 +244,7 @@ def _overrides(s: TrainSettings, d: _Data, hyp: dict[str, Any]) -> dict[str, Any
     out: dict[str, Any] = {
         "model": s.model, "data": d.arg, "imgsz": max(s.shape), "batch": s.batch, "device": s.device,
         "project": str(Path(s.project).resolve()), "name": s.name or f"{d.loader}-{format_imgsz(s.shape)}",
-        "exist_ok": False, "workers": 0 if d.loader != "ultralytics" else default_threads(),
+        "exist_ok": False, "workers": default_threads() if BACKENDS[d.loader].external else 0,
         # amp=False on CPU is Ultralytics' public switch: its AMP check (which downloads a model) never runs.
         "amp": not on_cpu, "pretrained": s.weights or False, "verbose": False, "plots": True, "rect": False,
     }
@@ -289,10 +282,11 @@ def _plan(settings: TrainSettings) -> _Plan:
     chosen: dict[str, Any] = {"profile": profile.name}
     hyp = _hyperparameters(s)
     _check_classes(s, d, hyp)
-    if d.loader == "ultralytics" and _is_store(d.arg):
+    external = BACKENDS[d.loader].external  # Ultralytics' own loader and trainer
+    if external and is_store(d.arg):
         d = replace(d, arg=_yolo_data_for(d.arg, s.project))
     options = None
-    if d.loader != "ultralytics":
+    if not external:
         options = SainetOptions(data=d.arg, loader=d.loader, imgsz=s.shape, threads=s.threads, prefetch=s.prefetch,
                                 layout=s.layout, names=d.names, checkpoint_every=s.checkpoint_every,
                                 weights_from=_weights_from(s))
@@ -324,14 +318,13 @@ def train(settings: TrainSettings) -> TrainResult:
     if p.options is not None:
         from sainet.train.trainer import SainetTrainer
 
-        p.options.to_env()
-        trainer = SainetTrainer(overrides=p.overrides)
+        trainer = SainetTrainer(overrides=p.overrides, options=p.options)
     else:
         from ultralytics.models.yolo.detect import DetectionTrainer
 
         trainer = DetectionTrainer(overrides=p.overrides)
     save_dir = Path(trainer.save_dir)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone writes
+    if Topology.from_env().main:  # under torchrun, rank 0 alone writes
         save_dir.mkdir(parents=True, exist_ok=True)
         (save_dir / SETTINGS_FILE).write_text(json.dumps(p.settings.replace(resume=None).to_dict(), indent=2))
     for event, fns in settings.callbacks.items():

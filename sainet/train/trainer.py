@@ -1,8 +1,9 @@
 """`SainetTrainer`: Ultralytics' DetectionTrainer with sainet loaders for train and val.
 
 Everything but the data path stays Ultralytics': loss, EMA, validator, metrics, early stopping,
-checkpoints, results.csv, the runs/ layout, --resume. sainet's own options travel in the
-``SAINET_TRAIN_OPTIONS`` environment variable (JSON), which torchrun's ranks inherit.
+checkpoints, results.csv, the runs/ layout, --resume. sainet's own options (`SainetOptions`, resolved
+once by `sainet.train.run` from the `TrainSettings`) are handed to the constructor; a torchrun rank
+resolves them itself from the settings file the launcher gives it (`sainet.train.rank`).
 
 Under torchrun the trainer, not Ultralytics, owns the process group (`sainet.train.distributed`):
 world size and global rank come from the environment rather than from the device string, gloo
@@ -53,10 +54,9 @@ from sainet.train.distributed import (
     timeout_s,
 )
 
-__all__ = ["SainetTrainer", "SainetOptions", "ENV_OPTIONS", "ENV_RECORD_SAMPLES", "MID_EPOCH_NAME"]
+__all__ = ["SainetTrainer", "SainetOptions", "ENV_RECORD_SAMPLES", "MID_EPOCH_NAME"]
 
 log = logging.getLogger(__name__)
-ENV_OPTIONS = "SAINET_TRAIN_OPTIONS"
 ENV_RECORD_SAMPLES = "SAINET_RECORD_SAMPLES"
 MID_EPOCH_NAME = "mid_epoch.pt"  # in the run's weights/ folder
 MID_EPOCH_KEY = "sainet_mid_epoch"
@@ -76,19 +76,6 @@ class SainetOptions:
     names: dict[int, str] = field(default_factory=dict)
     checkpoint_every: int = 0  # > 0: a mid-epoch checkpoint (weights/mid_epoch.pt) every N batches
     weights_from: str = "pretrained"  # how logs name the pretrained weights' classes ("stage-1")
-
-    def to_env(self) -> None:
-        os.environ[ENV_OPTIONS] = json.dumps(asdict(self))
-
-    @classmethod
-    def from_env(cls) -> SainetOptions:
-        raw = os.environ.get(ENV_OPTIONS)
-        if not raw:
-            raise RuntimeError(f"SainetTrainer needs {ENV_OPTIONS}; start training through sainet.train.train()")
-        d = json.loads(raw)
-        d["imgsz"] = tuple(d["imgsz"])
-        d["names"] = {int(k): v for k, v in d.get("names", {}).items()}
-        return cls(**d)
 
 
 class _TimedLoader:
@@ -171,10 +158,13 @@ def _ddp_device_ids_for_cpu(active: bool) -> Iterator[None]:
 class SainetTrainer(DetectionTrainer):
     """DetectionTrainer whose dataloaders are sainet loaders (see module docstring)."""
 
-    def __init__(self, cfg: Any = None, overrides: dict | None = None, _callbacks: Any = None) -> None:
+    def __init__(self, cfg: Any = None, overrides: dict | None = None, _callbacks: Any = None, *,
+                 options: SainetOptions | None = None) -> None:
         from ultralytics.cfg import DEFAULT_CFG
 
-        self.sainet = SainetOptions.from_env()
+        if options is None:
+            raise TypeError("SainetTrainer needs options=SainetOptions(...); start training through sainet.train.train()")
+        self.sainet = options
         self.dist = DistInfo.from_env()
         overrides = dict(overrides or {})
         self.dist_backend = self._start_process_group(overrides) if self.dist.distributed else None
