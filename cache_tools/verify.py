@@ -62,6 +62,7 @@ def verify_store(path: str | Path, *, threads: int = 2, progress: Callable[[int]
                 entries = _lmdb_env(store.path).stat()["entries"]
             except Exception as e:  # noqa: BLE001 - lmdb.Error and its subclasses (a damaged data.mdb)
                 raise StoreCorruptError(f"{store.path}: LMDB cannot be read: {e}") from None
+            entries -= 1 if store.meta.get("store_id") else 0  # the store id's key (cache_tools.format.STORE_ID_KEY)
             if entries != len(store):
                 report.bad.append({"record": -1, "name": "", "reason": f"LMDB holds {entries} payloads, index lists {len(store)}"})
         with ThreadPoolExecutor(threads) as pool:

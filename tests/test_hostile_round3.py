@@ -1,0 +1,120 @@
+"""Hostile input, round 3 (issues 26 and 28): stores replaced or truncated under a reader, export of a
+damaged store, damaged LMDB pages, deep YAML and folders, duplicate class names, layout detection,
+exit codes, output paths, control characters in names, COCO quirks.
+
+Every test here failed on main 6fb5bcb (see docs/RELIABILITY.md, "round 3").
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from cache_tools import PackOptions, open_store, pack, verify_store
+from sainet.core.errors import StoreCorruptError, StoreReplacedError
+from tests.hostile import ROOT, env, make_source
+
+CASES = [("shards", "raw"), ("shards", "jpeg"), ("lmdb", "jpeg"), ("lmdb", "raw")]
+
+
+def _opts(container: str, mode: str, **kw) -> PackOptions:
+    return PackOptions(container=container, mode=mode, imgsz=(64, 96) if mode == "raw" else None, threads=1, **kw)
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    work = tmp_path_factory.mktemp("round3-src")
+    return make_source(work / "a", seed=1), make_source(work / "b", seed=2)
+
+
+# ---------------------------------------------------------------------- 26.1: a reader never mixes stores
+
+@pytest.mark.parametrize(("container", "mode"), CASES)
+def test_store_packed_over_a_reader_is_refused_as_replaced(sources, tmp_path, container, mode):
+    """An index read, payloads not yet mapped, then `pack SAME --force` from other images: the old
+    reader names the store and says it was replaced (never the new store's pixels, never 'truncated')."""
+    a, b = sources
+    st = tmp_path / "s"
+    pack(a, st, _opts(container, mode))
+    old = open_store(st)
+    before = bytes(open_store(st).payload(1))
+    pack(b, st, _opts(container, mode, force=True))
+    try:
+        got = bytes(old.payload(1))
+    except StoreReplacedError as e:
+        assert str(st) in str(e) and "replaced" in str(e)
+    else:  # a reader may keep the old files open: then it must still see the old pixels
+        assert got == before
+    fresh = open_store(st)
+    fresh.payload(1, verify=True)  # a new reader of the new store works in the same process
+    assert fresh.meta["store_id"] != old.meta["store_id"]
+
+
+def test_store_handed_to_another_process_after_a_replace_is_refused(sources, tmp_path):
+    """A store object is rebuilt from its path in a worker: a store packed over it meanwhile is refused there."""
+    import pickle
+
+    a, b = sources
+    st = tmp_path / "s"
+    pack(a, st, _opts("shards", "jpeg"))
+    blob = pickle.dumps(open_store(st))
+    pack(b, st, _opts("shards", "jpeg", force=True))
+    with pytest.raises(StoreReplacedError, match="replaced"):
+        pickle.loads(blob)
+
+
+def test_shard_of_another_store_copied_in_is_refused(sources, tmp_path):
+    a, b = sources
+    pack(a, tmp_path / "s1", _opts("shards", "jpeg"))
+    pack(b, tmp_path / "s2", _opts("shards", "jpeg"))
+    (tmp_path / "s1" / "shard-00000.bin").write_bytes((tmp_path / "s2" / "shard-00000.bin").read_bytes())
+    report = verify_store(tmp_path / "s1")
+    assert not report.ok and all("s1" in b["reason"] and "store" in b["reason"] for b in report.bad)
+    assert not any("truncated" in b["reason"] for b in report.bad)
+
+
+# ------------------------------------------------------------- 28.2: a shard shrinking under a reader
+
+_TRUNCATE_DURING_READ = textwrap.dedent("""
+    import os, sys
+    from cache_tools import open_store
+    from sainet.core.errors import StoreCorruptError
+    s = open_store(sys.argv[1])
+    s.payload(0)  # the shard is mapped now
+    path = os.path.join(sys.argv[1], "shard-00000.bin")
+    os.truncate(path, os.path.getsize(path) // 4)  # another tool (or a full tmpfs) cuts it under the reader
+    try:
+        for i in range(len(s)):
+            bytes(s.payload(i))
+    except StoreCorruptError as e:
+        print("TYPED", e)
+        sys.exit(4)
+    print("NO ERROR")
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["jpeg", "raw"])
+def test_shard_truncated_during_a_read_is_a_typed_error_not_sigbus(sources, tmp_path, mode):
+    st = tmp_path / "s"
+    pack(sources[0], st, _opts("shards", mode))
+    r = subprocess.run([sys.executable, "-c", _TRUNCATE_DURING_READ, str(st)], env=env(), cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 4, (r.returncode, r.stdout, r.stderr)  # -7 (SIGBUS) on main
+    assert "TYPED" in r.stdout and str(st) in r.stdout and "shrank" in r.stdout
+
+
+def test_shard_truncated_after_mapping_is_refused_in_process(sources, tmp_path):
+    st = tmp_path / "s"
+    pack(sources[0], st, _opts("shards", "jpeg"))
+    s = open_store(st)
+    s.payload(0)
+    shard = st / "shard-00000.bin"
+    import os
+
+    os.truncate(shard, 10)
+    with pytest.raises(StoreCorruptError, match="shrank"):
+        s.payload(len(s) - 1)
