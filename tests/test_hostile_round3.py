@@ -118,3 +118,36 @@ def test_shard_truncated_after_mapping_is_refused_in_process(sources, tmp_path):
     os.truncate(shard, 10)
     with pytest.raises(StoreCorruptError, match="shrank"):
         s.payload(len(s) - 1)
+
+
+# --------------------------------------------------------------- 26.3: one damaged LMDB record alone
+
+def _damage_lmdb_record(store: Path, victim: int) -> None:
+    """Point record `victim`'s overflow-page number (in its leaf node) past the file: MDB_PAGE_NOTFOUND,
+    which also marks LMDB's read transaction as failed (MDB_BAD_TXN for every later read in it)."""
+    with open_store(store) as s:
+        key = int(s.index.records[victim]["offset"]).to_bytes(8, "big")
+    data = bytearray((store / "data.mdb").read_bytes())
+    node = b"\x01\x00\x08\x00" + key  # F_BIGDATA, key size 8, the key
+    pos, hits = data.find(node), 0
+    while pos >= 0:
+        data[pos + 12 : pos + 20] = (10**9).to_bytes(8, "little")
+        pos, hits = data.find(node, pos + 1), hits + 1
+    assert hits, "the record's leaf node was not found"
+    (store / "data.mdb").write_bytes(bytes(data))
+
+
+def test_damaged_lmdb_record_is_reported_alone_and_skipped(tmp_path):
+    from loaders import build_loader
+
+    src = make_source(tmp_path / "src", images=24, seed=1)
+    st = tmp_path / "s"
+    pack(src, st, _opts("lmdb", "jpeg"))
+    _damage_lmdb_record(st, 9)
+    report = verify_store(st)
+    assert [b["record"] for b in report.bad] == [9], report.bad  # main: 9..20, "MDB_BAD_TXN"
+    loader = build_loader(st, "lmdb", batch_size=4, imgsz=64, on_error="skip", split=None, threads=2)
+    try:
+        assert sum(len(b["im_file"]) for b in loader) == len(loader.sampler) and loader.skipped == 1
+    finally:
+        loader.close()
