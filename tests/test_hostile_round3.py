@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -151,3 +152,116 @@ def test_damaged_lmdb_record_is_reported_alone_and_skipped(tmp_path):
         assert sum(len(b["im_file"]) for b in loader) == len(loader.sampler) and loader.skipped == 1
     finally:
         loader.close()
+
+
+# ------------------------------------------------------------ 26.2: export checks every payload
+
+def _flip_payload(store: Path, record: int) -> str:
+    with open_store(store) as s:
+        name, payload = s.index.name(record), bytes(s.payload(record))
+    shard = store / "shard-00000.bin"
+    data = bytearray(shard.read_bytes())
+    data[data.find(payload) + 50] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    return name
+
+
+def test_export_refuses_a_damaged_payload_unless_skip_bad(sources, tmp_path):
+    from cache_tools import export_store
+
+    st = tmp_path / "s"
+    pack(sources[0], st, _opts("shards", "jpeg"))
+    name = _flip_payload(st, 3)
+    with pytest.raises(StoreCorruptError, match=rf"record\(s\).*3 \({name}\)"):
+        export_store(st, tmp_path / "out")
+    assert not list((tmp_path / "out").rglob("*.jpg"))  # main: exit 0 and the damaged JPEG written
+    skipped: list[dict] = []
+    n = export_store(st, tmp_path / "out2", skip_bad=True, skipped=skipped)
+    assert [b["record"] for b in skipped] == [3] and n == len(open_store(st)) - 1
+    assert not list((tmp_path / "out2").rglob(Path(name).stem + ".*"))
+
+
+def test_export_cli_exit_codes_for_a_damaged_store(sources, tmp_path):
+    from tests.hostile import sainet
+
+    st = tmp_path / "s"
+    pack(sources[0], st, _opts("shards", "jpeg"))
+    name = _flip_payload(st, 2)
+    r = sainet("export", str(st), "--to", str(tmp_path / "out"))
+    assert r.returncode == 4 and name in r.stderr, (r.returncode, r.stderr)
+    r = sainet("export", str(st), "--to", str(tmp_path / "out2"), "--skip-bad")
+    assert r.returncode == 0 and "left out record 2" in r.stdout, (r.returncode, r.stdout, r.stderr)
+
+
+# --------------------------------------------------- 28.1: every output path is checked, one helper
+
+def test_export_refuses_root_system_folders_the_store_and_inside_a_store(sources, tmp_path):
+    from cache_tools import export_store
+    from sainet.core.errors import TargetError
+
+    st = tmp_path / "s"
+    pack(sources[0], st, _opts("shards", "jpeg"))
+    for target in ("/", "/etc", "/tmp", str(st), str(st / "inner")):
+        with pytest.raises(TargetError, match="system folder|store|source"):
+            export_store(st, target, force=True)
+    assert not (st / "inner").exists() and sorted(p.name for p in st.iterdir()) == ["index.sai", "shard-00000.bin"]
+
+
+def test_pack_into_a_store_is_refused(sources, tmp_path):
+    from sainet.core.errors import TargetError
+
+    st = tmp_path / "s"
+    pack(sources[0], st, _opts("shards", "jpeg"))
+    with pytest.raises(TargetError, match="inside the sainet store"):
+        pack(sources[1], st / "inner", _opts("shards", "jpeg"))
+    pack(sources[1], st, _opts("shards", "jpeg", force=True))  # exactly a store, with --force: replaced
+    assert open_store(st).meta["source"] == str(sources[1].resolve()) or len(open_store(st))
+
+
+def test_crafted_created_field_never_steers_the_training_export(sources, tmp_path):
+    from sainet.train.run import _yolo_data_for
+    from tests.hostile import load_index, write_index
+
+    st = tmp_path / "deep" / "a" / "b" / "s"
+    pack(sources[0], st, _opts("shards", "jpeg"))
+    ix = load_index(st)
+    del ix.meta["store_id"]  # a store from before store ids: the name came from `created` alone
+    for k in ("store_id",):
+        ix.meta.pop(k, None)
+    ix.meta["created"] = "x/../../../../../ESCAPED"
+    write_index(st, ix)
+    (st / "shard-00000.bin").write_bytes((st / "shard-00000.bin").read_bytes()[: ix.meta["shards"][0]["bytes"]])
+    project = tmp_path / "deep" / "a" / "b" / "proj"
+    data_yaml = Path(_yolo_data_for(str(st), str(project)))
+    assert data_yaml.is_file() and data_yaml.resolve().is_relative_to((project / ".exports").resolve())
+    assert not list(tmp_path.rglob("ESCAPED*"))
+
+
+@pytest.mark.parametrize(("project", "name", "why"), [
+    ("/", None, "system folder"), ("/etc", None, "system folder"), ("PROJ", "../../x", "plain folder name"),
+    ("PROJ", "a/b", "plain folder name"), ("STORE", None, "source|store"),
+])
+def test_train_project_and_name_are_checked(sources, tmp_path, project, name, why):
+    from sainet.core.errors import SettingsError
+    from sainet.settings import TrainSettings
+    from sainet.train.run import _check_outputs
+
+    st = tmp_path / "s"
+    pack(sources[0], st, _opts("shards", "jpeg"))
+    project = {"PROJ": str(tmp_path / "runs"), "STORE": str(st / "runs")}.get(project, project)
+    with pytest.raises(SettingsError, match=why):
+        _check_outputs(TrainSettings(data=str(st), project=project, name=name))
+    _check_outputs(TrainSettings(data=str(st), project=str(tmp_path / "runs"), name="ok-name"))
+
+
+def test_bench_loader_tag_and_out_are_checked_before_the_run(sources, tmp_path):
+    from tests.hostile import sainet
+
+    st = tmp_path / "s"
+    pack(sources[0], st, _opts("shards", "jpeg"))
+    r = sainet("bench-loader", "--store", str(st), "--out", str(tmp_path / "res"), "--tag", "../../escaped",
+               "--loaders", "shm", "--batches", "1")
+    assert r.returncode == 2 and "--tag" in r.stderr, (r.returncode, r.stderr)
+    assert not list(tmp_path.parent.rglob("escaped*"))
+    r = sainet("bench-loader", "--store", str(st), "--out", str(st), "--loaders", "shm", "--batches", "1")
+    assert r.returncode == 2 and ("source" in r.stderr or "store" in r.stderr), (r.returncode, r.stderr)

@@ -28,6 +28,7 @@ from sainet.cli._app import (
     size_type,
 )
 from sainet.core.errors import SettingsError
+from sainet.core.safepath import printable
 from sainet.settings import default_threads
 from sainet.synth import FASDD_SUBSETS, SYNTH_LAYOUTS
 
@@ -346,8 +347,12 @@ def export(
     store: Annotated[Path, typer.Argument(help="Store folder.")],
     to: Annotated[Path, typer.Option("--to", help="Folder for the YOLO dataset.")],
     force: Annotated[bool, typer.Option(help="Write into a non-empty folder.")] = False,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Leave out records whose payload is damaged (listed) instead of refusing.")] = False,
 ) -> None:
     """Write a store back out as an Ultralytics YOLO folder with data.yaml (jpeg stores: byte-identical images).
+
+    Every payload's checksum is checked first: a damaged record stops the export (exit 4, naming
+    the records) unless `--skip-bad` leaves it out.
 
     Examples:
 
@@ -358,7 +363,10 @@ def export(
 
     def body() -> None:
         with progress_bar(None, "export") as bar:
-            n = export_store(store, to, force=force, progress=bar)
-        console.print(f"exported {n} images to {to} (data.yaml)")
+            skipped: list[dict] = []
+            n = export_store(store, to, force=force, skip_bad=skip_bad, skipped=skipped, progress=bar)
+        for b in skipped:
+            console.print(f"left out record {b['record']} ({printable(b['name'])}): {printable(b['reason'])}", markup=False)
+        console.print(f"exported {n} images to {to} (data.yaml)" + (f", {len(skipped)} damaged left out" if skipped else ""))
 
     run(body)

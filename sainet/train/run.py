@@ -11,6 +11,7 @@ resolved settings in the run folder, so ``--resume`` restores the run's shape, l
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ import configs
 from cache_tools.format import INDEX_NAME
 from sainet.core.errors import CapacityError, DatasetError, SettingsError
 from sainet.core.geometry import format_imgsz
+from sainet.core.safepath import output_dir, plain_child
 from sainet.profiles import HostInfo, Profile
 from sainet.settings import LOADERS, TrainSettings, default_threads
 from sainet.train import distributed, launch
@@ -138,11 +140,23 @@ def _yolo_data_for(store: str, project: str) -> str:
     from cache_tools.export import export_store
     from cache_tools.format import read_index
 
-    digest = read_index(Path(store)).meta.get("created", "x").replace(":", "")
-    out = Path(project) / ".exports" / f"{Path(store).name}-{digest}"
+    meta = read_index(Path(store)).meta
+    # Store fields never become path text: the folder is named by the store's folder name and a
+    # digest of its id (or creation time, for stores packed before store ids), then checked to be plain.
+    tag = hashlib.blake2b(str(meta.get("store_id") or meta.get("created") or "x").encode(), digest_size=6).hexdigest()
+    exports = Path(project) / ".exports"
+    out = plain_child(exports, f"{Path(os.path.realpath(store)).name}-{tag}", "export folder name")
     if not (out / "data.yaml").is_file():
         export_store(store, out, force=True)
     return str(out / "data.yaml")
+
+
+def _check_outputs(s: TrainSettings) -> None:
+    """--project may not be /, a system folder, the data or inside it, or inside a store; --name is one plain name."""
+    output_dir(s.project, "--project", sources=(s.data,) if s.data else (),
+               error=SettingsError)
+    if s.name is not None:
+        plain_child(s.project, s.name, "--name", error=SettingsError)
 
 
 def _stage_config(s: TrainSettings) -> dict[str, Any]:
@@ -279,6 +293,7 @@ def _plan(settings: TrainSettings) -> _Plan:
     from sainet.train.trainer import SainetOptions
 
     s = restore_run(settings) if settings.resume else settings
+    _check_outputs(s)
     host = detect_host()
     profile = choose_profile(s.profile, host)
     cuda = torch.cuda.is_available()
