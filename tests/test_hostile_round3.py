@@ -265,3 +265,154 @@ def test_bench_loader_tag_and_out_are_checked_before_the_run(sources, tmp_path):
     assert not list(tmp_path.parent.rglob("escaped*"))
     r = sainet("bench-loader", "--store", str(st), "--out", str(st), "--loaders", "shm", "--batches", "1")
     assert r.returncode == 2 and ("source" in r.stderr or "store" in r.stderr), (r.returncode, r.stderr)
+
+
+# ------------------------------------------- 26.4: no traceback for deep input; duplicate class names
+
+def test_deeply_nested_yaml_is_a_dataset_error(tmp_path):
+    from sainet.core.datasets import open_dataset
+    from sainet.core.datasets.guards import load_yaml
+    from sainet.core.errors import DatasetError
+
+    p = tmp_path / "data.yaml"
+    p.write_text("[" * 200_000 + "]" * 200_000)  # 400 KB, under the 1 MB cap: RecursionError on main
+    with pytest.raises(DatasetError, match="nested"):
+        load_yaml(p)
+    with pytest.raises(DatasetError):
+        open_dataset(tmp_path, "yolo")
+    p.write_text("names:\n" + "".join("  " * i + f"k{i}:\n" for i in range(1, 40)) + "train: images\n")
+    assert isinstance(load_yaml(p), dict)  # ordinary nesting still reads
+
+
+def _deep_image_folder(root: Path, depth: int) -> Path:
+    import os
+
+    from sainet.synth import synthesize
+
+    synthesize(root, images=2, size=(64, 48), seed=3, background=0.0)
+    img = next((root / "images" / "train").glob("*.jpg"))
+    fd = os.open(root / "images" / "train", os.O_RDONLY)
+    try:  # walk down with dir fds: the path itself may be past PATH_MAX
+        for _ in range(depth):
+            os.mkdir("d", dir_fd=fd)
+            nfd = os.open("d", os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        with open(os.open("deep.jpg", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd), "wb") as f:
+            f.write(img.read_bytes())
+    finally:
+        os.close(fd)
+    return root
+
+
+@pytest.fixture
+def deep_tmp(tmp_path):
+    """A folder removed by GNU rm (iterative) afterwards: pytest's own cleanup (shutil.rmtree) recurses
+    and would fail on every later session with RecursionError."""
+    yield tmp_path
+    subprocess.run(["rm", "-rf", str(tmp_path / "src")], check=False)
+
+
+@pytest.mark.parametrize("depth", [1100, 2500])
+def test_image_folder_thousands_deep_is_walked_without_recursion(deep_tmp, depth):
+    from sainet.core.check import check_dataset
+    from sainet.core.datasets import open_dataset
+
+    src = _deep_image_folder(deep_tmp / "src", depth)
+    ds = open_dataset(src)
+    samples = list(ds.samples("train"))  # RecursionError in pathlib.rglob on main
+    if depth == 1100:  # a path of ~2,300 characters: found
+        assert any(s.name == "deep.jpg" for s in samples)
+    else:  # past PATH_MAX: reported, not a crash
+        assert any("cannot be listed" in p.detail for p in ds.problems)
+    report = check_dataset(open_dataset(src), threads=1)
+    assert report.as_dict()["images"] >= 2
+
+
+@pytest.mark.parametrize("names", ["{0: fire, 1: fire}", "[fire, smoke, fire]"])
+def test_duplicate_class_names_are_refused(tmp_path, names):
+    from sainet.core.datasets import open_dataset
+    from sainet.core.errors import DatasetError
+
+    make_source(tmp_path / "src")
+    (tmp_path / "src" / "data.yaml").write_text(f"path: .\ntrain: images/train\nval: images/val\nnames: {names}\n")
+    with pytest.raises(DatasetError, match="class name 'fire' is used by ids 0 and"):
+        open_dataset(tmp_path / "src")
+
+
+# ----------------------------------------- 26.5: layout detection asks every importer that claims it
+
+def test_detection_picks_the_importer_that_can_read_the_folder(tmp_path):
+    from sainet.core.datasets import detect_layout, open_dataset
+    from sainet.synth import synthesize
+
+    src = tmp_path / "coco"
+    synthesize(src, images=6, size=(64, 48), seed=3, layout="coco")
+    (src / "data.yaml").write_text("description: the published COCO copy\nlicense: CC-BY\n")  # yolo claims it, cannot read it
+    assert detect_layout(src) == "coco"  # main: LayoutError/DatasetError from the yolo importer
+    ds = open_dataset(src)
+    assert ds.layout == "coco" and any("yolo" in n for n in ds.notes) and len(list(ds.samples())) == 6
+
+
+def test_detection_with_no_readable_importer_lists_what_each_found(tmp_path):
+    from sainet.core.datasets import open_dataset
+    from sainet.core.errors import LayoutError
+
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "train.json").write_text("[1, 2]")
+    (tmp_path / "data.yaml").write_text("names: [fire]\n")
+    with pytest.raises(LayoutError, match=r"yolo: .*; coco: .*a COCO json is an object"):
+        open_dataset(tmp_path)
+
+
+# ------------------------------------------------------------------ 28.4: COCO ids, depth and quirks
+
+def _coco(tmp_path: Path, edit) -> Path:  # noqa: ANN001
+    import json
+
+    from sainet.synth import synthesize
+
+    src = tmp_path / "coco"
+    synthesize(src, images=6, size=(64, 48), seed=3, layout="coco", background=0.0)
+    jf = next((src / "annotations").glob("*train*.json"))
+    doc = json.loads(jf.read_text())
+    edit(doc)
+    jf.write_text(json.dumps(doc))
+    return src
+
+
+def _problems(src: Path) -> list[str]:
+    from sainet.core.datasets import open_dataset
+
+    ds = open_dataset(src, "coco")
+    list(ds.samples())
+    return [f"{p.kind.value}: {p.detail}" for p in ds.problems]
+
+
+def test_coco_image_id_of_the_wrong_type_is_a_problem(tmp_path):
+    def edit(doc):  # noqa: ANN001, ANN202
+        doc["annotations"][0]["image_id"] = [doc["annotations"][0]["image_id"]]  # TypeError (unhashable) on main
+    assert any("image_id is list" in p for p in _problems(_coco(tmp_path, edit)))
+
+
+def test_coco_nested_100k_deep_is_a_dataset_error(tmp_path):
+    from sainet.core.datasets import open_dataset
+    from sainet.core.errors import DatasetError
+
+    src = _coco(tmp_path, lambda doc: None)
+    jf = next((src / "annotations").glob("*train*.json"))
+    jf.write_text('{"images": [], "categories": [], "x": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(DatasetError, match="nested too deep"):  # RecursionError on main
+        list(open_dataset(src, "coco").samples())
+
+
+def test_coco_duplicate_image_ids_string_iscrowd_and_orphans_are_problems(tmp_path):
+    def edit(doc):  # noqa: ANN001, ANN202
+        doc["images"][1]["id"] = doc["images"][0]["id"]  # two images, one id: one annotation became two boxes
+        doc["annotations"][-1]["iscrowd"] = "0"  # a string: the box was dropped as crowd
+        doc["annotations"].append({**doc["annotations"][-1], "id": 99999, "image_id": 424242, "iscrowd": 0})
+
+    found = _problems(_coco(tmp_path, edit))
+    assert any("is used by 2 images" in p for p in found), found
+    assert any("iscrowd is str '0'" in p for p in found), found
+    assert any("image id 424242, which no usable image has" in p for p in found), found
