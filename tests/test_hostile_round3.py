@@ -416,3 +416,65 @@ def test_coco_duplicate_image_ids_string_iscrowd_and_orphans_are_problems(tmp_pa
     assert any("is used by 2 images" in p for p in found), found
     assert any("iscrowd is str '0'" in p for p in found), found
     assert any("image id 424242, which no usable image has" in p for p in found), found
+
+
+# ------------------------------------------------- 28.3: names shown with control characters escaped
+
+def test_check_shows_control_characters_in_names_escaped(tmp_path):
+    import json
+
+    from tests.hostile import sainet
+
+    src = make_source(tmp_path / "src")
+    img = next((src / "images" / "train").glob("*.jpg"))
+    evil = "\x1b[31mRED\x1b]0;TITLE\x07\x9bX"
+    img.rename(img.with_name(evil + ".jpg"))  # its label is missing now: a background image, named in notes
+    (src / "images" / "train" / (evil + "2.jpg")).write_bytes(b"\xff\xd8 truncated")  # a problem row naming it
+    r = sainet("check", str(src), "--max-problems", "100")
+    out = r.stdout + r.stderr
+    assert r.returncode in (0, 1) and "\x1b" not in out and "\x07" not in out and "\x9b" not in out, repr(out[-600:])
+    assert "\\x1b[31mRED" in out  # main: printed raw (rich strips BEL, not ESC)
+    r = sainet("check", str(src), "--json")
+    doc = json.loads(r.stdout)
+    assert "\x1b" not in r.stdout and any(evil in p["path"] for p in doc["problems"])  # escaped as \u001b, read back whole
+
+
+# ------------------------------------------------------------- 26.6: exit codes, file-system errors
+
+def _subclasses(cls: type) -> list[type]:
+    out = []
+    for sub in cls.__subclasses__():
+        out += [sub, *_subclasses(sub)]
+    return out
+
+
+def test_every_error_exit_code_is_in_the_readme_table():
+    import re
+
+    import sainet.train.distributed  # noqa: F401 - DistributedError (exit 6) lives there
+    from sainet.cli import EXIT_CODES
+    from sainet.core.errors import SainetError
+
+    readme = (ROOT / "README.md").read_text()
+    for cls in [SainetError, *_subclasses(SainetError)]:
+        assert cls.exit_code in EXIT_CODES, f"{cls.__name__} exits {cls.exit_code}, not in EXIT_CODES"
+        assert re.search(rf"\|\s*{cls.exit_code}\s*\|", readme), f"{cls.__name__}: README lacks exit code {cls.exit_code}"
+
+
+def test_a_full_filesystem_while_writing_a_run_names_the_run_folder(tmp_path):
+    import errno
+
+    from sainet.core.errors import CapacityError
+    from sainet.train.run import run_files_named
+
+    with pytest.raises(CapacityError, match=str(tmp_path)):
+        with run_files_named(tmp_path):
+            raise OSError(errno.ENOSPC, "No space left on device")  # what write() raises: no file name
+    with pytest.raises(OSError) as e:
+        with run_files_named(tmp_path):
+            raise OSError(errno.EIO, "Input/output error")
+    assert e.value.filename == str(tmp_path)
+    with pytest.raises(OSError) as e:
+        with run_files_named(tmp_path):
+            raise OSError(errno.EACCES, "Permission denied", "/x/results.csv")
+    assert e.value.filename == "/x/results.csv"

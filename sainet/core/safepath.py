@@ -126,15 +126,20 @@ def plain_child(root: str | os.PathLike[str], name: str, what: str,
     from sainet.core.errors import UnsafeName
 
     make = error or UnsafeName
-    if not isinstance(name, str) or not is_plain_name(name) or any(ord(c) < 32 or ord(c) == 127 for c in name):
+    if not isinstance(name, str) or not is_plain_name(name) or any(_is_control(c) for c in name):
         raise make(f"{what} {printable(str(name))!r} is not a plain folder name; refusing to write it under {root}")
     return resolve_inside(root, name, error=lambda rel, r: make(f"{what} {printable(rel)!r} would be written outside {r}"))
 
 
-def printable(text: str) -> str:
-    """`text` with control characters (C0, DEL, C1) shown as ``\\xNN``: a name from a file system or a
-    store can never move the cursor, recolour or retitle a terminal. Non-UTF-8 bytes are shown the same way."""
+def _is_control(c: str) -> bool:
+    return ord(c) < 32 or 127 <= ord(c) < 160
+
+
+def printable(text: str, keep: str = "") -> str:
+    """`text` with control characters (C0, DEL, C1; except those in `keep`) shown as ``\\xNN``: a name
+    from a file system or a store can never move the cursor, recolour or retitle a terminal.
+    Non-UTF-8 bytes (surrogate escapes) are shown the same way."""
     text = utf8_text(text)
-    if not any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text):
+    if not any(_is_control(c) and c not in keep for c in text):
         return text
-    return "".join(f"\\x{ord(c):02x}" if ord(c) < 32 or 127 <= ord(c) < 160 else c for c in text)
+    return "".join(f"\\x{ord(c):02x}" if _is_control(c) and c not in keep else c for c in text)

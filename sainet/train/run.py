@@ -10,11 +10,14 @@ resolved settings in the run folder, so ``--resume`` restores the run's shape, l
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -326,6 +329,20 @@ def resolve(settings: TrainSettings) -> tuple[dict[str, Any], Any, dict[str, Any
 # ---------------------------------------------------------------------------------------------- run
 
 
+@contextlib.contextmanager
+def run_files_named(save_dir: Path) -> Iterator[None]:
+    """A file-system error without a file name (a failed write() says only "No space left on device")
+    names the run folder it happened under; a full filesystem is a `CapacityError` (exit 5)."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None:
+            raise
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise CapacityError(f"{save_dir}: filesystem full while writing the run's files ({e.strerror})") from e
+        raise OSError(e.errno, f"{e.strerror or e} (writing the run's files)", str(save_dir)) from e
+
+
 def train(settings: TrainSettings) -> TrainResult:
     from sainet.train.offline import prepare_offline
 
@@ -352,7 +369,8 @@ def train(settings: TrainSettings) -> TrainResult:
     for event, fns in settings.callbacks.items():
         for fn in fns:
             trainer.add_callback(event, fn)
-    trainer.train()
+    with run_files_named(save_dir):
+        trainer.train()
     metrics = _last_metrics(save_dir / "results.csv")
     return TrainResult(save_dir, save_dir / "weights" / "best.pt", save_dir / "weights" / "last.pt", metrics,
                        list(getattr(trainer, "loader_telemetry", [])), {**p.chosen, "overrides": p.overrides})
