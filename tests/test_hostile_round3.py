@@ -225,9 +225,7 @@ def test_crafted_created_field_never_steers_the_training_export(sources, tmp_pat
     st = tmp_path / "deep" / "a" / "b" / "s"
     pack(sources[0], st, _opts("shards", "jpeg"))
     ix = load_index(st)
-    del ix.meta["store_id"]  # a store from before store ids: the name came from `created` alone
-    for k in ("store_id",):
-        ix.meta.pop(k, None)
+    ix.meta.pop("store_id", None)  # a store from before store ids: the name came from `created` alone
     ix.meta["created"] = "x/../../../../../ESCAPED"
     write_index(st, ix)
     (st / "shard-00000.bin").write_bytes((st / "shard-00000.bin").read_bytes()[: ix.meta["shards"][0]["bytes"]])
@@ -244,14 +242,13 @@ def test_crafted_created_field_never_steers_the_training_export(sources, tmp_pat
 def test_train_project_and_name_are_checked(sources, tmp_path, project, name, why):
     from sainet.core.errors import SettingsError
     from sainet.settings import TrainSettings
-    from sainet.train.run import _check_outputs
+    from sainet.train.run import _plan
 
     st = tmp_path / "s"
     pack(sources[0], st, _opts("shards", "jpeg"))
     project = {"PROJ": str(tmp_path / "runs"), "STORE": str(st / "runs")}.get(project, project)
-    with pytest.raises(SettingsError, match=why):
-        _check_outputs(TrainSettings(data=str(st), project=project, name=name))
-    _check_outputs(TrainSettings(data=str(st), project=str(tmp_path / "runs"), name="ok-name"))
+    with pytest.raises(SettingsError, match=why):  # main: planned, then Ultralytics writes there
+        _plan(TrainSettings(data=str(st), project=project, name=name, device="cpu", imgsz=(64, 64), batch=2, epochs=1))
 
 
 def test_bench_loader_tag_and_out_are_checked_before_the_run(sources, tmp_path):
