@@ -14,7 +14,7 @@ A store is a folder::
     records  num_records rows of RECORD_DTYPE
     boxes    num_boxes rows of BOX_DTYPE, grouped by record (record's box_start/box_count)
     strings  UTF-8: each record's name and source key, addressed by (start, len)
-    meta     UTF-8 JSON: classes, splits, source, mode, imgsz, creation time, shard sizes, bad images
+    meta     UTF-8 JSON: classes, splits, source, mode, imgsz, creation time, shard sizes, bad images, store id
 
 The header's ``digest`` is BLAKE2b-128 of the whole file with the digest field zeroed: one flipped
 byte anywhere in the index is a `StoreCorruptError`. Everything that sizes an allocation

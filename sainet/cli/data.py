@@ -28,7 +28,7 @@ from sainet.cli._app import (
     size_type,
 )
 from sainet.core.errors import SettingsError
-from sainet.core.safepath import printable
+from sainet.core.safepath import output_dir, printable
 from sainet.settings import default_threads
 from sainet.synth import FASDD_SUBSETS, SYNTH_LAYOUTS
 
@@ -65,6 +65,7 @@ def synth(
     from sainet.synth import synthesize
 
     def body() -> None:
+        output_dir(out, "synth folder", error=SettingsError)  # never /, a system folder or a store
         names = [c.strip() for c in classes.split(",") if c.strip()] if classes is not None else None
         try:
             with progress_bar(images, "synth") as advance:
