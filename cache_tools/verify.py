@@ -87,5 +87,5 @@ def describe_store(path: str | Path) -> dict:
             "classes": s.classes, "boxes_per_class": {c: int(n) for c, n in zip(s.classes, boxes_per_class, strict=True)},
             "splits": {sp: int(len(s.indices(sp))) for sp in s.splits}, "payload_bytes": int(ix.records["length"].sum()),
             "store_bytes": s.nbytes(), "shards": ix.num_shards, "source": s.meta.get("source"), "layout": s.meta.get("layout"),
-            "created": s.meta.get("created"), "left_out": len(s.meta.get("bad", [])), "reencoded": s.meta.get("reencoded", 0),
+            "created": s.meta.get("created"), "store_id": s.meta.get("store_id"), "left_out": len(s.meta.get("bad", [])), "reencoded": s.meta.get("reencoded", 0),
         }

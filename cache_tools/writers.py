@@ -255,12 +255,13 @@ def stamp_store(folder: Path, container: str, shard_sizes: list[int], store_id: 
     import lmdb
 
     try:
-        env = lmdb.open(str(folder), subdir=True, max_dbs=2, meminit=False, readahead=False)
+        room = os.path.getsize(folder / "data.mdb") + (16 << 20)  # one more key: never a MapFullError
+        env = lmdb.open(str(folder), map_size=room, subdir=True, max_dbs=2, meminit=False, readahead=False)
         try:
             with env.begin(write=True) as txn:
                 txn.put(STORE_ID_KEY, bytes.fromhex(store_id))
             env.sync(True)
         finally:
             env.close()
-    except lmdb.Error as e:
+    except (lmdb.Error, OSError) as e:
         raise _lmdb_error(e, folder, 64) from None

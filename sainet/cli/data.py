@@ -306,7 +306,7 @@ def inspect(
             ("classes", ", ".join(f"{c} ({n} boxes)" for c, n in d["boxes_per_class"].items())),
             ("payload", human_bytes(d["payload_bytes"])), ("on disk", human_bytes(d["store_bytes"])),
             ("source", f"{d['source']} ({d['layout']})"), ("created", str(d["created"])),
-            ("left out", str(d["left_out"])), ("re-encoded", str(d["reencoded"])),
+            ("store id", str(d["store_id"] or "-")), ("left out", str(d["left_out"])), ("re-encoded", str(d["reencoded"])),
         ]:
             t.add_row(k, v)
         console.print(t)
