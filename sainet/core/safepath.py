@@ -76,7 +76,7 @@ def resolve_inside(root: str | os.PathLike[str], rel: str | os.PathLike[str], ba
 SYSTEM_DIRS = frozenset({
     "/", "/bin", "/boot", "/dev", "/dev/shm", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32", "/media", "/mnt",
     "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/usr/bin", "/usr/lib", "/usr/local",
-    "/var", "/var/tmp", "/var/lib", "/workspace",
+    "/var", "/var/tmp", "/var/lib",
 })
 #: The file that marks a sainet store folder (cache_tools.format.INDEX_NAME; this layer cannot import it).
 STORE_MARKER = "index.sai"
