@@ -7,7 +7,7 @@ edge cases: absolute names, ``..``, symlinks that leave the root, NUL bytes.
 Every folder sainet writes into is built by `output_dir` (from the user's options) and `plain_child`
 (a name from a store, a dataset or an option that must be one plain component): `export --to`,
 `pack --to`, `bench-loader --out/--tag`, `train --project/--name` and the training data folder made
-from a store. They refuse ``/``, system folders, the user's home itself, the source, a sainet store
+from a store. They refuse ``/``, system folders, the source, a sainet store
 or a folder inside one (a store at exactly the target path is the caller's to replace with --force).
 """
 
@@ -95,7 +95,7 @@ def output_dir(path: str | os.PathLike[str], what: str, *, sources: tuple[str | 
                store_ok: bool = False, error: Callable[[str], SainetError] | None = None) -> Path:
     """`path` as a folder sainet may write into, or a typed error naming it and why.
 
-    Refused: ``/`` and the system folders of SYSTEM_DIRS, the user's home folder itself, a folder
+    Refused: ``/`` and the system folders of SYSTEM_DIRS, a folder
     that is or lies inside one of `sources`, a sainet store or a folder inside one
     (`store_ok`: a store at exactly `path` is allowed, for ``pack --force`` to replace).
     """
@@ -105,9 +105,8 @@ def output_dir(path: str | os.PathLike[str], what: str, *, sources: tuple[str | 
     if "\x00" in os.fsdecode(path):
         raise make(f"{what} {os.fsdecode(path)!r} holds a NUL byte")
     real = _real(path)
-    if real in SYSTEM_DIRS or real == _real(os.path.expanduser("~")):
-        raise make(f"{what} {path} is {'a system folder' if real in SYSTEM_DIRS else 'your home folder'} ({real}); "
-                   "name a folder of its own")
+    if real in SYSTEM_DIRS:
+        raise make(f"{what} {path} is a system folder ({real}); name a folder of its own")
     for src in sources:
         if is_inside(real, src):
             rel = "is" if _real(src) == real else "lies inside"
