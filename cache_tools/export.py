@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from cache_tools.format import payload_checksum
 from cache_tools.store import Store, open_store
-from sainet.core.errors import StoreExistsError, UnsafeName
+from sainet.core.errors import StoreCorruptError, StoreError, StoreExistsError, UnsafeName
 from sainet.core.imaging import encode_jpeg
-from sainet.core.safepath import is_plain_name, resolve_inside
+from sainet.core.safepath import is_plain_name, output_dir, printable, resolve_inside
 
 __all__ = ["export_store", "safe_child"]
 
@@ -60,13 +61,38 @@ def _plan_names(s: Store, out: Path) -> list[tuple[Path, Path]]:
     return plan
 
 
-def export_store(store_path: str | Path, out: str | Path, *, force: bool = False,
-                 progress: Callable[[int], None] | None = None) -> int:
-    out = Path(out)
+def _damaged(s: Store) -> list[dict]:
+    """Records whose payload cannot be read or fails its checksum: {"record", "name", "reason"}."""
+    bad = []
+    for i in range(len(s)):
+        try:
+            s.payload(i, verify=True)
+        except StoreError as e:
+            bad.append({"record": i, "name": s.index.name(i), "reason": str(e)})
+    return bad
+
+
+def export_store(store_path: str | Path, out: str | Path, *, force: bool = False, skip_bad: bool = False,
+                 skipped: list[dict] | None = None, progress: Callable[[int], None] | None = None) -> int:
+    """Write the store at `store_path` as a YOLO folder `out`; return the number of images written.
+
+    Every payload's checksum is checked before anything is written: a damaged record is a
+    `StoreCorruptError` naming them all, unless `skip_bad` leaves them out (appended to `skipped`).
+    `out` is checked by `output_dir`: never ``/``, a system folder, the store or inside a store.
+    """
+    out = output_dir(out, "export folder", sources=(store_path,))
     if out.exists() and any(out.iterdir()) and not force:
         raise StoreExistsError(f"{out} exists and is not empty; pass --force to write into it")
     n = 0
     with open_store(store_path) as s:
+        bad = _damaged(s)
+        if bad and not skip_bad:
+            names = ", ".join(f"{b['record']} ({printable(b['name'])})" for b in bad[:10]) + (" ..." if len(bad) > 10 else "")
+            raise StoreCorruptError(f"{s.path}: {len(bad)} damaged record(s), nothing exported: {names}; "
+                                    "`sainet verify` lists them, --skip-bad leaves them out")
+        if skipped is not None:
+            skipped.extend(bad)
+        leave_out = {b["record"] for b in bad}
         if s.mode == "raw":
             log.warning("%s holds raw frames: exported images are re-encoded as JPEG (quality 95)", s.path)
         out.mkdir(parents=True, exist_ok=True)
@@ -74,20 +100,10 @@ def export_store(store_path: str | Path, out: str | Path, *, force: bool = False
             safe_child(out, sub, "folder")
         plan = _plan_names(s, out)
         for i, (img, lbl) in enumerate(plan):
-            r = s[i]
-            img.parent.mkdir(parents=True, exist_ok=True)
-            lbl.parent.mkdir(parents=True, exist_ok=True)
-            # Re-check after mkdir: a folder created since planning must not be a link out of `out`.
-            resolve_inside(out, img, error=lambda rel, root: UnsafeName(f"{rel} would be written outside {root}"))
-            if s.mode == "jpeg":
-                img.write_bytes(r.payload)
-            else:
-                h, w = s.imgsz
-                frame = np.frombuffer(r.payload, np.uint8).reshape(h, w, 3)
-                (left, top), (nw, nh) = r.pad, r.new_size
-                img.write_bytes(encode_jpeg(frame[top : top + nh, left : left + nw], 95))
-            rows = "".join(f"{c} {x:.8f} {y:.8f} {bw:.8f} {bh:.8f}\n" for c, (x, y, bw, bh) in zip(r.cls.tolist(), r.boxes.tolist(), strict=True))
-            lbl.write_text(rows)
+            if i in leave_out:
+                log.warning("left out record %d (%s): damaged", i, printable(s.index.name(i)))
+                continue
+            _write_one(s, i, img, lbl, out)
             n += 1
             if progress:
                 progress(1)
@@ -95,3 +111,22 @@ def export_store(store_path: str | Path, out: str | Path, *, force: bool = False
         cfg = {**{sp: f"images/{sp}" for sp in s.splits}, "names": dict(enumerate(s.classes))}
     safe_child(out, "data.yaml", "file").write_text(yaml.safe_dump(cfg, sort_keys=False))
     return n
+
+
+def _write_one(s: Store, i: int, img: Path, lbl: Path, out: Path) -> None:
+    r = s[i]
+    if payload_checksum(r.payload) != int(s.index.records[i]["crc"]):  # checked again as it is written
+        raise StoreCorruptError(f"{s.path}: record {i} ({printable(r.name)}): payload checksum mismatch")
+    img.parent.mkdir(parents=True, exist_ok=True)
+    lbl.parent.mkdir(parents=True, exist_ok=True)
+    # Re-check after mkdir: a folder created since planning must not be a link out of `out`.
+    resolve_inside(out, img, error=lambda rel, root: UnsafeName(f"{rel} would be written outside {root}"))
+    if s.mode == "jpeg":
+        img.write_bytes(r.payload)
+    else:
+        h, w = s.imgsz
+        frame = np.frombuffer(r.payload, np.uint8).reshape(h, w, 3)
+        (left, top), (nw, nh) = r.pad, r.new_size
+        img.write_bytes(encode_jpeg(frame[top : top + nh, left : left + nw], 95))
+    rows = "".join(f"{c} {x:.8f} {y:.8f} {bw:.8f} {bh:.8f}\n" for c, (x, y, bw, bh) in zip(r.cls.tolist(), r.boxes.tolist(), strict=True))
+    lbl.write_text(rows)

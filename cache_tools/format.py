@@ -14,7 +14,7 @@ A store is a folder::
     records  num_records rows of RECORD_DTYPE
     boxes    num_boxes rows of BOX_DTYPE, grouped by record (record's box_start/box_count)
     strings  UTF-8: each record's name and source key, addressed by (start, len)
-    meta     UTF-8 JSON: classes, splits, source, mode, imgsz, creation time, shard sizes, bad images
+    meta     UTF-8 JSON: classes, splits, source, mode, imgsz, creation time, shard sizes, bad images, store id
 
 The header's ``digest`` is BLAKE2b-128 of the whole file with the digest field zeroed: one flipped
 byte anywhere in the index is a `StoreCorruptError`. Everything that sizes an allocation
@@ -39,7 +39,7 @@ import numpy as np
 
 from sainet.core.errors import StoreCorruptError, StoreFormatError, StoreVersionError
 from sainet.core.imaging import MAX_PIXELS
-from sainet.core.safepath import UNSAFE_NAME_BYTES, is_plain_name
+from sainet.core.safepath import STORE_MARKER, UNSAFE_NAME_BYTES, is_plain_name
 
 __all__ = [
     "MAGIC",
@@ -59,12 +59,17 @@ __all__ = [
     "check_records",
     "check_boxes",
     "shard_name",
+    "new_store_id",
+    "shard_trailer",
+    "parse_trailer",
+    "TRAILER_SIZE",
+    "STORE_ID_KEY",
 ]
 
 MAGIC = b"SAINETIX"
 #: Bump on any change to the dtypes below or to the meaning of a field; readers refuse newer ones.
 CURRENT_VERSION = 1
-INDEX_NAME = "index.sai"
+INDEX_NAME = STORE_MARKER  # the index file; its presence is what makes a folder a store (sainet.core.safepath.is_store)
 CONTAINERS = ("lmdb", "shards")
 MODES = ("jpeg", "raw")
 
@@ -135,6 +140,34 @@ def payload_checksum(data: bytes | memoryview) -> int:
 
 def shard_name(i: int) -> str:
     return f"shard-{i:05d}.bin"
+
+
+# A store id ties the container files to the index that names them (a reader never mixes stores):
+# ``meta["store_id"]`` (32 hex digits, random per pack) is also written after the last payload of
+# every shard (a 32-byte trailer at exactly the recorded shard size) and under STORE_ID_KEY in the
+# LMDB main DB. Payload offsets and the recorded shard sizes are unchanged by it.
+TRAILER_MAGIC = b"SAINETSH"
+TRAILER_SIZE = 32
+#: Key of the store id in the LMDB main DB (payload keys are 8 bytes: it never collides).
+STORE_ID_KEY = b"sainet:store-id"
+
+
+def new_store_id() -> str:
+    import uuid
+
+    return uuid.uuid4().hex
+
+
+def shard_trailer(store_id: str, shard: int) -> bytes:
+    """The 32 bytes after shard `shard`'s payloads: magic, the store id (16 bytes), the shard number."""
+    return TRAILER_MAGIC + bytes.fromhex(store_id) + int(shard).to_bytes(4, "little") + bytes(4)
+
+
+def parse_trailer(buf: bytes) -> tuple[str, int] | None:
+    """(store id, shard number) of a trailer, or None when `buf` is not one."""
+    if len(buf) != TRAILER_SIZE or buf[:8] != TRAILER_MAGIC:
+        return None
+    return buf[8:24].hex(), int.from_bytes(buf[24:28], "little")
 
 
 @dataclass
@@ -241,6 +274,7 @@ _META_TYPES: dict[str, tuple[type, ...]] = {
     "classes": (list,), "splits": (list,), "shards": (list,), "bad": (list,), "counts": (dict,), "lmdb_bytes": (int,),
     "reencoded": (int,), "max_size": (int, type(None)), "imgsz": (list, type(None)), "source": (str, type(None)),
     "layout": (str, type(None)), "created": (str, type(None)), "mode": (str,), "container": (str,),
+    "store_id": (str,),
 }
 _REQUIRED_META = ("classes", "splits")
 
@@ -267,6 +301,9 @@ def check_meta(meta: object, source: str) -> None:
                                    + (" that is a plain folder name" if key == "splits" else ""))
         if len(set(names)) != len(names):
             raise StoreFormatError(f"{source}: metadata field {key!r} repeats a name")
+    sid = meta.get("store_id")
+    if sid is not None and (len(sid) != 32 or any(c not in "0123456789abcdef" for c in sid)):
+        raise StoreFormatError(f"{source}: metadata field 'store_id' is {sid[:40]!r}, expected 32 hex digits")
     for i, sh in enumerate(meta.get("shards", [])):
         size = sh.get("bytes") if isinstance(sh, dict) else None
         if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size < 1 << 62:

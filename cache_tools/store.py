@@ -17,8 +17,18 @@ from pathlib import Path
 
 import numpy as np
 
-from cache_tools.format import INDEX_NAME, IndexData, payload_checksum, read_index, shard_name
-from sainet.core.errors import StoreCorruptError, StoreFormatError
+from cache_tools.format import (
+    INDEX_NAME,
+    STORE_ID_KEY,
+    TRAILER_SIZE,
+    IndexData,
+    parse_trailer,
+    payload_checksum,
+    read_index,
+    shard_name,
+)
+from sainet.core.errors import StoreCorruptError, StoreFormatError, StoreReplacedError
+from sainet.core.safepath import is_store
 
 __all__ = ["Record", "Store", "is_store", "open_store", "lmdb_required_bytes", "shard_problems"]
 
@@ -55,47 +65,80 @@ class _ShardPayloads:
             if past.any():
                 bad = int(np.flatnonzero(past)[0])
                 raise StoreFormatError(f"{root}/{shard_name(int(recs['shard'][bad]))}: record {bad}: field offset/length ends past the shard's size")
+        self.store_id: str | None = ix.meta.get("store_id")
         self._maps: list[mmap.mmap | None] = [None] * ix.num_shards
+        self._fds: list[int] = [-1] * ix.num_shards
         self._pid = -1
         self._lock = threading.Lock()
 
     def _map(self, i: int) -> mmap.mmap:
-        if self._pid != os.getpid():
-            self._maps, self._pid = [None] * len(self._maps), os.getpid()
+        if self._pid != os.getpid():  # after a fork: the parent's maps and descriptors are not ours
+            self._maps, self._fds, self._pid = [None] * len(self._maps), [-1] * len(self._maps), os.getpid()
         m = self._maps[i]
         if m is None:
             with self._lock:
                 m = self._maps[i]
                 if m is None:
-                    path = self.root / shard_name(i)
-                    try:
-                        # A FIFO would block open() forever: refuse anything but a regular file first,
-                        # and open non-blocking in case it is swapped between the two calls.
-                        if not stat.S_ISREG(os.stat(path).st_mode):
-                            raise StoreCorruptError(f"{path}: shard is not a regular file")
-                        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-                    except OSError as e:
-                        raise StoreCorruptError(f"{path}: cannot open shard: {e.strerror}") from None
-                    try:
-                        st = os.fstat(fd)
-                        if not stat.S_ISREG(st.st_mode):
-                            raise StoreCorruptError(f"{path}: shard is not a regular file")
-                        size = st.st_size
-                        # A shard shorter than the index says would SIGBUS on access: refuse it here.
-                        if size < self.sizes[i]:
-                            raise StoreCorruptError(f"{path}: shard is {size} bytes, index expects {self.sizes[i]} (truncated)")
-                        m = mmap.mmap(fd, self.sizes[i], prot=mmap.PROT_READ) if self.sizes[i] else None
-                    finally:
-                        os.close(fd)
-                    self._maps[i] = m
+                    fd, m = self._open(i)
+                    self._maps[i], self._fds[i] = m, fd
         return m
+
+    def _open(self, i: int) -> tuple[int, mmap.mmap | None]:
+        """Open and map shard `i` after checking it is a regular file of this store, as long as the index says."""
+        path = self.root / shard_name(i)
+        try:
+            # A FIFO would block open() forever: refuse anything but a regular file first,
+            # and open non-blocking in case it is swapped between the two calls.
+            if not stat.S_ISREG(os.stat(path).st_mode):
+                raise StoreCorruptError(f"{path}: shard is not a regular file")
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError as e:
+            raise StoreCorruptError(f"{path}: cannot open shard: {e.strerror}") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise StoreCorruptError(f"{path}: shard is not a regular file")
+            self._check_owner(fd, i, st.st_size, path)
+            # A shard shorter than the index says would SIGBUS on access: refuse it here.
+            if st.st_size < self.sizes[i]:
+                raise StoreCorruptError(f"{path}: shard is {st.st_size} bytes, index expects {self.sizes[i]} (truncated)")
+            return fd, (mmap.mmap(fd, self.sizes[i], prot=mmap.PROT_READ) if self.sizes[i] else None)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _check_owner(self, fd: int, i: int, size: int, path: Path) -> None:
+        """The shard's trailer names this index's store id (stores packed before store ids have none)."""
+        if self.store_id is None:
+            return
+        at = os.pread(fd, TRAILER_SIZE, self.sizes[i]) if size >= self.sizes[i] + TRAILER_SIZE else b""
+        if parse_trailer(at) == (self.store_id, i):
+            return
+        end = parse_trailer(os.pread(fd, TRAILER_SIZE, size - TRAILER_SIZE)) if size >= TRAILER_SIZE else None
+        if end is not None and end[0] != self.store_id:
+            raise StoreReplacedError(f"{self.root}: store was replaced under this reader: {path.name} belongs to store "
+                                     f"{end[0]}, the index read earlier to store {self.store_id}; reopen the store")
+        if size < self.sizes[i]:
+            raise StoreCorruptError(f"{path}: shard is {size} bytes, index expects {self.sizes[i]} (truncated)")
+        raise StoreReplacedError(f"{self.root}: {path.name} does not belong to this index (no trailer with store id "
+                                 f"{self.store_id}): the store was replaced or its shard overwritten")
 
     def get(self, rec: np.void) -> memoryview:
         length = int(rec["length"])
         if length == 0:
             return memoryview(b"")
-        off = int(rec["offset"])
-        return memoryview(self._map(int(rec["shard"])))[off : off + length]
+        off, shard = int(rec["offset"]), int(rec["shard"])
+        m = self._map(shard)
+        # A file that shrinks under a live map SIGBUSes on access: check its size before every read
+        # (one fstat), so a shard truncated by another tool is a typed error, never a signal death.
+        try:
+            size = os.fstat(self._fds[shard]).st_size
+        except OSError as e:
+            raise StoreCorruptError(f"{self.root / shard_name(shard)}: cannot stat shard: {e.strerror}") from None
+        if size < self.sizes[shard]:
+            raise StoreCorruptError(f"{self.root}: {shard_name(shard)} shrank to {size} bytes under this reader "
+                                    f"(index expects {self.sizes[shard]}); the store was truncated or replaced")
+        return memoryview(m)[off : off + length]
 
     def close(self) -> None:
         for m in self._maps:
@@ -104,18 +147,28 @@ class _ShardPayloads:
                     m.close()
                 except BufferError:  # a caller still holds a view; the map closes when it is dropped
                     pass
-        self._maps = [None] * len(self._maps)
+        if self._pid == os.getpid():
+            for fd in self._fds:
+                if fd >= 0:
+                    os.close(fd)
+        self._maps, self._fds = [None] * len(self._maps), [-1] * len(self._maps)
 
 
-_LMDB_ENVS: dict[tuple[int, str], object] = {}
+_LMDB_ENVS: dict[tuple[int, str, int, int], object] = {}
 _LMDB_LOCK = threading.Lock()
 
 
 def _lmdb_env(root: Path):  # noqa: ANN202 - lmdb.Environment
-    """One read-only environment per (process, path): py-lmdb refuses to open a path twice in a process."""
+    """One read-only environment per (process, path, data.mdb file): py-lmdb refuses to open a path
+    twice in a process. A store packed over the path since (another data.mdb inode) gets its own
+    environment; the old one stays open for the readers of the old index (they keep their pixels)."""
     import lmdb
 
-    key = (os.getpid(), os.path.realpath(root))
+    try:
+        st = os.stat(root / "data.mdb")
+    except OSError as e:
+        raise StoreCorruptError(f"{root / 'data.mdb'}: cannot open LMDB: {e.strerror}") from None
+    key = (os.getpid(), os.path.realpath(root), st.st_dev, st.st_ino)
     env = _LMDB_ENVS.get(key)
     if env is None:
         with _LMDB_LOCK:
@@ -174,6 +227,7 @@ class _LmdbPayloads:
         expected = max(int(ix.meta.get("lmdb_bytes", 0)), lmdb_required_bytes(data))
         if size < expected:
             raise StoreCorruptError(f"{data}: {size} bytes, the index expects {expected} (truncated)")
+        self.store_id: str | None = ix.meta.get("store_id")
         self._pid = -1
         self._local = threading.local()
 
@@ -182,8 +236,33 @@ class _LmdbPayloads:
             self._pid, self._local = os.getpid(), threading.local()
         txn = getattr(self._local, "txn", None)
         if txn is None:
-            txn = self._local.txn = _lmdb_env(self.root).begin(buffers=True)
+            txn = _lmdb_env(self.root).begin(buffers=True)
+            self._check_owner(txn)
+            self._local.txn = txn
         return txn
+
+    def _check_owner(self, txn) -> None:  # noqa: ANN001 - lmdb.Transaction
+        """``data.mdb`` holds this index's store id (stores packed before store ids have none)."""
+        if self.store_id is None:
+            return
+        try:
+            found = txn.get(STORE_ID_KEY)
+        except Exception as e:  # noqa: BLE001 - lmdb.Error and its subclasses (corrupt pages)
+            raise StoreCorruptError(f"{self.root}: LMDB read of the store id failed: {e}") from None
+        found = bytes(found).hex() if found is not None else None
+        if found != self.store_id:
+            raise StoreReplacedError(f"{self.root}: store was replaced under this reader: data.mdb belongs to store "
+                                     f"{found or '(none)'}, the index read earlier to store {self.store_id}; reopen the store")
+
+    def _drop_txn(self) -> None:
+        """After a failed read LMDB marks the transaction bad (MDB_BAD_TXN): the next read starts a fresh one."""
+        txn = getattr(self._local, "txn", None)
+        self._local.txn = None
+        if txn is not None:
+            try:
+                txn.abort()
+            except Exception:  # noqa: BLE001 - an already failed transaction
+                pass
 
     def get(self, rec: np.void) -> memoryview:
         key = int(rec["offset"]).to_bytes(8, "big")
@@ -192,6 +271,7 @@ class _LmdbPayloads:
         except StoreCorruptError:
             raise
         except Exception as e:  # lmdb.Error and its many subclasses (corrupt pages)
+            self._drop_txn()
             raise StoreCorruptError(f"{self.root}: LMDB read of key {int(rec['offset'])} failed: {e}") from None
         if buf is None:
             raise StoreCorruptError(f"{self.root}: LMDB has no payload for key {int(rec['offset'])}")
@@ -234,7 +314,7 @@ class Store:
         self._payloads = _ShardPayloads(self.path, ix) if ix.container == "shards" else _LmdbPayloads(self.path, ix)
 
     def __reduce__(self):  # noqa: ANN204 - rebuilt from its path in the other process, never pickled whole
-        return (open_store, (str(self.path),))
+        return (open_store, (str(self.path), self.meta.get("store_id")))
 
     def __len__(self) -> int:
         return len(self.index.records)
@@ -308,17 +388,17 @@ class Store:
         self.close()
 
 
-def is_store(path: str | os.PathLike[str]) -> bool:
-    """Whether `path` is a store: a folder holding a sainet index (`INDEX_NAME`). The one rule every
-    caller asks (the trainer, the benchmark, distributed training, the pack target); whether the
-    index is valid is checked when the store is opened (`open_store`), and before `--force` deletes
-    anything (`cache_tools.target.is_store_folder`)."""
-    return (Path(path) / INDEX_NAME).is_file()
+def open_store(path: str | os.PathLike[str], expect_id: str | None = None) -> Store:
+    """Open a packed store for reading (either container, either payload mode).
 
-
-def open_store(path: str | os.PathLike[str]) -> Store:
-    """Open a packed store for reading (either container, either payload mode)."""
+    `expect_id`: the store id this reader must find (a store handed to another process is reopened
+    there by path; a store packed over it since then is a `StoreReplacedError`, not other pixels).
+    """
     p = Path(path)
     if p.is_file() and p.name == INDEX_NAME:
         p = p.parent
-    return Store(p)
+    store = Store(p)
+    if expect_id is not None and store.meta.get("store_id") != expect_id:
+        raise StoreReplacedError(f"{p}: store was replaced: its index is store {store.meta.get('store_id') or '(none)'}, "
+                                 f"this reader was opened on store {expect_id}; reopen the store")
+    return store

@@ -2,7 +2,8 @@
 
 Rules (each refusal is a `TargetError` naming the path and why):
 
-- the target is never the source, inside it, or a folder that contains it (symlinks resolved);
+- the target is never the source, inside it, or a folder that contains it (symlinks resolved); never
+  ``/``, a system folder or a folder inside a sainet store (`sainet.core.safepath.output_dir`);
 - an existing target is replaced (``--force``) only when it is a sainet store: a folder whose
   ``index.sai`` starts with the store magic and that holds nothing but store files. Any other
   folder, a file or a symlink is refused: `pack --force` must not delete a user's folder;
@@ -33,7 +34,7 @@ from cache_tools.format import INDEX_NAME, MAGIC
 from cache_tools.plan import fs_info
 from cache_tools.store import is_store
 from sainet.core.errors import CapacityError, StoreError, StoreExistsError, TargetError, TargetLocked
-from sainet.core.safepath import is_inside, overlaps
+from sainet.core.safepath import is_inside, output_dir, overlaps
 
 __all__ = ["partial_path", "old_path", "lock_path", "is_store_folder", "check_target", "TargetLock", "guard_target", "refuse_empty"]
 
@@ -122,6 +123,8 @@ def check_target(srcs: Sequence[str | os.PathLike[str]], to: str | os.PathLike[s
     to = Path(to)
     for src in srcs:
         _check_source(Path(src), to)
+    # Never /, a system folder or inside a store (a store at exactly `to` is replaced with --force, below).
+    output_dir(to, "pack target", store_ok=True, error=TargetError)
     _check_replaceable(to, force)
     _check_partial(to)
     old = old_path(to)

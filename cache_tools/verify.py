@@ -62,6 +62,7 @@ def verify_store(path: str | Path, *, threads: int = 2, progress: Callable[[int]
                 entries = _lmdb_env(store.path).stat()["entries"]
             except Exception as e:  # noqa: BLE001 - lmdb.Error and its subclasses (a damaged data.mdb)
                 raise StoreCorruptError(f"{store.path}: LMDB cannot be read: {e}") from None
+            entries -= 1 if store.meta.get("store_id") else 0  # the store id's key (cache_tools.format.STORE_ID_KEY)
             if entries != len(store):
                 report.bad.append({"record": -1, "name": "", "reason": f"LMDB holds {entries} payloads, index lists {len(store)}"})
         with ThreadPoolExecutor(threads) as pool:
@@ -86,5 +87,5 @@ def describe_store(path: str | Path) -> dict:
             "classes": s.classes, "boxes_per_class": {c: int(n) for c, n in zip(s.classes, boxes_per_class, strict=True)},
             "splits": {sp: int(len(s.indices(sp))) for sp in s.splits}, "payload_bytes": int(ix.records["length"].sum()),
             "store_bytes": s.nbytes(), "shards": ix.num_shards, "source": s.meta.get("source"), "layout": s.meta.get("layout"),
-            "created": s.meta.get("created"), "left_out": len(s.meta.get("bad", [])), "reencoded": s.meta.get("reencoded", 0),
+            "created": s.meta.get("created"), "store_id": s.meta.get("store_id"), "left_out": len(s.meta.get("bad", [])), "reencoded": s.meta.get("reencoded", 0),
         }

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cache_tools.format import shard_name
+from cache_tools.format import STORE_ID_KEY, shard_name, shard_trailer
 from sainet.core.errors import CapacityError, StoreCorruptError, StoreWriteError
 
-__all__ = ["JOURNAL_DTYPE", "ShardWriter", "LmdbWriter", "open_writer"]
+__all__ = ["JOURNAL_DTYPE", "ShardWriter", "LmdbWriter", "open_writer", "stamp_store"]
 
 #: One row per processed source sample. status 0 = packed, 1 = left out (bad image).
 JOURNAL_DTYPE = np.dtype(
@@ -233,3 +233,35 @@ def open_writer(container: str, folder: Path, *, shard_size: int, map_size: int,
     if container == "shards":
         return ShardWriter(folder, shard_size, expected_bytes)
     return LmdbWriter(folder, map_size)
+
+
+def stamp_store(folder: Path, container: str, shard_sizes: list[int], store_id: str) -> None:
+    """Write `store_id` into the container files (after `finish`): a trailer after each shard's
+    payloads, or a key in the LMDB main DB. Readers compare it with the index's (cache_tools.format)."""
+    if container == "shards":
+        for i, size in enumerate(shard_sizes):
+            path = folder / shard_name(i)
+            try:
+                fd = os.open(path, os.O_RDWR)
+                try:
+                    _write_all(fd, shard_trailer(store_id, i), size, str(path))
+                    os.ftruncate(fd, size + len(shard_trailer(store_id, i)))
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as e:
+                raise _write_error(e, str(path)) from None
+        return
+    import lmdb
+
+    try:
+        room = os.path.getsize(folder / "data.mdb") + (16 << 20)  # one more key: never a MapFullError
+        env = lmdb.open(str(folder), map_size=room, subdir=True, max_dbs=2, meminit=False, readahead=False)
+        try:
+            with env.begin(write=True) as txn:
+                txn.put(STORE_ID_KEY, bytes.fromhex(store_id))
+            env.sync(True)
+        finally:
+            env.close()
+    except (lmdb.Error, OSError) as e:
+        raise _lmdb_error(e, folder, 64) from None

@@ -44,7 +44,7 @@ CAT_TARGETS = "pack targets, locks, full tmpfs, empty packs"
 CAT_SOURCES = "odd and hostile sources"
 CATEGORIES = (CAT_STORES, CAT_MUTATIONS, CAT_TARGETS, CAT_SOURCES)
 #: Exit codes sainet documents (0 ok, 1 verify found bad records, 2 usage/dataset, 3 image, 4 store, 5 capacity).
-DOCUMENTED_EXIT = {0, 1, 2, 3, 4, 5}
+DOCUMENTED_EXIT = {0, 1, 2, 3, 4, 5, 6}
 FAST_MUTATIONS = 60
 SLOW_MUTATIONS = 600
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from sainet.bench.results import REFERENCES, BenchConfig, BenchResult
 from sainet.core.geometry import format_imgsz
+from sainet.core.safepath import plain_child
 
 
 def hyp_text(cfg: BenchConfig) -> str:
@@ -150,7 +151,7 @@ def save_results(results: list[BenchResult], cfg: BenchConfig, out_dir: Path, ta
                         "stores": {k: str(v) for k, v in cfg.stores.items()},
                         "source": str(cfg.source) if cfg.source else None},
            "results": [asdict(r) for r in results]}
-    path = out_dir / f"{tag}.json"
+    path = plain_child(out_dir, f"{tag}.json", "result tag")
     path.write_text(json.dumps(doc, indent=2))
     png = plot or out_dir / f"{tag}.png"
     plot_results(results, png, f"{tag} ({doc['host']['profile']})")

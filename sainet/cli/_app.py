@@ -16,7 +16,6 @@ from contextlib import contextmanager
 from typing import Any, Literal
 
 import typer
-from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 from rich.progress import (
@@ -30,6 +29,7 @@ from rich.progress import (
 from typer.core import TyperGroup
 
 from cache_tools.format import CONTAINERS, MODES
+from sainet.cli._console import SafeConsole
 from sainet.core.datasets import LAYOUTS
 from sainet.core.errors import SainetError
 from sainet.core.geometry import parse_imgsz, parse_wxh
@@ -48,6 +48,7 @@ EXIT_CODES = {
     3: "an image cannot be decoded (the error names the file or record)",
     4: "a store is missing, foreign, damaged, of another version, or exists without --force",
     5: "it does not fit: the store or the loader buffers exceed the free space or memory",
+    6: "a distributed run failed: its ranks disagree (store, world size, batch) or a rank died",
     130: "interrupted (Ctrl-C); nothing half-written is left as a valid store",
 }
 
@@ -58,8 +59,8 @@ def _width(stream: Any) -> int | None:
     return None if (isatty and isatty()) or os.environ.get("COLUMNS") else 160
 
 
-console = Console(width=_width(sys.stdout))
-err = Console(stderr=True, width=_width(sys.stderr))
+console = SafeConsole(width=_width(sys.stdout))  # names are shown with control characters as \xNN
+err = SafeConsole(stderr=True, width=_width(sys.stderr))
 
 
 class SainetGroup(TyperGroup):

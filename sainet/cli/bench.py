@@ -51,6 +51,21 @@ def print_bench_table(results: list[Any], cfg: Any, profile_name: str) -> None:
     console.print(headline(results))
 
 
+def _check_outputs(out: Path, tag: str | None, store: Path | None, source: Path | None, work: Path, plot: Path | None) -> None:
+    """Before the run: the results, work and chart folders (sainet.core.safepath.output_dir) and the tag
+    as a plain file name."""
+    from sainet.core.errors import SettingsError
+    from sainet.core.safepath import enclosing_store, output_dir, plain_child
+
+    sources = tuple(p for p in (store, source) if p)
+    output_dir(out, "--out", sources=sources, error=SettingsError)
+    output_dir(work, "--work", sources=sources, error=SettingsError)
+    if plot is not None and enclosing_store(plot.parent) is not None:
+        raise SettingsError(f"--plot {plot} lies inside the sainet store {enclosing_store(plot.parent)}")
+    if tag is not None:
+        plain_child(out, tag, "--tag", error=SettingsError)
+
+
 @app.command("bench-loader")
 def bench_loader(
     store: Annotated[Path | None, typer.Option(help="A store to benchmark (its source is used for disk/ultralytics).")] = None,
@@ -92,6 +107,7 @@ def bench_loader(
     def body() -> int:
         if store is None and source is None:
             raise SettingsError("give --store or --source")
+        _check_outputs(out, tag, store, source, work, plot)
         prof = choose_profile(profile)
         stores, src = prepare_stores(source, store, work, imgsz, raw or "raw-shm" in loaders, "raw-lmdb" in loaders)
         cfg = bench_config(stores=stores, source=src, imgsz=imgsz, profile=prof, batch=batch, augment=augment,

@@ -28,6 +28,7 @@ from sainet.cli._app import (
     size_type,
 )
 from sainet.core.errors import SettingsError
+from sainet.core.safepath import output_dir, printable
 from sainet.settings import default_threads
 from sainet.synth import FASDD_SUBSETS, SYNTH_LAYOUTS
 
@@ -64,6 +65,7 @@ def synth(
     from sainet.synth import synthesize
 
     def body() -> None:
+        output_dir(out, "synth folder", error=SettingsError)  # never /, a system folder or a store
         names = [c.strip() for c in classes.split(",") if c.strip()] if classes is not None else None
         try:
             with progress_bar(images, "synth") as advance:
@@ -304,7 +306,7 @@ def inspect(
             ("classes", ", ".join(f"{c} ({n} boxes)" for c, n in d["boxes_per_class"].items())),
             ("payload", human_bytes(d["payload_bytes"])), ("on disk", human_bytes(d["store_bytes"])),
             ("source", f"{d['source']} ({d['layout']})"), ("created", str(d["created"])),
-            ("left out", str(d["left_out"])), ("re-encoded", str(d["reencoded"])),
+            ("store id", str(d["store_id"] or "-")), ("left out", str(d["left_out"])), ("re-encoded", str(d["reencoded"])),
         ]:
             t.add_row(k, v)
         console.print(t)
@@ -346,8 +348,12 @@ def export(
     store: Annotated[Path, typer.Argument(help="Store folder.")],
     to: Annotated[Path, typer.Option("--to", help="Folder for the YOLO dataset.")],
     force: Annotated[bool, typer.Option(help="Write into a non-empty folder.")] = False,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Leave out records whose payload is damaged (listed) instead of refusing.")] = False,
 ) -> None:
     """Write a store back out as an Ultralytics YOLO folder with data.yaml (jpeg stores: byte-identical images).
+
+    Every payload's checksum is checked first: a damaged record stops the export (exit 4, naming
+    the records) unless `--skip-bad` leaves it out.
 
     Examples:
 
@@ -358,7 +364,10 @@ def export(
 
     def body() -> None:
         with progress_bar(None, "export") as bar:
-            n = export_store(store, to, force=force, progress=bar)
-        console.print(f"exported {n} images to {to} (data.yaml)")
+            skipped: list[dict] = []
+            n = export_store(store, to, force=force, skip_bad=skip_bad, skipped=skipped, progress=bar)
+        for b in skipped:
+            console.print(f"left out record {b['record']} ({printable(b['name'])}): {printable(b['reason'])}", markup=False)
+        console.print(f"exported {n} images to {to} (data.yaml)" + (f", {len(skipped)} damaged left out" if skipped else ""))
 
     run(body)

@@ -29,9 +29,12 @@ def demo(
     * `sainet demo`
     * `sainet demo --out /tmp/demo --no-bench`
     """
+    from sainet.core.errors import SettingsError
+    from sainet.core.safepath import output_dir
     from sainet.demo import DEMO, run_demo
 
     def body() -> int:
+        output_dir(out, "--out", error=SettingsError)  # never /, a system folder or a store
         with bar_factory() as bar:
             report = run_demo(out, DEMO, progress=bar, bench=bench)
         t = Table(title=f"sainet demo ({report.seconds:.0f}s)")

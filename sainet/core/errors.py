@@ -18,6 +18,7 @@ __all__ = [
     "StoreFormatError",
     "StoreVersionError",
     "StoreCorruptError",
+    "StoreReplacedError",
     "StoreExistsError",
     "CapacityError",
     "UnsafeName",
@@ -90,6 +91,10 @@ class StoreVersionError(StoreError):
 
 class StoreCorruptError(StoreError):
     """A record's checksum or structure does not match the index."""
+
+
+class StoreReplacedError(StoreCorruptError):
+    """A store's files were replaced under a reader: a shard or ``data.mdb`` belongs to another index."""
 
 
 class StoreExistsError(StoreError):

@@ -10,9 +10,14 @@ resolved settings in the run folder, so ``--resume`` restores the run's shape, l
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
+import hashlib
 import json
 import logging
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +29,7 @@ from cache_tools.store import is_store
 from loaders.backends import BACKENDS, reader_for
 from sainet.core.errors import CapacityError, DatasetError, SettingsError
 from sainet.core.geometry import format_imgsz
+from sainet.core.safepath import output_dir, plain_child
 from sainet.core.topology import Topology
 from sainet.profiles import HostInfo, Profile
 from sainet.settings import LOADERS, TrainSettings, default_threads
@@ -135,11 +141,23 @@ def _yolo_data_for(store: str, project: str) -> str:
     from cache_tools.export import export_store
     from cache_tools.format import read_index
 
-    digest = read_index(Path(store)).meta.get("created", "x").replace(":", "")
-    out = Path(project) / ".exports" / f"{Path(store).name}-{digest}"
+    meta = read_index(Path(store)).meta
+    # Store fields never become path text: the folder is named by the store's folder name and a
+    # digest of its id (or creation time, for stores packed before store ids), then checked to be plain.
+    tag = hashlib.blake2b(str(meta.get("store_id") or meta.get("created") or "x").encode(), digest_size=6).hexdigest()
+    exports = Path(project) / ".exports"
+    out = plain_child(exports, f"{Path(os.path.realpath(store)).name}-{tag}", "export folder name")
     if not (out / "data.yaml").is_file():
         export_store(store, out, force=True)
     return str(out / "data.yaml")
+
+
+def _check_outputs(s: TrainSettings) -> None:
+    """--project may not be /, a system folder, the data or inside it, or inside a store; --name is one plain name."""
+    output_dir(s.project, "--project", sources=(s.data,) if s.data else (),
+               error=SettingsError)
+    if s.name is not None:
+        plain_child(s.project, s.name, "--name", error=SettingsError)
 
 
 def _stage_config(s: TrainSettings) -> dict[str, Any]:
@@ -272,6 +290,7 @@ def _plan(settings: TrainSettings) -> _Plan:
     from sainet.train.trainer import SainetOptions
 
     s = restore_run(settings) if settings.resume else settings
+    _check_outputs(s)
     host = detect_host()
     profile = choose_profile(s.profile, host)
     cuda = torch.cuda.is_available()
@@ -305,6 +324,20 @@ def resolve(settings: TrainSettings) -> tuple[dict[str, Any], Any, dict[str, Any
 # ---------------------------------------------------------------------------------------------- run
 
 
+@contextlib.contextmanager
+def run_files_named(save_dir: Path) -> Iterator[None]:
+    """A file-system error without a file name (a failed write() says only "No space left on device")
+    names the run folder it happened under; a full filesystem is a `CapacityError` (exit 5)."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None:
+            raise
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise CapacityError(f"{save_dir}: filesystem full while writing the run's files ({e.strerror})") from e
+        raise OSError(e.errno, f"{e.strerror or e} (writing the run's files)", str(save_dir)) from e
+
+
 def train(settings: TrainSettings) -> TrainResult:
     from sainet.train.offline import prepare_offline
 
@@ -330,7 +363,8 @@ def train(settings: TrainSettings) -> TrainResult:
     for event, fns in settings.callbacks.items():
         for fn in fns:
             trainer.add_callback(event, fn)
-    trainer.train()
+    with run_files_named(save_dir):
+        trainer.train()
     metrics = _last_metrics(save_dir / "results.csv")
     return TrainResult(save_dir, save_dir / "weights" / "best.pt", save_dir / "weights" / "last.pt", metrics,
                        list(getattr(trainer, "loader_telemetry", [])), {**p.chosen, "overrides": p.overrides})

@@ -234,6 +234,10 @@ class Importer(abc.ABC):
     def detect(cls, root: Path) -> bool:
         """Whether `root` looks like this layout."""
 
+    def check_readable(self) -> None:  # noqa: B027 - a hook, empty by default
+        """Raise `DatasetError` when the annotations cannot be read (layout detection asks every
+        importer that claims a folder). Importers that parse lazily parse here; the default is a no-op."""
+
     @abc.abstractmethod
     def splits(self) -> list[str]:
         """The split names, in a stable order."""

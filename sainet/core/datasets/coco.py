@@ -8,7 +8,6 @@ are skipped like Ultralytics' converter does.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,8 +22,9 @@ from sainet.core.datasets.base import (
     resolve_inside,
     validate_boxes,
 )
-from sainet.core.datasets.guards import check_coco_doc
+from sainet.core.datasets.guards import check_coco_doc, load_json
 from sainet.core.errors import DatasetError, PathOutsideRoot
+from sainet.core.safepath import printable
 
 __all__ = ["CocoImporter", "read_coco"]
 
@@ -58,7 +58,7 @@ def read_coco(
     """
     rel_json = json_path.relative_to(root).as_posix() if json_path.is_relative_to(root) else str(json_path)
     try:
-        doc = json.loads(json_path.read_bytes())
+        doc = load_json(json_path, rel_json)
         check_coco_doc(doc, rel_json)
         cats = sorted(doc["categories"], key=lambda c: c["id"])
         images = doc["images"]
@@ -66,9 +66,8 @@ def read_coco(
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise DatasetError(f"{rel_json}: not a COCO detection json ({type(e).__name__}: {e})") from None
     names, cat_index = _category_index(cats, names, rel_json)
-    by_image: dict[object, list[dict]] = {}
-    for a in anns:
-        by_image.setdefault(a.get("image_id"), []).append(a)
+    images = _unique_images(images, rel_json, problems)
+    by_image = _annotations_by_image(anns, {im["id"] for im in images}, rel_json, problems)
     samples = []
     tally = tally if tally is not None else BoxTally()
     for im in images:
@@ -90,6 +89,60 @@ def read_coco(
     return names, samples
 
 
+def _is_id(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _unique_images(images: list[dict], rel_json: str, problems: list[Problem]) -> list[dict]:
+    """Image entries with an integer id used once. An id used twice leaves every image holding it out:
+    its annotations cannot be told apart (one annotation would become a box on each)."""
+    seen: dict[int, int] = {}
+    for im in images:
+        if _is_id(im.get("id")):
+            seen[im["id"]] = seen.get(im["id"], 0) + 1
+    out = []
+    for k, im in enumerate(images):
+        where = f"{rel_json}: {printable(str(im.get('file_name', '')))}"
+        if not _is_id(im.get("id")):
+            problems.append(Problem(where, ProblemKind.ANNOTATION_ERROR,
+                                    f"images[{k}] id is {type(im.get('id')).__name__}, expected an integer; left out"))
+        elif seen[im["id"]] > 1:
+            problems.append(Problem(where, ProblemKind.ANNOTATION_ERROR,
+                                    f"image id {im['id']} is used by {seen[im['id']]} images; their annotations cannot be told apart, left out"))
+        else:
+            out.append(im)
+    return out
+
+
+def _annotations_by_image(anns: list[dict], image_ids: set[int], rel_json: str, problems: list[Problem]) -> dict[int, list[dict]]:
+    """Annotations grouped by image id; a non-integer image id, or one no image has (an orphan), is reported."""
+    by_image: dict[int, list[dict]] = {}
+    orphans: dict[int, int] = {}
+    for k, a in enumerate(anns):
+        iid = a.get("image_id")
+        if not _is_id(iid):
+            problems.append(Problem(rel_json, ProblemKind.LABEL_MALFORMED,
+                                    f"annotations[{k}] (id {printable(str(a.get('id')))[:40]}): image_id is {type(iid).__name__}, expected an integer; dropped"))
+        elif iid in image_ids:
+            by_image.setdefault(iid, []).append(a)
+        else:
+            orphans[iid] = orphans.get(iid, 0) + 1
+    for iid, n in orphans.items():
+        problems.append(Problem(rel_json, ProblemKind.LABEL_MALFORMED,
+                                f"{n} annotation(s) for image id {iid}, which no usable image has; not used"))
+    return by_image
+
+
+def _crowd(a: dict, rel: str, problems: list[Problem]) -> bool:
+    """An annotation's iscrowd as COCO defines it (0 or 1); another type is reported and read by its value."""
+    v = a.get("iscrowd", 0)
+    if isinstance(v, (bool, int)):
+        return bool(v)
+    problems.append(Problem(rel, ProblemKind.LABEL_MALFORMED,
+                            f"annotation {printable(str(a.get('id')))[:40]}: iscrowd is {type(v).__name__} {printable(str(v))[:20]!r}, expected 0 or 1"))
+    return str(v).strip() not in ("0", "", "false", "False")
+
+
 def _find_image(fname: str, image_dirs: list[Path], root: Path, where: str, problems: list[Problem]) -> Path | None:
     for d in image_dirs:
         try:
@@ -108,7 +161,7 @@ def _coco_boxes(anns: list[dict], cat_index: dict[object, int], w: int, h: int, 
     """One image's annotations as raw (class, normalized xywh); crowd ones skipped (and counted), like Ultralytics."""
     raw_c, raw_b = [], []
     for a in anns:
-        if a.get("iscrowd"):
+        if _crowd(a, rel, problems):
             tally.read += 1
             tally.dropped["crowd"] += 1
             continue
@@ -141,6 +194,9 @@ class CocoImporter(Importer):
 
     def splits(self) -> list[str]:
         return list(self._jsons)
+
+    def check_readable(self) -> None:
+        self._load(next(iter(self._jsons)))  # parsed once, cached for samples()
 
     def _load(self, split: str) -> list[Sample]:
         if split not in self._cache:

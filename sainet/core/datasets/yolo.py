@@ -23,7 +23,7 @@ from sainet.core.datasets.base import (
     read_lines,
     resolve_inside,
 )
-from sainet.core.datasets.guards import MAX_CLASSES, check_class_names, load_yaml
+from sainet.core.datasets.guards import MAX_CLASSES, check_class_names, load_yaml, walk_files
 from sainet.core.errors import DatasetError, PathOutsideRoot
 
 __all__ = ["YoloImporter", "label_path_for", "read_names"]
@@ -111,7 +111,8 @@ class YoloImporter(Importer):
                 self._problem(entry, ProblemKind.PATH_OUTSIDE_ROOT, str(e))
                 continue
             if p.is_dir():
-                yield from sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTS and q.is_file())
+                found = walk_files(p, lambda d, why: self._problem(d, ProblemKind.ANNOTATION_ERROR, why))
+                yield from sorted(q for q in found if q.suffix.lower() in IMAGE_EXTS)
             elif p.suffix == ".txt" and p.is_file():
                 for line in read_lines(p):
                     try:
