@@ -207,25 +207,27 @@ def broadcast(obj: Any) -> Any:
 # ------------------------------------------------------------------------------------ store identity
 @dataclass(frozen=True)
 class StoreFingerprint:
-    """What must be equal on every node: format version, record count, content hash of the index."""
+    """What must be equal on every node: format version, record count, and the store's content hash
+    (`cache_tools.format.content_fingerprint`: records, checksums, labels, classes, options; not the
+    time, path or host of the pack, so nodes that each packed the same source agree)."""
 
     version: int
     records: int
     digest: str
 
     def __str__(self) -> str:
-        return f"v{self.version}, {self.records} records, index {self.digest[:12]}"
+        return f"v{self.version}, {self.records} records, content {self.digest[:12]}"
 
 
 def store_fingerprint(data: str | os.PathLike[str], names: list[str] | None = None) -> StoreFingerprint:
     """The fingerprint of a store (its index file), or for a dataset folder (``--loader disk``) of
     the record names the loader found."""
-    from cache_tools.format import INDEX_NAME, read_index
+    from cache_tools.format import INDEX_NAME, content_fingerprint, read_index
 
     index = Path(data) / INDEX_NAME
     if index.is_file():
-        meta = read_index(Path(data))  # validates the index (typed error if foreign or damaged)
-        return StoreFingerprint(int(meta.version), len(meta.records), hashlib.blake2b(index.read_bytes(), digest_size=16).hexdigest())
+        ix = read_index(Path(data))  # validates the index (typed error if foreign or damaged)
+        return StoreFingerprint(int(ix.version), len(ix.records), content_fingerprint(ix))
     h = hashlib.blake2b(digest_size=16)
     for name in names or []:
         h.update(name.encode() + b"\0")
