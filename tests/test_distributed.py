@@ -126,7 +126,7 @@ def test_memory_per_node(monkeypatch):
 
 
 def test_ddp_shim_target_still_exists():
-    """`trainer._ddp_device_ids_for_cpu` patches this module global for Ultralytics' DDP wrap."""
+    """`hooks.ddp_device_ids_for_cpu` patches this module global for Ultralytics' DDP wrap."""
     import inspect
 
     import torch
@@ -315,10 +315,10 @@ def test_mid_epoch_checkpoint_resumes_the_same_epoch_order(store, tmp_path, monk
     with pytest.raises(SainetError, match="resume it with --batch 2"):
         train(TrainRequest(data="", resume=str(mid), batch=4, device="cpu", project=str(tmp_path)))
     r = train(TrainRequest(data="", resume=str(mid), batch=2, device="cpu", project=str(tmp_path)))
-    after = [row["im_file"] for row in _rows(r.save_dir / "samples.csv")]
+    epoch = [row["im_file"] for row in _rows(r.save_dir / "samples.csv")]  # the samples seen before the stop, too
     names = _train_names(store)
-    assert len(after) == len(names) - 4
-    assert sorted(before + after) == sorted(names)  # the rest of the same epoch order, each once
+    assert epoch[:4] == before and len(epoch) == len(names)
+    assert sorted(epoch) == sorted(names)  # the rest of the same epoch order, each once
     assert r.last.is_file() and not mid.exists()  # the epoch's last.pt supersedes the mid-epoch file
     assert json.loads((r.save_dir / "distributed.json").read_text())["world_size"] == 1
 

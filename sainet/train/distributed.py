@@ -36,7 +36,7 @@ from typing import Any
 from sainet.core.errors import SainetError
 
 __all__ = [
-    "DEFAULT_TIMEOUT_S", "ENV_TIMEOUT", "DistributedError", "DistInfo", "StoreFingerprint", "check_same_store",
+    "DEFAULT_TIMEOUT_S", "ENV_TIMEOUT", "DistributedError", "any_rank", "DistInfo", "StoreFingerprint", "check_same_store",
     "broadcast", "cuda_device", "gather", "host_bytes_per_node", "init_process_group",
     "per_rank_batch", "ranks_per_node", "ranks_to_spawn", "shutdown_process_group", "store_fingerprint",
     "timeout_s", "world_size_for",
@@ -193,6 +193,18 @@ def gather(obj: Any) -> list[Any]:
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank if `flag` is true on any rank (one small all-reduce); `flag` when not distributed."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    t = torch.tensor([int(flag)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
 
 
 def broadcast(obj: Any) -> Any:
