@@ -59,3 +59,131 @@ def test_two_packs_of_the_same_source_share_a_content_fingerprint(source, store,
     pack(moved, fewer, PackOptions(container="lmdb"))
     prints = [store_fingerprint(s).digest for s in (store, other_option, relabelled, fewer)]
     assert len(set(prints)) == 4, prints
+
+
+# ----------------------------------------------------------------------------------- hooks, atomic
+def test_private_ultralytics_apis_are_as_hooked():
+    """Each private Ultralytics API in `sainet.train.hooks.PRIVATE_APIS` exists in the installed
+    Ultralytics with the parameters and the code the hook relies on."""
+    import importlib
+    import inspect
+
+    from sainet.train.hooks import PRIVATE_APIS
+
+    assert len(PRIVATE_APIS) >= 6
+    for api in PRIVATE_APIS:
+        module, _, cls = api.owner.partition(":")
+        owner = importlib.import_module(module)
+        owner = getattr(owner, cls) if cls else owner
+        assert hasattr(owner, api.name), f"{api.owner}.{api.name} is gone (hooked: {api.how})"
+        target = getattr(owner, api.name)
+        if api.params is not None:
+            assert tuple(inspect.signature(target).parameters) == api.params, f"{api.owner}.{api.name}{inspect.signature(target)}"
+        source = inspect.getsource(target) if api.source_has else ""
+        for text in api.source_has:
+            assert text in source, f"{api.owner}.{api.name} no longer contains {text!r} ({api.how})"
+
+
+def test_atomic_paths_and_the_stripped_checkpoint(tmp_path):
+    """AtomicPath.write_bytes and children joined to it; a failed write leaves the old file and no
+    temporary; the leftovers of a killed write are removed; the atomic strip_optimizer writes in place."""
+    import torch
+
+    from sainet.train.checkpoint import AtomicPath, atomic_save, remove_leftovers
+    from sainet.train.hooks import atomic_strip_optimizer, strip_optimizer_atomic
+
+    wdir = AtomicPath(tmp_path)
+    child = wdir / "epoch3.pt"
+    assert isinstance(child, AtomicPath)
+    child.write_bytes(b"new")
+    assert child.read_bytes() == b"new"
+
+    def half_then_fail(f) -> None:  # noqa: ANN001
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_save(child, half_then_fail)
+    assert child.read_bytes() == b"new" and sorted(p.name for p in tmp_path.iterdir()) == ["epoch3.pt"]
+    (tmp_path / ".last.pt.123.tmp").write_bytes(b"x" * 10)
+    (tmp_path / "mid_epoch.tmp").write_bytes(b"x")
+    assert {p.name for p in remove_leftovers(tmp_path)} == {".last.pt.123.tmp", "mid_epoch.tmp"}
+    ckpt = {"epoch": 2, "model": torch.nn.Conv2d(1, 1, 1), "ema": None, "optimizer": {"x": 1}, "train_args": {}}
+    torch.save(ckpt, tmp_path / "last.pt")
+    out = strip_optimizer_atomic(tmp_path / "last.pt")
+    assert out["epoch"] == -1 and torch.load(tmp_path / "last.pt", weights_only=False)["optimizer"] is None
+    import ultralytics.engine.trainer as ut
+
+    real = ut.strip_optimizer
+    with atomic_strip_optimizer():
+        assert ut.strip_optimizer is strip_optimizer_atomic
+    assert ut.strip_optimizer is real
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch3.pt", "last.pt"]
+
+
+def test_latest_checkpoint_prefers_a_newer_mid_epoch_file(tmp_path):
+    import torch
+
+    from sainet.train.checkpoint import MID_EPOCH_NAME, latest_checkpoint
+
+    last, mid = tmp_path / "last.pt", tmp_path / MID_EPOCH_NAME
+    torch.save({"epoch": 0}, mid)  # preempted in the first epoch: no last.pt yet
+    assert latest_checkpoint(last) == mid
+    torch.save({"epoch": 0}, last)  # epoch 1 finished after it: the mid-epoch file is stale
+    assert latest_checkpoint(last) == last and not mid.exists()
+    torch.save({"epoch": 1}, mid)  # stopped within epoch 2
+    assert latest_checkpoint(last) == mid == latest_checkpoint(mid)
+
+
+def test_telemetry_rows_of_replayed_epochs_are_dropped(tmp_path):
+    from sainet.train.telemetry import keep_epochs_up_to
+
+    (tmp_path / "results.csv").write_text("epoch,time,loss\n1,2.0,0.5\n2,4.0,0.4\n3,6.0,0.3\n")
+    (tmp_path / "loader.csv").write_text("epoch,images\n1,9\n2,9\n")
+    (tmp_path / "samples.csv").write_text("epoch,rank,im_file\n1,0,a.jpg\n2,0,b.jpg\n2,0,c.jpg\n")
+    assert keep_epochs_up_to(tmp_path, 1) == {"results.csv": 2, "loader.csv": 1, "samples.csv": 2}
+    assert (tmp_path / "results.csv").read_text() == "epoch,time,loss\n1,2.0,0.5\n"
+    assert (tmp_path / "samples.csv").read_text() == "epoch,rank,im_file\n1,0,a.jpg\n"
+    assert keep_epochs_up_to(tmp_path, 1) == {}
+
+
+# ------------------------------------------------------------------------------------------ elastic
+@pytest.mark.parametrize("before,after,batches", [(2, 1, 1), (1, 2, 1), (2, 3, 1), (3, 2, 1), (1, 3, 0)])
+def test_elastic_loader_resume_covers_the_epoch_once(store, before, after, batches):
+    """A loader state saved by `before` ranks after `batches` batches, resumed on `after` ranks with
+    the same global batch: every record of the epoch once, plus only the new ranks' padding."""
+    from collections import Counter
+
+    from loaders import build_loader
+    from loaders.sampler import padding
+
+    glob = 6
+
+    def loaders(world: int) -> list:
+        return [build_loader(store, "lmdb", batch_size=glob // world, imgsz=64, split="train", augment=False,
+                             hyp={}, rank=r, world_size=world, seed=3, threads=1, prefetch=1, shuffle=True)
+                for r in range(world)]
+
+    first = loaders(before)
+    seen: list[str] = []
+    for ld in first:
+        ld.sampler.set_epoch(1)
+        it = iter(ld)
+        for _ in range(batches):
+            seen += next(it)["im_file"]
+        ld.reset()
+    state = first[0].state_dict()
+    second = loaders(after)
+    for ld in second:
+        ld.load_state_dict(state)
+        ld.sampler.set_epoch(1)
+        parts = [b["im_file"] for b in ld]
+        seen += [f for p in parts for f in p]
+        assert ld.state_dict()["batches_done"] == ld.state_dict()["batches_total"] == len(parts)
+    n = len(first[0].dataset)
+    rest = n - batches * glob
+    counts = Counter(seen)
+    assert len(counts) == n and sum(counts.values()) == n + padding(rest, after), counts
+    with pytest.raises(ValueError, match="global batch"):
+        build_loader(store, "lmdb", batch_size=1, imgsz=64, split="train", augment=False, hyp={}, rank=0,
+                     world_size=after, seed=3, threads=1, prefetch=1).load_state_dict(state)
