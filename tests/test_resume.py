@@ -187,3 +187,92 @@ def test_elastic_loader_resume_covers_the_epoch_once(store, before, after, batch
     with pytest.raises(ValueError, match="global batch"):
         build_loader(store, "lmdb", batch_size=1, imgsz=64, split="train", augment=False, hyp={}, rank=0,
                      world_size=after, seed=3, threads=1, prefetch=1).load_state_dict(state)
+
+
+# ------------------------------------------------------------------------------ in-process training
+def _request(store: Path, tmp_path: Path, name: str, **kw):  # noqa: ANN202
+    from sainet.train import TrainRequest
+
+    base = dict(data=str(store), loader="lmdb", model="yolov8n.yaml", imgsz=64, epochs=2, batch=2, device="cpu",
+                threads=1, prefetch=1, project=str(tmp_path), name=name, sets={"nbs": 2, "plots": False})
+    return TrainRequest(**{**base, **kw})
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    return list(csv.DictReader(path.open()))
+
+
+def _train_names(store: Path) -> list[str]:
+    from cache_tools.store import open_store
+
+    with open_store(store) as s:
+        return [s.index.name(int(i)) for i in s.indices("train")]
+
+
+def test_sigterm_saves_stops_with_the_requeue_code_and_resume_sees_each_sample_once(store, tmp_path, monkeypatch):
+    """SIGTERM at batch 2 of epoch 1: the step finishes, mid_epoch.pt and the marker are written,
+    Preempted (exit code 75) is raised, the handlers are restored; --resume RUN/weights/last.pt
+    (there is none yet) continues from the mid-epoch file and every epoch sees each sample once."""
+    import os
+    import signal
+
+    from sainet.train import TrainRequest, train
+    from sainet.train.checkpoint import MID_EPOCH_NAME
+    from sainet.train.preempt import MARKER, PREEMPTED_EXIT, Preempted
+
+    monkeypatch.setenv("SAINET_RECORD_SAMPLES", "1")
+
+    def term_at_two(trainer) -> None:  # noqa: ANN001
+        if trainer.epoch == 0 and trainer.train_loader.state_dict()["batches_done"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    handler = signal.getsignal(signal.SIGTERM)
+    # sent by a callback after sainet's own check of batch 2: the next step (3) finishes, then it stops
+    with pytest.raises(Preempted, match="SIGTERM at epoch 1, batch 3 of 5") as e:
+        train(_request(store, tmp_path, "pre", callbacks={"on_train_batch_end": [term_at_two]}))
+    assert e.value.exit_code == PREEMPTED_EXIT == 75 and signal.getsignal(signal.SIGTERM) == handler
+    run = tmp_path / "pre"
+    assert (run / "weights" / MID_EPOCH_NAME).is_file() and not (run / "weights" / "last.pt").exists()
+    assert (run / MARKER).is_file() and not list((run / "weights").glob(".*"))
+    r = train(TrainRequest(data="", resume=str(run / "weights" / "last.pt"), device="cpu", project=str(tmp_path)))
+    assert r.save_dir == run and not (run / MARKER).exists() and not (run / "weights" / MID_EPOCH_NAME).exists()
+    names = sorted(_train_names(store))
+    samples = _rows(run / "samples.csv")
+    for epoch in ("1", "2"):
+        assert sorted(s["im_file"] for s in samples if s["epoch"] == epoch) == names
+    assert [int(float(row["epoch"])) for row in _rows(run / "results.csv")] == [1, 2]
+    assert [row["epoch"] for row in _rows(run / "loader.csv")] == ["1", "2"]
+
+
+def test_telemetry_of_a_replayed_epoch_is_written_once(store, tmp_path, monkeypatch):
+    """Killed after epoch 2's results row but before its last.pt (the copy of epoch 1's last.pt is
+    put back): the resume replays epoch 2 and every telemetry file holds each epoch once."""
+    import shutil as sh
+
+    from sainet.train import TrainRequest, train
+
+    monkeypatch.setenv("SAINET_RECORD_SAMPLES", "1")
+
+    class Killed(Exception):
+        pass
+
+    def lose_epoch_two(trainer) -> None:  # noqa: ANN001
+        keep = Path(trainer.wdir) / "epoch1-last.bak"
+        if trainer.epoch == 0:
+            sh.copyfile(trainer.last, keep)
+        elif trainer.epoch == 1:
+            sh.copyfile(keep, trainer.last)
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(_request(store, tmp_path, "replay", epochs=3, callbacks={"on_model_save": [lose_epoch_two]}))
+    run = tmp_path / "replay"
+    assert [int(float(r["epoch"])) for r in _rows(run / "results.csv")] == [1, 2]
+    train(TrainRequest(data="", resume=str(run / "weights" / "last.pt"), device="cpu", project=str(tmp_path)))
+    assert [int(float(r["epoch"])) for r in _rows(run / "results.csv")] == [1, 2, 3]
+    assert [r["epoch"] for r in _rows(run / "loader.csv")] == ["1", "2", "3"]
+    samples = _rows(run / "samples.csv")
+    names = sorted(_train_names(store))
+    assert all(sorted(s["im_file"] for s in samples if s["epoch"] == str(e)) == names for e in (1, 2, 3))
