@@ -276,3 +276,174 @@ def test_telemetry_of_a_replayed_epoch_is_written_once(store, tmp_path, monkeypa
     samples = _rows(run / "samples.csv")
     names = sorted(_train_names(store))
     assert all(sorted(s["im_file"] for s in samples if s["epoch"] == str(e)) == names for e in (1, 2, 3))
+
+
+# ------------------------------------------------------------------------- processes: kills, elastic
+REPO = Path(__file__).resolve().parents[1]
+#: In the killed processes: every fsync (the step between a checkpoint's write and its rename) takes
+#: 0.3 s longer, so that kills land during checkpoint writes often enough to count.
+SLOW_FSYNC = "import os, time\n_fsync = os.fsync\n\n\ndef _slow(fd):\n    time.sleep(0.3)\n    return _fsync(fd)\n\n\nos.fsync = _slow\n"
+TRAIN = ["--loader", "lmdb", "--model", "yolov8n.yaml", "--imgsz", "64", "--device", "cpu", "--threads", "1",
+         "--prefetch", "1", "--set", "nbs=2", "--set", "plots=False"]
+
+
+def _env(tmp_path: Path, slow_fsync: bool = False) -> dict[str, str]:
+    import os
+
+    path = [str(REPO)]
+    if slow_fsync:
+        (tmp_path / "slowfsync").mkdir(exist_ok=True)
+        (tmp_path / "slowfsync" / "sitecustomize.py").write_text(SLOW_FSYNC)
+        path.insert(0, str(tmp_path / "slowfsync"))
+    env = {**os.environ, "PYTHONPATH": ":".join(path), "YOLO_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "SAINET_RECORD_SAMPLES": "1"}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    return env
+
+
+def _start(args: list[str], env: dict[str, str], torchrun: bool = False):  # noqa: ANN202
+    import subprocess
+    import sys
+
+    head = [sys.executable, "-m", "torch.distributed.run", *args] if torchrun else [sys.executable, "-m", "sainet", *args]
+    return subprocess.Popen(head, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def _kill_group(p) -> None:  # noqa: ANN001
+    import contextlib
+    import os
+    import signal
+
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+
+
+def _resume_path(run: Path) -> Path:
+    """What a requeue script passes: last.pt, or before the first epoch ends the mid-epoch file."""
+    last = run / "weights" / "last.pt"
+    return last if last.is_file() else run / "weights" / "mid_epoch.pt"
+
+
+def _wait_for(cond, p, timeout: float, poll: float = 0.005) -> bool:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if p.poll() is not None or time.monotonic() > deadline:
+            return False
+        time.sleep(poll)
+    return True
+
+
+def _writing(run: Path) -> bool:
+    w = run / "weights"
+    return w.is_dir() and any(f.name.endswith(".tmp") for f in w.iterdir())
+
+
+def _kill_once(p, run: Path, sig: int, during_write: bool, delay: float) -> dict:  # noqa: ANN001
+    """Wait until a checkpoint exists and this attempt writes one; then signal at once (during the
+    write) or `delay` seconds later. Returns what happened."""
+    has_one = lambda: (run / "weights" / "last.pt").is_file() or (run / "weights" / "mid_epoch.pt").is_file()  # noqa: E731
+    started = _wait_for(has_one, p, timeout=240, poll=0.05) and _wait_for(lambda: _writing(run), p, timeout=240)
+    if started and not during_write:
+        time.sleep(delay)
+    writing = _writing(run)
+    if p.poll() is None:
+        import os
+
+        os.kill(p.pid, sig)
+    out = p.communicate(timeout=120)[0]
+    return {"rc": p.returncode, "writing": writing, "signalled": started, "out": out}
+
+
+def _checkpoint_loads(path: Path) -> bool:
+    from ultralytics.nn.tasks import torch_safe_load
+
+    try:
+        ckpt, _ = torch_safe_load(str(path))
+    except Exception:  # noqa: BLE001 - exactly what the series looks for
+        return False
+    return isinstance(ckpt, dict) and isinstance(ckpt.get("epoch"), int) and ckpt["epoch"] >= 0
+
+
+def _kill_series(store: Path, tmp_path: Path, kills: int, epochs: int) -> dict:
+    """Train, kill (SIGKILL and SIGTERM alternately, at spread moments, every other one during a
+    checkpoint write), resume, ... `kills` times, then let the run finish. Returns the counts."""
+    import signal
+
+    from sainet.train.checkpoint import latest_checkpoint, remove_leftovers
+
+    env, run = _env(tmp_path, slow_fsync=True), tmp_path / "ks"
+    args = ["train", "--data", str(store), *TRAIN, "--batch", "2", "--epochs", str(epochs), "--checkpoint-every", "2",
+            "--project", str(tmp_path), "--name", "ks"]
+    counts = {"kills": 0, "SIGKILL": 0, "SIGTERM": 0, "during_write": 0, "exit_75": 0, "loadable": 0, "finished_early": 0}
+    for i in range(kills):
+        sig = signal.SIGKILL if i % 2 == 0 else signal.SIGTERM
+        p = _start(args if i == 0 else ["train", "--resume", str(_resume_path(run)), "--device", "cpu"], env)
+        try:
+            got = _kill_once(p, run, sig, during_write=i % 4 in (0, 1), delay=0.1 + (i * 0.61) % 2.5)
+        finally:
+            _kill_group(p)
+        if not got["signalled"]:
+            assert got["rc"] == 0, got["out"][-3000:]
+            counts["finished_early"] += 1
+            break
+        counts["kills"] += 1
+        counts[sig.name] += 1
+        counts["during_write"] += got["writing"]
+        if sig == signal.SIGTERM:
+            assert got["rc"] in (75, 0), got["out"][-3000:]  # 0: it came at the end of the last epoch
+            counts["exit_75"] += got["rc"] == 75
+        remove_leftovers(run / "weights")  # what the next start does; counted below
+        chosen = latest_checkpoint(_resume_path(run))
+        counts["loadable"] += _checkpoint_loads(chosen)
+    p = _start(["train", "--resume", str(_resume_path(run)), "--device", "cpu"], env)
+    try:
+        out = p.communicate(timeout=600)[0]
+    finally:
+        _kill_group(p)
+    assert p.returncode == 0, out[-3000:]
+    return counts
+
+
+def _check_each_sample_once(run: Path, store: Path, epochs: int) -> None:
+    names = sorted(_train_names(store))
+    samples = _rows(run / "samples.csv")
+    for e in range(1, epochs + 1):
+        assert sorted(s["im_file"] for s in samples if s["epoch"] == str(e)) == names, f"epoch {e}"
+    assert [int(float(r["epoch"])) for r in _rows(run / "results.csv")] == list(range(1, epochs + 1))
+    assert [int(r["epoch"]) for r in _rows(run / "loader.csv")] == list(range(1, epochs + 1))
+
+
+def test_kill_series_short(store, tmp_path, capsys):
+    """2 kills (SIGKILL, then SIGTERM, both during a checkpoint write): each leaves a loadable
+    checkpoint, and the finished run saw every sample once per epoch, with one telemetry row each
+    (the 20-kill series: `test_kill_series_of_twenty`, slow)."""
+    counts = _kill_series(store, tmp_path, kills=2, epochs=2)
+    with capsys.disabled():
+        print(f"\nkill series (short): {counts}")
+    assert counts["kills"] == counts["loadable"] == 2 and counts["exit_75"] + counts["finished_early"] >= 1
+    assert not list((tmp_path / "ks" / "weights").glob(".*"))
+    _check_each_sample_once(tmp_path / "ks", store, 2)
+
+
+@pytest.fixture(scope="module")
+def bigger_store(tmp_path_factory) -> Path:
+    from sainet.synth import synthesize
+
+    root = tmp_path_factory.mktemp("series")
+    synthesize(root / "ds", images=32, size=(96, 64), seed=2, val_fraction=0.25, background=0.1)
+    pack(root / "ds", root / "store", PackOptions(container="lmdb"))
+    return root / "store"
+
+
+@pytest.mark.slow
+def test_kill_series_of_twenty(bigger_store, tmp_path, capsys):
+    """The issue's series: 20 kills at spread moments, half SIGKILL, half SIGTERM."""
+    counts = _kill_series(bigger_store, tmp_path, kills=20, epochs=6)
+    with capsys.disabled():
+        print(f"\nkill series (20): {counts}")
+    assert counts["kills"] == counts["loadable"] == 20 and counts["SIGKILL"] == counts["SIGTERM"] == 10
+    assert counts["during_write"] >= 5
+    _check_each_sample_once(tmp_path / "ks", bigger_store, 6)
