@@ -7,8 +7,10 @@ when they end, whatever happens.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -152,8 +154,6 @@ def test_telemetry_rows_of_replayed_epochs_are_dropped(tmp_path):
 def test_elastic_loader_resume_covers_the_epoch_once(store, before, after, batches):
     """A loader state saved by `before` ranks after `batches` batches, resumed on `after` ranks with
     the same global batch: every record of the epoch once, plus only the new ranks' padding."""
-    from collections import Counter
-
     from loaders import build_loader
     from loaders.sampler import padding
 
@@ -447,3 +447,64 @@ def test_kill_series_of_twenty(bigger_store, tmp_path, capsys):
     assert counts["kills"] == counts["loadable"] == 20 and counts["SIGKILL"] == counts["SIGTERM"] == 10
     assert counts["during_write"] >= 5
     _check_each_sample_once(tmp_path / "ks", bigger_store, 6)
+
+
+def _sample_counts(run: Path) -> dict[int, Counter[str]]:
+    out: dict[int, Counter[str]] = {}
+    for s in _rows(run / "samples.csv"):
+        out.setdefault(int(s["epoch"]), Counter())[s["im_file"]] += 1
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("before,after", [(2, 1), (1, 2)])
+def test_elastic_resume_after_sigterm(store, tmp_path, before, after):
+    """SIGTERM mid-epoch to a run of `before` gloo ranks (to torchrun's agent, which forwards it);
+    --resume on `after` ranks: the interrupted epoch's samples are each seen once (plus only the new
+    ranks' padding of the rest), every later epoch too, and the telemetry holds each epoch once."""
+    import os
+    import signal
+
+    from loaders.sampler import padding
+    from sainet.train.preempt import MARKER
+
+    env, run, epochs = _env(tmp_path), tmp_path / "el", 2
+    common = ["--checkpoint-every", "1", "--project", str(tmp_path), "--name", "el"]
+    train = ["train", "--data", str(store), *TRAIN, "--batch", "2", "--epochs", str(epochs), *common]
+
+    def start(args: list[str], world: int):  # noqa: ANN202
+        if world == 1:
+            return _start(args, env)
+        return _start(["--standalone", "--nproc-per-node", str(world), "-m", "sainet", *args], env, torchrun=True)
+
+    p = start(train, before)
+    try:
+        assert _wait_for(lambda: (run / "weights" / "mid_epoch.pt").is_file(), p, timeout=400, poll=0.05)
+        os.kill(p.pid, signal.SIGTERM)
+        out = p.communicate(timeout=200)[0]
+    finally:
+        _kill_group(p)
+    assert p.returncode != 0 and (run / MARKER).is_file(), out[-3000:]
+    stopped = int(json.loads((run / MARKER).read_text())["epoch"])
+    q = start(["train", "--resume", str(_resume_path(run)), "--device", "cpu"], after)
+    try:
+        out = q.communicate(timeout=500)[0]
+    finally:
+        _kill_group(q)
+    assert q.returncode == 0, out[-3000:]
+    names = _train_names(store)
+    n = len(names)
+    counts = _sample_counts(run)
+    assert sorted(counts) == list(range(1, epochs + 1))
+    for epoch, c in counts.items():
+        assert sorted(c) == sorted(names), epoch  # every record of the epoch
+        extra = sum(c.values()) - n
+        if epoch < stopped:
+            assert extra == padding(n, before)
+        elif epoch > stopped:
+            assert extra == padding(n, after)
+        else:  # the prefix taken by `before` ranks has no repeats; the rest is padded for `after` ranks
+            assert extra < after
+    assert [int(float(r["epoch"])) for r in _rows(run / "results.csv")] == list(range(1, epochs + 1))
+    assert [int(r["epoch"]) for r in _rows(run / "loader.csv")] == list(range(1, epochs + 1))
+    assert json.loads((run / "distributed.json").read_text())["world_size"] == after
