@@ -23,6 +23,8 @@ ckpt)``                                                    best fitness, stopper
 ``ultralytics.engine.trainer.strip_optimizer`` rebound     during ``final_eval`` only: the stripped last.pt /
 ``(f, s, updates)``                                        best.pt are written atomically too
                                                            (`atomic_strip_optimizer`)
+``ultralytics.engine.trainer.check_amp``       rebound     on CUDA, for good: a local AMP check instead of one
+                                                           that downloads a model (`sainet.train.offline`)
 =============================================  ==========  ===================================================
 
 The two rebindings replace a module global of ``ultralytics.engine.trainer`` for the duration of one
@@ -71,6 +73,8 @@ PRIVATE_APIS: tuple[PrivateApi, ...] = (
                "layout copied; attributes made atomic"),
     PrivateApi(_T, "strip_optimizer", ("f", "s", "updates"), ("torch.save(",), "rebound in atomic_strip_optimizer"),
     PrivateApi(f"{_T}:BaseTrainer", "final_eval", ("self",), ("strip_optimizer(",), "overridden; calls the rebound"),
+    PrivateApi(_T, "check_amp", None, how="rebound in sainet.train.offline.replace_amp_check"),
+    PrivateApi(f"{_T}:BaseTrainer", "_setup_train", ("self",), ("check_amp(",), "calls the rebound check_amp"),
 )
 
 
