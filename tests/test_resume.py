@@ -36,8 +36,8 @@ def store(source) -> Path:
 
 # --------------------------------------------------------------------------------------- fingerprint
 def test_two_packs_of_the_same_source_share_a_content_fingerprint(source, store, tmp_path, monkeypatch):
-    """Another path, another time: the same fingerprint (the index bytes differ); another option,
-    record set or label: another fingerprint."""
+    """Another path, another time: the same fingerprint (the index bytes differ; with the same path
+    and time they are identical); another option, record set or label: another fingerprint."""
     from cache_tools.format import INDEX_NAME
 
     moved = tmp_path / "elsewhere" / "ds"
@@ -46,6 +46,9 @@ def test_two_packs_of_the_same_source_share_a_content_fingerprint(source, store,
     again = tmp_path / "node1" / "store"
     pack(moved, again, PackOptions(container="lmdb"))
     assert (again / INDEX_NAME).read_bytes() != (store / INDEX_NAME).read_bytes()
+    twin = tmp_path / "node2" / "store"  # the same path and pack time: nothing else in the index varies
+    pack(moved, twin, PackOptions(container="lmdb"))
+    assert (twin / INDEX_NAME).read_bytes() == (again / INDEX_NAME).read_bytes()
     assert store_fingerprint(again) == store_fingerprint(store)
     other_option = tmp_path / "shards"
     pack(source, other_option, PackOptions(container="shards"))

@@ -294,7 +294,10 @@ class SainetTrainer(DetectionTrainer):
 
         hooks.load_checkpoint_state(self, ckpt)
         unwrap_model(self.model).load_state_dict(mid["model"])
-        self.train_loader.load_state_dict(mid["loader"])
+        try:
+            self.train_loader.load_state_dict(mid["loader"])
+        except ValueError as e:
+            raise SainetError(f"{self.args.resume}: cannot continue its epoch here ({e})") from None
         self.train_loader.before = list(mid.get("samples") or [])
         self.start_epoch = int(ckpt["epoch"])
         self._drop_replayed_telemetry()
