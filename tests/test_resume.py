@@ -511,3 +511,42 @@ def test_elastic_resume_after_sigterm(store, tmp_path, before, after):
     assert [int(float(r["epoch"])) for r in _rows(run / "results.csv")] == list(range(1, epochs + 1))
     assert [int(r["epoch"]) for r in _rows(run / "loader.csv")] == list(range(1, epochs + 1))
     assert json.loads((run / "distributed.json").read_text())["world_size"] == after
+
+
+@pytest.mark.slow
+def test_launcher_passes_sigusr1_on_and_reports_the_preemption(store, tmp_path, monkeypatch):
+    """`sainet train --device 0,1` (here two CPU ranks through `launch_request`): SIGUSR1 to the
+    launcher becomes a SIGTERM to torchrun, whose ranks save and stop; the launcher raises
+    Preempted (exit code 75) although torchrun itself exits 1."""
+    import os
+    import signal
+    import threading
+
+    from sainet.train import TrainRequest, resolve
+    from sainet.train.launch import launch_request
+    from sainet.train.preempt import MARKER, Preempted
+
+    for k, v in _env(tmp_path).items():
+        monkeypatch.setenv(k, v)
+    req = TrainRequest(data=str(store), loader="lmdb", model="yolov8n.yaml", imgsz=64, epochs=2, batch=2, device="cpu",
+                       threads=1, prefetch=1, project=str(tmp_path), name="ln", checkpoint_every=1,
+                       sets={"nbs": 2, "plots": False})
+    run = tmp_path / "ln"
+    stop = threading.Event()
+
+    def signal_when_training() -> None:
+        while not stop.is_set() and not (run / "weights" / "mid_epoch.pt").is_file():
+            time.sleep(0.05)
+        if not stop.is_set():
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    t = threading.Thread(target=signal_when_training, daemon=True)
+    t.start()
+    try:
+        with pytest.raises(Preempted) as e:
+            launch_request(req, resolve(req)[0], 2)
+    finally:
+        stop.set()
+    assert e.value.exit_code == 75 and (run / MARKER).is_file()
+    assert json.loads((run / MARKER).read_text())["world_size"] == 2
+    assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL
