@@ -58,6 +58,7 @@ __all__ = [
     "check_meta",
     "check_records",
     "check_boxes",
+    "content_fingerprint",
     "shard_name",
     "new_store_id",
     "shard_trailer",
@@ -217,6 +218,34 @@ def encode_index(ix: IndexData) -> bytes:
     start = HEADER_DTYPE.fields["digest"][1]
     blob[start : start + 16] = digest
     return bytes(blob)
+
+
+#: Record fields that describe content (not where a payload lies: shard/offset follow --shard-size).
+_CONTENT_FIELDS = ("split", "length", "crc", "flags", "orig_w", "orig_h", "new_w", "new_h", "ratio", "pad_left", "pad_top",
+                   "box_count")
+
+
+def content_fingerprint(ix: IndexData) -> str:
+    """BLAKE2b-128 of what a store holds, not of when or where it was packed.
+
+    Covers the format version, container, mode, shape, classes, splits, every record's name, split,
+    payload length and checksum, sizes and letterbox, and every box; leaves out the creation time,
+    the source paths, the sainet version and the payloads' placement (shard, offset). Two packs of
+    the same source with the same options therefore match on any machine and path (what the ranks
+    of a multi-node run compare); a different record set, option or label does not.
+    """
+    h = hashlib.blake2b(digest_size=16)
+    head = {"version": int(ix.version), "container": ix.container, "mode": ix.mode,
+            "imgsz": list(ix.imgsz) if ix.imgsz else None, "classes": ix.meta.get("classes"),
+            "splits": ix.meta.get("splits"), "max_size": ix.meta.get("max_size")}
+    h.update(json.dumps(head, sort_keys=True).encode() + b"\0")
+    for f in _CONTENT_FIELDS:  # column by column: a multi-field view would carry the other fields' bytes
+        h.update(np.ascontiguousarray(ix.records[f]).tobytes())
+    for i in range(len(ix.records)):
+        h.update(ix.name(i).encode() + b"\0")
+    boxes = np.ascontiguousarray(ix.boxes, BOX_DTYPE)
+    h.update(boxes.tobytes())
+    return h.hexdigest()
 
 
 def _section(buf: bytes, offset: int, length: int, what: str, source: str) -> None:

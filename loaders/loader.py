@@ -85,7 +85,8 @@ class SainetLoader:
         self.partner_batches = self._partner_batches(batch_size) if partner_batches is None else partner_batches
         self._partner_sets = [Scratch() for _ in range(self.partner_batches + self.assemblers)] if self.partner_batches else []
         self._history: History | None = None
-        self._state = ResumeState(seed=seed, rank=rank, num_samples=len(self.sampler), batch_size=batch_size)
+        self._state = ResumeState(seed=seed, rank=rank, num_samples=len(self.sampler), batch_size=batch_size,
+                                  world_size=world_size, records=len(source))
         self._next_epoch = 0
         self._resume_batch = 0
         self._active: Epoch | None = None
@@ -129,10 +130,12 @@ class SainetLoader:
         if self.epochs and self.hyp.close_mosaic and epoch >= self.epochs - self.hyp.close_mosaic and self.dataset.mosaic:
             self.dataset.close_mosaic()
         start, self._resume_batch = self._resume_batch, 0
-        self._state.epoch, self._state.batches_done = epoch, start
         order, B = self.sampler.order(epoch), self.batch_size
+        n_batches = math.ceil(len(order) / B)
+        self._state.epoch, self._state.batches_done = epoch, start
+        self._state.skip, self._state.batches_total = self.sampler.skipped(epoch), n_batches
         self._history = History(self.partner_batches, self.assemblers, start, self._partner_sets) if self._partner_sets else None
-        batches = [order[k * B : (k + 1) * B] for k in range(start, len(self))]
+        batches = [order[k * B : (k + 1) * B] for k in range(start, n_batches)]
         self._active = Epoch(batches, lambda k, idx: self._build(epoch, k, idx), start=start, depth=self.prefetch,
                              assemblers=self.assemblers, on_batch=self._count, on_error=self.close,
                              hand_off=self._hand_off, name=f"sainet-loader-e{epoch}")
@@ -145,12 +148,14 @@ class SainetLoader:
             self._active = None
 
     def state_dict(self) -> dict:
-        """Where this rank is: resume with `load_state_dict` to continue with the samples not yet seen."""
+        """Where this rank is: resume with `load_state_dict` to continue with the samples not yet seen
+        (also with another number of ranks and the same global batch: `ResumeState`)."""
         return self._state.to_dict()
 
     def load_state_dict(self, state: dict) -> None:
         got = self._state.check(state)
         self._next_epoch, self._resume_batch = got.epoch, got.batches_done
+        self.sampler.resume(got.epoch, got.skip)
         if self.sampler.epoch_set:
             self.sampler.epoch = got.epoch
 

@@ -102,7 +102,15 @@ class ResumeState:
     """Where a rank is in its epoch; `batches_done` batches of `epoch` have been handed out.
 
     The epoch order is a pure function of (seed, epoch), so this is all a resume needs; the other
-    fields make sure the state is applied to the same split, seed and batch size.
+    fields make sure the state is applied to the same split, seed and batch size. `skip` samples of
+    the epoch's order were consumed before this pass began (an elastic resume; `ShardedSampler.resume`),
+    and `batches_total` is how many batches this pass has in all.
+
+    Elastic resume: the ranks of a training pass together consume a prefix of the epoch's order
+    (rank r takes every world_size-th entry, all ranks the same number of batches), so after k
+    batches of b on each of w ranks the first ``skip + k * b * w`` entries are done, whatever w.
+    A state saved with another world size therefore resumes as a pass over the rest of the order,
+    sharded over the new ranks, provided the global batch (b * w) is the same.
     """
 
     epoch: int = 0
@@ -111,14 +119,31 @@ class ResumeState:
     rank: int = 0
     num_samples: int = 0
     batch_size: int = 1
+    world_size: int = 1
+    records: int = 0
+    skip: int = 0
+    batches_total: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def check(self, state: dict) -> ResumeState:
-        """`state` (a `to_dict`) as a ResumeState, if it was saved by a loader like this one."""
-        if (state.get("seed") != self.seed or state.get("num_samples") != self.num_samples
-                or state.get("batch_size") != self.batch_size):
-            raise ValueError("loader state is from another dataset, seed or batch size")
-        return ResumeState(int(state["epoch"]), int(state["batches_done"]), self.seed, int(state.get("rank", self.rank)),
-                           self.num_samples, self.batch_size)
+        """`state` (a `to_dict`) as a ResumeState for this loader: the same pass when saved with
+        this world size, else (elastic) a pass over what the saved ranks had not consumed."""
+        world = int(state.get("world_size", self.world_size))
+        if state.get("seed") != self.seed:
+            raise ValueError("loader state is from another seed")
+        if world == self.world_size:
+            if state.get("num_samples") != self.num_samples or state.get("batch_size") != self.batch_size:
+                raise ValueError("loader state is from another dataset, seed or batch size")
+            return ResumeState(int(state["epoch"]), int(state["batches_done"]), self.seed,
+                               int(state.get("rank", self.rank)), self.num_samples, self.batch_size, self.world_size,
+                               self.records, int(state.get("skip", 0)))
+        if int(state.get("records", -1)) != self.records:
+            raise ValueError(f"loader state is from a split of {state.get('records')} records, this one has {self.records}")
+        if int(state["batch_size"]) * world != self.batch_size * self.world_size:
+            raise ValueError(f"loader state is from a global batch of {int(state['batch_size']) * world}; "
+                             f"this one is {self.batch_size * self.world_size}")
+        consumed = int(state.get("skip", 0)) + int(state["batches_done"]) * int(state["batch_size"]) * world
+        return ResumeState(int(state["epoch"]), 0, self.seed, self.rank, self.num_samples, self.batch_size,
+                           self.world_size, self.records, min(consumed, self.records))

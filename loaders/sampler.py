@@ -20,6 +20,11 @@ identity when not shuffling), the same on every rank. Rank r of world w then tak
 The trainer-facing attributes (`__len__`, `set_epoch`) follow torch's DistributedSampler. Once
 `set_epoch` has been called (`epoch_set`), the loader takes each pass's epoch from the sampler (the
 trainer drives it) instead of counting passes itself.
+
+**Elastic resume** (`resume`): for one epoch, the first `skip` entries of its order were consumed
+by an earlier run (with any number of ranks); that epoch's order is then the rest, padded and
+sharded over this world size as above (the padding drawn from the head of the rest). Other epochs
+are unchanged. `__len__` stays the full epoch's (what the trainer's schedule counts).
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ class ShardedSampler:
         self.n, self.rank, self.world_size, self.seed, self.shuffle, self.pad = n, rank, world_size, seed, shuffle, pad
         self.epoch = 0
         self.epoch_set = False  # set_epoch was called: the caller (the trainer) picks each epoch
+        self._skip: tuple[int, int] | None = None  # (epoch, entries of its order already consumed)
         if pad:
             self.num_samples = math.ceil(n / world_size)
         else:
@@ -55,6 +61,16 @@ class ShardedSampler:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
         self.epoch_set = True
+
+    def resume(self, epoch: int, skip: int) -> None:
+        """Epoch `epoch` continues after the first `skip` entries of its order (0: from the start)."""
+        if not 0 <= skip <= self.n:
+            raise ValueError(f"cannot skip {skip} of {self.n} records")
+        self._skip = (int(epoch), int(skip)) if skip else None
+
+    def skipped(self, epoch: int | None = None) -> int:
+        epoch = self.epoch if epoch is None else epoch
+        return self._skip[1] if self._skip and self._skip[0] == epoch else 0
 
     def permutation(self, epoch: int | None = None) -> np.ndarray:
         """The whole split's order for `epoch`, the same on every rank."""
@@ -67,8 +83,11 @@ class ShardedSampler:
         w, r = self.world_size, self.rank
         if not self.pad:
             return idx[r * self.n // w : (r + 1) * self.n // w]
+        idx = idx[self.skipped(self.epoch if epoch is None else epoch):]
+        if not len(idx):
+            return idx
         # np.resize repeats the order from its head (cyclically, should there be fewer records than ranks)
-        return np.resize(idx, self.n + padding(self.n, w))[r::w]
+        return np.resize(idx, len(idx) + padding(len(idx), w))[r::w]
 
     def __len__(self) -> int:
         return self.num_samples

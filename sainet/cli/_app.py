@@ -48,7 +48,8 @@ EXIT_CODES = {
     3: "an image cannot be decoded (the error names the file or record)",
     4: "a store is missing, foreign, damaged, of another version, or exists without --force",
     5: "it does not fit: the store or the loader buffers exceed the free space or memory",
-    6: "a distributed run failed: its ranks disagree (store, world size, batch) or a rank died",
+    6: "the ranks of a distributed run disagree (store, batch) or a rank failed",
+    75: "train was preempted (SIGTERM or SIGUSR1): a checkpoint was saved; requeue it with --resume RUN/weights/last.pt",
     130: "interrupted (Ctrl-C); nothing half-written is left as a valid store",
 }
 

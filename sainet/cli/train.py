@@ -61,7 +61,7 @@ def train(
     prefetch: Annotated[int | None, typer.Option(min=1, help="Batches prepared ahead (default: the profile's).")] = None,
     project: Annotated[str, typer.Option(help="Runs folder.")] = "runs/sainet",
     name: Annotated[str | None, typer.Option(help="Run name (default: loader-imgsz).")] = None,
-    resume: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="Resume from a run's weights/last.pt (or weights/mid_epoch.pt): its data, loader, shape and options come back.")] = None,
+    resume: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="Resume from a run's weights/last.pt (a newer weights/mid_epoch.pt is taken when there is one; before the first epoch ends, pass mid_epoch.pt): its data, loader, shape and options come back.")] = None,
     checkpoint_every: Annotated[int, typer.Option(min=0, help="Also save weights/mid_epoch.pt every N batches (0: off).")] = 0,
 ) -> None:
     """Train YOLOv8 with Ultralytics on a sainet loader (or Ultralytics' own, for comparison).

@@ -38,7 +38,7 @@ from sainet.core.errors import DistributedError
 from sainet.core.topology import Topology, TorchrunEnv
 
 __all__ = [
-    "DEFAULT_TIMEOUT_S", "ENV_TIMEOUT", "DistributedError", "DistInfo", "StoreFingerprint", "check_same_store",
+    "DEFAULT_TIMEOUT_S", "ENV_TIMEOUT", "DistributedError", "any_rank", "DistInfo", "StoreFingerprint", "check_same_store",
     "broadcast", "cuda_device", "gather", "host_bytes_per_node", "init_process_group",
     "per_rank_batch", "ranks_per_node", "ranks_to_spawn", "shutdown_process_group", "store_fingerprint",
     "timeout_s", "world_size_for",
@@ -166,6 +166,18 @@ def gather(obj: Any) -> list[Any]:
     return out
 
 
+def any_rank(flag: bool) -> bool:
+    """True on every rank if `flag` is true on any rank (one small all-reduce); `flag` when not distributed."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    t = torch.tensor([int(flag)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def broadcast(obj: Any) -> Any:
     """Rank 0's `obj` on every rank (the process group must be up)."""
     import torch.distributed as dist
@@ -178,26 +190,27 @@ def broadcast(obj: Any) -> Any:
 # ------------------------------------------------------------------------------------ store identity
 @dataclass(frozen=True)
 class StoreFingerprint:
-    """What must be equal on every node: format version, record count, content hash of the index."""
+    """What must be equal on every node: format version, record count, and the store's content hash
+    (`cache_tools.format.content_fingerprint`: records, checksums, labels, classes, options; not the
+    time, path or host of the pack, so nodes that each packed the same source agree)."""
 
     version: int
     records: int
     digest: str
 
     def __str__(self) -> str:
-        return f"v{self.version}, {self.records} records, index {self.digest[:12]}"
+        return f"v{self.version}, {self.records} records, content {self.digest[:12]}"
 
 
 def store_fingerprint(data: str | os.PathLike[str], names: list[str] | None = None) -> StoreFingerprint:
     """The fingerprint of a store (its index file), or for a dataset folder (``--loader disk``) of
     the record names the loader found."""
-    from cache_tools.format import INDEX_NAME, read_index
+    from cache_tools.format import content_fingerprint, read_index
     from cache_tools.store import is_store
 
     if is_store(data):
-        index = Path(data) / INDEX_NAME
-        meta = read_index(Path(data))  # validates the index (typed error if foreign or damaged)
-        return StoreFingerprint(int(meta.version), len(meta.records), hashlib.blake2b(index.read_bytes(), digest_size=16).hexdigest())
+        ix = read_index(Path(data))  # validates the index (typed error if foreign or damaged)
+        return StoreFingerprint(int(ix.version), len(ix.records), content_fingerprint(ix))
     h = hashlib.blake2b(digest_size=16)
     for name in names or []:
         h.update(name.encode() + b"\0")

@@ -14,10 +14,12 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from sainet.train.distributed import DistributedError, per_rank_batch
+from sainet.train.preempt import MARKER, Preempted, preempted_run
 
 __all__ = ["launch", "launch_request"]
 
@@ -35,7 +37,8 @@ def launch(request: dict[str, Any], nproc: int) -> int:
     log.info("starting %d ranks: %s", nproc, " ".join(cmd))
     proc = subprocess.Popen(cmd, start_new_session=True)
     try:
-        return proc.wait()
+        with _forward_preemption(proc):
+            return proc.wait()
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM if proc.poll() is None else signal.SIGKILL)
@@ -44,6 +47,29 @@ def launch(request: dict[str, Any], nproc: int) -> int:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         Path(f.name).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _forward_preemption(proc: subprocess.Popen) -> Iterator[None]:
+    """While torchrun runs: SIGTERM or SIGUSR1 here becomes a SIGTERM to torchrun's agent, which
+    forwards it to the ranks (`sainet.train.preempt`: they save and exit for a requeue)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def forward(signum: int, frame: Any) -> None:  # noqa: ARG001
+        log.warning("%s: asking the ranks to save and stop", signal.Signals(signum).name)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGTERM)
+
+    before = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        yield
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)
 
 
 def launch_request(req: Any, overrides: dict[str, Any], nproc: int) -> Path:
@@ -64,6 +90,9 @@ def launch_request(req: Any, overrides: dict[str, Any], nproc: int) -> Path:
         save_dir = Path(get_save_dir(get_cfg(DEFAULT_CFG, overrides)))
         request["sets"] = {**request["sets"], "save_dir": str(save_dir)}
     rc = launch(request, nproc)
+    if rc and preempted_run(save_dir):  # torchrun reports any rank's non-zero exit as its own 1
+        raise Preempted(f"the {nproc} ranks stopped on SIGTERM/SIGUSR1 with a checkpoint ({save_dir / MARKER}); "
+                        f"continue with --resume {save_dir / 'weights' / 'last.pt'}")
     if rc:
         raise DistributedError(f"distributed training failed: torchrun exited with {rc} (the failing rank's error is above)")
     return save_dir

@@ -34,6 +34,7 @@ from sainet.core.topology import Topology
 from sainet.profiles import HostInfo, Profile
 from sainet.settings import LOADERS, TrainSettings, default_threads
 from sainet.train import distributed, launch
+from sainet.train.checkpoint import latest_checkpoint
 from sainet.train.transfer import check_stage_classes
 
 __all__ = ["TrainRequest", "TrainSettings", "TrainResult", "train", "two_stage", "resolve", "restore_run",
@@ -99,8 +100,11 @@ def restore_run(s: TrainSettings) -> TrainSettings:
 
     Values the user gives win where changing them cannot change what is learned (data path,
     device, threads, prefetch, batch: Ultralytics also lets batch change on resume); a different
-    shape or loader is refused, because the run would silently continue as another run.
+    shape or loader is refused, because the run would silently continue as another run. A
+    mid-epoch checkpoint newer than last.pt (``weights/mid_epoch.pt``, periodic or written on
+    preemption) is where the run continues (`sainet.train.checkpoint.latest_checkpoint`).
     """
+    s = s.replace(resume=str(latest_checkpoint(str(s.resume))))  # a newer mid-epoch checkpoint, if any
     last = Path(str(s.resume))
     if not last.is_file():
         raise SettingsError(f"{last}: no such checkpoint (expected RUN/weights/last.pt)", "--resume")

@@ -16,12 +16,17 @@ folder and one store, and rank 0 alone writes. What is overridden and why:
 * ``get_dataloader`` ignores the LOCAL_RANK Ultralytics passes and shards by global rank;
 * ``final_eval`` sends best.pt's weights from rank 0 instead of reading the file on every rank;
 * ``get_model`` carries the head's class rows over by name (`sainet.train.transfer`);
-* ``resume_training`` also restores a mid-epoch checkpoint (`_mid_epoch_checkpoint`).
+* ``resume_training`` also restores a mid-epoch checkpoint (`_mid_epoch_checkpoint`), also one
+  written by another number of ranks (elastic: `loaders.prefetch.ResumeState`), and drops the
+  telemetry rows of the epochs it replays (`sainet.train.telemetry`);
+* ``train`` handles SIGTERM/SIGUSR1 (`sainet.train.preempt`): checkpoint, then exit for a requeue.
+
+Every checkpoint is written atomically (`sainet.train.checkpoint`); the private Ultralytics APIs
+this relies on are listed, and watched by a test, in `sainet.train.hooks`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import json
@@ -29,10 +34,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterator
-from copy import deepcopy
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +42,11 @@ from ultralytics.models.yolo.detect import DetectionTrainer
 
 from loaders.sampler import ShardedSampler
 from sainet.core.errors import SainetError
+from sainet.train import hooks, preempt, telemetry
+from sainet.train.checkpoint import MID_EPOCH_NAME, atomic_save, remove_leftovers
 from sainet.train.distributed import (
     DistInfo,
-    DistributedError,
+    any_rank,
     broadcast,
     check_same_store,
     cuda_device,
@@ -58,7 +62,6 @@ __all__ = ["SainetTrainer", "SainetOptions", "ENV_RECORD_SAMPLES", "MID_EPOCH_NA
 
 log = logging.getLogger(__name__)
 ENV_RECORD_SAMPLES = "SAINET_RECORD_SAMPLES"
-MID_EPOCH_NAME = "mid_epoch.pt"  # in the run's weights/ folder
 MID_EPOCH_KEY = "sainet_mid_epoch"
 RUN_INFO = "distributed.json"  # world size, backend, ranks: written by rank 0 of a distributed run
 
@@ -93,6 +96,8 @@ class _TimedLoader:
         self.batches = 0
         self.record = os.environ.get(ENV_RECORD_SAMPLES) == "1"
         self.seen: list[str] = []
+        #: samples.csv rows ({rank, im_file}) of this epoch from before the mid-epoch checkpoint it resumed from
+        self.before: list[dict[str, Any]] = []
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._loader, name)
@@ -117,42 +122,11 @@ class _TimedLoader:
 
     def take(self) -> dict[str, Any]:
         out = {"wait_s": self.wait_seconds, "images": self.images, "batches": self.batches,
-               "busy_s": self._loader.busy_seconds, "built": self._loader.images_built, "seen": self.seen}
-        self.wait_seconds, self.images, self.batches, self.seen = 0.0, 0, 0, []
+               "busy_s": self._loader.busy_seconds, "built": self._loader.images_built, "seen": self.seen,
+               "before": self.before}
+        self.wait_seconds, self.images, self.batches, self.seen, self.before = 0.0, 0, 0, [], []
         self._loader.busy_seconds, self._loader.images_built = 0.0, 0
         return out
-
-
-@contextlib.contextmanager
-def _ddp_device_ids_for_cpu(active: bool) -> Iterator[None]:
-    """Let Ultralytics' DDP wrapping run on CPU ranks.
-
-    `BaseTrainer._setup_train` wraps the model with ``nn.parallel.DistributedDataParallel(model,
-    device_ids=[self.device.index])``: ``[None]`` on CPU, which DDP rejects (CPU modules take
-    ``device_ids=None``). No argument or hook changes that call, so for its duration the module
-    global ``nn`` of ``ultralytics.engine.trainer`` is replaced by a view of torch.nn whose DDP
-    drops ``[None]``. `tests/test_distributed.py` fails loudly should Ultralytics rename it.
-    """
-    if not active:
-        yield
-        return
-    import types
-
-    import torch
-    import ultralytics.engine.trainer as ut
-
-    real = ut.nn
-
-    def ddp(module: Any, device_ids: Any = None, **kw: Any) -> Any:
-        return torch.nn.parallel.DistributedDataParallel(module, device_ids=None if device_ids == [None] else device_ids, **kw)
-
-    shim = types.SimpleNamespace(**{k: getattr(torch.nn, k) for k in dir(torch.nn) if not k.startswith("__")})
-    shim.parallel = types.SimpleNamespace(DistributedDataParallel=ddp)
-    ut.nn = shim
-    try:
-        yield
-    finally:
-        ut.nn = real
 
 
 class SainetTrainer(DetectionTrainer):
@@ -176,7 +150,6 @@ class SainetTrainer(DetectionTrainer):
             self.world_size, self.ddp = self.dist.world_size, False  # torchrun started us: never re-spawn
             if self.dist_backend == "nccl":
                 self.device = torch.device("cuda", torch.cuda.current_device())
-        self._same_world_as_before()
         self._epoch_t0 = time.perf_counter()
         self.loader_telemetry: list[dict[str, float]] = []
         self.add_callback("on_train_epoch_start", _epoch_start)
@@ -184,6 +157,12 @@ class SainetTrainer(DetectionTrainer):
         if self.sainet.checkpoint_every > 0:
             self.add_callback("on_train_batch_end", _mid_epoch_checkpoint)
         self.add_callback("on_model_save", _drop_mid_epoch_checkpoint)  # also when resumed from one
+        self.preemption = preempt.Preemption()
+        self.add_callback("on_train_batch_end", _stop_if_preempted)
+        hooks.atomic_checkpoints(self)
+        if self.dist.main:
+            remove_leftovers(self.wdir)
+            preempt.clear_marker(self.save_dir)
         if self.dist.main:  # what `sainet train --resume RUN/weights/last.pt` needs to rebuild the loaders
             Path(self.save_dir).mkdir(parents=True, exist_ok=True)
             (Path(self.save_dir) / "sainet_options.json").write_text(json.dumps(asdict(self.sainet), indent=2))
@@ -193,7 +172,8 @@ class SainetTrainer(DetectionTrainer):
 
     def train(self) -> None:
         try:
-            super().train()
+            with self.preemption.installed():
+                super().train()
         finally:
             if self.dist_backend:
                 shutdown_process_group()
@@ -216,23 +196,9 @@ class SainetTrainer(DetectionTrainer):
         """The process group exists since __init__ (`sainet.train.distributed`); nothing else to do."""
 
     def _setup_train(self) -> None:
-        with _ddp_device_ids_for_cpu(self.world_size > 1 and self.device.type == "cpu"):
+        with hooks.ddp_device_ids_for_cpu(self.world_size > 1 and self.device.type == "cpu"):
             super()._setup_train()
         self._agree_on_run()
-
-    def _same_world_as_before(self) -> None:
-        """A resumed run keeps its world size: the shards and the per-rank batch depend on it."""
-        info = Path(self.save_dir) / RUN_INFO
-        world = self.dist.world_size
-        problem = None
-        if self.dist.main and self.resume and info.is_file():
-            before = json.loads(info.read_text()).get("world_size", 1)
-            if before != world:
-                problem = (f"{self.args.resume} was trained by {before} rank(s); resume it with {before} "
-                           f"(e.g. torchrun --nproc-per-node {before} -m sainet train --resume ...), not {world}")
-        problem = gather(problem)[0]
-        if problem:
-            raise DistributedError(problem)
 
     def _agree_on_run(self) -> None:
         """Before the first step: the same store on every node; rank 0 records who is who (also for
@@ -307,30 +273,41 @@ class SainetTrainer(DetectionTrainer):
         """Ultralytics' resume, plus a mid-epoch checkpoint's model weights and loader position."""
         mid = (ckpt or {}).get(MID_EPOCH_KEY) if self.resume else None
         if mid is None:
-            return super().resume_training(ckpt)
-        if int(mid["world_size"]) != self.dist.world_size:
-            raise DistributedError(f"{self.args.resume} was written by {mid['world_size']} ranks; resume it with as many")
+            super().resume_training(ckpt)
+            self._drop_replayed_telemetry()
+            return None
         saved = mid["loader"]["batch_size"] * int(mid["world_size"])
         if saved != int(self.args.batch):
             raise SainetError(f"{self.args.resume} stopped mid-epoch at --batch {saved}; resume it with --batch {saved} "
                               f"(the epoch continues where that batch order left off), not {self.args.batch}")
         from ultralytics.utils.torch_utils import unwrap_model
 
-        self._load_checkpoint_state(ckpt)
+        hooks.load_checkpoint_state(self, ckpt)
         unwrap_model(self.model).load_state_dict(mid["model"])
-        self.train_loader.load_state_dict(mid["loader"])
+        try:
+            self.train_loader.load_state_dict(mid["loader"])
+        except ValueError as e:
+            raise SainetError(f"{self.args.resume}: cannot continue its epoch here ({e})") from None
+        self.train_loader.before = list(mid.get("samples") or [])
         self.start_epoch = int(ckpt["epoch"])
-        log.info("resuming epoch %d at batch %d", self.start_epoch + 1, int(mid["loader"]["batches_done"]))
+        self._drop_replayed_telemetry()
+        log.info("resuming epoch %d at batch %d of %d rank(s), now on %d", self.start_epoch + 1,
+                 int(mid["loader"]["batches_done"]), int(mid["world_size"]), self.dist.world_size)
         return None
+
+    def _drop_replayed_telemetry(self) -> None:
+        """The epochs from `start_epoch` on run again: their rows (of an interrupted run) go."""
+        if self.dist.main:
+            telemetry.keep_epochs_up_to(Path(self.save_dir), self.start_epoch)
 
     def final_eval(self) -> None:
         """Ultralytics validates best.pt through a fresh model on ``cuda:<current device>`` with a
         file every rank must see; under torch.distributed rank 0 instead sends best.pt's weights to
         every rank (no shared filesystem needed, CPU ranks work) and all ranks validate their shard."""
         if self.world_size <= 1:
-            return super().final_eval()
-        from ultralytics.utils.torch_utils import strip_optimizer
-
+            with hooks.atomic_strip_optimizer():
+                return super().final_eval()
+        strip_optimizer = hooks.strip_optimizer_atomic
         state = None
         if self.dist.main and self.best.exists():
             ckpt = strip_optimizer(self.last) if self.last.exists() else {}
@@ -409,10 +386,11 @@ def _epoch_end(trainer: SainetTrainer) -> None:
         if trainer.dist.main:
             _append_csv(save_dir / "ranks.csv", [r for r, _ in everyone])
             if loader.record:
-                _append_csv(save_dir / "samples.csv", [{"epoch": trainer.epoch + 1, "rank": r["rank"], "im_file": f}
-                                                       for r, seen in everyone for f in seen])
+                _append_csv(save_dir / "samples.csv", [{"epoch": trainer.epoch + 1, **b} for b in t["before"]]
+                            + [{"epoch": trainer.epoch + 1, "rank": r["rank"], "im_file": f} for r, seen in everyone for f in seen])
     elif loader.record:
-        _append_csv(save_dir / "samples.csv", [{"epoch": trainer.epoch + 1, "rank": 0, "im_file": f} for f in t["seen"]])
+        _append_csv(save_dir / "samples.csv", [{"epoch": trainer.epoch + 1, **b} for b in t["before"]]
+                    + [{"epoch": trainer.epoch + 1, "rank": 0, "im_file": f} for f in t["seen"]])
     if trainer.dist.main:
         trainer.loader_telemetry.append(row)
         _append_csv(save_dir / "loader.csv", [row])
@@ -433,40 +411,70 @@ def _mid_epoch_path(trainer: SainetTrainer) -> Path:
     return Path(trainer.wdir) / MID_EPOCH_NAME
 
 
+def _position(trainer: SainetTrainer) -> tuple[int, int]:
+    """(batches done, batches in all) of the training pass in progress."""
+    state = trainer.train_loader.state_dict()
+    return int(state["batches_done"]), int(state.get("batches_total") or len(trainer.train_loader))
+
+
 def _mid_epoch_checkpoint(trainer: SainetTrainer) -> None:
-    """Every `checkpoint_every` batches: model, optimizer, EMA and loader position in one file.
+    """Every `checkpoint_every` batches (not at the epoch's last: last.pt follows): `_write_mid_epoch`."""
+    done, total = _position(trainer)
+    if done % trainer.sainet.checkpoint_every == 0 and done < total:
+        _write_mid_epoch(trainer)
+
+
+def _write_mid_epoch(trainer: SainetTrainer) -> Path:
+    """Model, optimizer, EMA and loader position in one file, written atomically by rank 0.
 
     Ultralytics writes last.pt once per epoch; an epoch of FASDD at 1440x832 takes hours. This
-    file has last.pt's layout (so ``--resume`` accepts it) with the live model's weights and the
-    loader's `state_dict` added; `SainetTrainer.resume_training` restores both and the epoch goes
-    on with the batches not yet seen, in the same order. Written atomically by rank 0 (all ranks
-    hold the same weights; the loader position differs only by rank); deleted once the epoch's
-    last.pt is saved. Not saved: gradients accumulated since the last optimizer step. Ultralytics
-    numbers the resumed epoch's batches from 0 again, so within that epoch the warmup schedule
-    (first `warmup_epochs` only) and the plotted batch indices restart.
+    file has last.pt's layout (`hooks.checkpoint_dict`, so ``--resume`` accepts it) with the live
+    model's weights and the loader's `state_dict` added; `SainetTrainer.resume_training` restores
+    both and the epoch goes on with the batches not yet seen, in the same order (with another
+    number of ranks: the rest of the order, sharded anew). All ranks hold the same weights and have
+    done the same number of batches, so rank 0's loader state describes them all. With
+    ``SAINET_RECORD_SAMPLES=1`` the samples every rank has seen so far this epoch go in too (a
+    collective: every rank calls this at the same batch). Deleted once the epoch's last.pt is
+    saved. Not saved: gradients accumulated since the last optimizer step. Ultralytics numbers the
+    resumed epoch's batches from 0 again, so within that epoch the warmup schedule (first
+    `warmup_epochs` only) and the plotted batch indices restart.
     """
     loader = trainer.train_loader
-    done = int(loader.state_dict()["batches_done"])
-    if not trainer.dist.main or done % trainer.sainet.checkpoint_every or done >= len(loader):
-        return
+    samples = None
+    if isinstance(loader, _TimedLoader) and loader.record:
+        everyone = gather(loader.seen)
+        samples = list(loader.before) + [{"rank": r, "im_file": f} for r, seen in enumerate(everyone) for f in seen]
+    path = _mid_epoch_path(trainer)
+    if not trainer.dist.main:
+        return path
     import torch
-    from ultralytics import __version__
     from ultralytics.utils.torch_utils import unwrap_model
 
     model = {k: v.detach().cpu().clone() for k, v in unwrap_model(trainer.model).state_dict().items()}
-    ckpt = {
-        "epoch": trainer.epoch, "best_fitness": trainer.best_fitness,
-        "stopper": {"best_fitness": trainer.stopper.best_fitness, "best_epoch": trainer.stopper.best_epoch},
-        "model": None, "ema": deepcopy(trainer.ema.ema), "updates": trainer.ema.updates,
-        "optimizer": deepcopy(trainer.optimizer.state_dict()), "scaler": trainer.scaler.state_dict(),
-        "train_args": vars(trainer.args), "train_metrics": {**(trainer.metrics or {}), "fitness": trainer.fitness},
-        "date": datetime.now().astimezone().isoformat(), "version": __version__,
-        MID_EPOCH_KEY: {"model": model, "loader": loader.state_dict(), "world_size": trainer.dist.world_size},
-    }
-    path = _mid_epoch_path(trainer)
-    tmp = path.with_suffix(".tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
+    ckpt = hooks.checkpoint_dict(trainer, **{MID_EPOCH_KEY: {"model": model, "loader": loader.state_dict(),
+                                                             "world_size": trainer.dist.world_size, "samples": samples}})
+    return atomic_save(path, lambda f: torch.save(ckpt, f))
+
+
+def _stop_if_preempted(trainer: SainetTrainer) -> None:
+    """After each step: if any rank got SIGTERM/SIGUSR1, all save and stop (`sainet.train.preempt`).
+    At an epoch's last step the epoch first ends (validation, last.pt); the next step stops."""
+    done, total = _position(trainer)
+    if done >= total or not any_rank(trainer.preemption.requested):
+        return
+    path = _write_mid_epoch(trainer)
+    cause = signal_name(trainer.preemption.signal) if trainer.preemption.signal else "another rank's signal"
+    if trainer.dist.main:
+        preempt.write_marker(trainer.save_dir, {"epoch": trainer.epoch + 1, "batches_done": done, "signal": cause,
+                                                "checkpoint": str(path), "world_size": trainer.dist.world_size})
+    raise preempt.Preempted(f"stopped by {cause} at epoch {trainer.epoch + 1}, batch {done} of {total}; saved {path}. "
+                            f"Continue with --resume {Path(trainer.wdir) / 'last.pt'} (exit code {preempt.PREEMPTED_EXIT}: requeue)")
+
+
+def signal_name(signum: int) -> str:
+    import signal
+
+    return signal.Signals(signum).name
 
 
 def _drop_mid_epoch_checkpoint(trainer: SainetTrainer) -> None:

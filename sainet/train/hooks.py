@@ -1,0 +1,157 @@
+"""Every place sainet's trainer reaches into Ultralytics beyond its documented customisation points.
+
+Ultralytics documents subclassing ``DetectionTrainer`` and overriding ``get_dataloader``,
+``get_model``, ``get_dataset``, ``resume_training``, ``final_eval``, ``plot_training_labels`` and
+adding callbacks; `sainet.train.trainer.SainetTrainer` does that. What it does beyond that is here,
+each entry watched by ``tests/test_resume.py::test_private_ultralytics_apis_are_as_hooked`` against
+the installed (pinned) Ultralytics, which fails naming the entry should one be renamed or changed:
+
+=============================================  ==========  ===================================================
+Ultralytics API (private)                      how         why
+=============================================  ==========  ===================================================
+``ultralytics.engine.trainer.nn``              rebound     during ``_setup_train`` only: DDP of a CPU model
+                                                           (`ddp_device_ids_for_cpu`)
+``BaseTrainer._setup_ddp(self)``               overridden  a no-op: the process group exists since __init__
+``BaseTrainer._setup_train(self)``             overridden  wrapped in the ``nn`` rebinding, then the ranks agree
+``BaseTrainer._load_checkpoint_state(self,     called      a mid-epoch resume restores optimizer, EMA, scaler,
+ckpt)``                                                    best fitness, stopper as Ultralytics' resume does
+``BaseTrainer.save_model(self)``: its layout   copied      the mid-epoch checkpoint has last.pt's keys
+(`CHECKPOINT_KEYS`)                                        (`checkpoint_dict`), so ``--resume`` accepts it
+``BaseTrainer.save_model``: ``self.last`` /    made        those three attributes become `AtomicPath`s, whose
+``self.best`` / ``self.wdir / "epochN.pt"``    atomic      ``write_bytes`` writes beside + fsync + rename
+``.write_bytes``                                           (`atomic_checkpoints`)
+``ultralytics.engine.trainer.strip_optimizer`` rebound     during ``final_eval`` only: the stripped last.pt /
+``(f, s, updates)``                                        best.pt are written atomically too
+                                                           (`atomic_strip_optimizer`)
+``ultralytics.engine.trainer.check_amp``       rebound     on CUDA, for good: a local AMP check instead of one
+                                                           that downloads a model (`sainet.train.offline`)
+=============================================  ==========  ===================================================
+
+The two rebindings replace a module global of ``ultralytics.engine.trainer`` for the duration of one
+call and restore it after (also on an error); nothing is patched at import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sainet.train.checkpoint import AtomicPath, atomic_file
+
+__all__ = ["PRIVATE_APIS", "CHECKPOINT_KEYS", "PrivateApi", "atomic_checkpoints", "atomic_strip_optimizer",
+           "checkpoint_dict", "ddp_device_ids_for_cpu", "load_checkpoint_state", "strip_optimizer_atomic"]
+
+#: The keys of Ultralytics' resumable checkpoint (``BaseTrainer.save_model``) that `checkpoint_dict` writes.
+CHECKPOINT_KEYS = ("epoch", "best_fitness", "stopper", "model", "ema", "updates", "optimizer", "scaler", "train_args",
+                   "train_metrics", "date", "version")
+
+
+@dataclass(frozen=True)
+class PrivateApi:
+    """One private Ultralytics API sainet relies on: where it is, its parameters, what its source must contain."""
+
+    owner: str  # "module" or "module:Class"
+    name: str
+    params: tuple[str, ...] | None  # None: not a function (a module global)
+    source_has: tuple[str, ...] = ()  # text the owner's function must still contain for the hook to work
+    how: str = ""
+
+
+_T = "ultralytics.engine.trainer"
+PRIVATE_APIS: tuple[PrivateApi, ...] = (
+    PrivateApi(_T, "nn", None, how="rebound in ddp_device_ids_for_cpu"),
+    PrivateApi(f"{_T}:BaseTrainer", "_setup_train", ("self",), ("nn.parallel.DistributedDataParallel(",), "overridden"),
+    PrivateApi(f"{_T}:BaseTrainer", "_setup_ddp", ("self",), (), "overridden"),
+    PrivateApi(f"{_T}:BaseTrainer", "_load_checkpoint_state", ("self", "ckpt"), (), "called"),
+    PrivateApi(f"{_T}:BaseTrainer", "save_model", ("self",),
+               ("self.last.write_bytes(", "self.best.write_bytes(", "(self.wdir / f\"epoch", *(f'"{k}"' for k in CHECKPOINT_KEYS)),
+               "layout copied; attributes made atomic"),
+    PrivateApi(_T, "strip_optimizer", ("f", "s", "updates"), ("torch.save(",), "rebound in atomic_strip_optimizer"),
+    PrivateApi(f"{_T}:BaseTrainer", "final_eval", ("self",), ("strip_optimizer(",), "overridden; calls the rebound"),
+    PrivateApi(_T, "check_amp", None, how="rebound in sainet.train.offline.replace_amp_check"),
+    PrivateApi(f"{_T}:BaseTrainer", "_setup_train", ("self",), ("check_amp(",), "calls the rebound check_amp"),
+)
+
+
+@contextlib.contextmanager
+def ddp_device_ids_for_cpu(active: bool) -> Iterator[None]:
+    """Let Ultralytics' DDP wrapping run on CPU ranks.
+
+    `BaseTrainer._setup_train` wraps the model with ``nn.parallel.DistributedDataParallel(model,
+    device_ids=[self.device.index])``: ``[None]`` on CPU, which DDP rejects (CPU modules take
+    ``device_ids=None``). No argument or hook changes that call, so for its duration the module
+    global ``nn`` of ``ultralytics.engine.trainer`` is replaced by a view of torch.nn whose DDP
+    drops ``[None]``.
+    """
+    if not active:
+        yield
+        return
+    import torch
+    import ultralytics.engine.trainer as ut
+
+    real = ut.nn
+
+    def ddp(module: Any, device_ids: Any = None, **kw: Any) -> Any:
+        return torch.nn.parallel.DistributedDataParallel(module, device_ids=None if device_ids == [None] else device_ids, **kw)
+
+    shim = types.SimpleNamespace(**{k: getattr(torch.nn, k) for k in dir(torch.nn) if not k.startswith("__")})
+    shim.parallel = types.SimpleNamespace(DistributedDataParallel=ddp)
+    ut.nn = shim
+    try:
+        yield
+    finally:
+        ut.nn = real
+
+
+def atomic_checkpoints(trainer: Any) -> None:
+    """Make the paths ``save_model`` writes through (``wdir``, ``last``, ``best``) `AtomicPath`s."""
+    trainer.wdir = AtomicPath(trainer.wdir)
+    trainer.last, trainer.best = AtomicPath(trainer.last), AtomicPath(trainer.best)
+
+
+def strip_optimizer_atomic(f: str | Path = "best.pt", s: str = "", updates: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Ultralytics' ``strip_optimizer``, writing its result (`s`, else `f` in place) atomically."""
+    from ultralytics.utils.torch_utils import strip_optimizer
+
+    with atomic_file(s or f) as tmp:
+        return strip_optimizer(f, str(tmp), updates)
+
+
+@contextlib.contextmanager
+def atomic_strip_optimizer() -> Iterator[None]:
+    """For the duration: ``ultralytics.engine.trainer.strip_optimizer`` is `strip_optimizer_atomic`."""
+    import ultralytics.engine.trainer as ut
+
+    real = ut.strip_optimizer
+    ut.strip_optimizer = strip_optimizer_atomic
+    try:
+        yield
+    finally:
+        ut.strip_optimizer = real
+
+
+def load_checkpoint_state(trainer: Any, ckpt: dict) -> None:
+    """Optimizer, scaler, EMA, best fitness and stopper from `ckpt`, as Ultralytics' resume restores them."""
+    trainer._load_checkpoint_state(ckpt)
+
+
+def checkpoint_dict(trainer: Any, **extra: Any) -> dict[str, Any]:
+    """A resumable checkpoint with the layout of Ultralytics' ``save_model`` (`CHECKPOINT_KEYS`), plus `extra`."""
+    from copy import deepcopy
+
+    from ultralytics import __version__
+
+    ckpt = {
+        "epoch": trainer.epoch, "best_fitness": trainer.best_fitness,
+        "stopper": {"best_fitness": trainer.stopper.best_fitness, "best_epoch": trainer.stopper.best_epoch},
+        "model": None, "ema": deepcopy(trainer.ema.ema), "updates": trainer.ema.updates,
+        "optimizer": deepcopy(trainer.optimizer.state_dict()), "scaler": trainer.scaler.state_dict(),
+        "train_args": vars(trainer.args), "train_metrics": {**(trainer.metrics or {}), "fitness": trainer.fitness},
+        "date": datetime.now().astimezone().isoformat(), "version": __version__,
+    }
+    return {**ckpt, **extra}
