@@ -144,7 +144,7 @@ def shard_name(i: int) -> str:
 
 
 # A store id ties the container files to the index that names them (a reader never mixes stores):
-# ``meta["store_id"]`` (32 hex digits, random per pack) is also written after the last payload of
+# ``meta["store_id"]`` (32 hex digits, `new_store_id`) is also written after the last payload of
 # every shard (a 32-byte trailer at exactly the recorded shard size) and under STORE_ID_KEY in the
 # LMDB main DB. Payload offsets and the recorded shard sizes are unchanged by it.
 TRAILER_MAGIC = b"SAINETSH"
@@ -153,10 +153,16 @@ TRAILER_SIZE = 32
 STORE_ID_KEY = b"sainet:store-id"
 
 
-def new_store_id() -> str:
-    import uuid
-
-    return uuid.uuid4().hex
+def new_store_id(ix: IndexData) -> str:
+    """The id of a store about to be committed: a digest of what it holds (`content_fingerprint`),
+    where each payload sits and when it was packed. Another pack over the same path differs in
+    content, placement or time, so a reader of the old files refuses it; two packs of the same
+    source in the same second are the same bytes, so their ids may match (and `pack` twice gives a
+    byte-identical index, on any path)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(content_fingerprint(ix).encode() + b"\0" + str(ix.meta.get("created", "")).encode() + b"\0")
+    h.update(np.ascontiguousarray(ix.records).tobytes())  # placement: shard and offset of every payload
+    return h.hexdigest()
 
 
 def shard_trailer(store_id: str, shard: int) -> bytes:

@@ -421,13 +421,13 @@ def _pack(src: Sequence[str | os.PathLike[str]], to: str | os.PathLike[str], opt
         new_rows, bad = _write_payloads(writer, work, kept, opts, bad_path, progress)
         bad = [b for b in prior_bad if b["src"] in done] + bad  # a reason written just before a kill has no row
         shard_sizes = writer.finish()
-        store_id = new_store_id()
-        stamp_store(partial, container, shard_sizes, store_id)
         rows = np.concatenate([done_rows, np.array(new_rows, JOURNAL_DTYPE)]) if new_rows else done_rows
         index = _build_index(rows, kept, list(sources.names), splits, opts, container, shard_sizes,
                              [{"key": b["key"], "reason": b["reason"]} for b in sorted(bad, key=lambda b: b["src"])],
                              sources.source, sources.layout)
         index.meta.update(_source_meta(sources, kept, rows, dropped_leaks))
+        store_id = new_store_id(index)
+        stamp_store(partial, container, shard_sizes, store_id)
         index.meta["store_id"] = store_id  # ties shards / data.mdb to this index (see cache_tools.format)
         if container == "lmdb":  # so a truncated data.mdb is refused before LMDB maps it (SIGBUS otherwise)
             index.meta["lmdb_bytes"] = os.path.getsize(partial / "data.mdb")
