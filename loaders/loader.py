@@ -26,7 +26,7 @@ from loaders.assemble import CpuAssembler, History
 from loaders.augment.hyp import Hyp
 from loaders.buffers import BatchBuffers, pool_size
 from loaders.dataset import LoaderDataset
-from loaders.decode import Decoder, Scratch
+from loaders.decode import Decoded, Decoder, Scratch
 from loaders.prefetch import Epoch, ResumeState
 from loaders.read import ErrorPolicy
 from loaders.sampler import ShardedSampler
@@ -79,8 +79,9 @@ class SainetLoader:
         self.builder: BatchBuilder = self._builder()
         #: recent batches whose decoded samples mosaics may take partners from (assemble.History)
         self.partner_batches = self._partner_batches(batch_size) if partner_batches is None else partner_batches
-        self._partner_sets = [Scratch() for _ in range(self.partner_batches + self.assemblers)] if self.partner_batches else []
-        self._history: History | None = None
+        fill = self._fill if hasattr(self.builder, "redecode") else None
+        #: kept for the loader's lifetime: across epochs, close_mosaic and resumes (see `History`)
+        self._history = History(self.partner_batches, self.assemblers, fill) if self.partner_batches else None
         self._state = ResumeState(seed=seed, rank=rank, num_samples=len(self.sampler), batch_size=batch_size)
         self._next_epoch = 0
         self._epoch_from_sampler = False
@@ -135,7 +136,8 @@ class SainetLoader:
         start, self._resume_batch = self._resume_batch, 0
         self._state.epoch, self._state.batches_done = epoch, start
         order, B = self.sampler.order(epoch), self.batch_size
-        self._history = History(self.partner_batches, self.assemblers, start, self._partner_sets) if self._partner_sets else None
+        if self._history is not None:
+            self._history.begin(epoch * len(self) + start)
         batches = [order[k * B : (k + 1) * B] for k in range(start, len(self))]
         self._active = Epoch(batches, lambda k, idx: self._build(epoch, k, idx), start=start, depth=self.prefetch,
                              assemblers=self.assemblers, on_batch=self._count, on_error=self.close,
@@ -188,12 +190,18 @@ class SainetLoader:
     def _count(self) -> None:
         self._state.batches_done += 1
 
+    def _fill(self, g: int, scratch: Scratch) -> list[Decoded]:
+        """Batch g (numbered across epochs) decoded again for the partner history."""
+        epoch, k = divmod(g, len(self))
+        B = self.batch_size
+        return self.builder.redecode(self.sampler.order(epoch)[k * B : (k + 1) * B], scratch)  # type: ignore[attr-defined]
+
     def _build(self, epoch: int, k: int, indices: np.ndarray) -> dict:
         """Batch k of `epoch`: its random draws are a pure function of (seed, epoch, k, rank)."""
         rng = np.random.default_rng([self.seed, epoch, k, self.rank])
         t0 = time.perf_counter()
-        if self._history is not None:
-            item = self.builder.build(indices, rng, k, self._history)  # type: ignore[call-arg]
+        if self._history is not None:  # batches numbered across epochs, so the history spans them
+            item = self.builder.build(indices, rng, epoch * len(self) + k, self._history)  # type: ignore[call-arg]
         else:
             item = self.builder.build(indices, rng)
         with self._telemetry:
