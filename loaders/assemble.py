@@ -93,11 +93,13 @@ class History:
         event.set()
 
     def recent(self, g: int) -> list[Decoded]:
-        """The decoded samples of batches max(0, g-P)..g-1, in batch order."""
+        """The decoded samples of batches max(0, g-P)..g-1, in batch order, each sample once (at its
+        latest place: Ultralytics' buffer holds distinct images, as a reloaded one is cached)."""
         out: list[Decoded] = []
         for j in range(max(0, g - self.batches), g):
             out.extend(self._get(j))
-        return out
+        last = {d.index: k for k, d in enumerate(out)}
+        return [d for k, d in enumerate(out) if last[d.index] == k]
 
     def _get(self, j: int) -> list[Decoded]:
         with self._lock:

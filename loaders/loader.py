@@ -37,8 +37,9 @@ __all__ = ["BatchBuilder", "LoaderDataset", "SainetLoader", "PARTNER_BYTES", "PA
 
 #: Decoded samples of recent batches kept for mosaic partners, at most (see `assemble.History`).
 PARTNER_BYTES = 64 << 20
-#: Ultralytics' mosaic buffer spans 8 x batch images: the batch and 7 before it.
-PARTNER_MAX = 7
+#: Ultralytics' mosaic buffer spans 8 x batch images: for image i of a batch, images 0..i and the
+#: 8 x batch - i - 1 loaded before them, which reach 8 batches back (`augment.plan._partners`).
+PARTNER_MAX = 8
 
 
 class BatchBuilder(Protocol):
@@ -100,8 +101,8 @@ class SainetLoader:
         return CpuAssembler(self.dataset, self.policy, self.buffers, lambda: self.pool)
 
     def _partner_batches(self, batch_size: int) -> int:
-        """As many recent batches as Ultralytics' mosaic buffer spans (8 x batch images: 7 besides
-        the batch itself) whose decoded samples fit in `PARTNER_BYTES`; 0 without mosaic."""
+        """As many recent batches as Ultralytics' mosaic buffer reaches back (`PARTNER_MAX`) whose
+        decoded samples fit in `PARTNER_BYTES`; 0 without mosaic."""
         if not self.dataset.mosaic or len(self.source) == 0:
             return 0
         sizes = np.asarray(self.source.sizes, np.int64).reshape(-1, 2)

@@ -180,13 +180,19 @@ def plan_batch(
     return plan
 
 
+#: Ultralytics' mosaic buffer: the last 8 x batch images its worker loaded
+BUFFER_BATCHES = 8
+
+
 def _partners(rng: np.random.Generator, i: int, n: int, n_batch: int) -> list[int]:
     """Output image i's 3 mosaic partners among the plan's n sources: with recent batches' (sources
-    n_batch..n-1), drawn from those and the batch's sources 0..i — Ultralytics' buffer when its
-    image i is loaded; without, from the whole batch."""
+    n_batch..n-1, oldest first), drawn from the batch's sources 0..i and the latest recent ones, at
+    most 8 x batch in all — Ultralytics' buffer when it loads image i; without, from the whole batch."""
     if n_batch == n:
         return rng.integers(0, n, 3).tolist()
-    return [int(d) if d <= i else int(d) - (i + 1) + n_batch for d in rng.integers(0, n - n_batch + i + 1, 3)]
+    keep = min(n - n_batch, BUFFER_BATCHES * n_batch - (i + 1))
+    first = n - keep  # the oldest recent source still in the buffer
+    return [int(d) if d <= i else int(d) - (i + 1) + first for d in rng.integers(0, keep + i + 1, 3)]
 
 
 def _pieces(rng: np.random.Generator, i: int, sizes: list[tuple[int, int]], out_hw: tuple[int, int], hyp: Hyp,
