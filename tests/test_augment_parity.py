@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from loaders.dali import dali_available
 from sainet.bench.parity import Row, compare, ks_2samp, proportions_z, run
 
 #: a statistic differs when its two-sample p-value is below this (about 17 statistics per
@@ -20,6 +21,8 @@ PARTNERS = {"same_batch_partner_share", "distinct_sources_per_batch"}
 @pytest.fixture(scope="module")
 def draws(tmp_path_factory):
     variants = {"batch_only": {"partner_batches": 0}, "no_hsv": {"hyp": {"hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0}}}
+    if dali_available():
+        variants["dali"] = {"kind": "dali"}  # CPU mode here (~5 s of CPU)
     return run(tmp_path_factory.mktemp("parity"), variants=variants)
 
 
@@ -43,6 +46,14 @@ def test_ultralytics_against_itself_with_another_seed_passes(draws):
 def test_sainet_lmdb_matches_ultralytics(draws):
     """Boxes, colour, pad, sharpness and mosaic partners all within noise of Ultralytics'."""
     assert _differ(compare(draws["lmdb"], draws["ultralytics"])) == {}
+
+
+def test_sainet_dali_cpu_matches_ultralytics(draws):
+    """DALI decodes at full size; the dali loader brings its train images to the CPU decoder's
+    reduced-DCT size first, or its images are far sharper than Ultralytics' (KS p 6e-109)."""
+    if "dali" not in draws:
+        pytest.skip("nvidia-dali is not installed")
+    assert _differ(compare(draws["dali"], draws["ultralytics"])) == {}
 
 
 def test_partners_from_the_batch_only_fail(draws):
