@@ -188,6 +188,27 @@ def test_plan_partners_come_from_the_batch_and_its_history():
     assert [[p.src for p in ip.placements] for ip in a.images] == [[p.src for p in ip.placements] for ip in b.images]
 
 
+def test_plan_partners_are_ultralytics_buffer_at_each_image():
+    """Image i's partners: the batch's sources 0..i (loaded so far) or the latest 8 x batch - i - 1
+    recent ones (Ultralytics' buffer when it loads image i), never a later image of the batch nor
+    an older recent one."""
+    from loaders.augment.plan import BUFFER_BATCHES, plan_batch
+
+    B, n_hist = 4, 40
+    sizes = [(160, 90)] * (B + n_hist)
+    labels = [(np.zeros(1, np.int64), np.array([[0.5, 0.5, 0.2, 0.2]], np.float32))] * (B + n_hist)
+    seen: set[tuple[int, int]] = set()
+    for seed in range(60):
+        plan = plan_batch(np.random.default_rng(seed), sizes, labels, (96, 96), Hyp(mosaic=1.0), augment=True, n_out=B)
+        for i, ip in enumerate(plan.images):
+            oldest = B + n_hist - (BUFFER_BATCHES * B - i - 1)
+            for p in ip.placements[1:]:
+                assert p.src <= i or p.src >= oldest, (i, p.src)
+                seen.add((i, p.src))
+    assert {s for i, s in seen if i == B - 1} >= {0, 1, 2, 3, B + n_hist - 1}  # the whole window is drawn from
+    assert (0, B + n_hist - BUFFER_BATCHES * B + 1) in seen  # image 0 reaches 8B - 1 back
+
+
 def test_history_waits_for_earlier_decodes_and_bounds_what_it_keeps():
     """Batch k sees the decodes of k-P..k-1 in batch order, waiting for one still decoding; a failed
     batch (None) never blocks the others; nothing older than P batches is kept."""
