@@ -2,7 +2,7 @@
 
 The package, one job a module: `results` (the config and the row), `sampling` (measuring one
 backend: time, latency, CPU, PSS), `backends` (opening sainet's loaders and Ultralytics'), `references`
-(decode, work-minimum, raw-copy), `run` (the rounds), `report` (ratios, medians, headline, JSON, plot)
+(decode, work-minimum, raw-copy), `run` (the rounds), `report` (ratios, medians, headline, JSON, plot),
 `stores` (packing what the bench reads) and `parity` (augment distribution parity with Ultralytics: two-sample tests).
 
 For each backend: warm up, then pull batches for a fixed time or count, recording images/s,
