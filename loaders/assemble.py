@@ -28,54 +28,96 @@ __all__ = ["CpuAssembler", "History"]
 
 
 class History:
-    """The decoded samples of one epoch's recent batches, shared by the assemblers: batch k's mosaic
-    partners come from batches k-P..k (P = `batches`), as Ultralytics' come from each worker's
-    buffer of the last min(n, 8 x batch, 1000) images it loaded. With P = 0 a batch's partners are
-    its own samples (each sample decoded once either way; P costs P batches of decoded pixels).
+    """The decoded samples of a rank's recent batches, shared by the assemblers and kept for the
+    loader's lifetime: batch g's mosaic partners come from batches g-P..g-1 (P = `batches`) and
+    from g itself, as Ultralytics' come from each worker's buffer of the last min(n, 8 x batch, 1000)
+    images it loaded, a buffer its persistent workers keep from epoch to epoch.
 
-    Deterministic: what batch k may draw from is fixed by the epoch's order, not by which thread
-    finished first — batch k waits for the decodes of batches k-P..k-1 (already submitted: the
-    producer submits in order), never for their rendering. After a mid-epoch resume at batch s,
-    batches before s are not decoded again: the first P batches draw from fewer batches.
+    Batches are numbered across epochs (g = epoch x batches per epoch + k), so the first batches of
+    an epoch draw from the last ones of the epoch before, as Ultralytics' do. Only the very first
+    batch of a run has no history. With P = 0 a batch's partners are its own samples.
 
-    Memory: batch k decodes into scratch set k mod (P + A), A the batches assembled at once. The
-    producer starts batch k + P + A only once batch k + P — the last one that may read set k — is
-    built (it keeps at most A batches in assembly, in order), so a set is never overwritten while read.
+    Deterministic: what batch g may draw from is fixed by the order of the epochs, not by which
+    thread finished first — batch g waits for the decodes of batches g-P..g-1 of its own pass
+    (already submitted: the producer submits in order), never for their rendering. Batches before
+    the pass's first (`begin`) that are not held — a resume from a state dict, an epoch abandoned
+    before its end, a new process — are decoded again by `fill` (the loader's: their sample indices
+    are a pure function of (seed, epoch)), so a resumed run draws the same partners as one that
+    never stopped. Without `fill` (the dali loader) such batches give no partners.
+
+    Memory (unchanged by the cross-epoch history): batch g decodes into scratch set g mod (P + A),
+    A the batches assembled at once, and nothing else is kept: P + A sets of one batch's decoded
+    samples each. The producer starts batch g + P + A only once batch g + P — the last one that may
+    read set g — is built (it keeps at most A batches in assembly, in order), so a set is never
+    overwritten while read; taking a set forgets the batch that held it before.
     """
 
-    def __init__(self, batches: int, assemblers: int, start: int = 0, sets: list[Scratch] | None = None) -> None:
-        self.batches, self.start = batches, start
-        self._sets = sets or [Scratch() for _ in range(batches + assemblers)]  # kept by the loader across epochs
-        if len(self._sets) < batches + assemblers:
-            raise ValueError(f"{len(self._sets)} scratch sets for {batches} partner batches and {assemblers} assemblers")
+    def __init__(self, batches: int, assemblers: int, fill: Callable[[int, Scratch], list[Decoded]] | None = None) -> None:
+        self.batches = batches
+        self._sets = [Scratch() for _ in range(batches + assemblers)]
+        self._owner: list[int | None] = [None] * len(self._sets)
+        self._fill = fill
+        self._first = 0  # the first batch of the pass in progress: earlier ones are past
         self._decoded: dict[int, list[Decoded] | None] = {}
         self._ready: dict[int, threading.Event] = {}
         self._lock = threading.Lock()
 
-    def scratch(self, k: int) -> Scratch:
-        return self._sets[k % len(self._sets)]
-
-    def _event(self, k: int) -> threading.Event:
+    def begin(self, first: int) -> None:
+        """A pass starts at batch `first`: keep what batches first-P..first-1 published (their sets
+        still hold it), forget the rest (a failed batch's None included: it is decoded again)."""
         with self._lock:
-            return self._ready.setdefault(k, threading.Event())
+            self._first = first
+            keep = [j for j, d in self._decoded.items() if first - self.batches <= j < first and d is not None]
+            self._decoded = {j: self._decoded[j] for j in keep}
+            self._ready = {j: self._ready[j] for j in keep}
 
-    def publish(self, k: int, decoded: list[Decoded] | None) -> None:
-        """Batch k's decoded samples (None: it failed; the epoch is ending) for later batches to share."""
+    def scratch(self, g: int) -> Scratch:
+        """Batch g's decode buffers (the set's previous batch is forgotten)."""
+        s = g % len(self._sets)
         with self._lock:
-            self._decoded[k] = decoded
-            for old in [j for j in self._decoded if j < k - self.batches]:
+            old = self._owner[s]
+            if old is not None and old != g:
                 self._decoded.pop(old, None)
                 self._ready.pop(old, None)
-        self._event(k).set()
+            self._owner[s] = g
+        return self._sets[s]
 
-    def recent(self, k: int) -> list[Decoded]:
-        """The decoded samples of batches max(start, k-P)..k-1, in batch order."""
+    def publish(self, g: int, decoded: list[Decoded] | None) -> None:
+        """Batch g's decoded samples (None: it failed; the epoch is ending) for later batches to share."""
+        with self._lock:
+            self._decoded[g] = decoded
+            for old in [j for j in self._decoded if j < g - self.batches]:
+                self._decoded.pop(old, None)
+                self._ready.pop(old, None)
+            event = self._ready.setdefault(g, threading.Event())
+        event.set()
+
+    def recent(self, g: int) -> list[Decoded]:
+        """The decoded samples of batches max(0, g-P)..g-1, in batch order, each sample once (at its
+        latest place: Ultralytics' buffer holds distinct images, as a reloaded one is cached)."""
         out: list[Decoded] = []
-        for j in range(max(self.start, k - self.batches), k):
-            self._event(j).wait()
-            with self._lock:
-                out.extend(self._decoded.get(j) or [])
-        return out
+        for j in range(max(0, g - self.batches), g):
+            out.extend(self._get(j))
+        last = {d.index: k for k, d in enumerate(out)}
+        return [d for k, d in enumerate(out) if last[d.index] == k]
+
+    def _get(self, j: int) -> list[Decoded]:
+        with self._lock:
+            event = self._ready.get(j)
+            claim = event is None and j < self._first  # a past batch not held: decode it again, once
+            if claim and self._fill is None:
+                return []
+            if event is None:
+                event = self._ready[j] = threading.Event()
+        if claim:
+            decoded = None
+            try:
+                decoded = self._fill(j, self.scratch(j))  # type: ignore[misc]
+            finally:
+                self.publish(j, decoded)
+        event.wait()
+        with self._lock:
+            return self._decoded.get(j) or []
 
 
 class CpuAssembler:
@@ -102,7 +144,7 @@ class CpuAssembler:
 
     def build(self, indices: np.ndarray, rng: np.random.Generator, k: int = 0, history: History | None = None) -> dict:
         """Decode in the pool while this thread plans the batch, then render in the pool. `k`: the
-        batch number, which keys the partner `history` (None: partners from this batch only)."""
+        batch number across epochs, which keys the partner `history` (None: partners from this batch only)."""
         pool = self.pool()
         if not self.dataset.augment:  # eval: decode and letterbox straight into the batch, no render phase
             scratch = self.scratch()
@@ -127,6 +169,10 @@ class CpuAssembler:
             rng.bit_generator.state = state
             plan = self.dataset.plan(used, rng, [d.index for d in recent])
         return self.render(decoded + recent, plan)
+
+    def redecode(self, indices: np.ndarray, scratch: Scratch) -> list[Decoded]:
+        """A past batch decoded again into `scratch`, for the partner history (`History.fill`)."""
+        return list(self.pool().map(lambda j: self.decode(int(indices[j]), j, scratch), range(len(indices))))
 
     def render(self, decoded: list[Decoded], plan: BatchPlan) -> dict:
         """Render a planned batch with the OpenCV executor in the pool (also the DALI CPU path).

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
@@ -27,7 +27,7 @@ from loaders.assemble import CpuAssembler, History
 from loaders.augment.hyp import Hyp
 from loaders.buffers import BatchBuffers, pool_size
 from loaders.dataset import LoaderDataset
-from loaders.decode import Decoder, Scratch
+from loaders.decode import Decoded, Decoder, Scratch
 from loaders.prefetch import Epoch, ResumeState
 from loaders.read import ErrorPolicy
 from loaders.sampler import ShardedSampler
@@ -38,8 +38,9 @@ __all__ = ["BatchBuilder", "LoaderDataset", "SainetLoader", "PARTNER_BYTES", "PA
 
 #: Decoded samples of recent batches kept for mosaic partners, at most (see `assemble.History`).
 PARTNER_BYTES = 64 << 20
-#: Ultralytics' mosaic buffer spans 8 x batch images: the batch and 7 before it.
-PARTNER_MAX = 7
+#: Ultralytics' mosaic buffer spans 8 x batch images: for image i of a batch, images 0..i and the
+#: 8 x batch - i - 1 loaded before them, which reach 8 batches back (`augment.plan._partners`).
+PARTNER_MAX = 8
 
 
 class BatchBuilder(Protocol):
@@ -49,6 +50,14 @@ class BatchBuilder(Protocol):
     (`SainetLoader._hand_off` turns it into Ultralytics' batch dict in the consumer's thread)."""
 
     def build(self, indices: np.ndarray, rng: np.random.Generator, k: int = 0, history: History | None = None) -> Any: ...
+
+
+@runtime_checkable
+class RedecodingBuilder(BatchBuilder, Protocol):
+    """A builder that can decode a past batch again (`CpuAssembler`): the partner history refills
+    batches the loader no longer holds (after a resume or in a new process) with it."""
+
+    def redecode(self, indices: np.ndarray, scratch: Scratch) -> list[Decoded]: ...
 
 
 class SainetLoader:
@@ -83,8 +92,10 @@ class SainetLoader:
         self.builder: BatchBuilder = self._builder()
         #: recent batches whose decoded samples mosaics may take partners from (assemble.History)
         self.partner_batches = self._partner_batches(batch_size) if partner_batches is None else partner_batches
-        self._partner_sets = [Scratch() for _ in range(self.partner_batches + self.assemblers)] if self.partner_batches else []
-        self._history: History | None = None
+        self._redecoder = self.builder if isinstance(self.builder, RedecodingBuilder) else None
+        fill = self._fill if self._redecoder is not None else None
+        #: kept for the loader's lifetime: across epochs, close_mosaic and resumes (see `History`)
+        self._history = History(self.partner_batches, self.assemblers, fill) if self.partner_batches else None
         self._state = ResumeState(seed=seed, rank=rank, num_samples=len(self.sampler), batch_size=batch_size,
                                   world_size=world_size, records=len(source))
         self._next_epoch = 0
@@ -96,8 +107,8 @@ class SainetLoader:
         return CpuAssembler(self.dataset, self.policy, self.buffers, lambda: self.pool)
 
     def _partner_batches(self, batch_size: int) -> int:
-        """As many recent batches as Ultralytics' mosaic buffer spans (8 x batch images: 7 besides
-        the batch itself) whose decoded samples fit in `PARTNER_BYTES`; 0 without mosaic."""
+        """As many recent batches as Ultralytics' mosaic buffer reaches back (`PARTNER_MAX`) whose
+        decoded samples fit in `PARTNER_BYTES`; 0 without mosaic."""
         if not self.dataset.mosaic or len(self.source) == 0:
             return 0
         sizes = np.asarray(self.source.sizes, np.int64).reshape(-1, 2)
@@ -131,10 +142,11 @@ class SainetLoader:
             self.dataset.close_mosaic()
         start, self._resume_batch = self._resume_batch, 0
         order, B = self.sampler.order(epoch), self.batch_size
-        n_batches = math.ceil(len(order) / B)
+        n_batches = math.ceil(len(order) / B)  # fewer than len(self) in an epoch resumed by other ranks (elastic)
         self._state.epoch, self._state.batches_done = epoch, start
         self._state.skip, self._state.batches_total = self.sampler.skipped(epoch), n_batches
-        self._history = History(self.partner_batches, self.assemblers, start, self._partner_sets) if self._partner_sets else None
+        if self._history is not None:
+            self._history.begin(epoch * len(self) + start)
         batches = [order[k * B : (k + 1) * B] for k in range(start, n_batches)]
         self._active = Epoch(batches, lambda k, idx: self._build(epoch, k, idx), start=start, depth=self.prefetch,
                              assemblers=self.assemblers, on_batch=self._count, on_error=self.close,
@@ -189,11 +201,20 @@ class SainetLoader:
     def _count(self) -> None:
         self._state.batches_done += 1
 
+    def _fill(self, g: int, scratch: Scratch) -> list[Decoded]:
+        """Batch g (numbered across epochs) decoded again for the partner history."""
+        epoch, k = divmod(g, len(self))
+        B = self.batch_size
+        if self._redecoder is None:
+            raise RuntimeError(f"{type(self.builder).__name__} cannot decode a past batch again")
+        return self._redecoder.redecode(self.sampler.order(epoch)[k * B : (k + 1) * B], scratch)
+
     def _build(self, epoch: int, k: int, indices: np.ndarray) -> dict:
         """Batch k of `epoch`: its random draws are a pure function of (seed, epoch, k, rank)."""
         rng = np.random.default_rng([self.seed, epoch, k, self.rank])
         t0 = time.perf_counter()
-        item = self.builder.build(indices, rng, k, self._history)
+        # batches numbered across epochs, so the partner history spans them
+        item = self.builder.build(indices, rng, epoch * len(self) + k, self._history)
         with self._telemetry:
             self.busy_seconds += (time.perf_counter() - t0) / self.assemblers  # wall time shared by those in flight
             self.images_built += len(indices)

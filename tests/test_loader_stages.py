@@ -188,6 +188,27 @@ def test_plan_partners_come_from_the_batch_and_its_history():
     assert [[p.src for p in ip.placements] for ip in a.images] == [[p.src for p in ip.placements] for ip in b.images]
 
 
+def test_plan_partners_are_ultralytics_buffer_at_each_image():
+    """Image i's partners: the batch's sources 0..i (loaded so far) or the latest 8 x batch - i - 1
+    recent ones (Ultralytics' buffer when it loads image i), never a later image of the batch nor
+    an older recent one."""
+    from loaders.augment.plan import BUFFER_BATCHES, plan_batch
+
+    B, n_hist = 4, 40
+    sizes = [(160, 90)] * (B + n_hist)
+    labels = [(np.zeros(1, np.int64), np.array([[0.5, 0.5, 0.2, 0.2]], np.float32))] * (B + n_hist)
+    seen: set[tuple[int, int]] = set()
+    for seed in range(60):
+        plan = plan_batch(np.random.default_rng(seed), sizes, labels, (96, 96), Hyp(mosaic=1.0), augment=True, n_out=B)
+        for i, ip in enumerate(plan.images):
+            oldest = B + n_hist - (BUFFER_BATCHES * B - i - 1)
+            for p in ip.placements[1:]:
+                assert p.src <= i or p.src >= oldest, (i, p.src)
+                seen.add((i, p.src))
+    assert {s for i, s in seen if i == B - 1} >= {0, 1, 2, 3, B + n_hist - 1}  # the whole window is drawn from
+    assert (0, B + n_hist - BUFFER_BATCHES * B + 1) in seen  # image 0 reaches 8B - 1 back
+
+
 def test_history_waits_for_earlier_decodes_and_bounds_what_it_keeps():
     """Batch k sees the decodes of k-P..k-1 in batch order, waiting for one still decoding; a failed
     batch (None) never blocks the others; nothing older than P batches is kept."""
@@ -205,7 +226,49 @@ def test_history_waits_for_earlier_decodes_and_bounds_what_it_keeps():
     assert [x.index for x in h.recent(4)] == [4, 6]
     assert set(h._decoded) <= {1, 2, 3}  # batch 0 is past every later batch's window
     assert h.scratch(0) is h.scratch(4) and h.scratch(0) is not h.scratch(1)
-    assert History(batches=2, assemblers=2, start=5).recent(5) == []  # a resumed epoch starts without history
+    h = History(batches=2, assemblers=2)
+    h.begin(5)
+    assert h.recent(5) == []  # past batches not held and nothing to decode them again with: no partners
+    filled: list[int] = []
+    h = History(batches=2, assemblers=2, fill=lambda g, scratch: filled.append(g) or [d(10 + g)])
+    h.begin(5)
+    assert [x.index for x in h.recent(5)] == [13, 14] and filled == [3, 4]  # decoded again, in batch order
+    h.publish(5, [d(15)])
+    assert [x.index for x in h.recent(6)] == [14, 15] and filled == [3, 4]  # once each
+    h.begin(7)  # the next pass keeps what its first batch needs
+    assert [x.index for x in h.recent(7)] == [15, 16] and filled == [3, 4, 6]  # batch 6 never ran: decoded
+
+
+def test_partner_history_spans_epochs_and_resumes_exactly(store):
+    """The partner history runs on across epochs (an epoch's first batches take partners from the
+    last epoch's), and a loader resumed from a state dict, or iterated again after an abandoned
+    epoch, gives the very pixels of one that never stopped."""
+    def loader():
+        return build_loader(store, "shm", batch_size=2, imgsz=64, seed=4, threads=2, partner_batches=3)
+
+    ref = loader()
+    whole = [[b["img"].clone() for b in ref] for _ in range(2)]
+    ref.close()
+    a = loader()
+    it = iter(a)
+    head = [next(it)["img"].clone() for _ in range(2)]
+    state = a.state_dict()
+    a.reset()  # abandoned mid-epoch: iterating again starts the next epoch
+    assert all(torch.equal(x, y) for x, y in zip(head, whole[0], strict=False))
+    assert all(torch.equal(x, y) for x, y in zip([b["img"].clone() for b in a], whole[1], strict=True))
+    a.close()
+    b = loader()
+    b.load_state_dict(state)
+    rest = [[x["img"].clone() for x in b] for _ in range(2)]
+    b.close()
+    assert all(torch.equal(x, y) for x, y in zip(rest[0], whole[0][2:], strict=True))
+    assert all(torch.equal(x, y) for x, y in zip(rest[1], whole[1], strict=True))
+    fresh = loader()
+    fresh.load_state_dict({**state, "epoch": 1, "batches_done": 0})
+    fresh._history._fill = None  # epoch 1 without the earlier batches, as each epoch began before
+    first = next(iter(fresh))["img"].clone()
+    fresh.close()
+    assert not torch.equal(first, whole[1][0])  # so epoch 1's first batch did take earlier partners
 
 
 @pytest.mark.parametrize("partners", [0, 3])

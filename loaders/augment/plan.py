@@ -11,8 +11,9 @@ Coordinates are continuous "edge" coordinates (0 is the left edge of pixel 0; a 
 Semantics follow Ultralytics (Mosaic, RandomPerspective, RandomHSV, RandomFlip, MixUp): same
 hyperparameter names, ranges and box filter, with two deliberate differences: mosaic boxes are
 clipped to the part of their image that is visible in its quadrant (Ultralytics clips only to the
-canvas), and mosaic partners come from the same batch and the loader's recent batches (each sample
-is decoded once).
+canvas), and mosaic partners come from the loader's recent batches and the batch's samples up to
+the image's own (Ultralytics' buffer holds the images its worker loaded last; here each sample is
+decoded once).
 """
 
 from __future__ import annotations
@@ -160,8 +161,9 @@ def plan_batch(
     """Plan one batch. `sizes[i]` is source i's original (w, h); `labels[i]` its (cls, normalized xywh).
 
     Output image i (i < `n_out`, default all) is built around source i; mosaic partners are drawn
-    from all the sources given: the batch itself, then any recent batches' samples the caller
-    appends after it (the loader's partner history, `loaders.assemble.History`).
+    as from Ultralytics' buffer: from the recent batches' samples the caller appends after the batch
+    (the loader's partner history, `loaders.assemble.History`) and the batch's sources 0..i; with no
+    recent samples given, from the whole batch.
     """
     plan = BatchPlan(out_hw)
     if not augment:
@@ -170,19 +172,37 @@ def plan_batch(
         return plan
     # Every random draw happens whatever the probabilities and gains, so one seed gives the same
     # geometry whether or not, say, HSV or flips are switched on.
-    for i in range(len(sizes) if n_out is None else n_out):
-        plan.images.append(_augmented_image(rng, i, sizes, labels, out_hw, hyp, mosaic))
+    n_batch = len(sizes) if n_out is None else n_out
+    for i in range(n_batch):
+        plan.images.append(_augmented_image(rng, i, sizes, labels, out_hw, hyp, mosaic, n_batch))
     if len(plan.images) > 1:
         _add_mixup(rng, plan, hyp)
     return plan
 
 
+#: Ultralytics' mosaic buffer: the last 8 x batch images its worker loaded
+BUFFER_BATCHES = 8
+
+
+def _partners(rng: np.random.Generator, i: int, n: int, n_batch: int) -> list[int]:
+    """Output image i's 3 mosaic partners among the plan's n sources: with recent batches' (sources
+    n_batch..n-1, oldest first), drawn from the batch's sources 0..i and the latest recent ones, at
+    most 8 x batch in all — Ultralytics' buffer when it loads image i; without, from the whole batch."""
+    if n_batch == n:
+        return rng.integers(0, n, 3).tolist()
+    keep = min(n - n_batch, BUFFER_BATCHES * n_batch - (i + 1))
+    first = n - keep  # the oldest recent source still in the buffer
+    return [int(d) if d <= i else int(d) - (i + 1) + first for d in rng.integers(0, keep + i + 1, 3)]
+
+
 def _pieces(rng: np.random.Generator, i: int, sizes: list[tuple[int, int]], out_hw: tuple[int, int], hyp: Hyp,
-            mosaic: bool) -> tuple[tuple[int, int], list]:
-    """(canvas (h, w), [(source, placement on the canvas, visible rectangle)]) of output image i."""
+            mosaic: bool, n_batch: int) -> tuple[tuple[int, int], list]:
+    """(canvas (h, w), [(source, placement on the canvas, visible rectangle)]) of output image i.
+    Partners: with recent batches given (sources n_batch..), from those and this batch's first i + 1,
+    as Ultralytics' buffer holds when image i is loaded; without, from the whole batch."""
     H, W = out_hw
     use_mosaic = rng.random() < hyp.mosaic
-    partners = rng.integers(0, len(sizes), 3).tolist()
+    partners = _partners(rng, i, len(sizes), n_batch)
     if not (mosaic and use_mosaic):
         w0, h0 = sizes[i]
         lb = letterbox_params(h0, w0, H, W)
@@ -222,10 +242,10 @@ def _flip(rng: np.random.Generator, hyp: Hyp, out_hw: tuple[int, int]) -> np.nda
 
 
 def _augmented_image(rng: np.random.Generator, i: int, sizes: list[tuple[int, int]], labels: list[tuple[np.ndarray, np.ndarray]],
-                     out_hw: tuple[int, int], hyp: Hyp, mosaic: bool) -> ImagePlan:
+                     out_hw: tuple[int, int], hyp: Hyp, mosaic: bool, n_batch: int) -> ImagePlan:
     """Output image i: placements (mosaic or letterbox, then affine and flips), boxes, HSV gains."""
     H, W = out_hw
-    canvas, pieces = _pieces(rng, i, sizes, out_hw, hyp, mosaic)
+    canvas, pieces = _pieces(rng, i, sizes, out_hw, hyp, mosaic, n_batch)
     affine, s = _random_affine(rng, hyp, canvas, out_hw)
     full_canvas = _flip(rng, hyp, out_hw) @ affine
     placements, all_cls, before, after = [], [], [], []

@@ -2,8 +2,8 @@
 
 The package, one job a module: `results` (the config and the row), `sampling` (measuring one
 backend: time, latency, CPU, PSS), `backends` (opening sainet's loaders and Ultralytics'), `references`
-(decode, work-minimum, raw-copy), `run` (the rounds), `report` (ratios, medians, headline, JSON, plot)
-and `stores` (packing what the bench reads).
+(decode, work-minimum, raw-copy), `run` (the rounds), `report` (ratios, medians, headline, JSON, plot),
+`stores` (packing what the bench reads) and `parity` (augment distribution parity with Ultralytics: two-sample tests).
 
 For each backend: warm up, then pull batches for a fixed time or count, recording images/s,
 batch latency (p50/p99 of the time the consumer waits for each batch), CPU% of the process tree,

@@ -194,17 +194,25 @@ def _nbytes(buffer: bytearray | np.ndarray) -> int:
     return memoryview(buffer).nbytes
 
 
-def scaled_bytes(info: ImageInfo, min_size: tuple[int, int] | None) -> int:
-    """An upper bound of the bytes `decode_rgb(..., min_size=min_size)` decodes `info`'s JPEG to:
-    the smallest of libjpeg-turbo's 1/8, 1/4, 1/2 scales that keeps both sides at least `min_size`
-    (simplejpeg may pick a finer factor in between: never a larger image), else the full size."""
+def scaled_size(width: int, height: int, min_size: tuple[int, int] | None) -> tuple[int, int]:
+    """(w, h) of a width x height JPEG decoded with `decode_rgb(..., min_size=min_size)` (an upper
+    bound): the smallest of libjpeg-turbo's 1/8, 1/4, 1/2 scales that keeps both sides at least
+    `min_size` (simplejpeg may pick a finer factor in between: never a larger image), else the full
+    size. `min_size` and the result are in the same orientation as width and height."""
     if min_size is not None:
-        mw, mh = min_size if info.orientation < 5 else (min_size[1], min_size[0])
         for f in (0.125, 0.25, 0.5):
-            w, h = math.ceil(info.width * f), math.ceil(info.height * f)
-            if w >= mw and h >= mh:
-                return w * h * 3
-    return info.width * info.height * 3
+            w, h = math.ceil(width * f), math.ceil(height * f)
+            if w >= min_size[0] and h >= min_size[1]:
+                return w, h
+    return width, height
+
+
+def scaled_bytes(info: ImageInfo, min_size: tuple[int, int] | None) -> int:
+    """An upper bound of the bytes `decode_rgb(..., min_size=min_size)` decodes `info`'s JPEG to
+    (`scaled_size` of its stored frame; `min_size` in the displayed orientation)."""
+    mw_mh = None if min_size is None else (min_size if info.orientation < 5 else (min_size[1], min_size[0]))
+    w, h = scaled_size(info.width, info.height, mw_mh)
+    return w * h * 3
 
 
 def decode_rgb(
