@@ -38,7 +38,8 @@ from sainet.settings import parse_bytes
 
 __all__ = ["Budget", "estimate_budget", "SAVED_BYTES_PER_PIXEL", "PEAK_FACTOR", "activation_bytes", "DecodeSizes",
            "MemoryPlan", "Recommendation", "recommend", "recommend_for", "describe_source", "estimate_source", "plan_memory",
-           "check_allocation", "SYNTH_BYTES_PER_PIXEL"]
+           "check_allocation", "check_loader_memory", "check_synth", "SYNTH_BYTES_PER_PIXEL",
+           "store_decode_sizes", "decode_bytes"]
 
 #: Bytes autograd saves for backward per input pixel per image in a training forward, (fp32, amp),
 #: by YOLOv8 scale: `python benchmarks/activation_bytes.py` on the CPU (amp = bf16 autocast there).
@@ -50,8 +51,11 @@ _PARAMS = {"n": 3.2e6, "s": 11.2e6, "m": 25.9e6, "l": 43.7e6, "x": 68.2e6}
 _CUDA_CONTEXT = 0.6e9
 _ULTRA_WORKER_BYTES = 1.2e9  # a DataLoader worker process (torch + dataset copy), measured order of magnitude
 #: `sainet synth`'s peak bytes per pixel of one frame (float32 layers and the sensor-grain noise):
-#: the peak RSS growth of one 2000x1500 frame measured 76 B/px.
+#: the peak RSS growth of one frame measured 76 B/px at 2000x1500, 65 at 6000x4000.
 SYNTH_BYTES_PER_PIXEL = 80
+#: Encoded bytes per pixel `sainet synth` keeps per image: ~0.16 measured at 1440x808 q90
+#: (benchmarks/README.md, packing: ~190 KB per image); bounded at 0.5 for higher qualities.
+SYNTH_JPEG_BYTES_PER_PIXEL = 0.5
 
 
 def model_scale(model: str) -> str:
@@ -163,6 +167,40 @@ def check_allocation(what: str, need: int, available: int, hint: str) -> None:
     """Refuse (`CapacityError`, exit 5) an allocation of `need` bytes when `available` cannot hold it."""
     if need > available:
         raise CapacityError(f"{what} needs {human_bytes(need)}; {human_bytes(available)} of RAM available: {hint}")
+
+
+def _available() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def check_loader_memory(what: str, imgsz: tuple[int, int], batch: int, threads: int, prefetch: int,
+                        available: int | None = None) -> int:
+    """Refuse (exit 5) a loader whose buffers at `imgsz` (h, w) and `batch` cannot be allocated; returns the bytes."""
+    b = estimate_budget(images=0, imgsz=imgsz, batch=batch, threads=threads, prefetch=prefetch, workers=0)
+    check_allocation(f"{what}: batch {batch} at {format_imgsz(imgsz)} (loader buffers)", b.sainet_loader_bytes,
+                     _available() if available is None else available, "lower --batch or --imgsz")
+    return b.sainet_loader_bytes
+
+
+def check_synth(size: tuple[int, int], images: int, available: int | None = None, threads: int | None = None) -> int:
+    """Refuse (exit 5) a `sainet synth` that cannot be allocated (or read back); returns the bytes it needs.
+
+    Its thread pool draws `threads` frames at once (`SYNTH_BYTES_PER_PIXEL` each; None: the pool's
+    default, min(32, cores + 4)), and the encoded images are kept until the end
+    (`SYNTH_JPEG_BYTES_PER_PIXEL` each)."""
+    from sainet.core.imaging import MAX_PIXELS
+
+    w, h = size
+    if w * h > MAX_PIXELS:
+        raise CapacityError(f"synth --size {w}x{h}: {w * h:,} pixels per image, more than sainet reads "
+                            f"({MAX_PIXELS:,}, imaging.MAX_PIXELS): use a smaller --size")
+    at_once = min(images, threads or min(32, (os.cpu_count() or 1) + 4))  # ThreadPoolExecutor's default
+    need = int(at_once * w * h * SYNTH_BYTES_PER_PIXEL + images * w * h * SYNTH_JPEG_BYTES_PER_PIXEL)
+    check_allocation(f"synth {images} images of {w}x{h}", need, _available() if available is None else available,
+                     "use a smaller --size or fewer --images")
+    return need
 
 
 # ---------------------------------------------------------------------------------------------- the memory plan

@@ -64,6 +64,9 @@ def synth(
     from sainet.synth import synthesize
 
     def body() -> None:
+        from sainet.budget import check_synth
+
+        check_synth(size, images)  # exit 5 before a pixel is allocated
         names = [c.strip() for c in classes.split(",") if c.strip()] if classes is not None else None
         try:
             with progress_bar(images, "synth") as advance:
