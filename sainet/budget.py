@@ -176,13 +176,17 @@ def _available() -> int:
     return int(psutil.virtual_memory().available)
 
 
-def check_loader_memory(what: str, imgsz: tuple[int, int], batch: int, threads: int, prefetch: int,
-                        available: int | None = None) -> int:
-    """Refuse (exit 5) a loader whose buffers at `imgsz` (h, w) and `batch` cannot be allocated; returns the bytes."""
-    b = estimate_budget(images=0, imgsz=imgsz, batch=batch, threads=threads, prefetch=prefetch, workers=0)
-    check_allocation(f"{what}: batch {batch} at {format_imgsz(imgsz)} (loader buffers)", b.sainet_loader_bytes,
+def check_loader_memory(what: str, imgsz: tuple[int, int], profile: Profile, *, batch: int | None = None,
+                        threads: int | None = None, available: int | None = None) -> int:
+    """Refuse (exit 5) a loader whose buffers at `imgsz` (h, w) and `batch` (default: the profile's) cannot
+    be allocated in the RAM available; returns the bytes."""
+    rec = profile.recommended
+    b = int(batch or rec["batch"])
+    need = estimate_budget(images=0, imgsz=imgsz, batch=b, threads=int(threads or rec["threads"]),
+                           prefetch=int(rec["prefetch"]), workers=0).sainet_loader_bytes
+    check_allocation(f"{what}: batch {b} at {format_imgsz(imgsz)} (loader buffers)", need,
                      _available() if available is None else available, "lower --batch or --imgsz")
-    return b.sainet_loader_bytes
+    return need
 
 
 def check_synth(size: tuple[int, int], images: int, available: int | None = None, threads: int | None = None) -> int:

@@ -86,6 +86,7 @@ def bench_loader(
     * `sainet bench-loader --source data/synth --imgsz 640 --raw --loaders shm,raw-shm --cold`
     """
     from sainet.bench import bench_config, prepare_stores, run_bench, save_results
+    from sainet.budget import check_loader_memory
     from sainet.core.errors import SettingsError
     from sainet.profiles import choose_profile
 
@@ -93,10 +94,7 @@ def bench_loader(
         if store is None and source is None:
             raise SettingsError("give --store or --source")
         prof = choose_profile(profile)
-        from sainet.budget import check_loader_memory
-
-        rec = prof.recommended  # exit 5 before a store is packed or a buffer allocated
-        check_loader_memory("bench-loader", imgsz, batch or int(rec["batch"]), threads or int(rec["threads"]), int(rec["prefetch"]))
+        check_loader_memory("bench-loader", imgsz, prof, batch=batch, threads=threads)  # exit 5 before a byte is packed
         stores, src = prepare_stores(source, store, work, imgsz, raw or "raw-shm" in loaders, "raw-lmdb" in loaders)
         cfg = bench_config(stores=stores, source=src, imgsz=imgsz, profile=prof, batch=batch, augment=augment,
                            seconds=seconds, batches=batches, threads=threads, workers=workers, cold=cold,
