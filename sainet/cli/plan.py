@@ -103,7 +103,8 @@ def profile(
         gpus = ", ".join(host.gpu_names) or "none"
         console.print(f"host: {host.cores} cores, {host.ram_gb:.1f} GB RAM ({host.ram_available_gb:.1f} available), "
                       f"GPUs: {gpus} ({host.vram_gb:.0f} GB each), /dev/shm {host.shm_gb:.1f} GB ({host.shm_free_gb:.1f} free)")
-        console.print(f"nearest profile: [bold]{prof.name}[/] ({prof.description}); recommended for a store that "
-                      f"fits {rec.where}: " + ", ".join(f"{k}={v}" for k, v in rec.as_dict().items() if k not in ("fits", "problem")))
+        fits = f" (for a store that fits its {host.shm_gb:.0f} GB /dev/shm; `sainet plan` checks yours)" if rec.where == "/dev/shm" else ""
+        console.print(f"nearest profile: [bold]{prof.name}[/] ({prof.description}); recommended{fits}: "
+                      + ", ".join(f"{k}={v}" for k, v in rec.as_dict().items() if k not in ("fits", "problem")))
 
     run(body)
