@@ -39,7 +39,7 @@ from sainet.settings import parse_bytes
 
 __all__ = ["Budget", "estimate_budget", "SAVED_BYTES_PER_PIXEL", "PEAK_FACTOR", "activation_bytes", "DecodeSizes",
            "MemoryPlan", "Recommendation", "recommend", "recommend_for", "describe_source", "estimate_source", "plan_memory",
-           "check_allocation", "check_loader_memory", "check_synth", "SYNTH_BYTES_PER_PIXEL",
+           "check_allocation", "largest_fitting", "check_loader_memory", "check_synth", "SYNTH_BYTES_PER_PIXEL",
            "store_decode_sizes", "decode_bytes"]
 
 #: Bytes autograd saves for backward per input pixel per image in a training forward, (fp32, amp),
@@ -162,6 +162,15 @@ def estimate_budget(*, images: int, imgsz: tuple[int, int], batch: int, threads:
     weights = int(_PARAMS[scale] * 16)
     vram = activation_bytes(model, imgsz, batch, amp=amp, device="cuda") + weights + int(_CUDA_CONTEXT)
     return Budget(frame, int(sainet), int(ultra), cache, vram, act, weights, int(decoded))
+
+
+def largest_fitting(fits: Any, most: int) -> int:
+    """The largest batch in 1..`most` for which `fits(batch)` holds (0: none); memory grows with the batch."""
+    lo, hi = 0, max(0, most)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return lo
 
 
 def check_allocation(what: str, need: int, available: int, hint: str) -> None:
@@ -392,14 +401,8 @@ def recommend(profile: Profile, est: StoreEstimate | None = None, imgsz: tuple[i
     problem = _batch_problem(profile, imgsz, b, model, decode, images, store_in_ram)
     if not problem:
         return out
-    lo, hi = 0, b - 1  # the largest batch below b that fits (0: none)
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if _batch_problem(profile, imgsz, mid, model, decode, images, store_in_ram):
-            hi = mid - 1
-        else:
-            lo = mid
-    return Recommendation(loader, container, out.where, mode, lo, out.threads, out.prefetch, False, problem)
+    fit = largest_fitting(lambda n: not _batch_problem(profile, imgsz, n, model, decode, images, store_in_ram), b - 1)
+    return Recommendation(loader, container, out.where, mode, fit, out.threads, out.prefetch, False, problem)
 
 
 @dataclass

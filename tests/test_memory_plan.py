@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from sainet import profiles
 from sainet.cli import app
+from sainet.core.errors import CapacityError
 from sainet.synth import synthesize
 
 runner = CliRunner()
@@ -294,3 +295,14 @@ def test_train_refuses_sizes_before_anything_starts(small_set, tmp_path):
         assert res.exit_code == 5, res.output
         assert "host RAM" in res.stderr and "train the model on the CPU" in res.stderr
         assert not (tmp_path / "runs").exists()
+        if "1000000" in extra:  # the batch that fits is named, and it is accepted by the same plan
+            fit = int(res.stderr.split("--batch ")[1].split()[0])
+            assert 1 <= fit < 1000000
+            from sainet.train import TrainRequest, resolve
+
+            req = dict(data=str(store), loader="lmdb", model="yolov8s.yaml", imgsz=320, device="cpu", project=str(tmp_path / "r"))
+            assert resolve(TrainRequest(**req, batch=fit))[2]["batch"] == fit
+            with pytest.raises(CapacityError):
+                resolve(TrainRequest(**req, batch=fit + 1))
+        else:  # a batch that fits at this shape is named, or none
+            assert "fits" in res.stderr.split("available")[-1]
