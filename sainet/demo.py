@@ -13,7 +13,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -180,6 +180,9 @@ def run_demo(out: Path, demo: DemoSettings = DEMO, *, shm_name: str | None = Non
     stores = _pack_and_verify(src, out, shm_name or f"sainet-demo-{os.getuid()}", demo, report, progress)
     if bench:
         _bench(src, stores, out, demo, report, progress)
-    _train(stores["shards"], out, demo, report)
+    from sainet.budget import recommend_for
+
+    rec = recommend_for(src, None, demo.imgsz, batch=demo.batch, model=demo.model)  # as `sainet profile`/`plan` say
+    _train(stores[rec.container], out, replace(demo, loader=rec.loader), report)
     report.seconds = time.perf_counter() - t0
     return report

@@ -127,11 +127,14 @@ def test_plan_reproduces_the_users_verdicts():
 
 
 def test_plan_of_a_dataset_and_a_target(source, tmp_path):
+    """A store that does not fit the target: the plan is printed, then exit 5 with the numbers."""
     res = runner.invoke(app, ["plan", "--source", str(source), "--imgsz", "320x180", "--to", str(tmp_path / "s"),
                               "--assume-free", "10KB", "--json"])
-    doc = _json(res)
-    assert doc["images"] == 16
+    assert res.exit_code == 5, res.output
+    doc = json.loads(res.stdout[res.stdout.index("{"):res.stdout.rindex("}") + 1])
+    assert doc["images"] == 16 and doc["fits"] is False
     assert "needs" in doc["target"]["verdicts"]["jpeg"]  # 10 KB free: refused with the numbers
+    assert "does not fit" in res.stderr and "would fit: pack --mode jpeg" in res.stderr
 
 
 def test_plan_advice_names_a_loader_that_reads_the_advised_container():

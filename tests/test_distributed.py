@@ -108,8 +108,15 @@ def test_batch_is_global_and_profiles_give_it_per_gpu(store, monkeypatch):
     req = TrainRequest(data=str(store), loader="lmdb", imgsz=64, device="cpu", profile="a100x2", threads=1, prefetch=1)
     overrides, _, chosen = resolve(req)
     assert overrides["batch"] == 64 and chosen["batch"] == 64  # a100x2 recommends 32 per GPU
-    per_rank = estimate_budget(images=12, imgsz=(64, 64), batch=32, threads=1, prefetch=1, workers=8, model=req.model, amp=False)
-    assert chosen["loader_buffer_bytes"] == per_rank.sainet_loader_bytes
+    from cache_tools.store import open_store
+    from sainet.budget import store_decode_sizes
+
+    with open_store(store) as st:
+        decode = store_decode_sizes(st, (64, 64))  # the decoded batch: the store's 32 largest images (all 12 here)
+    per_rank = estimate_budget(images=12, imgsz=(64, 64), batch=32, threads=1, prefetch=1, workers=8, model=req.model,
+                               amp=False, decode=decode, device="cpu")
+    assert chosen["loader_buffer_bytes"] == per_rank.sainet_loader_bytes and decode.images == 12
+    assert chosen["decode_bytes"] == decode.batch_bytes(32) == sum(decode.largest) > 0
     with pytest.raises(DistributedError, match="--batch 5"):
         resolve(TrainRequest(data=str(store), loader="lmdb", imgsz=64, batch=5, device="cpu", threads=1, prefetch=1))
 

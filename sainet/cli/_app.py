@@ -47,7 +47,8 @@ EXIT_CODES = {
     2: "bad usage: an unknown or invalid option value, a missing option, an unreadable config; or a dataset that cannot be read",
     3: "an image cannot be decoded (the error names the file or record)",
     4: "a store is missing, foreign, damaged, of another version, or exists without --force",
-    5: "it does not fit: the store or the loader buffers exceed the free space or memory",
+    5: "it does not fit: the store, the loader buffers, the decoded images or the model's training memory exceed the free "
+       "space, RAM or GPU memory, or a size cannot be allocated (synth --size, --imgsz, --batch); the message says what would fit",
     6: "the ranks of a distributed run disagree (store, batch) or a rank failed",
     75: "train was preempted (SIGTERM or SIGUSR1): a checkpoint was saved; requeue it with --resume RUN/weights/last.pt",
     130: "interrupted (Ctrl-C); nothing half-written is left as a valid store",

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from sainet.cli._app import ProfileName, app, bar_factory, console, imgsz_type, key_value_type, run
+from sainet.core.errors import SettingsError
 from sainet.core.geometry import format_imgsz
 from sainet.settings import BENCH_NAMES as _KNOWN
 
@@ -101,7 +102,7 @@ def bench_loader(
     * `sainet bench-loader --source data/synth --imgsz 640 --raw --loaders shm,raw-shm --cold`
     """
     from sainet.bench import bench_config, prepare_stores, run_bench, save_results
-    from sainet.core.errors import SettingsError
+    from sainet.budget import check_loader_memory
     from sainet.profiles import choose_profile
 
     def body() -> int:
@@ -109,6 +110,7 @@ def bench_loader(
             raise SettingsError("give --store or --source")
         _check_outputs(out, tag, store, source, work, plot)
         prof = choose_profile(profile)
+        check_loader_memory("bench-loader", imgsz, prof, batch=batch, threads=threads)  # exit 5 before a byte is packed
         stores, src = prepare_stores(source, store, work, imgsz, raw or "raw-shm" in loaders, "raw-lmdb" in loaders)
         cfg = bench_config(stores=stores, source=src, imgsz=imgsz, profile=prof, batch=batch, augment=augment,
                            seconds=seconds, batches=batches, threads=threads, workers=workers, cold=cold,

@@ -65,7 +65,10 @@ def synth(
     from sainet.synth import synthesize
 
     def body() -> None:
+        from sainet.budget import check_synth
+
         output_dir(out, "synth folder", error=SettingsError)  # never /, a system folder or a store
+        check_synth(size, images)  # exit 5 before a pixel is allocated
         names = [c.strip() for c in classes.split(",") if c.strip()] if classes is not None else None
         try:
             with progress_bar(images, "synth") as advance:

@@ -66,6 +66,7 @@ class _Data:
     names: dict[int, str] = field(default_factory=dict)
     images: int = 0
     store_bytes: int = 0
+    decode: Any = None  # sainet.budget.DecodeSizes of the images, from the store's index or the headers
 
 
 @dataclass
@@ -211,15 +212,21 @@ def _resolve_data(s: TrainSettings, loader: str) -> _Data:
         from loaders.sources import DiskSource
 
         ds = DiskSource(Path(src), None, s.layout)
-        return _Data(src, loader, dict(enumerate(ds.classes)), len(ds))
+        from sainet.budget import DecodeSizes
+
+        decode = DecodeSizes.collect(((int(h), int(w)), int(w) * int(h) * 3) for w, h in ds.sizes)
+        return _Data(src, loader, dict(enumerate(ds.classes)), len(ds), decode=decode)
     if not is_store(data):
         raise DatasetError(f"{data} is not a store: pack it first (sainet pack {data} --to /dev/shm/NAME), "
                            "or train with --loader disk or --loader ultralytics")
+    from sainet.budget import store_decode_sizes
+
     with open_store(data) as st:
         names, images, nbytes, container = dict(enumerate(st.classes)), len(st), st.nbytes(), st.container
+        decode = store_decode_sizes(st, s.shape)
     # the user's loader must read this store (else an error naming the one that does); the profile's is adapted to it
     loader = reader_for(loader, container, data, given=bool(s.loader))
-    return _Data(data, loader, names, images, nbytes)
+    return _Data(data, loader, names, images, nbytes, decode)
 
 
 def _check_classes(s: TrainSettings, d: _Data, hyp: dict[str, Any]) -> None:
@@ -240,25 +247,45 @@ def _weights_from(s: TrainSettings) -> str:
     return f"stage-{source}" if s.weights and source else "pretrained"
 
 
-def _check_memory(s: TrainSettings, d: _Data, host: HostInfo, on_cpu: bool, cuda: bool) -> dict[str, int]:
-    """The memory plan, before anything starts: refuse what cannot fit host RAM or GPU memory."""
+def _memory_problem(s: TrainSettings, d: _Data, host: HostInfo, on_cpu: bool, cuda: bool, per_rank: int) -> tuple[Any, str]:
+    """The budget of `per_rank` images per rank, and why it does not fit this host ("" when it does)."""
     from sainet.budget import estimate_budget
+
+    ranks = distributed.ranks_per_node(s.device)
+    b = estimate_budget(images=d.images, imgsz=s.shape, batch=per_rank, threads=s.threads or 2, prefetch=s.prefetch or 2,
+                        workers=8, model=s.model, amp=not on_cpu, decode=d.decode, device="cpu" if on_cpu else "cuda")
+    ram_copy = d.store_bytes if d.loader == "ram" else 0
+    model_ram = ranks * b.cpu_train_bytes if on_cpu else 0
+    host_need = distributed.host_bytes_per_node(ranks, b.sainet_loader_bytes, d.store_bytes, d.loader) + model_ram
+    if host_need > host.ram_available_gb * 1e9:
+        return b, (f"batch {per_rank} at {format_imgsz(s.shape)} with {s.model}, loader {d.loader}, needs "
+                   f"{host_need / 1e9:.1f} GB of host RAM ({ranks} rank(s): buffers {b.sainet_loader_bytes / 1e9:.1f} GB"
+                   f" with {b.decode_bytes / 1e9:.2f} GB of decoded images"
+                   + (f" + a {ram_copy / 1e9:.1f} GB RAM copy" if ram_copy else "")
+                   + (f" + {b.cpu_train_bytes / 1e9:.1f} GB to train the model on the CPU (activations "
+                      f"{b.activation_bytes / 1e9:.1f} GB)" if on_cpu else "")
+                   + f"); {host.ram_available_gb:.1f} GB available")
+    if cuda and not on_cpu and host.vram_gb and b.vram_bytes > host.vram_gb * 1e9:
+        return b, (f"batch {per_rank} per GPU at {format_imgsz(s.shape)} with {s.model} needs about "
+                   f"{b.vram_bytes / 1e9:.1f} GB of GPU memory (estimate); the GPU has {host.vram_gb:.1f} GB")
+    return b, ""
+
+
+def _check_memory(s: TrainSettings, d: _Data, host: HostInfo, on_cpu: bool, cuda: bool) -> dict[str, int]:
+    """The memory plan, before anything starts: refuse what cannot fit host RAM or GPU memory (the loader's
+    buffers with the decoded size of the data's largest images, and the model's activations for the shape
+    and batch: in host RAM when training on the CPU, in GPU memory on CUDA), naming the batch that fits."""
+    from sainet.budget import largest_fitting
 
     world = distributed.world_size_for(s.device)
     per_rank = max(1, s.batch // world) if BACKENDS[d.loader].external else distributed.per_rank_batch(s.batch, world)
-    ranks = distributed.ranks_per_node(s.device)
-    b = estimate_budget(images=d.images, imgsz=s.shape, batch=per_rank, threads=s.threads or 2, prefetch=s.prefetch or 2,
-                        workers=8, model=s.model, amp=not on_cpu)
-    ram_copy = d.store_bytes if d.loader == "ram" else 0
-    host_need = distributed.host_bytes_per_node(ranks, b.sainet_loader_bytes, d.store_bytes, d.loader)
-    if host_need > host.ram_available_gb * 1e9:
-        raise CapacityError(f"loader {d.loader} needs {host_need / 1e9:.1f} GB of host RAM ({ranks} rank(s): buffers "
-                            f"{b.sainet_loader_bytes / 1e9:.1f} GB" + (f" + a {ram_copy / 1e9:.1f} GB RAM copy" if ram_copy else "")
-                            + f"); {host.ram_available_gb:.1f} GB available: lower --batch or --prefetch, or use --loader shm/lmdb")
-    if cuda and not on_cpu and host.vram_gb and b.vram_bytes > host.vram_gb * 1e9:
-        raise CapacityError(f"batch {per_rank} per GPU at {format_imgsz(s.shape)} with {s.model} needs about {b.vram_bytes / 1e9:.1f} GB "
-                            f"of GPU memory (estimate); the GPU has {host.vram_gb:.1f} GB: lower --batch")
-    return {"loader_buffer_bytes": b.sainet_loader_bytes, "store_bytes": d.store_bytes, "vram_estimate_bytes": b.vram_bytes}
+    b, problem = _memory_problem(s, d, host, on_cpu, cuda, per_rank)
+    if problem:
+        fit = largest_fitting(lambda n: not _memory_problem(s, d, host, on_cpu, cuda, n)[1], per_rank - 1)
+        raise CapacityError(problem + (f": --batch {fit * max(1, world)} fits" if fit else
+                                       ": not even batch 1 fits; lower --imgsz or use a smaller --model"))
+    return {"loader_buffer_bytes": b.sainet_loader_bytes, "store_bytes": d.store_bytes, "vram_estimate_bytes": b.vram_bytes,
+            "decode_bytes": b.decode_bytes, "activation_bytes": b.activation_bytes}
 
 
 def _overrides(s: TrainSettings, d: _Data, hyp: dict[str, Any]) -> dict[str, Any]:
