@@ -83,9 +83,13 @@ def batch(b, h, w):
             "bboxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]] * b)}
 loss, _ = m.loss(batch(2, 64, 64)); loss.sum().backward()  # lazy allocations first
 m.zero_grad(set_to_none=False)
-before = psutil.Process().memory_info().rss
+def rss_file():  # file-backed resident pages (libraries): reclaimed under memory pressure, paged back in later
+    with open("/proc/self/status") as f:
+        return next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("RssFile:"))
+before, file_before = psutil.Process().memory_info().rss, rss_file()
 loss, _ = m.loss(batch(2, 480, 640)); loss.sum().backward()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before)
+# the step's own (anonymous) growth: peak RSS less the library pages that came back meanwhile
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before - max(0, rss_file() - file_before))
 """
 
 
