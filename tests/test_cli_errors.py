@@ -85,6 +85,32 @@ BAD_OPTIONS = [
     (["train"], 2, "--data"),
     (["train", "--data", "STORE", "--no-such-option"], 2, "--no-such-option"),
     (["train", "--data", "STORE", "--checkpoint-every", "-1"], 2, "--checkpoint-every"),
+    # train: every --set key and value, --config, --model/--weights and --device checked before Ultralytics sees them
+    (["train", "--data", "STORE", "--set", "foo=bar"], 2, "--set: 'foo' is not an Ultralytics training argument"),
+    (["train", "--data", "STORE", "--set", "nonsense_key=1"], 2, "--set"),
+    (["train", "--data", "STORE", "--set", "mosiac=0.5"], 2, "did you mean mosaic"),
+    (["train", "--data", "STORE", "--set", "lr0=.nan"], 2, "--set: lr0=nan"),
+    (["train", "--data", "STORE", "--set", "box=.inf"], 2, "not a finite number"),
+    (["train", "--data", "STORE", "--set", "mosaic=abc"], 2, "--set: mosaic=abc"),
+    (["train", "--data", "STORE", "--set", "mosaic=1.5"], 2, "between 0.0 and 1.0"),
+    (["train", "--data", "STORE", "--set", "patience=-3"], 2, "patience"),
+    (["train", "--data", "STORE", "--set", "cos_lr=maybe"], 2, "cos_lr"),
+    (["train", "--data", "STORE", "--set", "epochs=true"], 2, "epochs"),
+    (["train", "--data", "STORE", "--set", "optimizer=Lion"], 2, "optimizer"),
+    (["train", "--data", "STORE", "--set", "lr0=0.002"], 2, "optimizer=auto"),
+    (["train", "--data", "STORE", "--set", "imgsz=320"], 2, "use --imgsz"),
+    (["train", "--data", "STORE", "--set", "batch=8"], 2, "use --batch"),
+    (["train", "--data", "STORE", "--set", "workers=4"], 2, "use --threads"),
+    (["train", "--data", "STORE", "--set", "cutmix=0.5"], 2, "cutmix"),
+    (["train", "--data", "STORE", "--config", "BADCFG"], 2, "--config"),
+    (["train", "--data", "STORE", "--model", ""], 2, "--model"),
+    (["train", "--data", "STORE", "--model", "NOTMODEL"], 2, "--model"),
+    (["train", "--data", "STORE", "--model", "nosuch.yaml"], 2, "--model"),
+    (["train", "--data", "STORE", "--model", "NOTMODEL_PT"], 2, "--model"),
+    (["train", "--data", "STORE", "--weights", "NOTMODEL"], 2, "--weights"),
+    (["train", "--data", "STORE", "--weights", "NOTMODEL_PT"], 2, "--weights"),
+    (["train", "--data", "STORE", "--device", "7"], 2, "--device"),
+    (["train", "--data", "STORE", "--device", "0,1"], 2, "--device"),
     # top level
     (["no-such-command"], 2, "no-such-command"),
 ]
@@ -98,8 +124,11 @@ def paths(tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("cli-errors")
     synthesize(root / "src", images=4, size=(64, 48), seed=1)
     pack(root / "src", root / "store", PackOptions(container="shards"))
+    (root / "bad.yaml").write_text("lr0: 0.01\noptimizer: SGD\nmosaik: 0.5\n")
+    (root / "not-a-model.pt").write_bytes(b"PK\x03\x04 not a checkpoint")
     return {"SRC": str(root / "src"), "STORE": str(root / "store"), "OUT": str(root / "out"), "T": str(root / "t"),
-            "MISSING": str(root / "missing.yaml")}
+            "MISSING": str(root / "missing.yaml"), "BADCFG": str(root / "bad.yaml"),
+            "NOTMODEL": str(root / "src" / "data.yaml"), "NOTMODEL_PT": str(root / "not-a-model.pt")}
 
 
 def _one_clean_line(res, expected_code: int, needle: str) -> None:
@@ -110,6 +139,31 @@ def _one_clean_line(res, expected_code: int, needle: str) -> None:
     lines = [ln for ln in res.stderr.splitlines() if ln.strip() and not progress.search(ln)]
     assert len(lines) == 1 and lines[0].startswith("error:"), res.stderr
     assert needle in lines[0], (needle, lines[0])
+
+
+def test_device_is_checked_against_the_visible_gpus():
+    """`--device 0,1` on a machine with one GPU (or none): one line before anything spawns."""
+    from sainet.core.errors import SettingsError
+    from sainet.validate import check_device
+
+    check_device("cpu", visible=0)
+    check_device("0,1", visible=2)
+    with pytest.raises(SettingsError, match=r"--device: 0,1: no CUDA GPU 1 on this machine \(1 visible"):
+        check_device("0,1", visible=1)
+    with pytest.raises(SettingsError, match="none visible"):
+        check_device("0", visible=0)
+
+
+def test_every_error_class_has_a_documented_exit_code():
+    import sainet.train.distributed  # noqa: F401 - defines DistributedError
+    from sainet.core.errors import SainetError
+
+    def subclasses(c):
+        return {c} | {s for sub in c.__subclasses__() for s in subclasses(sub)}
+
+    codes = {c.__name__: c.exit_code for c in subclasses(SainetError)}
+    assert codes["DistributedError"] == 6
+    assert {n: c for n, c in codes.items() if c not in EXIT_CODES} == {}
 
 
 @pytest.mark.parametrize("args,code,needle", BAD_OPTIONS, ids=[" ".join(a[:1] + a[-2:]) for a, _, _ in BAD_OPTIONS])

@@ -75,10 +75,19 @@ def test_rectangular_training_with_mosaic(stores, tmp_path, monkeypatch):
 
 
 def test_two_stage_starts_from_stage1_best(stores, tmp_path, caplog):
+    optimizers: dict[str, tuple[str, set[float]]] = {}
+
+    def read_optimizer(trainer):  # the optimizer Ultralytics really built, and its learning rate
+        groups = trainer.optimizer.param_groups
+        optimizers[trainer.args.name] = (type(trainer.optimizer).__name__, {g["initial_lr"] for g in groups})
+
     base = TrainRequest(data="", loader="shm", model="yolov8n.yaml", imgsz=160, epochs=2, batch=4, device="cpu",
-                        project=str(tmp_path), name="ws", sets={"save_period": -1})
+                        project=str(tmp_path), name="ws", sets={"save_period": -1},
+                        callbacks={"on_train_start": [read_optimizer]})
     with caplog.at_level(logging.INFO, logger="sainet.train.transfer"):
         r1, r2 = two_stage(base, str(stores / "shards"), str(stores / "pyro-shards"))
+    # configs/train: stage 1 SGD lr0 0.01, stage 2 fine-tunes at lr0 0.001 (not optimizer=auto's own rate)
+    assert optimizers == {"ws-stage1": ("SGD", {0.01}), "ws-stage2": ("SGD", {0.001})}
     _check_run(r1.save_dir)
     _check_run(r2.save_dir)
     assert r2.resolved["overrides"]["pretrained"] == str(r1.best)

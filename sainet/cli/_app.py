@@ -48,6 +48,7 @@ EXIT_CODES = {
     3: "an image cannot be decoded (the error names the file or record)",
     4: "a store is missing, foreign, damaged, of another version, or exists without --force",
     5: "it does not fit: the store or the loader buffers exceed the free space or memory",
+    6: "distributed training failed: a rank (or torchrun) exited with an error, named above",
     130: "interrupted (Ctrl-C); nothing half-written is left as a valid store",
 }
 

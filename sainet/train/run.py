@@ -151,20 +151,23 @@ def _stage_config(s: TrainSettings) -> dict[str, Any]:
 
 
 def _hyperparameters(s: TrainSettings) -> dict[str, Any]:
-    """Stage config < --config file < --epochs < --set."""
-    hyp: dict[str, Any] = dict(_stage_config(s).get("hyp") or {})
+    """Stage config < --config file < --epochs < --set, every key and value checked (sainet.validate)."""
+    from sainet.validate import check_hyp
+
+    layers: list[tuple[str, dict[str, Any]]] = [(f"stage {s.stage} (configs/train/stage{s.stage}.yaml)",
+                                                 dict(_stage_config(s).get("hyp") or {}))]
     if s.config:
         try:
             doc = yaml.safe_load(Path(s.config).read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
+        except (OSError, yaml.YAMLError, RecursionError, UnicodeDecodeError) as e:
             raise SettingsError(f"cannot read {s.config}: {e}", "--config") from None
         if not isinstance(doc, dict) or not isinstance(doc.get("hyp", doc), dict):
             raise SettingsError(f"{s.config}: expected a mapping of Ultralytics arguments", "--config")
-        hyp.update(doc.get("hyp", doc))
+        layers.append((f"--config {s.config}", doc.get("hyp", doc)))
     if s.epochs is not None:
-        hyp["epochs"] = s.epochs
-    hyp.update(s.sets)
-    return hyp
+        layers.append(("--epochs", {"epochs": s.epochs}))
+    layers.append(("--set", dict(s.sets)))
+    return check_hyp(layers, sainet_loader=s.loader != "ultralytics")
 
 
 def _resolve_data(s: TrainSettings, loader: str) -> _Data:
@@ -272,6 +275,17 @@ def _profile_defaults(s: TrainSettings, profile: Profile, cuda: bool) -> TrainSe
                      threads=s.threads or int(rec["threads"]), prefetch=s.prefetch or int(rec["prefetch"]))
 
 
+def _check_inputs(s: TrainSettings) -> None:
+    """--device against the visible GPUs, --model and --weights against what a model file is: before anything starts."""
+    from sainet.validate import check_device, check_model, check_weights
+
+    check_device(s.device)
+    if not s.resume:
+        check_model(s.model)
+    if s.weights:
+        check_weights(s.weights)
+
+
 def _plan(settings: TrainSettings) -> _Plan:
     import torch
 
@@ -284,6 +298,7 @@ def _plan(settings: TrainSettings) -> _Plan:
     cuda = torch.cuda.is_available()
     given_loader = s.loader
     s = _profile_defaults(s, profile, cuda)
+    _check_inputs(s)
     d = _resolve_data(s.replace(loader=given_loader), s.loader)
     s = s.replace(loader=d.loader)
     chosen: dict[str, Any] = {"profile": profile.name}
