@@ -67,7 +67,7 @@ def bench_loader(
     threads: Annotated[int | None, typer.Option(min=1, help="Decode threads (default: the profile's, at most the cores).")] = None,
     workers: Annotated[int | None, typer.Option(min=0, help="Ultralytics DataLoader workers (default: the threads).")] = None,
     work: Annotated[Path, typer.Option(help="Where stores packed from --source are kept.")] = Path(".cache/bench"),
-    out: Annotated[Path, typer.Option(help="Results folder; a subfolder per profile.")] = Path("benchmarks/results"),
+    out: Annotated[Path, typer.Option(help="Results folder, a subfolder per profile (default runs/bench, Ultralytics' runs/ convention; the recorded results live in benchmarks/results).")] = Path("runs/bench"),
     tag: Annotated[str | None, typer.Option(help="Name of the saved result (default: imgsz-aug-time).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
     plot: Annotated[Path | None, typer.Option(help="Also write the chart here.")] = None,
