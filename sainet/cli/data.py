@@ -112,7 +112,7 @@ def check(
     src: Annotated[Path, typer.Argument(help="Dataset folder, data.yaml or parquet shard.")],
     layout: Annotated[Layout | None, typer.Option(help="Source layout (default: detect).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
-    strict: Annotated[bool, typer.Option(help="Fail on warnings too (dropped boxes, bad images).")] = False,
+    strict: Annotated[bool, typer.Option(help="Exit 1 on warnings too (dropped boxes, bad images, orphan labels, class ids past a gap).")] = False,
     threads: Annotated[int | None, typer.Option(min=1, help="Decode threads (default: the cores, at most 8).")] = None,
     max_problems: Annotated[int, typer.Option(min=0, help="Problems listed in the table.")] = 50,
     class_ids: Annotated[Any, typer.Option(parser=class_ids_type, metavar="ID=NAME,...", help="pyrosdis: the annotations' class ids, e.g. 1=smoke (default: detected).")] = None,
@@ -122,7 +122,13 @@ def check(
     Also says where every box went (kept, clipped, dropped: nothing is lost), exact-duplicate images
     within and across splits (leakage), and facts about the dataset (e.g. 1-based class ids).
 
-    Exit code 0 when the dataset is usable (with --strict: and has no warnings), 1 otherwise.
+    Also reports images without a label file (counted as backgrounds, in a note with examples), label
+    files without an image (a warning each), and, without data.yaml or classes.txt, a class id past a
+    gap (5 in a set using 0 and 1: a warning, not a sixth class taken silently).
+
+    Exit code: **0** usable, warnings included (dropped or clipped boxes, bad images left out, orphan
+    labels, duplicates: listed, not fatal); **1** not usable (an error: no images, no train split, an
+    unreadable annotation file), or with `--strict` any warning; **2** the dataset cannot be read at all.
 
     Examples:
 
@@ -261,7 +267,8 @@ def _print_pack(report: Any, as_json: bool, max_size: int | None) -> None:
                   f"({report.records / max(report.seconds, 1e-9):.0f} img/s)"
                   + (f", resumed after {report.resumed}" if report.resumed else ""))
     if report.reencoded:
-        console.print(f"[yellow]re-encoded[/] {report.reencoded} images larger than --max-size {max_size}")
+        why = f"larger than --max-size {max_size}" if max_size else "not JPEG (e.g. TIFF, PNG): stored as JPEG"
+        console.print(f"[yellow]re-encoded[/] {report.reencoded} images {why}")
     if report.bad:
         console.print(f"[yellow]left out {len(report.bad)} images:[/]")
         for b in report.bad[:20]:
