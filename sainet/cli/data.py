@@ -49,6 +49,7 @@ def synth(
     subset: Annotated[_Subset, typer.Option(help="fasdd: the FASDD subset shape (RS: TIFF).")] = "CV",
     test_fraction: Annotated[float | None, typer.Option(min=0.0, max=0.99, help="Fraction in the test split (default 0.15 for fasdd, else 0).")] = None,
     clean: Annotated[bool, typer.Option(help="fasdd/pyrosdis: without the published datasets' quirks (duplicates, leaks, bad boxes).")] = False,
+    as_zip: Annotated[bool, typer.Option("--zip", help="fasdd: write OUT as the zip archive FASDD is downloaded as (OUT.zip when OUT does not end in .zip), for `sainet pack OUT.zip`.")] = False,
 ) -> None:
     """Write a deterministic synthetic wildfire dataset (smoke plumes, fire, exact boxes).
 
@@ -60,22 +61,37 @@ def synth(
     * `sainet synth data/synth --images 200`
     * `sainet synth data/pyro --classes smoke --layout pyrosdis --size 1280x720`
     * `sainet synth data/FASDD_RS --layout fasdd --subset RS --size 640x640`
+    * `sainet synth data/FASDD_CV.zip --layout fasdd --zip` (then `sainet pack data/FASDD_CV.zip --to ...`)
     """
-    from sainet.synth import synthesize
+    import shutil
+    import tempfile
+
+    from sainet.synth import synthesize, write_zip
 
     def body() -> None:
         names = [c.strip() for c in classes.split(",") if c.strip()] if classes is not None else None
+        if as_zip and layout != "fasdd":
+            raise SettingsError(f"--zip writes FASDD's archive shape; not for --layout {layout}", "--zip")
+        archive = out if out.suffix.lower() == ".zip" else out.with_name(out.name + ".zip")
+        if as_zip:
+            archive.parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix=".synth-", dir=archive.parent)) if as_zip else out
         try:
             with progress_bar(images, "synth") as advance:
-                result = synthesize(out, images=images, size=size, classes=names, val_fraction=val_fraction,
+                result = synthesize(folder, images=images, size=size, classes=names, val_fraction=val_fraction,
                                     background=background, layout=layout, seed=seed, quality=quality, progress=advance,
                                     subset=subset, test_fraction=test_fraction, quirks=False if clean else None)
+            if as_zip:
+                write_zip(folder, archive)
         except ValueError as e:  # the ranges were checked by the option types: classes or a fraction mix
             raise SettingsError(str(e), "--classes" if "class" in str(e) else None) from None
+        finally:
+            if as_zip:
+                shutil.rmtree(folder, ignore_errors=True)
         nbytes = sum(len(r.jpeg) for r in result)
         boxes = sum(len(r.objects) for r in result)
         console.print(f"wrote {len(result)} images ({nbytes / 1e6:.1f} MB, {nbytes / len(result) / 1e3:.0f} KB/img), "
-                      f"{boxes} boxes, layout {layout} -> {out}")
+                      f"{boxes} boxes, layout {layout} -> {archive if as_zip else out}")
 
     run(body)
 
