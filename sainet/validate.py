@@ -35,6 +35,7 @@ OWNED_KEYS = {"data": "--data", "model": "--model", "imgsz": "--imgsz", "device"
 #: Arguments sainet's loaders do not apply (their default is the only value that takes effect), and why.
 _NOT_IN_SAINET_LOADERS = {
     "cutmix": "sainet's loaders do not implement cutmix",
+    "perspective": "sainet's augmentation plan is affine (perspective must be 0)",
     "bgr": "sainet's loaders always give RGB",
     "cache": "a store is already the cache (Ultralytics' cache would be a second copy)",
     "fraction": "sainet's loaders read the whole store; pack the subset to train on",

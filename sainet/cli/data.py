@@ -61,7 +61,7 @@ def synth(
     * `sainet synth data/synth --images 200`
     * `sainet synth data/pyro --classes smoke --layout pyrosdis --size 1280x720`
     * `sainet synth data/FASDD_RS --layout fasdd --subset RS --size 640x640`
-    * `sainet synth data/FASDD_CV.zip --layout fasdd --zip` (then `sainet pack data/FASDD_CV.zip --to ...`)
+    * `sainet synth data/FASDD_CV.zip --layout fasdd --zip` (an archive for pack, as downloaded)
     """
     import shutil
     import tempfile
