@@ -174,3 +174,31 @@ def test_training_reaches_no_host(stores, tmp_path, monkeypatch):
                            device="cpu", project=str(tmp_path), name="offline"))
     _check_run(r.save_dir)
     assert attempts == []
+
+
+def test_ultralytics_log_lines_name_sainets_loader_and_the_real_shape():
+    """Ultralytics' "imgsz=320" and "Using N dataloader workers" rewritten for a 320x192 sainet run."""
+    import logging
+
+    from ultralytics.utils import LOGGER
+
+    from sainet.train.trainer import SainetOptions, _truthful_log_lines
+
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    h = Keep()
+    LOGGER.addHandler(h)
+    try:
+        with _truthful_log_lines(SainetOptions(data="x", loader="shm", imgsz=(192, 320), threads=3, prefetch=4)):
+            LOGGER.info("Using 9 train, 3 val images for fraction=1.0 at imgsz=320\nUsing 2 dataloader workers\n")
+            LOGGER.info("engine/trainer: batch=4, imgsz=320, lr0=0.01")
+        LOGGER.info("Using 2 dataloader workers")  # outside a sainet run: untouched
+    finally:
+        LOGGER.removeHandler(h)
+    assert "at imgsz=320 (sainet trains 320x192 WxH)" in seen[0]
+    assert "Using sainet's shm loader: 3 decode threads, prefetch 4 batches (no DataLoader workers)" in seen[0]
+    assert "imgsz=320 (sainet trains 320x192 WxH), lr0" in seen[1] and seen[2] == "Using 2 dataloader workers"

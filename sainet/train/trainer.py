@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -168,6 +169,40 @@ def _ddp_device_ids_for_cpu(active: bool) -> Iterator[None]:
         ut.nn = real
 
 
+class _SainetLogLines(logging.Filter):
+    """Ultralytics' log lines told the truth about a sainet run: its "imgsz=1440" is the long side of a
+    1440x832 (WxH) shape, and its "Using 2 dataloader workers" counts DataLoader processes that a sainet
+    loader does not have (it decodes in threads). The lines are rewritten, not dropped, so that logs
+    still read as Ultralytics' users expect."""
+
+    def __init__(self, options: SainetOptions) -> None:
+        super().__init__()
+        h, w = options.imgsz
+        self.shape = f"{w}x{h}"
+        self.loader = (f"Using sainet's {options.loader} loader: {options.threads} decode threads, prefetch "
+                       f"{options.prefetch} batches (no DataLoader workers)")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        new = re.sub(r"Using \d+ dataloader workers", self.loader, msg)
+        new = re.sub(r"\bimgsz=(\d+)\b(?! \(sainet)", rf"imgsz=\1 (sainet trains {self.shape} WxH)", new)
+        if new != msg:
+            record.msg, record.args = new, None
+        return True
+
+
+@contextlib.contextmanager
+def _truthful_log_lines(options: SainetOptions) -> Iterator[None]:
+    from ultralytics.utils import LOGGER
+
+    f = _SainetLogLines(options)
+    LOGGER.addFilter(f)
+    try:
+        yield
+    finally:
+        LOGGER.removeFilter(f)
+
+
 class SainetTrainer(DetectionTrainer):
     """DetectionTrainer whose dataloaders are sainet loaders (see module docstring)."""
 
@@ -178,7 +213,8 @@ class SainetTrainer(DetectionTrainer):
         self.dist = DistInfo.from_env()
         overrides = dict(overrides or {})
         self.dist_backend = self._start_process_group(overrides) if self.dist.distributed else None
-        super().__init__(cfg or DEFAULT_CFG, overrides, _callbacks)
+        with _truthful_log_lines(self.sainet):  # Ultralytics prints its arguments here
+            super().__init__(cfg or DEFAULT_CFG, overrides, _callbacks)
         if self.dist.distributed:
             import torch
 
@@ -203,7 +239,8 @@ class SainetTrainer(DetectionTrainer):
 
     def train(self) -> None:
         try:
-            super().train()
+            with _truthful_log_lines(self.sainet):
+                super().train()
         finally:
             if self.dist_backend:
                 shutdown_process_group()
