@@ -139,3 +139,17 @@ def test_version():
 
     res = runner.invoke(app, ["--version"])
     assert res.exit_code == 0 and res.stdout.startswith(f"sainet {__version__} (ultralytics ")
+
+
+def test_readme_python_example_runs_as_written(tmp_path, monkeypatch):
+    """README.md's "From Python" block (pack -> loader -> train), executed as written in a fresh folder."""
+    import re
+    import runpy
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    code = re.search(r"<!-- python-example -->\n```python\n(.*?)```", readme, re.S).group(1)
+    (tmp_path / "example.py").write_text(code)
+    monkeypatch.chdir(tmp_path)
+    runpy.run_path(str(tmp_path / "example.py"), run_name="__main__")
+    assert (tmp_path / "stores" / "py-synth").is_dir()
+    assert (tmp_path / "runs" / "py" / "example" / "weights" / "best.pt").is_file()
