@@ -65,6 +65,8 @@ BAD_OPTIONS = [
     (["bench-loader", "--source", "SRC", "--threads", "0"], 2, "--threads"),
     (["bench-loader", "--source", "SRC", "--profile", "laptop"], 2, "--profile"),
     (["bench-loader"], 2, "--store or --source"),
+    (["bench-loader", "--source", "SRC", "--set", "mixup=lots"], 2, "--set: mixup=lots"),
+    (["bench-loader", "--source", "SRC", "--set", "mixups=0.1"], 2, "did you mean mixup"),
     # train
     (["train", "--data", "STORE", "--loader", "fast"], 2, "--loader"),
     (["train", "--data", "STORE", "--profile", "nope"], 2, "--profile"),

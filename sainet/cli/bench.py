@@ -92,11 +92,14 @@ def bench_loader(
     def body() -> int:
         if store is None and source is None:
             raise SettingsError("give --store or --source")
+        from sainet.validate import check_hyp
+
+        hyp = check_hyp([("--set", dict(sets or []))], sainet_loader=True)  # before any store is packed
         prof = choose_profile(profile)
         stores, src = prepare_stores(source, store, work, imgsz, raw or "raw-shm" in loaders, "raw-lmdb" in loaders)
         cfg = bench_config(stores=stores, source=src, imgsz=imgsz, profile=prof, batch=batch, augment=augment,
                            seconds=seconds, batches=batches, threads=threads, workers=workers, cold=cold,
-                           repeats=repeats, hyp=dict(sets or []), scratch=work)
+                           repeats=repeats, hyp=hyp, scratch=work)
         with bar_factory() as bar:
             results = run_bench(cfg, loaders, progress=bar)
         run_tag = tag or f"{format_imgsz(imgsz)}-{'aug' if augment else 'noaug'}-{time.strftime('%Y%m%d-%H%M%S')}"
