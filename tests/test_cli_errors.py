@@ -105,6 +105,7 @@ BAD_OPTIONS = [
     (["train", "--data", "STORE", "--set", "workers=4"], 2, "use --threads"),
     (["train", "--data", "STORE", "--set", "cutmix=0.5"], 2, "cutmix"),
     (["train", "--data", "STORE", "--set", "perspective=0.001"], 2, "perspective"),
+    (["train", "--data", "STORE", "--device", "cpu", "--set", "amp=true"], 2, "amp=True: mixed precision needs a CUDA"),
     (["preview", "STORE", "--set", "mosaic=2"], 2, "--set"),
     (["preview", "STORE", "--batch", "0"], 2, "--batch"),
     (["train", "--data", "STORE", "--config", "BADCFG"], 2, "--config"),

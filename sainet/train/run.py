@@ -258,6 +258,9 @@ def _overrides(s: TrainSettings, d: _Data, hyp: dict[str, Any]) -> dict[str, Any
         # amp=False on CPU is Ultralytics' public switch: its AMP check (which downloads a model) never runs.
         "amp": not on_cpu, "pretrained": s.weights or False, "verbose": False, "plots": True, "rect": False,
     }
+    if on_cpu and hyp.get("amp") not in (None, False):  # would be overridden below: refused, not ignored
+        raise SettingsError(f"amp={hyp['amp']}: mixed precision needs a CUDA device; on --device cpu training runs "
+                            "in fp32 (leave amp out)", "--set")
     out.update(hyp)
     if on_cpu:
         out["amp"] = False
