@@ -306,3 +306,18 @@ def test_a_zip_that_is_not_fasdd_or_climbs_out_is_refused(tmp_path):
     assert res.exit_code == 2 and "not a known dataset layout" in res.stderr
     with pytest.raises(DatasetError, match="no images/ and annotations"):
         open_dataset(bad, "fasdd")
+
+
+def test_an_archive_member_too_large_is_refused_naming_it(tmp_path, monkeypatch):
+    import zipfile
+
+    import sainet.core.datasets.archive as archive
+
+    z = tmp_path / "a.zip"
+    with zipfile.ZipFile(z, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("images/big.jpg", b"\0" * 4096)  # inflates 4 KB from a few bytes
+    tree = archive.ZipTree(z)
+    monkeypatch.setattr(archive, "MAX_MEMBER_BYTES", 1024)
+    with pytest.raises(DatasetError, match=r"a.zip!images/big.jpg: 4096 bytes uncompressed"):
+        tree.member("images/big.jpg").read_bytes()
+    tree.close()

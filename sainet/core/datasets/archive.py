@@ -18,10 +18,13 @@ from pathlib import Path
 
 from sainet.core.errors import DatasetError
 
-__all__ = ["ZipTree", "ZipMember", "is_zip", "MAX_TEXT_BYTES"]
+__all__ = ["ZipTree", "ZipMember", "is_zip", "MAX_TEXT_BYTES", "MAX_MEMBER_BYTES"]
 
 #: Annotation texts (split lists, label files) read from an archive are at most this large uncompressed.
 MAX_TEXT_BYTES = 256 << 20
+#: Any member read is at most this large uncompressed (the size the archive declares bounds what zipfile
+#: reads): a zip bomb of one 10 GB member is refused before a byte is inflated.
+MAX_MEMBER_BYTES = 1 << 30
 
 
 def is_zip(path: Path) -> bool:
@@ -99,6 +102,9 @@ class ZipTree:
         info = self.files.get(name)
         if info is None:
             raise DatasetError(f"{self.path}: no member {name}")
+        if info.file_size > MAX_MEMBER_BYTES:
+            raise DatasetError(f"{self.path}!{name}: {info.file_size} bytes uncompressed; sainet reads members of at "
+                               f"most {MAX_MEMBER_BYTES >> 20} MB")
         try:
             with self._lock:
                 return self._zip.read(info)
