@@ -235,3 +235,21 @@ def test_every_option_has_help_and_examples_render_one_per_line():
         for ex in examples:  # each example starts a line, and no line holds two
             own = [ln for ln in lines if ln == ex or ln.startswith(ex + " ")]
             assert own and all(ln.count("sainet ") == 1 for ln in own), f"`sainet {name} --help`: {ex}"
+
+
+@pytest.mark.parametrize("exc,code,needle", [(MemoryError("Unable to allocate 112. GiB"), 5, "does not fit in memory"),
+                                             (RecursionError("maximum recursion depth exceeded"), 2, "nested too deeply")])
+def test_an_allocation_or_recursion_failure_is_one_line(exc, code, needle, capsys):
+    """`synth --size 100000x100000` (numpy's MemoryError) or input nested 100k deep: one line, a documented code."""
+    import typer
+
+    from sainet.cli._app import run
+
+    def body():
+        raise exc
+
+    with pytest.raises(typer.Exit) as e:
+        run(body)
+    assert e.value.exit_code == code and code in EXIT_CODES
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and needle in err and "Traceback" not in err

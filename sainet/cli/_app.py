@@ -150,6 +150,10 @@ def run(fn: Callable[[], int | None]) -> None:
         _fail(str(e.args[0]) if e.args else repr(e), 2, e)
     except OSError as e:
         _fail(f"{e.strerror or e}{': ' + str(e.filename) if e.filename else ''}", 1, e)
+    except MemoryError as e:  # an allocation no plan caught (numpy's _ArrayMemoryError says how much)
+        _fail(f"it does not fit in memory: {e or 'an allocation failed'}; use a smaller size, batch or shape", 5, e)
+    except RecursionError as e:
+        _fail(f"input nested too deeply to read ({e})", 2, e)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")
         raise typer.Exit(130) from None

@@ -88,12 +88,11 @@ def bench_loader(
     from sainet.bench import bench_config, prepare_stores, run_bench, save_results
     from sainet.core.errors import SettingsError
     from sainet.profiles import choose_profile
+    from sainet.validate import check_hyp
 
     def body() -> int:
         if store is None and source is None:
             raise SettingsError("give --store or --source")
-        from sainet.validate import check_hyp
-
         hyp = check_hyp([("--set", dict(sets or []))], sainet_loader=True)  # before any store is packed
         prof = choose_profile(profile)
         stores, src = prepare_stores(source, store, work, imgsz, raw or "raw-shm" in loaders, "raw-lmdb" in loaders)
