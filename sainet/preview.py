@@ -37,7 +37,7 @@ def preview_batch(store: str | Path, *, imgsz: tuple[int, int], batch: int = 16,
     with open_store(store) as st:
         names, container, splits = list(st.classes), st.container, list(st.splits)
     if split not in splits:
-        raise SettingsError(f"the store has no {split!r} split (it has {', '.join(splits)})", "--split")
+        raise SettingsError(f"{store}: no {split!r} split to draw from (it has {', '.join(splits)})")
     args = {**DEFAULT_CFG_DICT, **(hyp or {})}
     loader = build_loader(store, kind_for_container(container), batch_size=batch, imgsz=imgsz, split=split,
                           augment=augment, hyp=args, seed=seed, shuffle=augment, device="cpu")
