@@ -71,7 +71,7 @@ def train(
     * `sainet train --data /dev/shm/fasdd --loader dali --imgsz 1440x808 --stage 1`
     * `sainet train --data stores/synth --loader lmdb --model yolov8n.yaml --imgsz 320 --epochs 2 --device cpu`
     * `sainet train --workflow two-stage --stage1-data /dev/shm/fasdd --stage2-data /dev/shm/pyro --imgsz 1440x808`
-    * `sainet train --data stores/synth --loader ultralytics --epochs 2 --set lr0=0.005 --set mosaic=0.5`
+    * `sainet train --data stores/synth --loader ultralytics --epochs 2 --set optimizer=SGD --set lr0=0.005 --set mosaic=0.5`
     * `sainet train --resume runs/sainet/dali-1440x832/weights/last.pt`
     """
     from sainet.settings import TrainSettings
