@@ -41,5 +41,5 @@ lint: $(STAMP)
 	$(BIN)/lint-imports   # the layers contract in .importlinter: app -> loaders -> cache_tools -> sainet.core, no circles
 
 clean:
-	rm -rf $(DEMO) runs .pytest_cache .ruff_cache
+	rm -rf $(DEMO) runs .cache/bench .pytest_cache .ruff_cache
 	rm -rf /dev/shm/sainet-demo-$$(id -u)
