@@ -62,11 +62,19 @@ def _check_one(key: str, value: Any, origin: str) -> Any:
         option = OWNED_KEYS[key]
         how = f"use {option}" if option else "sainet trains detection only"
         raise SettingsError(f"{key} is set by sainet from its own option: {how}", origin)
+    numeric = CFG_FLOAT_KEYS | CFG_FRACTION_KEYS | CFG_INT_KEYS
+    if isinstance(value, str) and key in numeric:  # YAML reads 1e-3 (no dot) as text; Ultralytics' CLI takes it
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+        else:
+            value = int(value) if key in CFG_INT_KEYS and value.is_integer() else value
     if isinstance(value, float) and not math.isfinite(value):
         raise SettingsError(f"{key}={value}: not a finite number", origin)
     if isinstance(value, (dict, list)) and key not in ("fraction", "scale", "classes", "freeze", "augmentations"):
         raise SettingsError(f"{key}={value!r}: expected one value, not a {type(value).__name__}", origin)
-    if isinstance(value, bool) and (key in CFG_FLOAT_KEYS | CFG_FRACTION_KEYS | CFG_INT_KEYS):
+    if isinstance(value, bool) and key in numeric:
         raise SettingsError(f"{key}={value}: expected a number, not a boolean", origin)
     cfg = {key: value}
     try:

@@ -160,6 +160,17 @@ def test_device_is_checked_against_the_visible_gpus():
         check_device("0", visible=0)
 
 
+def test_set_values_reach_ultralytics_as_it_reads_them():
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    from sainet.validate import check_hyp
+
+    got = check_hyp([("stage 1", {"optimizer": "SGD", "lr0": 0.01}),
+                     ("--set", {"lr0": "1e-3", "epochs": "1e2", "mosaic": 1, "cos_lr": True})], sainet_loader=True)
+    assert got == {"optimizer": "SGD", "lr0": 0.001, "epochs": 100, "mosaic": 1.0, "cos_lr": True}
+    assert isinstance(got["epochs"], int) and set(got) <= set(DEFAULT_CFG_DICT)
+
+
 def test_every_error_class_has_a_documented_exit_code():
     import sainet.train.distributed  # noqa: F401 - defines DistributedError
     from sainet.core.errors import SainetError
