@@ -160,6 +160,16 @@ def test_device_is_checked_against_the_visible_gpus():
         check_device("0", visible=0)
 
 
+def test_device_0_without_a_gpu_is_one_line_before_anything_starts(paths, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("GPU 0 exists here")
+    res = runner.invoke(app, ["train", "--data", paths["STORE"], "--device", "0", "--project", str(tmp_path)])
+    _one_clean_line(res, 2, "--device: 0: no CUDA GPU 0 on this machine (none visible)")
+    assert not any(tmp_path.iterdir())  # nothing started, no run folder
+
+
 def test_set_values_reach_ultralytics_as_it_reads_them():
     from ultralytics.cfg import DEFAULT_CFG_DICT
 
