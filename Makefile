@@ -15,13 +15,18 @@ export YOLO_OFFLINE := 1
 
 venv: $(STAMP)
 
+# The install says what it is doing: a step line each, and pip's own progress for the big download.
 $(STAMP): pyproject.toml
+	@echo "==> [1/3] creating $(VENV) (once)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q $(TORCH) -e '.[dali,dev]'
+	@echo "==> [2/3] upgrading pip"
+	@$(BIN)/python -m pip install -q --upgrade pip
+	@echo "==> [3/3] installing sainet[dali,dev] with $(TORCH) (2-3 min on a fresh machine; progress below)"
+	$(BIN)/python -m pip install --progress-bar on $(TORCH) -e '.[dali,dev]'
 	@touch $(STAMP)
+	@echo "==> installed: $$($(BIN)/sainet --version)"
 
-demo: $(STAMP)   # ~3 min on 2 cores: packs into /dev/shm, trains until mAP50 is well above 0
+demo: $(STAMP)   # <= 3 min on 2 cores after the install: packs into /dev/shm, trains until mAP50 is well above 0
 	$(BIN)/sainet demo --out $(DEMO)
 
 test: $(STAMP)
@@ -36,5 +41,5 @@ lint: $(STAMP)
 	$(BIN)/lint-imports   # the layers contract in .importlinter: app -> loaders -> cache_tools -> sainet.core, no circles
 
 clean:
-	rm -rf $(DEMO) runs .pytest_cache .ruff_cache
+	rm -rf $(DEMO) runs .cache/bench .pytest_cache .ruff_cache
 	rm -rf /dev/shm/sainet-demo-$$(id -u)

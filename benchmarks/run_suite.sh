@@ -14,7 +14,7 @@ PROFILE=$($PY -m sainet profile --json | $PY -c "import json,sys; print(json.loa
 bench() {  # bench TAG ARGS...: skipped when benchmarks/results/<profile>/TAG.json exists (rm it to re-measure)
   local tag=$1; shift
   [ -f "benchmarks/results/$PROFILE/$tag.json" ] && { echo "have $tag"; return; }
-  $PY -m sainet bench-loader "$@" --tag "$tag"
+  $PY -m sainet bench-loader "$@" --tag "$tag" --out benchmarks/results  # the recorded results (default: runs/bench)
 }
 # like for like (issue 14): square outputs on both sides, Ultralytics' default train augment plus
 # mixup 0.15, REPEATS rounds round-robin (medians), 200 images of 1440x808

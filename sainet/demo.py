@@ -43,9 +43,10 @@ class DemoSettings:
     loader: str = "shm"
     #: Ultralytics arguments on top of its defaults. No mosaic and a milder scale jitter: at this small
     #: shape mosaic halves every object (fires become 2-3 px) and nothing is learned in 8 epochs.
-    #: Validation only after the last epoch (each costs about a fifth of an epoch here); fixed seed.
+    #: Validation after every epoch, so every point of results.png and the summary is measured (with
+    #: val=False Ultralytics plots 0 for the epochs it did not validate); fixed seed.
     hyp: MappingProxyType = field(default_factory=lambda: MappingProxyType(
-        {"mosaic": 0.0, "close_mosaic": 0, "scale": 0.25, "val": False, "seed": 0, "deterministic": True}))
+        {"mosaic": 0.0, "close_mosaic": 0, "scale": 0.25, "seed": 0, "deterministic": True}))
     bench_loaders: tuple[str, ...] = ("shm", "lmdb", "dali", "ultralytics")
     bench_seconds: float = 2.0
     #: mAP50 on the val split after `epochs` epochs must exceed this (seed 0). Measured with these
@@ -67,6 +68,7 @@ class DemoReport:
     train: Any = None  # train.TrainResult
     results_png: Path | None = None
     seconds: float = 0.0
+    next_steps: list[str] = field(default_factory=list)  # commands to try next, in order
 
 
 def store_root(need_bytes: int, shm: Path = Path("/dev/shm")) -> tuple[Path | None, str]:
@@ -92,9 +94,14 @@ def demo_train_settings(store: Path, project: Path, demo: DemoSettings = DEMO) -
 
 
 def read_losses(results_csv: Path) -> list[tuple[float, float]]:
-    """(train loss = box + cls + dfl, val mAP50) per epoch, from Ultralytics' results.csv."""
+    """(train loss = box + cls + dfl, val mAP50) per epoch, from Ultralytics' results.csv.
+
+    Only validated epochs: a row whose val losses are all 0 was not validated (Ultralytics writes 0 for
+    the metrics of an epoch it skipped), so its mAP50 is no measurement and the row is left out."""
     rows = [{k.strip(): v for k, v in r.items()} for r in csv.DictReader(results_csv.open())]
-    return [(sum(float(r[f"train/{k}_loss"]) for k in ("box", "cls", "dfl")), float(r["metrics/mAP50(B)"])) for r in rows]
+    measured = [r for r in rows if any(float(r.get(f"val/{k}_loss", 0) or 0) > 0 for k in ("box", "cls", "dfl"))]
+    return [(sum(float(r[f"train/{k}_loss"]) for k in ("box", "cls", "dfl")), float(r["metrics/mAP50(B)"]))
+            for r in measured]
 
 
 def _synth_and_check(out: Path, demo: DemoSettings, report: DemoReport, progress: Progress | None) -> Path:
@@ -165,9 +172,26 @@ def _train(store: Path, out: Path, demo: DemoSettings, report: DemoReport) -> No
     losses = read_losses(r.save_dir / "results.csv")
     png = r.save_dir / "results.png"
     report.results_png = png if png.is_file() else None
-    report.steps.append(("train", f"{demo.epochs} epochs {demo.model} at {format_imgsz(demo.imgsz)} on CPU: loss "
-                                  f"{losses[0][0]:.2f} -> {losses[-1][0]:.2f}, mAP50 {losses[0][1]:.3f} -> "
-                                  f"{losses[-1][1]:.3f} (demo threshold {demo.map50_threshold}) -> {r.save_dir}"))
+    if not losses:
+        report.steps.append(("train", f"{demo.epochs} epochs, none validated: no measurement to show -> {r.save_dir}"))
+        return
+    report.steps.append(("train", f"{demo.epochs} epochs {demo.model} at {format_imgsz(demo.imgsz)} on CPU, validated "
+                                  f"after each: loss {losses[0][0]:.2f} (epoch 1) -> {losses[-1][0]:.2f} (epoch "
+                                  f"{len(losses)}), val mAP50 {losses[0][1]:.3f} -> {losses[-1][1]:.3f} (demo "
+                                  f"threshold {demo.map50_threshold}) -> {r.save_dir}"))
+
+
+def _next_steps(report: DemoReport, demo: DemoSettings) -> list[str]:
+    """What to run next: look at the training batches, train longer on the demo store, then one's own data."""
+    store = report.store
+    w, h = demo.size
+    out = [f"sainet preview {store} --out preview.jpg   # the augmented batches the trainer sees, boxes drawn"]
+    out.append(f"sainet train --data {store} --model {demo.model} --imgsz {w}x{h} --epochs 30 --device cpu "
+               + " ".join(f"--set {k}={v}" for k, v in demo.hyp.items() if k in ("mosaic", "close_mosaic", "scale"))
+               + "   # longer: mAP50 keeps rising")
+    out.append("sainet check DATASET && sainet pack DATASET --to /dev/shm/mine && sainet train --data /dev/shm/mine "
+               "--imgsz 1440x808 --stage 1   # your own data (FASDD: pack FASDD_CV.zip as downloaded)")
+    return out
 
 
 def run_demo(out: Path, demo: DemoSettings = DEMO, *, shm_name: str | None = None,
@@ -184,5 +208,6 @@ def run_demo(out: Path, demo: DemoSettings = DEMO, *, shm_name: str | None = Non
 
     rec = recommend_for(src, None, demo.imgsz, batch=demo.batch, model=demo.model)  # as `sainet profile`/`plan` say
     _train(stores[rec.container], out, replace(demo, loader=rec.loader), report)
+    report.next_steps = _next_steps(report, demo)
     report.seconds = time.perf_counter() - t0
     return report

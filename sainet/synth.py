@@ -32,7 +32,7 @@ import yaml
 from sainet.core.datasets.base import split_sort_key
 from sainet.core.imaging import encode_jpeg
 
-__all__ = ["SYNTH_LAYOUTS", "FASDD_SUBSETS", "PLANTED", "SynthObject", "SynthImage", "render", "synthesize"]
+__all__ = ["SYNTH_LAYOUTS", "FASDD_SUBSETS", "PLANTED", "SynthObject", "SynthImage", "render", "synthesize", "write_zip"]
 
 SYNTH_LAYOUTS = ("yolo", "coco", "voc", "fasdd", "pyrosdis")
 _KNOWN = ("fire", "smoke")
@@ -283,6 +283,23 @@ def _write_fasdd(out: Path, images: list[SynthImage], classes: list[str], subset
         # Category ids deliberately not in class order: smoke 1, fire 2 (mapped by name on import).
         cat_ids = {c: len(classes) - i for i, c in enumerate(classes)}
         (coco / f"{split}.json").write_text(json.dumps(_coco_doc(part, classes, cat_ids)))
+
+
+def write_zip(folder: Path, archive: Path) -> int:
+    """Zip `folder`'s contents into `archive` as FASDD is published (members under the folder's own top-level
+    entries, e.g. ``FASDD_CV/images/...``; JPEG/TIFF stored, texts deflated; fixed timestamps, so the same
+    folder gives the same bytes). Written under a temporary name and renamed. Returns the member count."""
+    import zipfile
+
+    tmp = archive.with_name(archive.name + ".partial")
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    with zipfile.ZipFile(tmp, "w") as zf:
+        for p in files:
+            info = zipfile.ZipInfo(p.relative_to(folder).as_posix(), date_time=(2023, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_STORED if p.suffix.lower() in (".jpg", ".tif", ".png") else zipfile.ZIP_DEFLATED
+            zf.writestr(info, p.read_bytes())
+    tmp.replace(archive)
+    return len(files)
 
 
 def _write_pyrosdis(out: Path, images: list[SynthImage], classes: list[str]) -> None:

@@ -46,7 +46,8 @@ def test_bench_loader_json_has_every_backend_and_references(source, tmp_path):
         assert r["out_shape"] == ("320x320" if name == "ultralytics" else "320x192") and r["augment"].startswith("mosaic=1")
         # CPU time per output image, and its ratio to the work-minimum's (the figure steady on a busy host)
         assert r["cpu_ms_per_image"] > 0
-        if name != "ultralytics":
+        # 12 work-minimum images can take less CPU than one clock tick (10 ms): then there is no ratio to give
+        if name != "ultralytics" and by["work-minimum"]["cpu_ms_per_image"]:
             assert r["ratios"]["cpu_vs_work-minimum"] == pytest.approx(
                 by["work-minimum"]["cpu_ms_per_image"] / r["cpu_ms_per_image"], rel=1e-9)
         if name != "ultralytics":

@@ -142,3 +142,35 @@ def test_unknown_layout_is_a_typed_error(tmp_path):
     res = runner.invoke(app, ["check", str(tmp_path)])
     assert res.exit_code == 2
     assert "not a known dataset layout" in res.output
+
+
+def test_check_reports_unmatched_images_and_labels_and_class_typos(synth_yolo, tmp_path):
+    """An image without a label file, a label file without an image, and (no data.yaml) class 5 in a
+    set using 0 and 1: each reported, with counts and examples; warnings fail only with --strict."""
+    src = tmp_path / "ds"
+    shutil.copytree(synth_yolo, src)
+    (src / "data.yaml").unlink()
+    labels = sorted((src / "labels" / "train").glob("*.txt"))
+    with_boxes = [p for p in labels if p.read_text().strip()]
+    (src / "images" / "train" / (labels[0].stem + ".jpg")).unlink()  # its label file stays: an orphan
+    with_boxes[1].unlink()  # its image stays: no label file
+    with_boxes[2].write_text(with_boxes[2].read_text() + "5 0.5 0.5 0.1 0.1\n")
+    report = check_dataset(open_dataset(src))
+    kinds = {p.kind: p for p in report.problems}
+    assert kinds[ProblemKind.ORPHAN_LABEL].path == f"labels/train/{labels[0].name}"
+    typo = kinds[ProblemKind.CLASS_OUT_OF_RANGE]
+    assert typo.path == f"images/train/{with_boxes[2].stem}.jpg" and "class 5" in typo.detail and "typo" in typo.detail
+    assert any(n.startswith("1 images have no label file") and with_boxes[1].name in n for n in report.notes)
+    assert any(n.startswith("1 label files have no image") and labels[0].name in n for n in report.notes)
+    runner = CliRunner()
+    assert runner.invoke(app, ["check", str(src)]).exit_code == 0  # warnings: listed, usable
+    res = runner.invoke(app, ["check", str(src), "--strict"])
+    assert res.exit_code == 1 and "--strict" in res.stderr
+    helptext = runner.invoke(app, ["check", "--help"], env={"COLUMNS": "200"}).stdout
+    assert "0" in helptext and "--strict any warning" in helptext.replace("\n", " ").replace("  ", " ")
+
+
+def test_check_with_names_reports_no_gap_and_complete_sets_nothing(synth_yolo):
+    report = check_dataset(open_dataset(synth_yolo))
+    kinds = {p.kind for p in report.problems}
+    assert ProblemKind.ORPHAN_LABEL not in kinds and ProblemKind.CLASS_OUT_OF_RANGE not in kinds

@@ -65,6 +65,8 @@ BAD_OPTIONS = [
     (["bench-loader", "--source", "SRC", "--threads", "0"], 2, "--threads"),
     (["bench-loader", "--source", "SRC", "--profile", "laptop"], 2, "--profile"),
     (["bench-loader"], 2, "--store or --source"),
+    (["bench-loader", "--source", "SRC", "--set", "mixup=lots"], 2, "--set: mixup=lots"),
+    (["bench-loader", "--source", "SRC", "--set", "mixups=0.1"], 2, "did you mean mixup"),
     # train
     (["train", "--data", "STORE", "--loader", "fast"], 2, "--loader"),
     (["train", "--data", "STORE", "--profile", "nope"], 2, "--profile"),
@@ -85,6 +87,36 @@ BAD_OPTIONS = [
     (["train"], 2, "--data"),
     (["train", "--data", "STORE", "--no-such-option"], 2, "--no-such-option"),
     (["train", "--data", "STORE", "--checkpoint-every", "-1"], 2, "--checkpoint-every"),
+    # train: every --set key and value, --config, --model/--weights and --device checked before Ultralytics sees them
+    (["train", "--data", "STORE", "--set", "foo=bar"], 2, "--set: 'foo' is not an Ultralytics training argument"),
+    (["train", "--data", "STORE", "--set", "nonsense_key=1"], 2, "--set"),
+    (["train", "--data", "STORE", "--set", "mosiac=0.5"], 2, "did you mean mosaic"),
+    (["train", "--data", "STORE", "--set", "lr0=.nan"], 2, "--set: lr0=nan"),
+    (["train", "--data", "STORE", "--set", "box=.inf"], 2, "not a finite number"),
+    (["train", "--data", "STORE", "--set", "mosaic=abc"], 2, "--set: mosaic=abc"),
+    (["train", "--data", "STORE", "--set", "mosaic=1.5"], 2, "between 0.0 and 1.0"),
+    (["train", "--data", "STORE", "--set", "patience=-3"], 2, "patience"),
+    (["train", "--data", "STORE", "--set", "cos_lr=maybe"], 2, "cos_lr"),
+    (["train", "--data", "STORE", "--set", "epochs=true"], 2, "epochs"),
+    (["train", "--data", "STORE", "--set", "optimizer=Lion"], 2, "optimizer"),
+    (["train", "--data", "STORE", "--set", "lr0=0.002"], 2, "optimizer=auto"),
+    (["train", "--data", "STORE", "--set", "imgsz=320"], 2, "use --imgsz"),
+    (["train", "--data", "STORE", "--set", "batch=8"], 2, "use --batch"),
+    (["train", "--data", "STORE", "--set", "workers=4"], 2, "use --threads"),
+    (["train", "--data", "STORE", "--set", "cutmix=0.5"], 2, "cutmix"),
+    (["train", "--data", "STORE", "--set", "perspective=0.001"], 2, "perspective"),
+    (["train", "--data", "STORE", "--device", "cpu", "--set", "amp=true"], 2, "amp=True: mixed precision needs a CUDA"),
+    (["preview", "STORE", "--set", "mosaic=2"], 2, "--set"),
+    (["preview", "STORE", "--batch", "0"], 2, "--batch"),
+    (["train", "--data", "STORE", "--config", "BADCFG"], 2, "--config"),
+    (["train", "--data", "STORE", "--model", ""], 2, "--model"),
+    (["train", "--data", "STORE", "--model", "NOTMODEL"], 2, "--model"),
+    (["train", "--data", "STORE", "--model", "nosuch.yaml"], 2, "--model"),
+    (["train", "--data", "STORE", "--model", "NOTMODEL_PT"], 2, "--model"),
+    (["train", "--data", "STORE", "--weights", "NOTMODEL"], 2, "--weights"),
+    (["train", "--data", "STORE", "--weights", "NOTMODEL_PT"], 2, "--weights"),
+    (["train", "--data", "STORE", "--device", "7"], 2, "--device"),
+    (["train", "--data", "STORE", "--device", "0,1"], 2, "--device"),
     # top level
     (["no-such-command"], 2, "no-such-command"),
 ]
@@ -98,8 +130,11 @@ def paths(tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("cli-errors")
     synthesize(root / "src", images=4, size=(64, 48), seed=1)
     pack(root / "src", root / "store", PackOptions(container="shards"))
+    (root / "bad.yaml").write_text("lr0: 0.01\noptimizer: SGD\nmosaik: 0.5\n")
+    (root / "not-a-model.pt").write_bytes(b"PK\x03\x04 not a checkpoint")
     return {"SRC": str(root / "src"), "STORE": str(root / "store"), "OUT": str(root / "out"), "T": str(root / "t"),
-            "MISSING": str(root / "missing.yaml")}
+            "MISSING": str(root / "missing.yaml"), "BADCFG": str(root / "bad.yaml"),
+            "NOTMODEL": str(root / "src" / "data.yaml"), "NOTMODEL_PT": str(root / "not-a-model.pt")}
 
 
 def _one_clean_line(res, expected_code: int, needle: str) -> None:
@@ -110,6 +145,52 @@ def _one_clean_line(res, expected_code: int, needle: str) -> None:
     lines = [ln for ln in res.stderr.splitlines() if ln.strip() and not progress.search(ln)]
     assert len(lines) == 1 and lines[0].startswith("error:"), res.stderr
     assert needle in lines[0], (needle, lines[0])
+
+
+def test_device_is_checked_against_the_visible_gpus():
+    """`--device 0,1` on a machine with one GPU (or none): one line before anything spawns."""
+    from sainet.core.errors import SettingsError
+    from sainet.validate import check_device
+
+    check_device("cpu", visible=0)
+    check_device("0,1", visible=2)
+    with pytest.raises(SettingsError, match=r"--device: 0,1: no CUDA GPU 1 on this machine \(1 visible"):
+        check_device("0,1", visible=1)
+    with pytest.raises(SettingsError, match="none visible"):
+        check_device("0", visible=0)
+
+
+def test_device_0_without_a_gpu_is_one_line_before_anything_starts(paths, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("GPU 0 exists here")
+    res = runner.invoke(app, ["train", "--data", paths["STORE"], "--device", "0", "--project", str(tmp_path)])
+    _one_clean_line(res, 2, "--device: 0: no CUDA GPU 0 on this machine (none visible)")
+    assert not any(tmp_path.iterdir())  # nothing started, no run folder
+
+
+def test_set_values_reach_ultralytics_as_it_reads_them():
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    from sainet.validate import check_hyp
+
+    got = check_hyp([("stage 1", {"optimizer": "SGD", "lr0": 0.01}),
+                     ("--set", {"lr0": "1e-3", "epochs": "1e2", "mosaic": 1, "cos_lr": True})], sainet_loader=True)
+    assert got == {"optimizer": "SGD", "lr0": 0.001, "epochs": 100, "mosaic": 1.0, "cos_lr": True}
+    assert isinstance(got["epochs"], int) and set(got) <= set(DEFAULT_CFG_DICT)
+
+
+def test_every_error_class_has_a_documented_exit_code():
+    import sainet.train.distributed  # noqa: F401 - defines DistributedError
+    from sainet.core.errors import SainetError
+
+    def subclasses(c):
+        return {c} | {s for sub in c.__subclasses__() for s in subclasses(sub)}
+
+    codes = {c.__name__: c.exit_code for c in subclasses(SainetError)}
+    assert codes["DistributedError"] == 6
+    assert {n: c for n, c in codes.items() if c not in EXIT_CODES} == {}
 
 
 @pytest.mark.parametrize("args,code,needle", BAD_OPTIONS, ids=[" ".join(a[:1] + a[-2:]) for a, _, _ in BAD_OPTIONS])
@@ -175,3 +256,21 @@ def test_every_option_has_help_and_examples_render_one_per_line():
         for ex in examples:  # each example starts a line, and no line holds two
             own = [ln for ln in lines if ln == ex or ln.startswith(ex + " ")]
             assert own and all(ln.count("sainet ") == 1 for ln in own), f"`sainet {name} --help`: {ex}"
+
+
+@pytest.mark.parametrize("exc,code,needle", [(MemoryError("Unable to allocate 112. GiB"), 5, "does not fit in memory"),
+                                             (RecursionError("maximum recursion depth exceeded"), 2, "nested too deeply")])
+def test_an_allocation_or_recursion_failure_is_one_line(exc, code, needle, capsys):
+    """`synth --size 100000x100000` (numpy's MemoryError) or input nested 100k deep: one line, a documented code."""
+    import typer
+
+    from sainet.cli._app import run
+
+    def body():
+        raise exc
+
+    with pytest.raises(typer.Exit) as e:
+        run(body)
+    assert e.value.exit_code == code and code in EXIT_CODES
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and needle in err and "Traceback" not in err

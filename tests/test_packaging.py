@@ -29,3 +29,18 @@ def test_wheel_ships_configs_and_format_doc(tmp_path):
         assert required in names, required
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "sainet = sainet.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
+
+
+def test_pytest_runs_as_written_from_the_venv():
+    """`pytest -m gpu` (the script, whose sys.path lacks the working directory: `python -P` here) collects
+    every module (`from tests.x import ...` included) and skips the GPU tests with their reason."""
+    proc = subprocess.run([sys.executable, "-P", "-m", "pytest", "-m", "gpu", "-q", "-rs", "-p", "no:cacheprovider",
+                           "tests/test_gpu.py", "tests/test_imaging.py", "tests/test_loader_contract.py"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "error" not in out.lower() and "No module named" not in out
+    import torch
+
+    if not torch.cuda.is_available():
+        assert "SKIPPED" in out and "needs a CUDA GPU" in out

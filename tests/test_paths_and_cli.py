@@ -110,3 +110,46 @@ def test_synth_cli_writes_dataset(tmp_path):
     assert len(list((tmp_path / "d" / "JPEGImages").glob("*.jpg"))) == 4
     bad = runner.invoke(app, ["synth", str(tmp_path / "e"), "--size", "big"])
     assert bad.exit_code == 2
+
+
+def test_progress_in_a_log_is_plain_periodic_lines(tmp_path, monkeypatch):
+    """stderr is no terminal (CliRunner, like a pipe or CI): lines while the work advances, the last with the
+    time the work took, no bar drawn only at the end."""
+    import sainet.cli._app as cli_app
+
+    monkeypatch.setattr(cli_app, "LOG_PROGRESS_INTERVAL", 0.0)
+    res = runner.invoke(app, ["synth", str(tmp_path / "s"), "--images", "6", "--size", "64x48"])
+    assert res.exit_code == 0, res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("synth:")]
+    assert len(lines) >= 6 and lines[-1].endswith(" done"), res.stderr
+    assert lines[0].startswith("synth: 1/6 ") and lines[-1].startswith("synth: 6/6 ")
+    assert "━" not in res.stderr
+
+
+def test_bench_results_go_to_runs_bench_by_default():
+    from typer.main import get_command
+
+    bench = get_command(app).commands["bench-loader"]
+    out = next(p for p in bench.params if p.name == "out")
+    assert Path(out.default) == Path("runs/bench")
+
+
+def test_version():
+    from sainet import __version__
+
+    res = runner.invoke(app, ["--version"])
+    assert res.exit_code == 0 and res.stdout.startswith(f"sainet {__version__} (ultralytics ")
+
+
+def test_readme_python_example_runs_as_written(tmp_path, monkeypatch):
+    """README.md's "From Python" block (pack -> loader -> train), executed as written in a fresh folder."""
+    import re
+    import runpy
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    code = re.search(r"<!-- python-example -->\n```python\n(.*?)```", readme, re.S).group(1)
+    (tmp_path / "example.py").write_text(code)
+    monkeypatch.chdir(tmp_path)
+    runpy.run_path(str(tmp_path / "example.py"), run_name="__main__")
+    assert (tmp_path / "stores" / "py-synth").is_dir()
+    assert (tmp_path / "runs" / "py" / "example" / "weights" / "best.pt").is_file()

@@ -240,3 +240,84 @@ def test_relative_source_paths_read_like_absolute_ones(real, tmp_path, monkeypat
     assert report.boxes == _boxes(made["cv"])
     res = runner.invoke(app, ["pack", "FASDD_CV", "FASDD_RS", "--to", str(tmp_path / "s"), "--format", "shards"])
     assert res.exit_code == 0, res.output
+
+
+def _records(store: Path) -> list[tuple]:
+    with open_store(store) as st:
+        return [(r.name, r.key, r.split, r.orig_size, r.cls.tolist(), r.boxes.tolist(), bytes(r.payload))
+                for r in (st[i] for i in range(len(st)))]
+
+
+@pytest.mark.parametrize("nesting", ["as-synth", "double", "flat"])
+def test_pack_reads_the_fasdd_archive_as_downloaded(real, tmp_path, nesting, monkeypatch):
+    """`sainet pack FASDD_CV.zip` streams the members (nothing unzipped to disk) and stores exactly what the
+    unzipped folder gives: same names, keys, splits, boxes and payload bytes, the same problems found."""
+    import zipfile
+
+    from sainet.synth import write_zip
+
+    root, _ = real
+    src = root / "FASDD_CV"  # holds FASDD_CV/ (the archive's own root folder)
+    archive = tmp_path / "FASDD_CV.zip"
+    if nesting == "as-synth":
+        res = runner.invoke(app, ["synth", str(tmp_path / "cli" / "FASDD_CV"), "--layout", "fasdd", "--zip",
+                                  "--images", "30", "--size", "160x96", "--seed", "11", "--background", "0.1"])
+        assert res.exit_code == 0, res.output
+        assert (tmp_path / "cli" / "FASDD_CV.zip").is_file() and [p.name for p in (tmp_path / "cli").iterdir()] == ["FASDD_CV.zip"]
+        archive = tmp_path / "cli" / "FASDD_CV.zip"
+    elif nesting == "double":
+        (tmp_path / "outer").mkdir()
+        shutil.copytree(src, tmp_path / "outer" / "FASDD_CV")
+        write_zip(tmp_path / "outer", archive)  # members FASDD_CV/FASDD_CV/images/...
+    else:
+        write_zip(src / "FASDD_CV", archive)  # members images/..., annotations/...
+    with zipfile.ZipFile(archive) as zf:
+        assert any(n.endswith(".jpg") for n in zf.namelist())
+    opened: list[str] = []
+    real_open = open
+
+    def spy(file, *a, **kw):  # nothing is written or read from an unzipped copy
+        opened.append(str(file))
+        return real_open(file, *a, **kw)
+
+    from_zip = check_dataset(open_dataset(archive))
+    from_dir = check_dataset(open_dataset(src))
+    assert open_dataset(archive).layout == "fasdd"
+    assert sorted((p.path, p.kind) for p in from_zip.problems) == sorted((p.path, p.kind) for p in from_dir.problems)
+    assert from_zip.images == from_dir.images == 30 and from_zip.boxes == from_dir.boxes
+    monkeypatch.setattr("builtins.open", spy)
+    res = runner.invoke(app, ["pack", str(archive), "--to", str(tmp_path / "zst"), "--format", "lmdb"])
+    monkeypatch.undo()
+    assert res.exit_code == 0, res.output
+    assert "nothing unzipped" in res.output
+    assert not [f for f in opened if f.endswith((".jpg", ".txt")) and str(tmp_path) in f]
+    pack(src, tmp_path / "dst", PackOptions(container="lmdb"))
+    assert _records(tmp_path / "zst") == _records(tmp_path / "dst")
+
+
+def test_a_zip_that_is_not_fasdd_or_climbs_out_is_refused(tmp_path):
+    import zipfile
+
+    bad = tmp_path / "other.zip"
+    with zipfile.ZipFile(bad, "w") as zf:
+        zf.writestr("../../evil/images/a.jpg", b"x")
+        zf.writestr("readme.txt", "hello")
+    res = runner.invoke(app, ["check", str(bad)])
+    assert res.exit_code == 2 and "not a known dataset layout" in res.stderr
+    with pytest.raises(DatasetError, match="no images/ and annotations"):
+        open_dataset(bad, "fasdd")
+
+
+def test_an_archive_member_too_large_is_refused_naming_it(tmp_path, monkeypatch):
+    import zipfile
+
+    import sainet.core.datasets.archive as archive
+
+    z = tmp_path / "a.zip"
+    with zipfile.ZipFile(z, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("images/big.jpg", b"\0" * 4096)  # inflates 4 KB from a few bytes
+    tree = archive.ZipTree(z)
+    monkeypatch.setattr(archive, "MAX_MEMBER_BYTES", 1024)
+    with pytest.raises(DatasetError, match=r"a.zip!images/big.jpg: 4096 bytes uncompressed"):
+        tree.member("images/big.jpg").read_bytes()
+    tree.close()

@@ -75,10 +75,19 @@ def test_rectangular_training_with_mosaic(stores, tmp_path, monkeypatch):
 
 
 def test_two_stage_starts_from_stage1_best(stores, tmp_path, caplog):
+    optimizers: dict[str, tuple[str, set[float]]] = {}
+
+    def read_optimizer(trainer):  # the optimizer Ultralytics really built, and its learning rate
+        groups = trainer.optimizer.param_groups
+        optimizers[trainer.args.name] = (type(trainer.optimizer).__name__, {g["initial_lr"] for g in groups})
+
     base = TrainRequest(data="", loader="shm", model="yolov8n.yaml", imgsz=160, epochs=2, batch=4, device="cpu",
-                        project=str(tmp_path), name="ws", sets={"save_period": -1})
+                        project=str(tmp_path), name="ws", sets={"save_period": -1},
+                        callbacks={"on_train_start": [read_optimizer]})
     with caplog.at_level(logging.INFO, logger="sainet.train.transfer"):
         r1, r2 = two_stage(base, str(stores / "shards"), str(stores / "pyro-shards"))
+    # configs/train: stage 1 SGD lr0 0.01, stage 2 fine-tunes at lr0 0.001 (not optimizer=auto's own rate)
+    assert optimizers == {"ws-stage1": ("SGD", {0.01}), "ws-stage2": ("SGD", {0.001})}
     _check_run(r1.save_dir)
     _check_run(r2.save_dir)
     assert r2.resolved["overrides"]["pretrained"] == str(r1.best)
@@ -165,3 +174,31 @@ def test_training_reaches_no_host(stores, tmp_path, monkeypatch):
                            device="cpu", project=str(tmp_path), name="offline"))
     _check_run(r.save_dir)
     assert attempts == []
+
+
+def test_ultralytics_log_lines_name_sainets_loader_and_the_real_shape():
+    """Ultralytics' "imgsz=320" and "Using N dataloader workers" rewritten for a 320x192 sainet run."""
+    import logging
+
+    from ultralytics.utils import LOGGER
+
+    from sainet.train.trainer import SainetOptions, _truthful_log_lines
+
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    h = Keep()
+    LOGGER.addHandler(h)
+    try:
+        with _truthful_log_lines(SainetOptions(data="x", loader="shm", imgsz=(192, 320), threads=3, prefetch=4)):
+            LOGGER.info("Using 9 train, 3 val images for fraction=1.0 at imgsz=320\nUsing 2 dataloader workers\n")
+            LOGGER.info("engine/trainer: batch=4, imgsz=320, lr0=0.01")
+        LOGGER.info("Using 2 dataloader workers")  # outside a sainet run: untouched
+    finally:
+        LOGGER.removeHandler(h)
+    assert "at imgsz=320 (sainet trains 320x192 WxH)" in seen[0]
+    assert "Using sainet's shm loader: 3 decode threads, prefetch 4 batches (no DataLoader workers)" in seen[0]
+    assert "imgsz=320 (sainet trains 320x192 WxH), lr0" in seen[1] and seen[2] == "Using 2 dataloader workers"

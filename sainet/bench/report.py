@@ -157,21 +157,43 @@ def save_results(results: list[BenchResult], cfg: BenchConfig, out_dir: Path, ta
     plot_results(results, png, f"{tag} ({doc['host']['profile']})")
     return path
 
+def _legend_groups(rs: list[BenchResult]) -> dict[str, tuple[str, list[BenchResult]]]:
+    """Colour -> (legend label naming the output shapes it compares, its rows)."""
+    groups: dict[str, tuple[str, list[BenchResult]]] = {}
+    for colour, label, pick in (
+        ("#2a7ab0", "sainet loaders", lambda r: r.kind != "reference" and not r.name.startswith("ultralytics")),
+        ("#d9534f", "Ultralytics' own loader (square: rect=False)", lambda r: r.name.startswith("ultralytics")),
+        ("#999999", "references", lambda r: r.kind == "reference"),
+    ):
+        rows = [r for r in rs if pick(r)]
+        if rows:
+            shapes = sorted({r.out_shape or "the source's size" for r in rows})
+            groups[colour] = (f"{label}: output {', '.join(shapes)}", rows)
+    return groups
+
+
 def plot_results(results: list[BenchResult], png: Path, title: str) -> None:
+    """images/s per row, coloured by group; the legend says which output shape (WxH) each group makes, so a
+    square Ultralytics bar beside rectangular sainet bars is not read as like for like."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     rs = [r for r in results if r.images_per_s > 0]
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(rs)), 4))
-    colours = ["#999999" if r.kind == "reference" else "#d9534f" if r.name.startswith("ultralytics") else "#2a7ab0" for r in rs]
-    ax.bar([r.name for r in rs], [r.images_per_s for r in rs], color=colours)
+    groups = _legend_groups(rs)
+    colour_of = {id(r): c for c, (_, rows) in groups.items() for r in rows}
+    fig, ax = plt.subplots(figsize=(max(7, 1.2 * len(rs)), 4.6))
+    ax.bar([f"{r.name}\n{r.out_shape or 'source'}" for r in rs], [r.images_per_s for r in rs],
+           color=[colour_of[id(r)] for r in rs])
     for i, r in enumerate(rs):
         ax.text(i, r.images_per_s, f"{r.images_per_s:.0f}", ha="center", va="bottom", fontsize=8)
     ax.set_ylabel("images/s")
     ax.set_title(title, fontsize=9)
-    plt.xticks(rotation=30, ha="right")
+    ax.legend(handles=[Patch(color=c, label=label) for c, (label, _) in groups.items()], fontsize=7, loc="upper right",
+              title="bars compare these output shapes (WxH)", title_fontsize=7)
+    plt.xticks(rotation=30, ha="right", fontsize=8)
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)

@@ -5,7 +5,7 @@ function and prints. `sainet.cli._app` holds the app, the exit codes and the sha
 add a command by writing it in the module of its group (or a new module imported below).
 """
 
-from sainet.cli import bench, data, demo, plan, train  # noqa: F401 - each module registers its commands
+from sainet.cli import bench, data, demo, plan, preview, train  # noqa: F401 - each module registers its commands
 from sainet.cli._app import EXIT_CODES, app, main
 
 __all__ = ["app", "main", "EXIT_CODES"]

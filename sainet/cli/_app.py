@@ -106,8 +106,28 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    from sainet import __version__
+
+    def of(pkg: str) -> str:
+        try:
+            return version(pkg)
+        except PackageNotFoundError:
+            return "not installed"
+
+    console.print(f"sainet {__version__} (ultralytics {of('ultralytics')}, torch {of('torch')}, "
+                  f"python {sys.version.split()[0]})", highlight=False)
+    raise typer.Exit(0)
+
+
 @app.callback()
-def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging (and the traceback of an error).")) -> None:
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging (and the traceback of an error)."),
+          version: bool = typer.Option(False, "--version", is_eager=True, callback=_version,
+                                       help="Print the versions of sainet, Ultralytics, torch and Python, and exit.")) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
         handlers=[RichHandler(console=err, show_time=False, show_path=False)], force=True,
@@ -132,6 +152,10 @@ def run(fn: Callable[[], int | None]) -> None:
         _fail(str(e.args[0]) if e.args else repr(e), 2, e)
     except OSError as e:
         _fail(f"{e.strerror or e}{': ' + str(e.filename) if e.filename else ''}", 1, e)
+    except MemoryError as e:  # an allocation no plan caught (numpy's _ArrayMemoryError says how much)
+        _fail(f"it does not fit in memory: {e or 'an allocation failed'}; use a smaller size, batch or shape", 5, e)
+    except RecursionError as e:
+        _fail(f"input nested too deeply to read ({e})", 2, e)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")
         raise typer.Exit(130) from None
@@ -201,10 +225,68 @@ ProfileName = Literal[("auto", *profile_names())]  # type: ignore[valid-type]
 # ---------------------------------------------------------------------------------------------- progress
 
 
+class _LineProgress:
+    """What a log gets instead of a live bar (stderr is no terminal: a pipe, `tee`, CI): one plain line per
+    task every `interval` seconds while it advances, and a last line when it ends, with the time the work
+    took (up to its last step, not up to when the command moved on)."""
+
+    def __init__(self, console: SafeConsole, interval: float) -> None:
+        self._console, self._interval = console, interval
+        self._tasks: list[dict[str, Any]] = []
+
+    def __enter__(self) -> _LineProgress:
+        return self
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if exc_type is not None:  # the error's one line says what happened
+            return
+        for t in self._tasks:
+            self._line(t, final=True)
+
+    def add_task(self, description: str, total: int | None = None, **fields: Any) -> int:
+        now = time.perf_counter()
+        self._tasks.append({"description": description, "total": total, "completed": 0, "fields": dict(fields),
+                            "start": now, "last": now, "end": now})
+        return len(self._tasks) - 1
+
+    def update(self, task: int, *, advance: int = 0, total: int | None = None, completed: int | None = None,
+               **fields: Any) -> None:
+        t = self._tasks[task]
+        if total is not None:
+            t["total"] = total
+        if completed is not None:
+            t["completed"] = completed
+        if advance:
+            t["completed"] += advance
+            t["end"] = time.perf_counter()
+        t["fields"].update(fields)
+        if t["end"] - t["last"] >= self._interval:
+            self._line(t)
+
+    def _line(self, t: dict[str, Any], final: bool = False) -> None:
+        t["last"] = t["end"]
+        total = f"/{t['total']}" if t["total"] else ""
+        rate = t["fields"].get("rate") or ""
+        elapsed = t["end"] - t["start"]
+        self._console.print(f"{t['description']}: {t['completed']}{total}{' ' + rate if rate else ''} "
+                            f"{elapsed:.1f}s{' done' if final else ''}", soft_wrap=True, highlight=False)
+
+
+#: Seconds between two plain progress lines in a log.
+LOG_PROGRESS_INTERVAL = 10.0
+
+
+def _progress(*columns: Any) -> Any:
+    """A live rich bar on a terminal; plain periodic lines in a log."""
+    if err.is_terminal:
+        return Progress(*columns, console=err)
+    return _LineProgress(err, LOG_PROGRESS_INTERVAL)
+
+
 class _Bar:
     """What `progress_bar` yields: call it to advance; `start(total, done)` once the work is known."""
 
-    def __init__(self, progress: Progress, task: int, unit: str) -> None:
+    def __init__(self, progress: Any, task: int, unit: str) -> None:
         self._p, self._task, self._unit = progress, task, unit
         self._start, self._done = time.perf_counter(), 0
 
@@ -220,20 +302,20 @@ class _Bar:
 
 @contextmanager
 def progress_bar(total: int | None, description: str, unit: str = "img") -> Iterator[_Bar]:
-    """A rich progress bar on stderr with the rate and the ETA."""
+    """A rich progress bar on stderr with the rate and the ETA (plain periodic lines when stderr is a log)."""
     columns = [
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("[cyan]{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
     ]
-    with Progress(*columns, console=err) as p:
+    with _progress(*columns) as p:
         yield _Bar(p, p.add_task(description, total=total, rate=""), unit)
 
 
 @contextmanager
 def bar_factory(prefix: str = "") -> Iterator[Callable[[str, int | None], Callable[[int], None]]]:
     """Several bars, one per named step (what bench.run_bench's `progress` argument takes)."""
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed} img"),
-                  TimeElapsedColumn(), console=err) as p:
+    with _progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed} img"),
+                   TimeElapsedColumn()) as p:
         def bar(name: str, total: int | None) -> Callable[[int], None]:
             task = p.add_task(prefix + name, total=total)
             return lambda n: p.update(task, advance=n)

@@ -67,6 +67,20 @@ def _check_outputs(out: Path, tag: str | None, store: Path | None, source: Path 
         plain_child(out, tag, "--tag", error=SettingsError)
 
 
+def _checked_settings(sets: list | None, profile: str, imgsz: tuple[int, int], batch: int | None,
+                     threads: int | None) -> tuple[dict[str, Any], Any]:
+    """The bench's augment settings and profile, checked before any store is packed: `--set` keys and
+    values (exit 2), and the loader buffers against this host's memory (exit 5)."""
+    from sainet.budget import check_loader_memory
+    from sainet.profiles import choose_profile
+    from sainet.validate import check_hyp
+
+    hyp = check_hyp([("--set", dict(sets or []))], sainet_loader=True)
+    prof = choose_profile(profile)
+    check_loader_memory("bench-loader", imgsz, prof, batch=batch, threads=threads)
+    return hyp, prof
+
+
 @app.command("bench-loader")
 def bench_loader(
     store: Annotated[Path | None, typer.Option(help="A store to benchmark (its source is used for disk/ultralytics).")] = None,
@@ -83,7 +97,7 @@ def bench_loader(
     threads: Annotated[int | None, typer.Option(min=1, help="Decode threads (default: the profile's, at most the cores).")] = None,
     workers: Annotated[int | None, typer.Option(min=0, help="Ultralytics DataLoader workers (default: the threads).")] = None,
     work: Annotated[Path, typer.Option(help="Where stores packed from --source are kept.")] = Path(".cache/bench"),
-    out: Annotated[Path, typer.Option(help="Results folder; a subfolder per profile.")] = Path("benchmarks/results"),
+    out: Annotated[Path, typer.Option(help="Results folder, a subfolder per profile (default runs/bench, Ultralytics' runs/ convention; the recorded results live in benchmarks/results).")] = Path("runs/bench"),
     tag: Annotated[str | None, typer.Option(help="Name of the saved result (default: imgsz-aug-time).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
     plot: Annotated[Path | None, typer.Option(help="Also write the chart here.")] = None,
@@ -102,28 +116,25 @@ def bench_loader(
     * `sainet bench-loader --source data/synth --imgsz 640 --raw --loaders shm,raw-shm --cold`
     """
     from sainet.bench import bench_config, prepare_stores, run_bench, save_results
-    from sainet.budget import check_loader_memory
-    from sainet.profiles import choose_profile
 
     def body() -> int:
         if store is None and source is None:
             raise SettingsError("give --store or --source")
         _check_outputs(out, tag, store, source, work, plot)
-        prof = choose_profile(profile)
-        check_loader_memory("bench-loader", imgsz, prof, batch=batch, threads=threads)  # exit 5 before a byte is packed
+        hyp, prof = _checked_settings(sets, profile, imgsz, batch, threads)
         stores, src = prepare_stores(source, store, work, imgsz, raw or "raw-shm" in loaders, "raw-lmdb" in loaders)
         cfg = bench_config(stores=stores, source=src, imgsz=imgsz, profile=prof, batch=batch, augment=augment,
                            seconds=seconds, batches=batches, threads=threads, workers=workers, cold=cold,
-                           repeats=repeats, hyp=dict(sets or []), scratch=work)
+                           repeats=repeats, hyp=hyp, scratch=work)
         with bar_factory() as bar:
             results = run_bench(cfg, loaders, progress=bar)
         run_tag = tag or f"{format_imgsz(imgsz)}-{'aug' if augment else 'noaug'}-{time.strftime('%Y%m%d-%H%M%S')}"
         saved = save_results(results, cfg, out / prof.name, run_tag, plot)
         if as_json:
             print(saved.read_text())
-            return 0
-        print_bench_table(results, cfg, prof.name)
-        console.print(f"saved {saved} and its chart")
+        else:
+            print_bench_table(results, cfg, prof.name)
+            console.print(f"saved {saved} and its chart")
         return 0
 
     run(body)

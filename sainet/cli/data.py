@@ -36,6 +36,18 @@ _SynthLayout = Literal[SYNTH_LAYOUTS]  # type: ignore[valid-type]
 _Subset = Literal[tuple(FASDD_SUBSETS)]  # type: ignore[valid-type]
 
 
+def _synth_checks(out: Path, size: tuple[int, int], images: int, classes: str | None, layout: str,
+                  as_zip: bool) -> list[str] | None:
+    """What `synth` refuses before a pixel is drawn; returns the class names given."""
+    from sainet.budget import check_synth
+
+    output_dir(out, "synth folder", error=SettingsError)  # never /, a system folder or a store
+    check_synth(size, images)  # exit 5 before a pixel is allocated
+    if as_zip and layout != "fasdd":
+        raise SettingsError(f"--zip writes FASDD's archive shape; not for --layout {layout}", "--zip")
+    return [c.strip() for c in classes.split(",") if c.strip()] if classes is not None else None
+
+
 @app.command()
 def synth(
     out: Annotated[Path, typer.Argument(help="Folder to write the dataset into.")],
@@ -50,6 +62,7 @@ def synth(
     subset: Annotated[_Subset, typer.Option(help="fasdd: the FASDD subset shape (RS: TIFF).")] = "CV",
     test_fraction: Annotated[float | None, typer.Option(min=0.0, max=0.99, help="Fraction in the test split (default 0.15 for fasdd, else 0).")] = None,
     clean: Annotated[bool, typer.Option(help="fasdd/pyrosdis: without the published datasets' quirks (duplicates, leaks, bad boxes).")] = False,
+    as_zip: Annotated[bool, typer.Option("--zip", help="fasdd: write OUT as the zip archive FASDD is downloaded as (OUT.zip when OUT does not end in .zip), for `sainet pack OUT.zip`.")] = False,
 ) -> None:
     """Write a deterministic synthetic wildfire dataset (smoke plumes, fire, exact boxes).
 
@@ -61,26 +74,35 @@ def synth(
     * `sainet synth data/synth --images 200`
     * `sainet synth data/pyro --classes smoke --layout pyrosdis --size 1280x720`
     * `sainet synth data/FASDD_RS --layout fasdd --subset RS --size 640x640`
+    * `sainet synth data/FASDD_CV.zip --layout fasdd --zip` (an archive for pack, as downloaded)
     """
-    from sainet.synth import synthesize
+    import shutil
+    import tempfile
+
+    from sainet.synth import synthesize, write_zip
 
     def body() -> None:
-        from sainet.budget import check_synth
-
-        output_dir(out, "synth folder", error=SettingsError)  # never /, a system folder or a store
-        check_synth(size, images)  # exit 5 before a pixel is allocated
-        names = [c.strip() for c in classes.split(",") if c.strip()] if classes is not None else None
+        names = _synth_checks(out, size, images, classes, layout, as_zip)
+        archive = out if out.suffix.lower() == ".zip" else out.with_name(out.name + ".zip")
+        if as_zip:
+            archive.parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix=".synth-", dir=archive.parent)) if as_zip else out
         try:
             with progress_bar(images, "synth") as advance:
-                result = synthesize(out, images=images, size=size, classes=names, val_fraction=val_fraction,
+                result = synthesize(folder, images=images, size=size, classes=names, val_fraction=val_fraction,
                                     background=background, layout=layout, seed=seed, quality=quality, progress=advance,
                                     subset=subset, test_fraction=test_fraction, quirks=False if clean else None)
+            if as_zip:
+                write_zip(folder, archive)
         except ValueError as e:  # the ranges were checked by the option types: classes or a fraction mix
             raise SettingsError(str(e), "--classes" if "class" in str(e) else None) from None
+        finally:
+            if as_zip:
+                shutil.rmtree(folder, ignore_errors=True)
         nbytes = sum(len(r.jpeg) for r in result)
         boxes = sum(len(r.objects) for r in result)
         console.print(f"wrote {len(result)} images ({nbytes / 1e6:.1f} MB, {nbytes / len(result) / 1e3:.0f} KB/img), "
-                      f"{boxes} boxes, layout {layout} -> {out}")
+                      f"{boxes} boxes, layout {layout} -> {archive if as_zip else out}")
 
     run(body)
 
@@ -117,7 +139,7 @@ def check(
     src: Annotated[Path, typer.Argument(help="Dataset folder, data.yaml or parquet shard.")],
     layout: Annotated[Layout | None, typer.Option(help="Source layout (default: detect).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
-    strict: Annotated[bool, typer.Option(help="Fail on warnings too (dropped boxes, bad images).")] = False,
+    strict: Annotated[bool, typer.Option(help="Exit 1 on warnings too (dropped boxes, bad images, orphan labels, class ids past a gap).")] = False,
     threads: Annotated[int | None, typer.Option(min=1, help="Decode threads (default: the cores, at most 8).")] = None,
     max_problems: Annotated[int, typer.Option(min=0, help="Problems listed in the table.")] = 50,
     class_ids: Annotated[Any, typer.Option(parser=class_ids_type, metavar="ID=NAME,...", help="pyrosdis: the annotations' class ids, e.g. 1=smoke (default: detected).")] = None,
@@ -127,7 +149,13 @@ def check(
     Also says where every box went (kept, clipped, dropped: nothing is lost), exact-duplicate images
     within and across splits (leakage), and facts about the dataset (e.g. 1-based class ids).
 
-    Exit code 0 when the dataset is usable (with --strict: and has no warnings), 1 otherwise.
+    Also reports images without a label file (counted as backgrounds, in a note with examples), label
+    files without an image (a warning each), and, without data.yaml or classes.txt, a class id past a
+    gap (5 in a set using 0 and 1: a warning, not a sixth class taken silently).
+
+    Exit code: **0** usable, warnings included (dropped or clipped boxes, bad images left out, orphan
+    labels, duplicates: listed, not fatal); **1** not usable (an error: no images, no train split, an
+    unreadable annotation file), or with `--strict` any warning; **2** the dataset cannot be read at all.
 
     Examples:
 
@@ -266,7 +294,8 @@ def _print_pack(report: Any, as_json: bool, max_size: int | None) -> None:
                   f"({report.records / max(report.seconds, 1e-9):.0f} img/s)"
                   + (f", resumed after {report.resumed}" if report.resumed else ""))
     if report.reencoded:
-        console.print(f"[yellow]re-encoded[/] {report.reencoded} images larger than --max-size {max_size}")
+        why = f"larger than --max-size {max_size}" if max_size else "not JPEG (e.g. TIFF, PNG): stored as JPEG"
+        console.print(f"[yellow]re-encoded[/] {report.reencoded} images {why}")
     if report.bad:
         console.print(f"[yellow]left out {len(report.bad)} images:[/]")
         for b in report.bad[:20]:

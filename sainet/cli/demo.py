@@ -46,6 +46,9 @@ def demo(
         if report.bench:
             print_bench_table(report.bench, report.bench_config, report.bench_profile)
         console.print(f"results plot: [bold]{report.results_png or report.train.save_dir}[/]")
+        console.print("next:", highlight=False)
+        for cmd in report.next_steps:
+            console.print(f"  {cmd}", highlight=False, soft_wrap=True)
         if report.store and str(report.store).startswith("/dev/shm"):
             console.print(f"the demo store stays in {report.store} (RAM): remove it with `rm -r {report.store}`")
         return 0

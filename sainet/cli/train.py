@@ -49,8 +49,8 @@ def train(
     batch: Annotated[int | None, typer.Option(min=1, help="Batch size (default: the profile's).")] = None,
     device: Annotated[Any, typer.Option(parser=device_type, metavar="cpu|N|N,M", help="cpu, 0, or 0,1 (DDP).")] = None,
     profile: Annotated[ProfileName, typer.Option(help="auto (detect the host) or a profile name.")] = "auto",  # type: ignore[assignment]
-    config: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="YAML of Ultralytics arguments.")] = None,
-    sets: Annotated[list[str] | None, typer.Option("--set", parser=key_value_type, metavar="KEY=VALUE", help="Any Ultralytics argument, key=value (repeatable).")] = None,
+    config: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="YAML of Ultralytics arguments (checked as --set).")] = None,
+    sets: Annotated[list[str] | None, typer.Option("--set", parser=key_value_type, metavar="KEY=VALUE", help="An Ultralytics training argument, key=value (repeatable); checked against Ultralytics' own keys, types and ranges, and refused where it would not take effect.")] = None,
     stage: Annotated[int | None, typer.Option(min=1, max=2, help="1 (FASDD: fire+smoke) or 2 (PyroSDIS: smoke) settings from configs/train.")] = None,
     workflow: Annotated[Literal["two-stage"] | None, typer.Option(help="two-stage: stage 1 then stage 2 from its best.pt.")] = None,
     stage1_data: Annotated[str | None, typer.Option(help="two-stage: stage 1 data.")] = None,
@@ -71,7 +71,7 @@ def train(
     * `sainet train --data /dev/shm/fasdd --loader dali --imgsz 1440x808 --stage 1`
     * `sainet train --data stores/synth --loader lmdb --model yolov8n.yaml --imgsz 320 --epochs 2 --device cpu`
     * `sainet train --workflow two-stage --stage1-data /dev/shm/fasdd --stage2-data /dev/shm/pyro --imgsz 1440x808`
-    * `sainet train --data stores/synth --loader ultralytics --epochs 2 --set lr0=0.005 --set mosaic=0.5`
+    * `sainet train --data stores/synth --loader ultralytics --epochs 2 --set optimizer=SGD --set lr0=0.005 --set mosaic=0.5`
     * `sainet train --resume runs/sainet/dali-1440x832/weights/last.pt`
     """
     from sainet.settings import TrainSettings

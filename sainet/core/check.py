@@ -220,6 +220,7 @@ def check_dataset(
             _count(st, sample, ds.names)
     for sp in ds.splits():
         splits.setdefault(sp, SplitStats())
+    ds.finish()
     all_problems = ds.problems + problems
     if not any(s.images for s in splits.values()):
         all_problems.append(Problem(str(ds.root), ProblemKind.NO_IMAGES, "no decodable images"))

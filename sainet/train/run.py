@@ -171,20 +171,23 @@ def _stage_config(s: TrainSettings) -> dict[str, Any]:
 
 
 def _hyperparameters(s: TrainSettings) -> dict[str, Any]:
-    """Stage config < --config file < --epochs < --set."""
-    hyp: dict[str, Any] = dict(_stage_config(s).get("hyp") or {})
+    """Stage config < --config file < --epochs < --set, every key and value checked (sainet.validate)."""
+    from sainet.validate import check_hyp
+
+    layers: list[tuple[str, dict[str, Any]]] = [(f"stage {s.stage} (configs/train/stage{s.stage}.yaml)",
+                                                 dict(_stage_config(s).get("hyp") or {}))]
     if s.config:
         try:
             doc = yaml.safe_load(Path(s.config).read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
+        except (OSError, yaml.YAMLError, RecursionError, UnicodeDecodeError) as e:
             raise SettingsError(f"cannot read {s.config}: {e}", "--config") from None
         if not isinstance(doc, dict) or not isinstance(doc.get("hyp", doc), dict):
             raise SettingsError(f"{s.config}: expected a mapping of Ultralytics arguments", "--config")
-        hyp.update(doc.get("hyp", doc))
+        layers.append((f"--config {s.config}", doc.get("hyp", doc)))
     if s.epochs is not None:
-        hyp["epochs"] = s.epochs
-    hyp.update(s.sets)
-    return hyp
+        layers.append(("--epochs", {"epochs": s.epochs}))
+    layers.append(("--set", dict(s.sets)))
+    return check_hyp(layers, sainet_loader=s.loader != "ultralytics")
 
 
 def _resolve_data(s: TrainSettings, loader: str) -> _Data:
@@ -297,6 +300,9 @@ def _overrides(s: TrainSettings, d: _Data, hyp: dict[str, Any]) -> dict[str, Any
         # amp=False on CPU is Ultralytics' public switch: its AMP check (which downloads a model) never runs.
         "amp": not on_cpu, "pretrained": s.weights or False, "verbose": False, "plots": True, "rect": False,
     }
+    if on_cpu and hyp.get("amp") not in (None, False):  # would be overridden below: refused, not ignored
+        raise SettingsError(f"amp={hyp['amp']}: mixed precision needs a CUDA device; on --device cpu training runs "
+                            "in fp32 (leave amp out)", "--set")
     out.update(hyp)
     if on_cpu:
         out["amp"] = False
@@ -314,6 +320,17 @@ def _profile_defaults(s: TrainSettings, profile: Profile, cuda: bool) -> TrainSe
                      threads=s.threads or int(rec["threads"]), prefetch=s.prefetch or int(rec["prefetch"]))
 
 
+def _check_inputs(s: TrainSettings) -> None:
+    """--device against the visible GPUs, --model and --weights against what a model file is: before anything starts."""
+    from sainet.validate import check_device, check_model, check_weights
+
+    check_device(s.device)
+    if not s.resume:
+        check_model(s.model)
+    if s.weights:
+        check_weights(s.weights)
+
+
 def _plan(settings: TrainSettings) -> _Plan:
     import torch
 
@@ -327,6 +344,7 @@ def _plan(settings: TrainSettings) -> _Plan:
     cuda = torch.cuda.is_available()
     given_loader = s.loader
     s = _profile_defaults(s, profile, cuda)
+    _check_inputs(s)
     d = _resolve_data(s.replace(loader=given_loader), s.loader)
     s = s.replace(loader=d.loader)
     chosen: dict[str, Any] = {"profile": profile.name}

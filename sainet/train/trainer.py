@@ -12,14 +12,15 @@ folder and one store, and rank 0 alone writes. What is overridden and why:
 
 * ``__init__`` creates the process group first and sets ``world_size`` (Ultralytics: 0 on CPU);
 * ``_setup_ddp`` does nothing (Ultralytics forces CUDA + NCCL and a 3-hour timeout there);
-* ``_setup_train`` lets DDP wrap a CPU model (`_ddp_device_ids_for_cpu`);
+* ``_setup_train`` lets DDP wrap a CPU model (`sainet.train.hooks.ddp_device_ids_for_cpu`);
 * ``get_dataloader`` ignores the LOCAL_RANK Ultralytics passes and shards by global rank;
 * ``final_eval`` sends best.pt's weights from rank 0 instead of reading the file on every rank;
 * ``get_model`` carries the head's class rows over by name (`sainet.train.transfer`);
 * ``resume_training`` also restores a mid-epoch checkpoint (`_mid_epoch_checkpoint`), also one
   written by another number of ranks (elastic: `loaders.prefetch.ResumeState`), and drops the
   telemetry rows of the epochs it replays (`sainet.train.telemetry`);
-* ``train`` handles SIGTERM/SIGUSR1 (`sainet.train.preempt`): checkpoint, then exit for a requeue.
+* ``train`` handles SIGTERM/SIGUSR1 (`sainet.train.preempt`): checkpoint, then exit for a requeue;
+  Ultralytics' log lines name sainet's loader and the real shape while it runs (`_SainetLogLines`).
 
 Every checkpoint is written atomically (`sainet.train.checkpoint`); the private Ultralytics APIs
 this relies on are listed, and watched by a test, in `sainet.train.hooks`.
@@ -27,13 +28,16 @@ this relies on are listed, and watched by a test, in `sainet.train.hooks`.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,6 +133,40 @@ class _TimedLoader:
         return out
 
 
+class _SainetLogLines(logging.Filter):
+    """Ultralytics' log lines told the truth about a sainet run: its "imgsz=1440" is the long side of a
+    1440x832 (WxH) shape, and its "Using 2 dataloader workers" counts DataLoader processes that a sainet
+    loader does not have (it decodes in threads). The lines are rewritten, not dropped, so that logs
+    still read as Ultralytics' users expect."""
+
+    def __init__(self, options: SainetOptions) -> None:
+        super().__init__()
+        h, w = options.imgsz
+        self.shape = f"{w}x{h}"
+        self.loader = (f"Using sainet's {options.loader} loader: {options.threads} decode threads, prefetch "
+                       f"{options.prefetch} batches (no DataLoader workers)")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        new = re.sub(r"Using \d+ dataloader workers", self.loader, msg)
+        new = re.sub(r"\bimgsz=(\d+)\b(?! \(sainet)", rf"imgsz=\1 (sainet trains {self.shape} WxH)", new)
+        if new != msg:
+            record.msg, record.args = new, None
+        return True
+
+
+@contextlib.contextmanager
+def _truthful_log_lines(options: SainetOptions) -> Iterator[None]:
+    from ultralytics.utils import LOGGER
+
+    f = _SainetLogLines(options)
+    LOGGER.addFilter(f)
+    try:
+        yield
+    finally:
+        LOGGER.removeFilter(f)
+
+
 class SainetTrainer(DetectionTrainer):
     """DetectionTrainer whose dataloaders are sainet loaders (see module docstring)."""
 
@@ -142,7 +180,8 @@ class SainetTrainer(DetectionTrainer):
         self.dist = DistInfo.from_env()
         overrides = dict(overrides or {})
         self.dist_backend = self._start_process_group(overrides) if self.dist.distributed else None
-        super().__init__(cfg or DEFAULT_CFG, overrides, _callbacks)
+        with _truthful_log_lines(self.sainet):  # Ultralytics prints its arguments here
+            super().__init__(cfg or DEFAULT_CFG, overrides, _callbacks)
         if self.dist.distributed:
             import torch
 
@@ -172,7 +211,7 @@ class SainetTrainer(DetectionTrainer):
 
     def train(self) -> None:
         try:
-            with self.preemption.installed():
+            with self.preemption.installed(), _truthful_log_lines(self.sainet):
                 super().train()
         finally:
             if self.dist_backend:

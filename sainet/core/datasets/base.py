@@ -74,6 +74,7 @@ class ProblemKind(str, enum.Enum):
     PATH_OUTSIDE_ROOT = "path_outside_root"
     ANNOTATION_ERROR = "annotation_error"
     NO_IMAGES = "no_images"
+    ORPHAN_LABEL = "orphan_label"  # a label file beside the images that no image of the dataset uses
 
     @property
     def severity(self) -> Severity:
@@ -196,6 +197,8 @@ class Importer(abc.ABC):
         self.problems: list[Problem] = []
         self.tally = BoxTally()
         self.notes: list[str] = []
+        self._labels_used: set[str] = set()  # every label path looked up (found or not), for `finish`
+        self._unlabelled: list[str] = []  # images whose label file does not exist (backgrounds by Ultralytics' rule)
 
     def _boxes(self, cls: np.ndarray, xywh: np.ndarray, source: str, nc: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """`validate_boxes` against this dataset's classes, counted in `tally`."""
@@ -219,7 +222,9 @@ class Importer(abc.ABC):
 
     def _label_file(self, lbl: Path, nc: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The one place a YOLO label file is read: none (or one outside the root) is a background image."""
+        self._labels_used.add(os.path.abspath(lbl))
         if not lbl.is_file():
+            self._unlabelled.append(lbl.name)
             return empty_labels()
         try:
             real = resolve_inside(self.root, lbl)
@@ -248,6 +253,26 @@ class Importer(abc.ABC):
 
     def describe(self) -> str:
         return f"{self.layout} dataset at {self.root}"
+
+    def finish(self, examples: int = 3) -> None:
+        """Facts known once every sample was read (`check_dataset` calls it): images without a label file
+        (counted as backgrounds, as Ultralytics does: said in a note with examples) and label files beside
+        the labels read that no image uses (their boxes never train: a problem each, and a note)."""
+        if self._unlabelled:
+            n = len(self._unlabelled)
+            self.notes.append(f"{n} images have no label file (counted as backgrounds), e.g. no "
+                              + ", ".join(sorted(self._unlabelled)[:examples]))
+        folders = {os.path.dirname(p) for p in self._labels_used}
+        orphans = sorted(
+            os.path.join(d, f) for d in folders if os.path.isdir(d) for f in os.listdir(d)
+            if f.endswith(".txt") and f != "classes.txt" and os.path.join(d, f) not in self._labels_used)
+        if not orphans:
+            return
+        base = os.path.realpath(self.root)
+        rel = [os.path.relpath(os.path.realpath(p), base) for p in orphans]
+        self.notes.append(f"{len(rel)} label files have no image (their boxes are not used), e.g. {', '.join(rel[:examples])}")
+        for r in rel:
+            self._problem(r, ProblemKind.ORPHAN_LABEL, "label file without an image")
 
     def _problem(self, path: str, kind: ProblemKind, detail: str) -> None:
         self.problems.append(Problem(path, kind, detail))

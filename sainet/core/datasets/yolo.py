@@ -66,6 +66,7 @@ class YoloImporter(Importer):
         yaml_path = src if src.is_file() else next((src / n for n in ("data.yaml", "dataset.yaml") if (src / n).is_file()), None)
         self.yaml_path = yaml_path
         self._entries: dict[str, list[str]] = {}
+        self._ids_seen: dict[int, list[str]] = {}  # numbered classes (no names given): class id -> images using it
         if yaml_path is not None:
             cfg = load_yaml(yaml_path) or {}
             if not isinstance(cfg, dict):
@@ -102,6 +103,23 @@ class YoloImporter(Importer):
 
     def splits(self) -> list[str]:
         return list(self._entries)
+
+    def finish(self, examples: int = 3) -> None:
+        """Without data.yaml or classes.txt the classes are numbered 0..max id: a class id past a gap (5 in a
+        set using 0 and 1) is most likely a typo, and would silently make 6 classes. Reported per id."""
+        super().finish(examples)
+        if not self._ids_seen:
+            return
+        used = sorted(self._ids_seen)
+        gaps = [i for i in range(used[-1] + 1) if i not in self._ids_seen]
+        if not gaps:
+            return
+        for c in (c for c in used if c > gaps[0]):
+            files = self._ids_seen[c]
+            for f in files:
+                self._problem(f, ProblemKind.CLASS_OUT_OF_RANGE,
+                              f"class {c}, but no data.yaml or classes.txt names the classes and no box has class "
+                              f"{gaps[0]}: a typo? ({len(files)} images use class {c}; it would make {used[-1] + 1} classes)")
 
     def _images(self, split: str) -> Iterator[Path]:
         for entry in self._entries[split]:
@@ -142,4 +160,6 @@ class YoloImporter(Importer):
                 if infer_names and len(cls):
                     while len(self.names) <= int(cls.max()):
                         self.names.append(str(len(self.names)))
+                    for c in {int(c) for c in cls}:
+                        self._ids_seen.setdefault(c, []).append(rel)
                 yield Sample(name=img.name, key=rel, split=sp, cls=cls, boxes=boxes, path=img)
