@@ -68,7 +68,7 @@ def test_activation_constant_matches_a_real_forward_at_another_shape(scale):
 
 
 _STEP = """
-import os, resource, sys
+import os, sys
 os.environ["YOLO_OFFLINE"] = "1"
 import psutil, torch
 from ultralytics.cfg import get_cfg
@@ -83,13 +83,17 @@ def batch(b, h, w):
             "bboxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]] * b)}
 loss, _ = m.loss(batch(2, 64, 64)); loss.sum().backward()  # lazy allocations first
 m.zero_grad(set_to_none=False)
-def rss_file():  # file-backed resident pages (libraries): reclaimed under memory pressure, paged back in later
+def status(key):
     with open("/proc/self/status") as f:
-        return next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("RssFile:"))
-before, file_before = psutil.Process().memory_info().rss, rss_file()
+        return next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith(key + ":"))
+# Peak RSS of this process image: VmHWM, reset to the current RSS first (clear_refs 5). Not ru_maxrss,
+# which Linux carries over exec from the forked parent (pytest, after training tests: ~1 GB).
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+before, file_before = status("VmRSS"), status("RssFile")
 loss, _ = m.loss(batch(2, 480, 640)); loss.sum().backward()
-# the step's own (anonymous) growth: peak RSS less the library pages that came back meanwhile
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before - max(0, rss_file() - file_before))
+# the step's own growth: peak RSS less the library pages paged back in meanwhile
+print(status("VmHWM") - before - max(0, status("RssFile") - file_before))
 """
 
 
