@@ -153,8 +153,10 @@ def pack_plan(plan: BatchPlan, scales: Sequence[tuple[float, float]], src_hw: Se
 def _to_device(packed: PackedPlan, device: torch.device) -> torch.Tensor:
     """One host->device copy of the whole buffer (pinned and non-blocking on CUDA)."""
     host = torch.from_numpy(packed.buffer)
-    if device.type != "cuda":
+    if device.type == "cpu":
         return host
+    if device.type != "cuda":  # e.g. "meta" (benchmarks/gpu_budget.py counts the device's traffic there)
+        return host.to(device)
     return host.pin_memory().to(device, non_blocking=True)
 
 
