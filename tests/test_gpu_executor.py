@@ -80,12 +80,15 @@ def test_same_plan_same_pixels_as_opencv(name, mixed_sizes):
     # Tolerance: bilinear in float vs OpenCV's 1/32-pixel fixed point (+-1, a few more on the sharp
     # edges of upscaled half-size sources), and 1-pixel lines where a mosaic tile meets its neighbour
     # or the canvas edge (OpenCV's transparent border decides those pixels differently).
-    # Measured: mean <= 0.12, p99 <= 3, <= 1.3% of pixels off by more than 2.
+    # Measured: mean <= 0.15, p99 <= 3 (<= 6 with mixed sizes: the upscaled half-size sources' edges,
+    # over seeds 0-7 of the plan before and after issue 21), <= 1.8% of pixels off by more than 2.
     assert diff.mean() < 0.3, diff.mean()
-    assert np.percentile(diff, 99) <= 3, np.percentile(diff, 99)
+    assert np.percentile(diff, 99) <= (6 if mixed_sizes else 3), np.percentile(diff, 99)
     assert (diff > 2).mean() < 0.02, (diff > 2).mean()
-    if name in ("letterbox-eval", "affine-flips") or (name == "hsv" and not mixed_sizes):  # no seams at all
+    if name in ("letterbox-eval", "affine-flips"):  # no seams at all
         assert diff.max() <= 2, diff.max()
+    if name == "hsv" and not mixed_sizes:  # no seams; one hue level on a saturated pixel moves it by 3 (seed 6 of
+        assert diff.max() <= 3 and (diff > 2).sum() <= 2, (diff.max(), (diff > 2).sum())  # 10 before issue 21)
     # (hsv with mixed sizes: a +-1 resize difference on a saturated edge moves its hue a step, which
     # Ultralytics 8.4's additive hue shift keeps: up to ~8 levels on a few edge pixels)
 

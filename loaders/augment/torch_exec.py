@@ -31,7 +31,6 @@ within interpolation rounding. On a CPU this is 10x or more slower than the Open
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -76,22 +75,32 @@ def _slot_block(n: int) -> int:
     return n * (6 + 4 + 4 + 1)
 
 
-def _placement_rows(p: Placement, letterbox: bool, scale: tuple[float, float], hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(decoded edge -> output edge 3x3, bounds, clamp) in decoded edge coordinates of source p.src."""
-    sx, sy = scale
-    h, w = hw
-    m = p.matrix @ scale_matrix(sx, sy)
-    if p.region is not None:  # a mosaic tile: the pixels whose bilinear taps fall in its crop (the CPU rule)
-        cx0, cy0, cx1, cy1 = p.crop
-        x0, x1 = max(math.floor(cx0 / sx) - 1, 0), min(math.ceil(cx1 / sx) + 1, w)
-        y0, y1 = max(math.floor(cy0 / sy) - 1, 0), min(math.ceil(cy1 / sy) + 1, h)
-        bounds = (x0 + 0.5, y0 + 0.5, x1 + 0.5, y1 + 0.5)
-        clamp = (0.5, 0.5, w - 0.5, h - 0.5)  # replicate at the source edge
-    elif letterbox:  # cv2.resize: replicated border, painted exactly over the resized region
-        bounds, clamp = (0.0, 0.0, float(w), float(h)), (0.5, 0.5, w - 0.5, h - 0.5)
-    else:  # cv2.warpAffine, BORDER_CONSTANT 114: taps may reach the 114 frame around the source
-        bounds, clamp = (-0.5, -0.5, w + 0.5, h + 0.5), (-_OPEN, -_OPEN, _OPEN, _OPEN)
-    return m, np.asarray(bounds, np.float64), np.asarray(clamp, np.float64)
+def _slot_rows(plan: BatchPlan, rows: list[int], places: list[Placement], scales: np.ndarray,
+               src_hw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For one slot's placements at once: (source indices, decoded edge -> output edge 3x3s,
+    bounds, clamp), the rectangles in decoded edge coordinates of each placement's source."""
+    n = len(places)
+    j = np.fromiter((p.src for p in places), np.int64, n)
+    sx, sy = scales[j, 0], scales[j, 1]
+    h, w = src_hw[j, 0], src_hw[j, 1]
+    m = np.stack([p.matrix for p in places]) * np.stack([sx, sy, np.ones(n)], 1)[:, None, :]  # @ scale_matrix(sx, sy)
+    tile = np.fromiter((p.region is not None for p in places), bool, n)
+    lb = np.fromiter((plan.images[i].letterbox for i in rows), bool, n) & ~tile
+    inner = np.stack([np.full(n, 0.5), np.full(n, 0.5), w - 0.5, h - 0.5], 1)  # replicate at the source edge
+    # cv2.warpAffine, BORDER_CONSTANT 114: taps may reach the 114 frame around the source
+    bounds = np.stack([np.full(n, -0.5), np.full(n, -0.5), w + 0.5, h + 0.5], 1)
+    clamp = np.tile(np.array([-_OPEN, -_OPEN, _OPEN, _OPEN]), (n, 1))
+    if lb.any():  # cv2.resize: replicated border, painted exactly over the resized region
+        bounds[lb] = np.stack([np.zeros(n), np.zeros(n), w, h], 1)[lb]
+        clamp[lb] = inner[lb]
+    if tile.any():  # a mosaic tile: the pixels whose bilinear taps fall in its crop (the CPU rule)
+        crop = np.array([p.crop for p, t in zip(places, tile, strict=True) if t], np.float64)
+        st, ht, wt = np.stack([sx, sy], 1)[tile], h[tile], w[tile]
+        x0, x1 = np.maximum(np.floor(crop[:, 0] / st[:, 0]) - 1, 0), np.minimum(np.ceil(crop[:, 2] / st[:, 0]) + 1, wt)
+        y0, y1 = np.maximum(np.floor(crop[:, 1] / st[:, 1]) - 1, 0), np.minimum(np.ceil(crop[:, 3] / st[:, 1]) + 1, ht)
+        bounds[tile] = np.stack([x0, y0, x1, y1], 1) + 0.5
+        clamp[tile] = inner[tile]
+    return j, m, bounds, clamp
 
 
 def _to_grid(r: np.ndarray, j: np.ndarray, pad_hw: tuple[int, int], n_src: int) -> np.ndarray:
@@ -103,47 +112,48 @@ def _to_grid(r: np.ndarray, j: np.ndarray, pad_hw: tuple[int, int], n_src: int) 
     return np.where(np.abs(r) >= _OPEN, r, g)
 
 
-def _pack_slot(plan: BatchPlan, k: int, scales: Sequence[tuple[float, float]], src_hw: Sequence[tuple[int, int]],
-               pad_hw: tuple[int, int]) -> tuple[np.ndarray, int]:
-    """Slot k of every image that has one: (theta, bounds, clamp, rows) flattened, and the row count."""
+def _pack_slots(plan: BatchPlan, scales: np.ndarray, src_hw: np.ndarray, pad_hw: tuple[int, int]) -> tuple[list[np.ndarray], list[int]]:
+    """Every slot k of every image that has one, computed at once: per slot the flattened
+    (theta, bounds, clamp, rows) block and its row count."""
     H, W = plan.out_hw
     Hp, Wp = pad_hw
     N = len(src_hw)
-    rows = [i for i, ip in enumerate(plan.images) if len(ip.placements) > k]
-    places = [plan.images[i].placements[k] for i in rows]
-    packed = [_placement_rows(p, plan.images[i].letterbox, scales[p.src], src_hw[p.src]) for i, p in zip(rows, places, strict=True)]
-    j = np.asarray([p.src for p in places], np.float64)
+    K = max(len(ip.placements) for ip in plan.images)
+    by_slot = [[i for i, ip in enumerate(plan.images) if len(ip.placements) > k] for k in range(K)]
+    rows = [i for r in by_slot for i in r]
+    places = [plan.images[i].placements[k] for k, r in enumerate(by_slot) for i in r]
+    jj, m, bounds, clamp = _slot_rows(plan, rows, places, scales, src_hw)
+    j = jj.astype(np.float64)
     n_out = np.array([[W / 2, 0, W / 2], [0, H / 2, H / 2], [0, 0, 1]], np.float64)  # output grid -> output edge coords
     n_in = np.zeros((len(rows), 3, 3))  # decoded edge coords -> grid coords of the stacked image (source at row, column 1)
     n_in[:, 0, 0], n_in[:, 0, 2] = 2 / Wp, 2 / Wp - 1
     n_in[:, 1, 1], n_in[:, 1, 2] = 2 / (N * Hp), 2 * (j * Hp + 1) / (N * Hp) - 1
     n_in[:, 2, 2] = 1
-    theta = n_in @ np.linalg.inv(np.stack([m for m, _, _ in packed])) @ n_out
-    bounds = _to_grid(np.stack([b for _, b, _ in packed]), j, pad_hw, N)
+    theta = (n_in @ np.linalg.inv(m) @ n_out)[:, :2].reshape(-1, 6)
+    bounds = _to_grid(bounds, j, pad_hw, N)
     bounds = np.concatenate([(bounds[:, :2] + bounds[:, 2:]) / 2, (bounds[:, 2:] - bounds[:, :2]) / 2], 1)  # centre, half size
-    clamp = _to_grid(np.stack([c for _, _, c in packed]), j, pad_hw, N)
-    block = np.concatenate([theta[:, :2].reshape(-1), bounds.reshape(-1), clamp.reshape(-1), np.asarray(rows, np.float64)])
-    return block, len(rows)
+    clamp = _to_grid(clamp, j, pad_hw, N)
+    row = np.asarray(rows, np.float64)
+    counts = [len(r) for r in by_slot]
+    ends = np.cumsum(counts).tolist()
+    blocks = [np.concatenate([theta[e - n : e].reshape(-1), bounds[e - n : e].reshape(-1), clamp[e - n : e].reshape(-1), row[e - n : e]])
+              for n, e in zip(counts, ends, strict=True)]
+    return blocks, counts
 
 
 def pack_plan(plan: BatchPlan, scales: Sequence[tuple[float, float]], src_hw: Sequence[tuple[int, int]]) -> PackedPlan:
     """Pack `plan` for the device (numpy only). `scales[j]` maps source j's decoded pixels to its
     original coordinates; `src_hw[j]` is its decoded (h, w)."""
     B, N = len(plan.images), len(src_hw)
-    pad_hw = (max(h for h, _ in src_hw) + 2, max(w for _, w in src_hw) + 2)
-    K = max(len(ip.placements) for ip in plan.images)
-    counts, offsets, blocks = [], [], []
-    offset = 0
-    for k in range(K):
-        block, n = _pack_slot(plan, k, scales, src_hw, pad_hw)
-        blocks.append(block)
-        counts.append(n)
+    hw = np.asarray(src_hw, np.float64).reshape(-1, 2)
+    pad_hw = (int(hw[:, 0].max()) + 2, int(hw[:, 1].max()) + 2)
+    blocks, counts = _pack_slots(plan, np.asarray(scales, np.float64).reshape(-1, 2), hw, pad_hw)
+    offsets, offset = [], 0
+    for n in counts:
         offsets.append(offset)
         offset += _slot_block(n)
-    misc = np.zeros((B, _MISC))
-    for i, ip in enumerate(plan.images):
-        misc[i, 0], misc[i, 1] = (ip.mixup, ip.mixup_ratio) if ip.mixup is not None else (i, 1.0)
-        misc[i, 2:5], misc[i, 5] = (ip.hsv, 1.0) if ip.hsv is not None else ((1.0, 1.0, 1.0), 0.0)
+    misc = np.array([(i if ip.mixup is None else ip.mixup, 1.0 if ip.mixup is None else ip.mixup_ratio,
+                      *((1.0, 1.0, 1.0, 0.0) if ip.hsv is None else (*ip.hsv, 1.0))) for i, ip in enumerate(plan.images)], np.float64)
     blocks.append(misc.reshape(-1))
     has_hsv = misc[:, 5] > 0
     return PackedPlan(np.concatenate(blocks).astype(np.float32), B, plan.out_hw, N, pad_hw, tuple(counts), tuple(offsets),
