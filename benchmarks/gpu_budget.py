@@ -41,6 +41,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from loaders.augment import torch_exec
 from loaders.augment.hyp import Hyp
 from loaders.augment.plan import plan_batch
 from loaders.augment.torch_exec import render_batch
@@ -73,6 +74,7 @@ class TrafficCounter(TorchDispatchMode):
         self.by_op: dict[str, int] = {}
         self._live: dict[int, tuple[int, list]] = {}  # storage key -> (bytes, weakrefs of tensors using it)
         self.held, self.peak = held, held
+        self._inside = 0
 
     def _track(self, t: torch.Tensor) -> None:
         key = t.untyped_storage()._cdata
@@ -84,9 +86,29 @@ class TrafficCounter(TorchDispatchMode):
             del self._live[key]
         return sum(n for n, _ in self._live.values())
 
+    def fused(self, fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        """`fn` counted as one kernel (what `torch.compile` makes of it: see --compile-check): its
+        tensor arguments read once, its outputs written once, nothing in between in memory."""
+        def run(*args: object) -> torch.Tensor:
+            self._inside += 1
+            try:
+                out = fn(*args)
+            finally:
+                self._inside -= 1
+            r = sum(_distinct_bytes(t) for t in args if isinstance(t, torch.Tensor))
+            w = _distinct_bytes(out)
+            self.read, self.written, self.kernels = self.read + r, self.written + w, self.kernels + 1
+            self.by_op[fn.__name__] = self.by_op.get(fn.__name__, 0) + r + w
+            self._track(out)
+            self.peak = max(self.peak, self.held + self._live_bytes())
+            return out
+        return run
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 - the torch protocol
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
+        if self._inside:
+            return out
         name = func.overloadpacket.__name__
         outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
         for t in outs:
@@ -117,12 +139,42 @@ def _labels(rng: np.random.Generator, n: int, boxes: int) -> list[tuple[np.ndarr
 
 
 def one_batch(rng: np.random.Generator, sizes: list, labels: list, out_hw: tuple[int, int], hyp: Hyp,
-              sources: list[torch.Tensor], scales: list) -> torch.Tensor:
+              sources: list[torch.Tensor], scales: list, fuse: bool) -> torch.Tensor:
     """Everything the host does for one GPU batch: plan, pack + launch the render, collate the boxes."""
     plan = plan_batch(rng, sizes, labels, out_hw, hyp, augment=True, mosaic=hyp.mosaic > 0, n_out=len(sources))
-    img = render_batch(plan, sources, scales)
+    img = render_batch(plan, sources, scales, fuse=fuse)
     collate_boxes(plan)
     return img
+
+
+def _count(fuse: bool, src_bytes: int, args: tuple) -> list[TrafficCounter]:
+    """Four batches' counts (the draws vary: mosaic/letterbox/mixup counts). `fuse`: each region
+    `torch_exec` compiles counted as the one kernel it becomes."""
+    counts = []
+    real = torch_exec._kernel
+    for seed in range(4):
+        c = TrafficCounter(held=src_bytes)
+        torch_exec._kernel = lambda name, fn, fuse, c=c: c.fused(fn) if fuse else fn  # noqa: ARG005
+        try:
+            with c:
+                one_batch(np.random.default_rng(seed), *args, fuse=fuse)
+        finally:
+            torch_exec._kernel = real
+        counts.append(c)
+    return counts
+
+
+def _summary(counts: list[TrafficCounter]) -> dict:
+    by_op: dict[str, float] = {}
+    for c in counts:
+        for k, v in c.by_op.items():
+            by_op[k] = by_op.get(k, 0) + v / len(counts)
+    return {"bytes_per_batch": round(statistics.mean(c.read + c.written for c in counts)),
+            "bytes_read": round(statistics.mean(c.read for c in counts)),
+            "bytes_written": round(statistics.mean(c.written for c in counts)),
+            "kernels_per_batch": statistics.mean(c.kernels for c in counts),
+            "peak_device_bytes": max(c.peak for c in counts),
+            "bytes_by_op": {k: round(v) for k, v in sorted(by_op.items(), key=lambda kv: -kv[1])}}
 
 
 def _host_batch(seed: int, full: tuple, tiny: tuple, hyp: Hyp) -> float:
@@ -150,33 +202,19 @@ def measure(batch: int, out_hw: tuple[int, int], src_wh: tuple[int, int], hyp: H
     sources = [torch.empty((sh, sw, 3), dtype=torch.uint8, device="meta") for _ in range(batch)]
     scales = [(1.0, 1.0)] * batch
     src_bytes = sum(s.numel() for s in sources)
-    counts = []
-    for seed in range(4):  # the draws vary (mosaic/letterbox/mixup counts): the mean of a few batches
-        with TrafficCounter(held=src_bytes) as c:
-            img = one_batch(np.random.default_rng(seed), sizes, labels, out_hw, hyp, sources, scales)
-        counts.append(c)
-        del img
+    args = (sizes, labels, out_hw, hyp, sources, scales)
+    fused, eager = _summary(_count(True, src_bytes, args)), _summary(_count(False, src_bytes, args))
     th, tw = 16, max(16, round(16 * out_hw[1] / out_hw[0]))
     ts = (max(8, round(sw * th / sh)), th)
     tiny = ([ts] * batch, (th, tw), [torch.zeros((ts[1], ts[0], 3), dtype=torch.uint8) for _ in range(batch)], scales)
     host = _time(lambda k: _host_batch(k + 100, (sizes, labels, out_hw, sources), tiny, hyp), batches)
-    by_op: dict[str, float] = {}
-    for c in counts:
-        for k, v in c.by_op.items():
-            by_op[k] = by_op.get(k, 0) + v / len(counts)
-    out_bytes = batch * 3 * out_hw[0] * out_hw[1]
     return {
         "batch": batch, "imgsz_hw": list(out_hw), "src_wh": [sw, sh], "boxes_per_image": boxes,
         "hyp": {"mosaic": hyp.mosaic, "mixup": hyp.mixup, "hsv": [hyp.hsv_h, hyp.hsv_s, hyp.hsv_v], "fliplr": hyp.fliplr},
-        "bytes_per_batch": round(statistics.mean(c.read + c.written for c in counts)),
-        "bytes_read": round(statistics.mean(c.read for c in counts)),
-        "bytes_written": round(statistics.mean(c.written for c in counts)),
-        "kernels_per_batch": statistics.mean(c.kernels for c in counts),
-        "peak_device_bytes": max(c.peak for c in counts),
-        "minimum_bytes": src_bytes + out_bytes,
+        **fused, "minimum_bytes": src_bytes + batch * 3 * out_hw[0] * out_hw[1],
         "host_ms_per_batch": round(statistics.median(host), 3), "host_ms_min": round(min(host), 3),
         "host_batches": batches, "load_avg_1m": round(os.getloadavg()[0], 2),
-        "bytes_by_op": {k: round(v) for k, v in sorted(by_op.items(), key=lambda kv: -kv[1])},
+        "eager": eager,
     }
 
 

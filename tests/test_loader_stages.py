@@ -6,6 +6,7 @@ import re
 import threading
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -88,6 +89,37 @@ def test_dali_feed_runs_ahead_in_order():
     for th in threads:
         th.join(timeout=60)
     assert got == {0: (16, 8, 3), 1: (16, 16, 3), 2: (16, 24, 3)}
+
+
+def test_dali_submit_does_not_wait_for_a_take():
+    """While one assembler waits in ``pipe.outputs()`` for its run, the other can feed and schedule
+    the next batch (issue 21: take held the feed's lock across outputs(), so decode never ran ahead)."""
+    pytest.importorskip("nvidia.dali")
+    from loaders.dali import DaliFeed
+
+    feed = DaliFeed(batch_size=1, threads=1, device="cpu", device_id=None)
+    real, release, inside = feed.pipe.outputs, threading.Event(), threading.Event()
+
+    def slow_outputs(*a):  # a run that takes as long as the test says
+        inside.set()
+        release.wait(60)
+        return real(*a)
+
+    feed.pipe.outputs = slow_outputs
+    jpeg = np.frombuffer(cv2.imencode(".jpg", np.full((8, 8, 3), 90, np.uint8))[1].tobytes(), np.uint8)
+    first = feed.submit([jpeg])
+    taker = threading.Thread(target=feed.take, args=(first,))
+    taker.start()
+    assert inside.wait(60)
+    submitter = threading.Thread(target=feed.submit, args=([jpeg],))
+    submitter.start()
+    submitter.join(30)  # a deadlock guard, not a timing bound: with the old lock this waits for `release`
+    fed_during_take = not submitter.is_alive()
+    release.set()
+    taker.join(60)
+    submitter.join(60)
+    assert fed_during_take
+    assert np.asarray(feed.take(1)[0]).shape == (8, 8, 3)
 
 
 class _Truncated(StoreSource):

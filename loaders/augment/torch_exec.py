@@ -31,6 +31,7 @@ within interpolation rounding. On a CPU this is 10x or more slower than the Open
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -43,6 +44,8 @@ from sainet.core.geometry import PAD_VALUE
 
 __all__ = ["PackedPlan", "pack_plan", "stack_sources", "render_batch", "hsv_torch"]
 
+log = logging.getLogger(__name__)
+
 _OPEN = 1e30  # a bound that never binds (no mask / no clamp)
 _MISC = 6  # per image: mixup partner, mixup ratio, 3 HSV gains, HSV flag
 
@@ -54,7 +57,7 @@ class PackedPlan:
     Layout: for each slot k, ``theta`` (n_k, 2, 3), ``bounds`` (n_k, 4: centre x, y and half
     width, height of the rectangle the tile paints) and ``clamp`` (n_k, 4: lo x, y, hi x, y), in
     grid coordinates, and ``rows`` (n_k,) the images having slot k;
-    then ``misc`` (B, 6). `offsets` and `counts` say where each block starts and how many rows
+    then ``misc`` (B, 6), then the indices of the images having a mixup partner. `offsets` and `counts` say where each block starts and how many rows
     it has (host-side ints, so no device value is ever read back).
     """
 
@@ -67,6 +70,7 @@ class PackedPlan:
     offsets: tuple[int, ...]  # start of each slot's block in `buffer`
     misc_offset: int
     mixup: bool
+    mix_rows: tuple[int, ...]  # the images having a mixup partner (also in `buffer`, after `misc`)
     hsv: bool
     hsv_all: bool  # every image has HSV (no per-image select needed)
 
@@ -154,10 +158,11 @@ def pack_plan(plan: BatchPlan, scales: Sequence[tuple[float, float]], src_hw: Se
         offset += _slot_block(n)
     misc = np.array([(i if ip.mixup is None else ip.mixup, 1.0 if ip.mixup is None else ip.mixup_ratio,
                       *((1.0, 1.0, 1.0, 0.0) if ip.hsv is None else (*ip.hsv, 1.0))) for i, ip in enumerate(plan.images)], np.float64)
-    blocks.append(misc.reshape(-1))
+    mix_rows = tuple(i for i, ip in enumerate(plan.images) if ip.mixup is not None)
+    blocks += [misc.reshape(-1), np.asarray(mix_rows, np.float64)]
     has_hsv = misc[:, 5] > 0
     return PackedPlan(np.concatenate(blocks).astype(np.float32), B, plan.out_hw, N, pad_hw, tuple(counts), tuple(offsets),
-                      offset, any(ip.mixup is not None for ip in plan.images), bool(has_hsv.any()), bool(has_hsv.all()))
+                      offset, bool(mix_rows), mix_rows, bool(has_hsv.any()), bool(has_hsv.all()))
 
 
 def _to_device(packed: PackedPlan, device: torch.device) -> torch.Tensor:
@@ -199,38 +204,45 @@ def stack_sources(sources: Sequence[torch.Tensor] | torch.Tensor, src_hw: Sequen
 def _grid(theta: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
     """`F.affine_grid(theta, (n, 1, H, W), align_corners=False)` in exact float32 element-wise ops;
     `xs`, `ys` are the output pixel centres in grid coordinates."""
-    grid = torch.empty((theta.shape[0], len(ys), len(xs), 2), device=theta.device, dtype=theta.dtype)
-    for axis in range(2):
-        t = theta[:, axis, :, None, None]  # (n, 3, 1, 1)
-        torch.add(torch.addcmul(t[:, 2], t[:, 0], xs), t[:, 1] * ys[:, None], out=grid[..., axis])  # (n,1,W) + (n,H,1)
-    return grid
+    t = theta[:, :, :, None, None]  # (n, 2, 3, 1, 1)
+    gx = torch.addcmul(t[:, 0, 2], t[:, 0, 0], xs) + t[:, 0, 1] * ys[:, None]  # (n,1,W) + (n,H,1)
+    gy = torch.addcmul(t[:, 1, 2], t[:, 1, 0], xs) + t[:, 1, 1] * ys[:, None]
+    return torch.stack([gx, gy], -1)
 
 
-def _geometry(packed: PackedPlan, params: torch.Tensor, planes: torch.Tensor) -> torch.Tensor:
-    """Every tile slot: grid, mask, clamp, one grid_sample, masked write. -> (3, B, H, W) floats."""
+def _paint(src: torch.Tensor, theta: torch.Tensor, bounds: torch.Tensor, clamp: torch.Tensor, xs: torch.Tensor,
+           ys: torch.Tensor, part: torch.Tensor | None) -> torch.Tensor:
+    """One tile slot of n images: grid, mask, clamp, bilinear sampling, rounding, and the masked
+    write over `part` (3, n, H, W) uint8 (None: the 114 background) -> (3, n, H, W) uint8.
+
+    Each output pixel is painted by one slot (a later slot overwrites), so rounding per slot is
+    rounding once. Compiled (`fuse`), this is one kernel: the grid, the mask and the taps stay in
+    registers and the uint8 sources are read in place."""
+    n, H, W = theta.shape[0], ys.shape[0], xs.shape[0]
+    grid = _grid(theta, xs, ys)
+    mask = ((grid - bounds[..., :2]).abs() <= bounds[..., 2:]).all(-1)
+    grid = torch.clamp(grid, min=clamp[..., :2], max=clamp[..., 2:])
+    sampled = F.grid_sample(src.float()[None], grid.view(1, n * H, W, 2), mode="bilinear", padding_mode="zeros", align_corners=False)
+    value = sampled.view(3, n, H, W).round().clamp(0, 255).to(torch.uint8)
+    return torch.where(mask, value, PAD_VALUE if part is None else part)
+
+
+def _geometry(packed: PackedPlan, params: torch.Tensor, planes: torch.Tensor, fuse: bool) -> torch.Tensor:
+    """Every tile slot painted in turn -> the (3, B, H, W) uint8 canvas."""
     B, (H, W) = packed.batch, packed.out_hw
+    paint = _kernel("paint", _paint, fuse)
     canvas: torch.Tensor | None = None  # made by slot 0, which every image has
-    src = planes[None]
-    xs = torch.linspace(-1 + 1 / W, 1 - 1 / W, W, device=planes.device, dtype=planes.dtype)  # output pixel centres
-    ys = torch.linspace(-1 + 1 / H, 1 - 1 / H, H, device=planes.device, dtype=planes.dtype)
+    xs = torch.linspace(-1 + 1 / W, 1 - 1 / W, W, device=planes.device)  # output pixel centres
+    ys = torch.linspace(-1 + 1 / H, 1 - 1 / H, H, device=planes.device)
     for n, off in zip(packed.counts, packed.offsets, strict=True):
         theta = params[off : off + 6 * n].view(n, 2, 3)
         bounds = params[off + 6 * n : off + 10 * n].view(n, 1, 1, 4)
         clamp = params[off + 10 * n : off + 14 * n].view(n, 1, 1, 4)
-        grid = _grid(theta, xs, ys)
-        mask = ((grid - bounds[..., :2]).abs() <= bounds[..., 2:]).all(-1)
-        grid = torch.clamp(grid, min=clamp[..., :2], max=clamp[..., 2:])
-        sampled = F.grid_sample(src, grid.view(1, n * H, W, 2), mode="bilinear", padding_mode="zeros", align_corners=False)
-        sampled = sampled.view(3, n, H, W)
-        if canvas is None:
-            canvas = torch.where(mask, sampled, float(PAD_VALUE))
-        elif n == B:
-            torch.where(mask, sampled, canvas, out=canvas)
+        if canvas is None or n == B:
+            canvas = paint(planes, theta, bounds, clamp, xs, ys, canvas)
         else:
             rows = params[off + 14 * n : off + 15 * n].long()
-            part = canvas.index_select(1, rows)
-            torch.where(mask, sampled, part, out=part)
-            canvas.index_copy_(1, rows, part)
+            canvas.index_copy_(1, rows, paint(planes, theta, bounds, clamp, xs, ys, canvas.index_select(1, rows)))
     return canvas  # type: ignore[return-value]  # slot 0 always exists (every image has a placement)
 
 
@@ -272,32 +284,45 @@ def hsv_torch(img: torch.Tensor, gains: torch.Tensor | tuple[float, float, float
 
 
 _COMPILED: dict[str, Callable[..., torch.Tensor]] = {}
+_FUSE_FAILED: list[str] = []  # the first compiler failure: every later render runs eagerly
 
 
-def _hsv_kernel(fuse: bool) -> Callable[..., torch.Tensor]:
-    """`_hsv_planes`, or its `torch.compile` (one fused kernel instead of ~60 passes over the batch;
+def _kernel(name: str, fn: Callable[..., torch.Tensor], fuse: bool) -> Callable[..., torch.Tensor]:
+    """`fn`, or its `torch.compile` (one fused kernel instead of tens of passes over the batch;
     compiled once per process, shapes dynamic)."""
     if not fuse:
-        return _hsv_planes
-    if "hsv" not in _COMPILED:
-        _COMPILED["hsv"] = torch.compile(_hsv_planes, dynamic=True)
-    return _COMPILED["hsv"]
+        return fn
+    if name not in _COMPILED:
+        _COMPILED[name] = torch.compile(fn, dynamic=True)
+    return _COMPILED[name]
 
 
-def _colour(packed: PackedPlan, params: torch.Tensor, img: torch.Tensor, fuse: bool = False) -> torch.Tensor:
-    """Mixup, then HSV (Ultralytics' order) on the rounded (3, B, H, W) canvas.
+def _colour_planes(canvas: torch.Tensor, misc: torch.Tensor, rows: torch.Tensor | None, hsv: bool, hsv_all: bool) -> torch.Tensor:
+    """Mixup of the images `rows` (None: none; every image: all), then HSV (Ultralytics' order), on
+    the (3, B, H, W) uint8 canvas -> (B, 3, H, W) uint8. Images without a partner are not blended
+    (cv2.addWeighted: round(a * r + b * (1 - r)) over the partner's pre-mixup pixels).
 
-    float32 throughout: OpenCV's fixed-point HSV products need 24 bits (float16 would round them).
-    """
+    float32 inside: OpenCV's fixed-point HSV products need 24 bits (float16 would round them).
+    Compiled (`fuse`), this is one kernel reading the canvas (and the partners) and writing the batch."""
+    img = canvas.float()
+    if rows is not None:
+        mix = misc.index_select(0, rows)
+        ratio = mix[:, 1, None, None]
+        blended = torch.addcmul(img.index_select(1, rows) * ratio, img.index_select(1, mix[:, 0].long()), 1 - ratio).round()
+        img = img.index_copy(1, rows, blended)
+    if hsv:
+        shifted = _hsv_planes(img, misc[:, 2:5])
+        img = shifted if hsv_all else torch.where(misc[:, 5, None, None] > 0, shifted, img)
+    return img.permute(1, 0, 2, 3).to(torch.uint8).contiguous()
+
+
+def _colour(packed: PackedPlan, params: torch.Tensor, canvas: torch.Tensor, fuse: bool) -> torch.Tensor:
     misc = params[packed.misc_offset : packed.misc_offset + _MISC * packed.batch].view(packed.batch, _MISC)
-    if packed.mixup:  # cv2.addWeighted: round(a * r + b * (1 - r)); images without mixup blend with themselves
-        ratio = misc[:, 1, None, None]
-        partner = img.index_select(1, misc[:, 0].long())
-        img = torch.addcmul(img * ratio, partner, 1 - ratio).round_()
-    if packed.hsv:
-        shifted = _hsv_kernel(fuse)(img, misc[:, 2:5])
-        img = shifted if packed.hsv_all else torch.where(misc[:, 5, None, None] > 0, shifted, img)
-    return img
+    rows = None
+    if packed.mix_rows:
+        off = packed.misc_offset + _MISC * packed.batch
+        rows = params[off : off + len(packed.mix_rows)].long()
+    return _kernel("colour", _colour_planes, fuse)(canvas, misc, rows, packed.hsv, packed.hsv_all)
 
 
 def _shared_letterbox(plan: BatchPlan, scales: Sequence[tuple[float, float]], src_hw: Sequence[tuple[int, int]]) -> tuple[int, int, int, int] | None:
@@ -352,16 +377,25 @@ def render_batch(plan: BatchPlan, sources: Sequence[torch.Tensor] | torch.Tensor
     colour = any(ip.mixup is not None or ip.hsv is not None for ip in plan.images)
     # eval (a shared letterbox, no colour): one resize, no parameters to pack or copy to the device
     packed = pack_plan(plan, scales, src_hw) if region is None or colour else None
+    if fuse and not _FUSE_FAILED:
+        try:
+            return _render(plan, sources, src_hw, region, packed, device, stream, fuse=True)
+        except Exception as e:  # noqa: BLE001 - whatever the compiler raises, the eager ops give the same batch
+            _FUSE_FAILED.append(repr(e))
+            log.warning("render_batch: torch.compile failed (%s); rendering with eager torch ops from now on", e)
+    return _render(plan, sources, src_hw, region, packed, device, stream, fuse=False)
+
+
+def _render(plan: BatchPlan, sources: Sequence[torch.Tensor] | torch.Tensor, src_hw: Sequence[tuple[int, int]],
+            region: tuple[int, int, int, int] | None, packed: PackedPlan | None, device: torch.device,
+            stream: torch.cuda.Stream | None, fuse: bool) -> torch.Tensor:
     with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
         params = _to_device(packed, device) if packed is not None else None
         if region is not None:
-            canvas = _letterbox_canvas(sources, region, src_hw[0], plan.out_hw)
-        else:
-            canvas = _geometry(packed, params, stack_sources(sources, src_hw, packed.pad_hw))
-        canvas.round_().clamp_(0, 255)
+            canvas = _letterbox_canvas(sources, region, src_hw[0], plan.out_hw).round_().clamp_(0, 255).to(torch.uint8)
+        else:  # fused: the sources stay uint8 (the compiled sampler reads them in place); eager grid_sample needs floats
+            planes = stack_sources(sources, src_hw, packed.pad_hw, torch.uint8 if fuse else torch.float32)
+            canvas = _geometry(packed, params, planes, fuse)
         if packed is not None and (packed.mixup or packed.hsv):
-            canvas = _colour(packed, params, canvas, fuse)
-        H, W = plan.out_hw
-        out = torch.empty((len(plan.images), 3, H, W), dtype=torch.uint8, device=device)
-        out.copy_(canvas.permute(1, 0, 2, 3))
-    return out
+            return _colour(packed, params, canvas, fuse)
+        return canvas.permute(1, 0, 2, 3).contiguous()
