@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -240,7 +241,7 @@ class DaliAssembler:
         `decoded`: the batch's n samples, then the partners' from recent batches."""
         with torch.cuda.stream(self.stream):
             images = [d.image for d in decoded]
-            img = render_batch(plan, images, [d.scale for d in decoded])
+            img = render_batch(plan, images, [d.scale for d in decoded], fuse=self.loader.fuse)
             ready = torch.cuda.Event()
             ready.record(self.stream)
         return _GpuBatch(collate(img, plan, self.loader.source, [d.index for d in decoded[:n]]), ready, [out, images])
@@ -261,6 +262,10 @@ class DaliAssembler:
 class DaliLoader(SainetLoader):
     kind = "dali"
     assemblers = 2  # one batch is fed to DALI while the other is rendered (DaliFeed keeps the order)
+    #: render with the torch.compile'd executor (two fused regions, ~2 GB of device traffic per
+    #: batch of 32 at 1440x832 instead of ~60: benchmarks/gpu_budget.py); eager if compiling fails.
+    #: SAINET_FUSE=0 turns it off (the first batch then skips the compile, ~1 min).
+    fuse = os.environ.get("SAINET_FUSE", "1") != "0"
 
     def __init__(self, source, *, device: str | None = None, **kw) -> None:  # noqa: ANN001 - Source
         if not dali_available():
@@ -273,6 +278,11 @@ class DaliLoader(SainetLoader):
 
     def _builder(self) -> BatchBuilder:
         return DaliAssembler(self)
+
+    def _decoded_min_size(self, w0: int, h0: int) -> tuple[int, int] | None:
+        """DALI decodes JPEGs at full size (no reduced DCT): the partner history is sized for that.
+        A raw store is read by the CPU path."""
+        return super()._decoded_min_size(w0, h0) if self.source.mode == "raw" else None
 
     def reset(self) -> None:
         """Stop the epoch (batches still queued are dropped), then let the loader stream finish

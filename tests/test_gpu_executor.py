@@ -219,9 +219,16 @@ def test_kernel_count_does_not_grow_with_the_batch(hyp, augment, samples, monkey
 
 
 @pytest.mark.slow
-def test_fused_hsv_equals_eager():
-    """render_batch(fuse=True) compiles the HSV chain: the same bytes (compiling takes ~1 min on 2 cores)."""
-    imgs, labels = patch_images(4, seed=6)
-    plan = plan_batch(np.random.default_rng(5), [(240, 160)] * 4, labels, OUT_HW, CASES["full"][0], augment=True)
-    eager = _torch_render(plan, imgs, [(1.0, 1.0)] * 4)
-    np.testing.assert_array_equal(eager, _torch_render(plan, imgs, [(1.0, 1.0)] * 4, fuse=True))
+def test_fused_render_matches_eager():
+    """render_batch(fuse=True) compiles each tile slot and the colour stage (torch.compile, inductor's
+    C++ backend here; compiling takes minutes on 2 busy cores): the same batch but for float
+    contraction in the sampling grid (measured: 3 of 92,160 values, by <= 3)."""
+    from loaders.augment import torch_exec
+
+    imgs, labels, sizes, decoded, scales = _sources(6, seed=2, mixed_sizes=True)
+    plan = plan_batch(np.random.default_rng(5), sizes, labels, OUT_HW, CASES["full"][0], augment=True)
+    eager = _torch_render(plan, decoded, scales)
+    fused = _torch_render(plan, decoded, scales, fuse=True)
+    assert not torch_exec._FUSE_FAILED, torch_exec._FUSE_FAILED
+    diff = np.abs(eager.astype(int) - fused.astype(int))
+    assert diff.max() <= 3 and (diff > 0).mean() < 1e-3, (diff.max(), (diff > 0).mean())

@@ -256,3 +256,21 @@ def test_batches_repeat_with_the_seed_whatever_the_partner_history(store, partne
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     if partners:
         assert not all(torch.equal(x, y) for x, y in zip(a, epoch(0), strict=True))
+
+
+def test_dali_partner_history_is_sized_for_full_size_decodes(store):
+    """The CPU decoder reduces a 160x90 JPEG for a 32-pixel output (reduced DCT); DALI decodes it
+    whole, so its partner history holds fewer batches in the same bytes (issue 21)."""
+    pytest.importorskip("nvidia.dali")
+    from loaders.loader import PARTNER_BYTES, PARTNER_MAX
+
+    B = 400  # 400 x 160x90x3 = 17 MB per batch at full size: 3 batches fit 64 MB
+    cpu = build_loader(store, "shm", batch_size=B, imgsz=32, threads=1)
+    dali = build_loader(store, "dali", batch_size=B, imgsz=32, threads=1, device="cpu")
+    try:
+        assert cpu._decoded_min_size(160, 90) is not None and dali._decoded_min_size(160, 90) is None
+        assert dali.partner_batches == min(PARTNER_MAX, PARTNER_BYTES // (B * 160 * 90 * 3)) == 3
+        assert cpu.partner_batches > dali.partner_batches
+    finally:
+        cpu.close()
+        dali.close()
