@@ -21,7 +21,8 @@ no pixel is computed. A `TorchDispatchMode` sees each op and counts
   op), far slower than a CUDA launch, so the launches are timed on CPU tensors of a 16-pixel-high
   copy of the batch (the same draws, hence the same ops and the same packing; a CPU eager op on a
   few hundred bytes costs about what a CUDA launch does, 5-10 us), while the plan and the collate
-  run at full size.
+  run at full size. The launches are the eager ops' (165 per batch), or with ``--host-fused`` the
+  compiled regions' (compiled on the CPU first, which takes minutes here).
 
 The unavoidable minimum is the uint8 sources read once and the uint8 batch written once.
 """
@@ -177,7 +178,7 @@ def _summary(counts: list[TrafficCounter]) -> dict:
             "bytes_by_op": {k: round(v) for k, v in sorted(by_op.items(), key=lambda kv: -kv[1])}}
 
 
-def _host_batch(seed: int, full: tuple, tiny: tuple, hyp: Hyp) -> float:
+def _host_batch(seed: int, full: tuple, tiny: tuple, hyp: Hyp, fuse: bool) -> float:
     """ms of one batch's host work: the plan and collate at full size, pack + launches on the tiny
     copy (its own plan, drawn with the same seed, is made outside the timing)."""
     sizes, labels, out_hw, _ = full
@@ -186,7 +187,7 @@ def _host_batch(seed: int, full: tuple, tiny: tuple, hyp: Hyp) -> float:
     t0 = time.perf_counter()
     plan = plan_batch(np.random.default_rng(seed), sizes, labels, out_hw, hyp, augment=True, mosaic=hyp.mosaic > 0)
     collate_boxes(plan)
-    render_batch(small, t_sources, scales)
+    render_batch(small, t_sources, scales, fuse=fuse)
     return (time.perf_counter() - t0) * 1e3
 
 
@@ -195,7 +196,8 @@ def _time(fn: Callable[[int], float], n: int) -> list[float]:
     return [fn(k) for k in range(n)]
 
 
-def measure(batch: int, out_hw: tuple[int, int], src_wh: tuple[int, int], hyp: Hyp, boxes: int, batches: int) -> dict:
+def measure(batch: int, out_hw: tuple[int, int], src_wh: tuple[int, int], hyp: Hyp, boxes: int, batches: int,
+            host_fused: bool = False) -> dict:
     sw, sh = src_wh
     rng = np.random.default_rng(0)
     sizes, labels = [(sw, sh)] * batch, _labels(rng, batch, boxes)
@@ -207,13 +209,13 @@ def measure(batch: int, out_hw: tuple[int, int], src_wh: tuple[int, int], hyp: H
     th, tw = 16, max(16, round(16 * out_hw[1] / out_hw[0]))
     ts = (max(8, round(sw * th / sh)), th)
     tiny = ([ts] * batch, (th, tw), [torch.zeros((ts[1], ts[0], 3), dtype=torch.uint8) for _ in range(batch)], scales)
-    host = _time(lambda k: _host_batch(k + 100, (sizes, labels, out_hw, sources), tiny, hyp), batches)
+    host = _time(lambda k: _host_batch(k + 100, (sizes, labels, out_hw, sources), tiny, hyp, host_fused), batches)
     return {
         "batch": batch, "imgsz_hw": list(out_hw), "src_wh": [sw, sh], "boxes_per_image": boxes,
         "hyp": {"mosaic": hyp.mosaic, "mixup": hyp.mixup, "hsv": [hyp.hsv_h, hyp.hsv_s, hyp.hsv_v], "fliplr": hyp.fliplr},
         **fused, "minimum_bytes": src_bytes + batch * 3 * out_hw[0] * out_hw[1],
         "host_ms_per_batch": round(statistics.median(host), 3), "host_ms_min": round(min(host), 3),
-        "host_batches": batches, "load_avg_1m": round(os.getloadavg()[0], 2),
+        "host_batches": batches, "host_launches": "compiled regions" if host_fused else "eager ops", "load_avg_1m": round(os.getloadavg()[0], 2),
         "eager": eager,
     }
 
@@ -226,10 +228,13 @@ def main() -> None:
     ap.add_argument("--boxes", type=int, default=4, help="boxes per source image")
     ap.add_argument("--batches", type=int, default=20, help="batches timed for host_ms (median)")
     ap.add_argument("--mixup", type=float, default=0.15)
+    ap.add_argument("--host-fused", action="store_true",
+                    help="time the launches of the compiled regions (compiles them on the CPU first: minutes) instead of eager ops")
     ap.add_argument("--json", action="store_true", help="one JSON object only")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    r = measure(args.batch, parse_imgsz(args.imgsz), parse_wxh(args.src), Hyp(mosaic=1.0, mixup=args.mixup), args.boxes, args.batches)
+    r = measure(args.batch, parse_imgsz(args.imgsz), parse_wxh(args.src), Hyp(mosaic=1.0, mixup=args.mixup), args.boxes, args.batches,
+                args.host_fused)
     if args.json:
         print(json.dumps(r))
         return
