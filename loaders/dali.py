@@ -20,10 +20,11 @@ Per batch (`DaliAssembler.build`, two batches in assembly at once):
    waits on it in the consumer's thread, and the batch tensor is marked as used by that stream
    (``record_stream``) so its memory is not reused early. Nothing blocks the default stream.
 
-A batch that DALI cannot decode is decoded again sample by sample on the CPU to find the bad
-record(s); those go through the `on_error` policy (raised, or skipped: counted and replaced by the
-next good sample) and the repaired batch is decoded by DALI again. Raw stores need no decoding
-and use the plain CPU path.
+A batch that DALI cannot decode (DALI fails the whole run and does not name the sample) is decoded
+on the CPU instead, in the loader's pool, each sample under the `on_error` policy (raised, or
+skipped: counted and replaced by the next good sample); those CPU decodes are the batch (uploaded
+to the device on the GPU), so a bad record costs one batch of CPU decodes and never a second DALI
+run that could fail again. Raw stores need no decoding and use the plain CPU path.
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ from loaders.collate import collate
 from loaders.decode import Decoded
 from loaders.loader import BatchBuilder, SainetLoader
 from loaders.read import read_encoded
-from sainet.core.errors import CorruptImage
 
 __all__ = ["DaliAssembler", "DaliFeed", "DaliLoader", "dali_available", "hw_decoder_load"]
 
@@ -191,16 +191,13 @@ class DaliAssembler:
                 out = self.feed.take(ticket, self.stream)  # for the earlier batches' decodes (never the reverse)
                 recent = history.recent(k) if self.loader.dataset.mosaic else []
                 plan = self.loader.dataset.plan(used_idx, rng, [d.index for d in recent])
-            if isinstance(out, Exception):
-                used_idx = self._repair(used_idx, out)
+            if isinstance(out, Exception):  # this batch comes from the CPU decoder (bad samples skipped or raised)
+                decoded = self._repair(used_idx, out)
+                used_idx = [d.index for d in decoded]
                 rng.bit_generator.state = state  # the plan is redrawn for the samples used
                 plan = self.loader.dataset.plan(used_idx, rng, [d.index for d in recent])
-                read = {u: a for a, u in used}  # only the replacements are read (and checked) again
-                arrays = [read[i] if i in read else read_encoded(self.loader.source, i) for i in used_idx]
-                out = self.feed.take(self.feed.submit(arrays), self.stream)
-                if isinstance(out, Exception):
-                    raise CorruptImage(self.loader.source.where, f"DALI decode failed twice: {out}")
-            decoded = self._decoded(out, used_idx)
+            else:
+                decoded = self._decoded(out, used_idx)
         finally:
             if history is not None:
                 history.publish(k, decoded)  # also on failure: later batches must not wait for it
@@ -222,15 +219,19 @@ class DaliAssembler:
         policy, src = self.loader.policy, self.loader.source
         return list(self.loader.pool.map(lambda i: policy.run(i, lambda j: (read_encoded(src, j), j)), indices))
 
-    def _repair(self, used: list[int], error: Exception) -> list[int]:
-        """DALI failed on this batch: find the bad samples with the CPU decoder, apply the policy
-        (raise, or count and replace by the next good sample)."""
-        decoder, policy = self.cpu.decoder, self.loader.policy
-        fixed = [policy.run(i, lambda j: (decoder.decode(j, reduce=False), j)[1]) for i in used]  # raises under "raise"
-        found = fixed != used
-        if not found:
-            raise CorruptImage(self.loader.source.where, f"DALI decode failed: {error}")
-        return fixed
+    def _repair(self, used: list[int], error: Exception) -> list[Decoded]:
+        """DALI failed on this batch (it does not say which sample): decode the batch on the CPU, in
+        the loader's pool, under the `on_error` policy (raise, or count and replace each bad sample
+        by the next good one). The CPU decodes are the batch (uploaded to the loader's device on
+        the GPU): nothing goes back to DALI. Train mode decodes at reduced DCT where the output
+        allows (every entropy-coded byte is still read, so a corrupt one is still found)."""
+        decoder, policy, reduce = self.cpu.decoder, self.loader.policy, self.loader.dataset.augment
+        log.warning("DALI could not decode a batch (%s); decoding it on the CPU", str(error).splitlines()[0][:200])
+        decoded = list(self.loader.pool.map(lambda i: policy.run(i, lambda j: decoder.decode(j, reduce=reduce)), used))
+        if not self.gpu:
+            return decoded
+        with torch.cuda.stream(self.stream):
+            return [Decoded(torch.from_numpy(np.ascontiguousarray(d.image)).to(self.loader.device), d.scale, d.index) for d in decoded]
 
     def _scale(self, u: int, shape: tuple[int, ...]) -> tuple[float, float]:
         w0, h0 = self.loader.source.sizes[u]

@@ -274,3 +274,49 @@ def test_dali_partner_history_is_sized_for_full_size_decodes(store):
     finally:
         cpu.close()
         dali.close()
+
+
+def test_dali_batch_that_dali_cannot_decode_comes_from_the_cpu(store, monkeypatch):
+    """DALI fails a whole run without naming the sample: that batch is decoded on the CPU (in the
+    loader's pool, under the policy) and used as is: same samples, same plan, same boxes, no raise
+    and no second DALI run, even under on_error="raise" when every sample is good (issue 21)."""
+    pytest.importorskip("nvidia.dali")
+    from loaders.dali import DaliFeed, DaliLoader
+
+    common = dict(batch_size=4, imgsz=(96, 160), augment=True, hyp=Hyp(), threads=2, seed=3, device="cpu", on_error="raise")
+
+    def run() -> list[dict]:
+        loader = DaliLoader(StoreSource(open_store(store), None, verify=False), **common)
+        try:
+            return list(loader)
+        finally:
+            loader.close()
+
+    good = run()
+    real_take, real_submit, calls, threads = DaliFeed.take, DaliFeed.submit, [], set()
+
+    def failing_take(self, ticket, stream=None):
+        out = real_take(self, ticket, stream)
+        return RuntimeError("nvjpeg: bad stream") if ticket == 1 else out
+
+    def counting_submit(self, arrays):
+        calls.append(len(arrays))
+        return real_submit(self, arrays)
+
+    from loaders.decode import Decoder
+
+    real_decode = Decoder.decode
+
+    def decode(self, i, **kw):
+        threads.add(threading.current_thread().name)
+        return real_decode(self, i, **kw)
+
+    monkeypatch.setattr(DaliFeed, "take", failing_take)
+    monkeypatch.setattr(DaliFeed, "submit", counting_submit)
+    monkeypatch.setattr(Decoder, "decode", decode)
+    repaired = run()
+    assert len(calls) == len(good)  # one DALI run per batch: the failed one was not fed again
+    assert [b["im_file"] for b in repaired] == [b["im_file"] for b in good]
+    for a, b in zip(good, repaired, strict=True):
+        torch.testing.assert_close(a["bboxes"], b["bboxes"])
+    assert threads and threading.main_thread().name not in threads  # decoded in the loader's pool
