@@ -93,6 +93,59 @@ def test_pinned_batches_survive_non_blocking_copies(store):
         assert torch.equal(g.cpu(), c), f"batch {k}: the device copy holds other bytes"
 
 
+def test_pinned_buffers_outlive_a_stalled_copy_stream(store):
+    """The CPU loader's pinned batches copied on a side stream that is held up behind a long matmul
+    queue, while the loader goes on building batches: no buffer is reused before its copy ran."""
+
+    def run(stall: bool) -> list[torch.Tensor]:
+        loader = build_loader(store / "shards", "shm", batch_size=4, imgsz=(192, 320), seed=9, threads=2, prefetch=2)
+        copy, a = torch.cuda.Stream(), torch.randn(4096, 4096, device="cuda")
+        out = []
+        try:
+            for b in loader:
+                with torch.cuda.stream(copy):
+                    if stall:
+                        for _ in range(40):  # the copy waits behind this
+                            a = a @ a
+                            a /= a.norm()
+                    out.append(b["img"].to("cuda", non_blocking=True) if stall else b["img"].clone())
+        finally:
+            loader.close()
+        return out
+
+    got, reference = run(True), run(False)
+    torch.cuda.synchronize()
+    assert len(got) == len(reference) >= 8
+    for k, (g, c) in enumerate(zip(got, reference, strict=True)):
+        assert torch.equal(g.cpu(), c), f"batch {k}: the stalled copy read a reused buffer"
+
+
+def test_dali_hand_off_to_a_busy_consumer_stream(store):
+    """DaliAssembler -> consumer: while the consumer's stream is kept busy (the trainer's step), the
+    batches it reads after the hand-off event are the ones a quiet consumer reads."""
+    pytest.importorskip("nvidia.dali", reason="needs nvidia-dali")
+
+    def run(busy: bool) -> list[torch.Tensor]:
+        loader = build_loader(store / "shards", "dali", batch_size=4, imgsz=(192, 320), hyp=Hyp(mixup=0.3), seed=8, device="cuda")
+        a, out = torch.randn(4096, 4096, device="cuda"), []
+        try:
+            for b in loader:
+                if busy:
+                    for _ in range(40):
+                        a = a @ a
+                        a /= a.norm()
+                out.append(b["img"].clone())  # on the consumer's stream, ordered after the hand-off
+        finally:
+            loader.close()
+        return out
+
+    quiet, busy = run(False), run(True)
+    torch.cuda.synchronize()
+    assert len(quiet) == len(busy) >= 8
+    for k, (q, b) in enumerate(zip(quiet, busy, strict=True)):
+        assert torch.equal(q, b), f"batch {k} differs when the consumer is busy"
+
+
 def test_dali_augmented_batches_match_the_cpu_loader(store):
     """Same seed, same plan: the DALI loader (nvJPEG + batched torch executor) and the shm loader
     (libjpeg-turbo + OpenCV) give the same boxes and nearly the same pixels."""
