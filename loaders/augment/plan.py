@@ -155,14 +155,16 @@ def plan_batch(
     d = _Draws.draw(rng, B, len(sizes), hyp)
     g = _geometry(d, np.asarray(sizes, np.float64).reshape(-1, 2), out_hw, hyp, mosaic)
     cls, boxes = _boxes(g, d, sizes, labels, out_hw)
-    gains = d.hsv * np.array([hyp.hsv_h, hyp.hsv_s, hyp.hsv_v]) + 1
+    gains = (d.hsv * np.array([hyp.hsv_h, hyp.hsv_s, hyp.hsv_v]) + 1).tolist()
     use_hsv = bool(hyp.hsv_h or hyp.hsv_s or hyp.hsv_v)
-    for i in range(B):
-        n = int(g.n[i])
-        places = [Placement(int(g.src[i, k]), g.matrix[i, k], g.region[i, k] if n > 1 else None,
-                            tuple(g.crop[i, k].tolist()) if n > 1 else None) for k in range(n)]
-        hsv = tuple(gains[i].tolist()) if use_hsv else None
-        plan.images.append(ImagePlan(places, cls[i], boxes[i], hsv=hsv, letterbox=bool(g.plain[i])))
+    src, crops, plain = g.src.tolist(), g.crop.tolist(), g.plain.tolist()
+    for i, (n, mats, regions) in enumerate(zip(g.n.tolist(), g.matrix, g.region, strict=False)):
+        if n == 1:
+            places = [Placement(src[i][0], mats[0], None, None)]
+        else:
+            places = [Placement(src[i][k], mats[k], regions[k], tuple(crops[i][k])) for k in range(n)]
+        hsv = tuple(gains[i]) if use_hsv else None
+        plan.images.append(ImagePlan(places, cls[i], boxes[i], hsv=hsv, letterbox=plain[i]))
     if B > 1:
         _add_mixup(d, plan, hyp)
     return plan
