@@ -8,20 +8,25 @@ rectangle its samples are clamped to, plus the mixup partner and ratio and the H
 image. That buffer reaches the device in one ``non_blocking`` copy (pinned on CUDA; the caching
 host allocator keeps a pinned block until the copy that reads it has completed).
 
-On the device the sources are stacked into one tall planar float image (3, N*Hp, Wp), each
+On the device the sources are stacked into one tall planar image (3, N*Hp, Wp), each
 source framed by rows and columns of 114 (OpenCV's ``BORDER_CONSTANT`` value), so that one
 `grid_sample` reads any source without a gather of the sources per tile, and the taps it may take
 outside a source land on that frame (float32 grid coordinates over N*Hp rows are exact to
 ~N*Hp*6e-8 px: 0.002 px for 32 sources of 808 rows, 16x finer than OpenCV's 1/32 px).
-Then, per slot: one sampling grid (broadcast adds, not `F.affine_grid`, whose matmul TF32 would
-round to whole pixels in a tall image), one mask from the grid (a rectangle test in source
-coordinates: a mosaic tile paints where its bilinear taps fall in its crop, as OpenCV's transparent
-border does), one clamp, one `grid_sample` over every image having that slot, one masked write into
-the canvas. Eval batches of one source size are one batched bilinear resize instead. Mixup is one
-gather + blend; HSV (Ultralytics' LUTs in OpenCV's 8-bit HSV space) is a chain of element-wise
-ops over the batch (`fuse=True`: one compiled kernel). No `.item()`, no host synchronisation, no
-Python loop that launches kernels per image or per placement: the kernel count depends on the slot
-count, not on the batch size (tests/test_gpu_executor.py counts it).
+Then, per slot, one region (`_paint`): the sampling grid (broadcast adds, not `F.affine_grid`,
+whose matmul TF32 would round to whole pixels in a tall image), the mask from the grid (a rectangle
+test in source coordinates: a mosaic tile paints where its bilinear taps fall in its crop, as
+OpenCV's transparent border does), the clamp, one `grid_sample` over every image having that slot,
+rounding, and the masked write into a uint8 canvas (each pixel is painted by one slot, so rounding
+per slot is exact). Eval batches of one source size are one batched bilinear resize instead. Then
+one colour region (`_colour_planes`): mixup over the images having a partner, HSV (Ultralytics'
+LUTs in OpenCV's 8-bit HSV space) and the uint8 (B, 3, H, W) batch. With ``fuse=True`` (the DALI
+loader's default) each region is `torch.compile`d into one kernel: the sources stay uint8, the
+grid, mask and HSV intermediates never reach memory (~2 GB of device traffic per batch of 32 at
+1440x832 against ~60 GB as eager ops: benchmarks/gpu_budget.py); a compiler failure falls back to
+the eager ops for good. No `.item()`, no host synchronisation, no Python loop that launches
+kernels per image or per placement: the kernel count depends on the slot count, not on the batch
+size (tests/test_gpu_executor.py counts it).
 
 The same plan as the OpenCV executor, so boxes are identical by construction and pixels agree
 within interpolation rounding. On a CPU this is 10x or more slower than the OpenCV executor
@@ -363,8 +368,9 @@ def render_batch(plan: BatchPlan, sources: Sequence[torch.Tensor] | torch.Tensor
     `sources`: a list of (h, w, 3) uint8 tensors, or one (N, h', w', 3) tensor padded with 114,
     then `src_hw` gives each source's true (h, w). `scales[j]` maps source j's pixels to its
     original coordinates. `stream`: enqueue everything there (the caller hands the result over
-    with an event: `loaders.dali.DaliAssembler.hand_off`). `fuse`: run HSV through `torch.compile`
-    (the same arithmetic; the first call compiles, which takes seconds to a minute).
+    with an event: `loaders.dali.DaliAssembler.hand_off`). `fuse`: run each tile slot and the colour
+    stage as one `torch.compile`d region (the same arithmetic but for float contraction in the
+    grid; the first calls compile, seconds to a minute; eager from then on if compiling fails).
     """
     if not plan.images:
         raise ValueError("render_batch: the plan has no images")
