@@ -53,10 +53,10 @@ def _phases(plan, sources: list[torch.Tensor], scales: list, fuse: bool) -> tupl
         theta, bounds = params[off : off + 6 * n].view(n, 2, 3), params[off + 6 * n : off + 10 * n].view(n, 1, 1, 4)
         clamp = params[off + 10 * n : off + 14 * n].view(n, 1, 1, 4)
         if canvas is None or n == B:
-            canvas = paint(planes, theta, bounds, clamp, xs, ys, canvas)
+            canvas = paint(planes, theta, bounds, clamp, xs, ys, canvas, fuse)
         else:
             rows = params[off + 14 * n : off + 15 * n].long()
-            canvas.index_copy_(1, rows, paint(planes, theta, bounds, clamp, xs, ys, canvas.index_select(1, rows)))
+            canvas.index_copy_(1, rows, paint(planes, theta, bounds, clamp, xs, ys, canvas.index_select(1, rows), fuse))
         mark(f"slot {k} ({n} images)")
     tx._colour(packed, params, canvas, fuse)
     mark("colour (mixup, HSV, uint8 out)")

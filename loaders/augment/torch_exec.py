@@ -206,29 +206,56 @@ def stack_sources(sources: Sequence[torch.Tensor] | torch.Tensor, src_hw: Sequen
     return out.view(3, N * Hp, Wp)
 
 
-def _grid(theta: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
-    """`F.affine_grid(theta, (n, 1, H, W), align_corners=False)` in exact float32 element-wise ops;
-    `xs`, `ys` are the output pixel centres in grid coordinates."""
+def _grid(theta: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`F.affine_grid(theta, (n, 1, H, W), align_corners=False)` in exact float32 element-wise ops,
+    as its x and y planes (n, H, W); `xs`, `ys` are the output pixel centres in grid coordinates."""
     t = theta[:, :, :, None, None]  # (n, 2, 3, 1, 1)
     gx = torch.addcmul(t[:, 0, 2], t[:, 0, 0], xs) + t[:, 0, 1] * ys[:, None]  # (n,1,W) + (n,H,1)
     gy = torch.addcmul(t[:, 1, 2], t[:, 1, 0], xs) + t[:, 1, 1] * ys[:, None]
-    return torch.stack([gx, gy], -1)
+    return gx, gy
+
+
+def _bilinear(src: torch.Tensor, gx: torch.Tensor, gy: torch.Tensor) -> torch.Tensor:
+    """`F.grid_sample(src, (gx, gy), "bilinear", padding_mode="zeros", align_corners=False)` as
+    element-wise ops and four gathers (ATen's arithmetic: the same unnormalisation, tap weights and
+    sum order): (3, Hs, Ws) uint8 sources, (n, H, W) grid planes -> (3, n, H, W) float32. Compiled,
+    it is one loop over the output with indirect loads; no grid tensor is ever stacked."""
+    hs, ws = src.shape[1], src.shape[2]
+    ix, iy = ((gx + 1) * ws - 1) / 2, ((gy + 1) * hs - 1) / 2
+    x0, y0 = torch.floor(ix), torch.floor(iy)
+    x1, y1 = x0 + 1, y0 + 1
+    taps = ((x0, y0, (x1 - ix) * (y1 - iy)), (x1, y0, (ix - x0) * (y1 - iy)),
+            (x0, y1, (x1 - ix) * (iy - y0)), (x1, y1, (ix - x0) * (iy - y0)))
+    out = None
+    for x, y, w in taps:
+        inside = (x >= 0) & (x <= ws - 1) & (y >= 0) & (y <= hs - 1)
+        v = src[:, y.clamp(0, hs - 1).long(), x.clamp(0, ws - 1).long()].float()
+        term = torch.where(inside, v, 0.0) * w
+        out = term if out is None else out + term
+    return out  # type: ignore[return-value]
 
 
 def _paint(src: torch.Tensor, theta: torch.Tensor, bounds: torch.Tensor, clamp: torch.Tensor, xs: torch.Tensor,
-           ys: torch.Tensor, part: torch.Tensor | None) -> torch.Tensor:
+           ys: torch.Tensor, part: torch.Tensor | None, fused: bool = False) -> torch.Tensor:
     """One tile slot of n images: grid, mask, clamp, bilinear sampling, rounding, and the masked
     write over `part` (3, n, H, W) uint8 (None: the 114 background) -> (3, n, H, W) uint8.
 
     Each output pixel is painted by one slot (a later slot overwrites), so rounding per slot is
-    rounding once. Compiled (`fuse`), this is one kernel: the grid, the mask and the taps stay in
-    registers and the uint8 sources are read in place."""
+    rounding once. `fused` (compiled): the sampling is `_bilinear` on the uint8 sources, so the
+    region is one loop over the output, the grid, mask and taps recomputed per channel in registers;
+    eager, it is `F.grid_sample` (one kernel) on float sources."""
     n, H, W = theta.shape[0], ys.shape[0], xs.shape[0]
-    grid = _grid(theta, xs, ys)
-    mask = ((grid - bounds[..., :2]).abs() <= bounds[..., 2:]).all(-1)
-    grid = torch.clamp(grid, min=clamp[..., :2], max=clamp[..., 2:])
-    sampled = F.grid_sample(src.float()[None], grid.view(1, n * H, W, 2), mode="bilinear", padding_mode="zeros", align_corners=False)
-    value = sampled.view(3, n, H, W).round().clamp(0, 255).to(torch.uint8)
+    gx, gy = _grid(theta, xs, ys)
+    cx, cy, hx, hy = (bounds[..., k] for k in range(4))  # each (n, 1, 1)
+    lx, ly, ux, uy = (clamp[..., k] for k in range(4))
+    mask = ((gx - cx).abs() <= hx) & ((gy - cy).abs() <= hy)
+    gx, gy = torch.clamp(gx, min=lx, max=ux), torch.clamp(gy, min=ly, max=uy)
+    if fused:
+        sampled = _bilinear(src, gx, gy)
+    else:
+        grid = torch.stack([gx, gy], -1).view(1, n * H, W, 2)
+        sampled = F.grid_sample(src.float()[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False).view(3, n, H, W)
+    value = sampled.round().clamp(0, 255).to(torch.uint8)
     return torch.where(mask, value, PAD_VALUE if part is None else part)
 
 
@@ -244,10 +271,10 @@ def _geometry(packed: PackedPlan, params: torch.Tensor, planes: torch.Tensor, fu
         bounds = params[off + 6 * n : off + 10 * n].view(n, 1, 1, 4)
         clamp = params[off + 10 * n : off + 14 * n].view(n, 1, 1, 4)
         if canvas is None or n == B:
-            canvas = paint(planes, theta, bounds, clamp, xs, ys, canvas)
+            canvas = paint(planes, theta, bounds, clamp, xs, ys, canvas, fuse)
         else:
             rows = params[off + 14 * n : off + 15 * n].long()
-            canvas.index_copy_(1, rows, paint(planes, theta, bounds, clamp, xs, ys, canvas.index_select(1, rows)))
+            canvas.index_copy_(1, rows, paint(planes, theta, bounds, clamp, xs, ys, canvas.index_select(1, rows), fuse))
     return canvas  # type: ignore[return-value]  # slot 0 always exists (every image has a placement)
 
 
@@ -289,6 +316,10 @@ def hsv_torch(img: torch.Tensor, gains: torch.Tensor | tuple[float, float, float
 
 
 _COMPILED: dict[str, Callable[..., torch.Tensor]] = {}
+#: inductor keeps an intermediate in memory once it is read often or costs many ops; these regions
+#: are memory-bound and their intermediates cheap, so everything is recomputed where it is used
+#: (checked: a compiled slot then writes its uint8 output only, the colour region its batch only)
+_INLINE = {"realize_opcount_threshold": 1 << 20, "realize_reads_threshold": 1 << 20, "realize_acc_reads_threshold": 1 << 20}
 _FUSE_FAILED: list[str] = []  # the first compiler failure: every later render runs eagerly
 
 
@@ -297,20 +328,26 @@ def _kernel(name: str, fn: Callable[..., torch.Tensor], fuse: bool) -> Callable[
     compiled once per process, shapes dynamic)."""
     if not fuse:
         return fn
-    if name not in _COMPILED:
-        _COMPILED[name] = torch.compile(fn, dynamic=True)
+    if name not in _COMPILED:  # recompute per-pixel values per channel rather than keep them in memory
+        _COMPILED[name] = torch.compile(fn, dynamic=True, options=_INLINE)
     return _COMPILED[name]
 
 
-def _colour_planes(canvas: torch.Tensor, misc: torch.Tensor, rows: torch.Tensor | None, hsv: bool, hsv_all: bool) -> torch.Tensor:
-    """Mixup of the images `rows` (None: none; every image: all), then HSV (Ultralytics' order), on
-    the (3, B, H, W) uint8 canvas -> (B, 3, H, W) uint8. Images without a partner are not blended
-    (cv2.addWeighted: round(a * r + b * (1 - r)) over the partner's pre-mixup pixels).
+def _colour_planes(canvas: torch.Tensor, misc: torch.Tensor, rows: torch.Tensor | None, hsv: bool, hsv_all: bool,
+                   blend_all: bool = False) -> torch.Tensor:
+    """Mixup of the images `rows` (None: none), then HSV (Ultralytics' order), on the (3, B, H, W)
+    uint8 canvas -> (B, 3, H, W) uint8 (cv2.addWeighted: round(a * r + b * (1 - r)) over the
+    partner's pre-mixup pixels). Eager, only the images having a partner are blended; with
+    `blend_all` (compiled) every image is, in the same pass, an image without a partner with
+    itself at ratio 1 (exact: x * 1 + x * 0).
 
     float32 inside: OpenCV's fixed-point HSV products need 24 bits (float16 would round them).
     Compiled (`fuse`), this is one kernel reading the canvas (and the partners) and writing the batch."""
     img = canvas.float()
-    if rows is not None:
+    if rows is not None and blend_all:  # compiled: one pointwise pass, no scatter (a partner-less image reads itself)
+        ratio = misc[:, 1, None, None]
+        img = torch.addcmul(img * ratio, img.index_select(1, misc[:, 0].long()), 1 - ratio).round()
+    elif rows is not None:
         mix = misc.index_select(0, rows)
         ratio = mix[:, 1, None, None]
         blended = torch.addcmul(img.index_select(1, rows) * ratio, img.index_select(1, mix[:, 0].long()), 1 - ratio).round()
@@ -327,7 +364,7 @@ def _colour(packed: PackedPlan, params: torch.Tensor, canvas: torch.Tensor, fuse
     if packed.mix_rows:
         off = packed.misc_offset + _MISC * packed.batch
         rows = params[off : off + len(packed.mix_rows)].long()
-    return _kernel("colour", _colour_planes, fuse)(canvas, misc, rows, packed.hsv, packed.hsv_all)
+    return _kernel("colour", _colour_planes, fuse)(canvas, misc, rows, packed.hsv, packed.hsv_all, fuse)
 
 
 def _shared_letterbox(plan: BatchPlan, scales: Sequence[tuple[float, float]], src_hw: Sequence[tuple[int, int]]) -> tuple[int, int, int, int] | None:
