@@ -246,14 +246,15 @@ def _paint(src: torch.Tensor, theta: torch.Tensor, bounds: torch.Tensor, clamp: 
     eager, it is `F.grid_sample` (one kernel) on float sources."""
     n, H, W = theta.shape[0], ys.shape[0], xs.shape[0]
     gx, gy = _grid(theta, xs, ys)
-    cx, cy, hx, hy = (bounds[..., k] for k in range(4))  # each (n, 1, 1)
-    lx, ly, ux, uy = (clamp[..., k] for k in range(4))
-    mask = ((gx - cx).abs() <= hx) & ((gy - cy).abs() <= hy)
-    gx, gy = torch.clamp(gx, min=lx, max=ux), torch.clamp(gy, min=ly, max=uy)
-    if fused:
+    if fused:  # per plane: two comparisons, no reduction, no stacked grid
+        cx, cy, hx, hy = (bounds[..., k] for k in range(4))  # each (n, 1, 1)
+        mask = ((gx - cx).abs() <= hx) & ((gy - cy).abs() <= hy)
+        gx, gy = torch.clamp(gx, min=clamp[..., 0], max=clamp[..., 2]), torch.clamp(gy, min=clamp[..., 1], max=clamp[..., 3])
         sampled = _bilinear(src, gx, gy)
-    else:
-        grid = torch.stack([gx, gy], -1).view(1, n * H, W, 2)
+    else:  # fewer, larger ops (each is a launch)
+        grid = torch.stack([gx, gy], -1)
+        mask = ((grid - bounds[..., :2]).abs() <= bounds[..., 2:]).all(-1)
+        grid = torch.clamp(grid, min=clamp[..., :2], max=clamp[..., 2:]).view(1, n * H, W, 2)
         sampled = F.grid_sample(src.float()[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False).view(3, n, H, W)
     value = sampled.round().clamp(0, 255).to(torch.uint8)
     return torch.where(mask, value, PAD_VALUE if part is None else part)
