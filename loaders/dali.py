@@ -33,7 +33,6 @@ import collections
 import logging
 import os
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,7 +102,6 @@ class DaliFeed:
         self.pipe.build()
         self._cond = threading.Condition()  # takers' turns
         self._submit_lock = threading.Lock()  # feed_input + schedule_run of one batch stay together
-        self.submit_s = 0.0  # time spent in submit (benchmarks/dali_feed_ahead.py)
         self._fed = 0
         self._taken = 0
 
@@ -111,10 +109,8 @@ class DaliFeed:
         """Feed one batch of encoded images and schedule its run; returns its ticket. Never waits for
         a run: a `take` waiting in ``outputs()`` holds no lock this needs."""
         with self._submit_lock:
-            t0 = time.perf_counter()
             self.pipe.feed_input("jpegs", arrays)
             self.pipe.schedule_run()
-            self.submit_s += time.perf_counter() - t0
             ticket = self._fed
             self._fed += 1
             return ticket
