@@ -22,7 +22,7 @@
 # all steps; each GPU test has 240 s (pytest-timeout).
 set -uo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-[ $# -ge 1 ] && [ "${1#-}" = "$1" ] || { sed -n 2,21p "$0"; exit 2; }
+[ $# -ge 1 ] && [ "${1#-}" = "$1" ] || { sed -n 2,22p "$0"; exit 2; }
 RESULTS=$1; shift
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/dev/shm/sainet-gpu/inductor}
 export PYTEST_ADDOPTS="${PYTEST_ADDOPTS:-} --timeout 240"
