@@ -12,21 +12,30 @@
 #   --work      scratch space for the synthetic data and stores (default /dev/shm/sainet-gpu)
 #   --images    synthetic 1440x808 JPEGs to make (default 600, as in GPU.md); --seconds per bench
 #               backend (default 15); --epochs of the short training (default 2)
-#   --steps     comma-separated subset of: install,env,data,tests,executor,decode,bench,train (default all)
+#   --steps     comma-separated subset of: install,env,data,tests,budget,phases,executor,feed,decode,bench,train
+#               (default all; gputests: the GPU tests without the CPU executor tests)
+#   --loaders   bench-loader backends (default shm,lmdb,dali,ultralytics); --sizes bench output sizes
+#               (default "1440x808,1440"); --decode-batches (default 32,64); --step-timeout seconds per
+#               step (default none)
 #   PYTHON=...  the interpreter (default python3, or the checkout's .venv when there is no --wheels)
 #
 # Steps (each one's exit status goes to RESULTS/summary.tsv; a failed step does not stop the rest):
 #   env        nvidia-smi, python, torch/CUDA/DALI versions, git revision
 #   tests      pytest -m gpu (the GPU tests) and the CPU executor tests, junit XML
+#   budget     benchmarks/gpu_budget.py: device bytes, kernels, host ms per batch (counted, no GPU needed)
+#   phases     benchmarks/gpu_phases.py: the executor alone, eager and compiled: CUDA-event ms per batch and
+#              per phase, host enqueue ms, peak memory (1440x808 -> 1440x832, batch 32)
 #   executor   benchmarks/gpu_executor.py: batched vs per-placement torch executor at 1440x832, batch 32
+#   feed       benchmarks/dali_feed_ahead.py: DALI mixed decode img/s, one and two assemblers, submit wait
 #   decode     benchmarks/dali_decode.py: the DALI decode-only reference (mixed, batch 32 and 64)
 #   bench      sainet bench-loader, rect 1440x832 and square 1440, shm/lmdb/dali/ultralytics, augment
 #   train      sainet train --loader dali --device 0, yolov8s, 1440x832, batch 32 (loader.csv: data wait)
 set -uo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-[ $# -ge 1 ] && [ "${1#-}" = "$1" ] || { sed -n 2,22p "$0"; exit 2; }
+[ $# -ge 1 ] && [ "${1#-}" = "$1" ] || { sed -n 2,32p "$0"; exit 2; }
 RESULTS=$(mkdir -p "$1" && cd "$1" && pwd); shift
-WHEELS= WORK=/dev/shm/sainet-gpu IMAGES=600 SECS=15 EPOCHS=2 STEPS=install,env,data,tests,executor,decode,bench,train
+WHEELS= WORK=/dev/shm/sainet-gpu IMAGES=600 SECS=15 EPOCHS=2 STEPS=install,env,data,tests,budget,phases,executor,feed,decode,bench,train
+LOADERS=shm,lmdb,dali,ultralytics SIZES=1440x808,1440 STEP_TIMEOUT= DECODE_BATCHES=32,64
 while [ $# -gt 0 ]; do
   case $1 in
     --wheels) WHEELS=$(cd "$2" && pwd); shift ;;
@@ -35,6 +44,10 @@ while [ $# -gt 0 ]; do
     --seconds) SECS=$2; shift ;;
     --epochs) EPOCHS=$2; shift ;;
     --steps) STEPS=$2; shift ;;
+    --loaders) LOADERS=$2; shift ;;
+    --sizes) SIZES=$2; shift ;;
+    --decode-batches) DECODE_BATCHES=$2; shift ;;
+    --step-timeout) STEP_TIMEOUT=$2; shift ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -47,7 +60,7 @@ want() { [[ ",$STEPS," == *",$1,"* ]]; }
 step() {  # step NAME CMD...: run, log, record the exit status and the time; never abort the kit
   local name=$1 t0=$SECONDS rc; shift
   echo "=== $name: $*"
-  "$@"; rc=$?
+  if [ -n "$STEP_TIMEOUT" ]; then timeout -k 10 "$STEP_TIMEOUT" "$@"; else "$@"; fi; rc=$?
   printf '%s\t%s\t%s\n' "$name" "$rc" "$((SECONDS - t0))" >> "$RESULTS/summary.tsv"
   echo "=== $name: exit $rc"
   return 0
@@ -105,6 +118,9 @@ if want data; then
 fi
 
 # -- tests ---------------------------------------------------------------------------------------
+if want gputests; then
+  step tests-gpu "$PY" -m pytest -m gpu -q -rs -p no:cacheprovider --junitxml "$RESULTS/pytest-gpu.xml"
+fi
 if want tests; then
   step tests-gpu "$PY" -m pytest -m gpu -q -rs -p no:cacheprovider --junitxml "$RESULTS/pytest-gpu.xml"
   step tests-executor "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_gpu_executor.py tests/test_augment.py \
@@ -112,15 +128,19 @@ if want tests; then
 fi
 
 # -- measurements --------------------------------------------------------------------------------
+want budget && step budget sh -c "'$PY' benchmarks/gpu_budget.py --json | tee '$RESULTS/gpu_budget.json'"
+want phases && step phases sh -c "'$PY' benchmarks/gpu_phases.py --json | tee '$RESULTS/gpu_phases.json'"
+want feed && step feed sh -c "'$PY' benchmarks/dali_feed_ahead.py --device mixed --batch 32 --size 1440x808 --threads 8 \
+  --runs 20 | tee '$RESULTS/dali_feed.json'"
 want executor && step executor sh -c "'$PY' benchmarks/gpu_executor.py --fuse --device cuda --imgsz 1440x832 --src 1440x808 --batch 32 \
   --seconds $SECS | tee '$RESULTS/gpu_executor.txt'"
-want decode && for batch in 32 64; do
+want decode && for batch in ${DECODE_BATCHES//,/ }; do
   step "decode-b$batch" sh -c "'$PY' benchmarks/dali_decode.py --store '$WORK/shards' --batch $batch --threads 8 \
     --seconds $SECS | tee '$RESULTS/dali_decode_b$batch.json'"
 done
-want bench && for imgsz in 1440x808 1440; do
+want bench && for imgsz in ${SIZES//,/ }; do
   step "bench-$imgsz" "${SAINET[@]}" bench-loader --source "$WORK/src" --work "$WORK/stores" \
-    --loaders shm,lmdb,dali,ultralytics \
+    --loaders "$LOADERS" \
     --imgsz "$imgsz" --batch 32 --seconds "$SECS" --out "$RESULTS/bench" --tag "gpu-$imgsz-aug" \
     --plot "$RESULTS/bench-$imgsz.png" --json
 done

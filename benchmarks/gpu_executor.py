@@ -150,7 +150,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--mixup", type=float, default=0.15)
-    ap.add_argument("--fuse", action="store_true", help="also time render_batch(fuse=True) (torch.compile'd HSV)")
+    ap.add_argument("--fuse", action="store_true", help="also time render_batch(fuse=True) (torch.compile'd regions)")
     args = ap.parse_args()
     device = torch.device(args.device)
     out_hw = parse_imgsz(args.imgsz)
@@ -179,7 +179,7 @@ def main() -> None:
         cv = f"{r['opencv_1_thread']:10.1f}" if "opencv_1_thread" in r else f"{'-':>10s}"
         print(f"{mode:44s} {r['batched']:10.1f} {r['per_placement']:10.1f} {r['batched'] / r['per_placement']:6.2f}x {cv}")
         if "batched_fused" in r:
-            print(f"{'  fused HSV (torch.compile)':44s} {r['batched_fused']:10.1f} {'':10s} {r['batched_fused'] / r['per_placement']:6.2f}x")
+            print(f"{'  fused (torch.compile)':44s} {r['batched_fused']:10.1f} {'':10s} {r['batched_fused'] / r['per_placement']:6.2f}x")
     print(json.dumps({"device": name, "batch": args.batch, "imgsz": args.imgsz, "src": args.src,
                       "img_per_s": {m: {k: round(v, 1) for k, v in r.items()} for m, r in rows.items()}}))
 

@@ -21,20 +21,18 @@ __all__ = ["collate", "collate_boxes"]
 
 
 def collate_boxes(plan: BatchPlan) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(cls (N,1), bboxes (N,4) normalized xywh of the output, batch_idx (N,)) from a plan."""
+    """(cls (N,1), bboxes (N,4) normalized xywh of the output, batch_idx (N,)) from a plan (one array op per
+    column over the whole batch)."""
     H, W = plan.out_hw
-    cls, boxes, idx = [], [], []
-    for i, ip in enumerate(plan.images):
-        if len(ip.cls):
-            b = ip.boxes
-            xywh = np.stack([(b[:, 0] + b[:, 2]) / 2 / W, (b[:, 1] + b[:, 3]) / 2 / H, (b[:, 2] - b[:, 0]) / W, (b[:, 3] - b[:, 1]) / H], 1)
-            cls.append(ip.cls.reshape(-1, 1))
-            boxes.append(xywh)
-            idx.append(np.full(len(ip.cls), i))
-    if not cls:
+    counts = [len(ip.cls) for ip in plan.images]
+    if not sum(counts):
         return torch.zeros((0, 1)), torch.zeros((0, 4)), torch.zeros(0)
-    return (torch.from_numpy(np.concatenate(cls).astype(np.float32)), torch.from_numpy(np.concatenate(boxes).astype(np.float32)),
-            torch.from_numpy(np.concatenate(idx).astype(np.float32)))
+    b = np.concatenate([ip.boxes.reshape(-1, 4) for ip in plan.images])
+    xywh = np.stack([(b[:, 0] + b[:, 2]) / 2 / W, (b[:, 1] + b[:, 3]) / 2 / H, (b[:, 2] - b[:, 0]) / W, (b[:, 3] - b[:, 1]) / H], 1)
+    cls = np.concatenate([ip.cls.reshape(-1) for ip in plan.images]).reshape(-1, 1)
+    idx = np.repeat(np.arange(len(counts)), counts)
+    return (torch.from_numpy(cls.astype(np.float32)), torch.from_numpy(xywh.astype(np.float32)),
+            torch.from_numpy(idx.astype(np.float32)))
 
 
 def collate(img: torch.Tensor, plan: BatchPlan, source: Source, used: list[int]) -> dict:

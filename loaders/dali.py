@@ -20,16 +20,18 @@ Per batch (`DaliAssembler.build`, two batches in assembly at once):
    waits on it in the consumer's thread, and the batch tensor is marked as used by that stream
    (``record_stream``) so its memory is not reused early. Nothing blocks the default stream.
 
-A batch that DALI cannot decode is decoded again sample by sample on the CPU to find the bad
-record(s); those go through the `on_error` policy (raised, or skipped: counted and replaced by the
-next good sample) and the repaired batch is decoded by DALI again. Raw stores need no decoding
-and use the plain CPU path.
+A batch that DALI cannot decode (DALI fails the whole run and does not name the sample) is decoded
+on the CPU instead, in the loader's pool, each sample under the `on_error` policy (raised, or
+skipped: counted and replaced by the next good sample); those CPU decodes are the batch (uploaded
+to the device on the GPU), so a bad record costs one batch of CPU decodes and never a second DALI
+run that could fail again. Raw stores need no decoding and use the plain CPU path.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -44,7 +46,6 @@ from loaders.collate import collate
 from loaders.decode import Decoded
 from loaders.loader import SainetLoader
 from loaders.read import read_encoded
-from sainet.core.errors import CorruptImage
 from sainet.core.imaging import scaled_size
 
 __all__ = ["DaliAssembler", "DaliFeed", "DaliLoader", "dali_available", "hw_decoder_load"]
@@ -101,13 +102,15 @@ class DaliFeed:
 
         self.pipe = decode_pipe()
         self.pipe.build()
-        self._cond = threading.Condition()
+        self._cond = threading.Condition()  # takers' turns
+        self._submit_lock = threading.Lock()  # feed_input + schedule_run of one batch stay together
         self._fed = 0
         self._taken = 0
 
     def submit(self, arrays: list[np.ndarray]) -> int:
-        """Feed one batch of encoded images and schedule its run; returns its ticket."""
-        with self._cond:
+        """Feed one batch of encoded images and schedule its run; returns its ticket. Never waits for
+        a run: a `take` waiting in ``outputs()`` holds no lock this needs."""
+        with self._submit_lock:
             self.pipe.feed_input("jpegs", arrays)
             self.pipe.schedule_run()
             ticket = self._fed
@@ -116,15 +119,20 @@ class DaliFeed:
 
     def take(self, ticket: int, stream: Any = None) -> Any:
         """The decoded TensorList of run `ticket` (bound to CUDA `stream` when given), or the
-        exception DALI raised for it. Every submitted ticket must be taken exactly once."""
+        exception DALI raised for it. Every submitted ticket must be taken exactly once.
+
+        Runs complete in submission order: a taker waits for its turn, then waits for its run in
+        ``outputs()`` holding no lock, so the other assembler feeds the next batch meanwhile (DALI
+        decodes it as soon as this run is done: up to ``prefetch_queue_depth`` = 2 runs in flight)."""
         with self._cond:
             self._cond.wait_for(lambda: self._taken == ticket)
-            try:
-                (out,) = self.pipe.outputs(stream) if stream is not None else self.pipe.outputs()
-                return out
-            except RuntimeError as e:  # that run failed; DALI goes on with the next one
-                return e
-            finally:
+        try:
+            (out,) = self.pipe.outputs(stream) if stream is not None else self.pipe.outputs()
+            return out
+        except RuntimeError as e:  # that run failed; DALI goes on with the next one
+            return e
+        finally:
+            with self._cond:
                 self._taken += 1
                 self._cond.notify_all()
 
@@ -181,16 +189,13 @@ class DaliAssembler:
                 out = self.feed.take(ticket, self.stream)  # for the earlier batches' decodes (never the reverse)
                 recent = history.recent(k) if self.loader.dataset.mosaic else []
                 plan = self.loader.dataset.plan(used_idx, rng, [d.index for d in recent])
-            if isinstance(out, Exception):
-                used_idx = self._repair(used_idx, out)
+            if isinstance(out, Exception):  # this batch comes from the CPU decoder (bad samples skipped or raised)
+                decoded = self._repair(used_idx, out)
+                used_idx = [d.index for d in decoded]
                 rng.bit_generator.state = state  # the plan is redrawn for the samples used
                 plan = self.loader.dataset.plan(used_idx, rng, [d.index for d in recent])
-                read = {u: a for a, u in used}  # only the replacements are read (and checked) again
-                arrays = [read[i] if i in read else read_encoded(self.loader.source, i) for i in used_idx]
-                out = self.feed.take(self.feed.submit(arrays), self.stream)
-                if isinstance(out, Exception):
-                    raise CorruptImage(self.loader.source.where, f"DALI decode failed twice: {out}")
-            decoded = self._decoded(out, used_idx)
+            else:
+                decoded = self._decoded(out, used_idx)
         finally:
             if history is not None:
                 history.publish(k, decoded)  # also on failure: later batches must not wait for it
@@ -212,15 +217,19 @@ class DaliAssembler:
         policy, src = self.loader.policy, self.loader.source
         return list(self.loader.pool.map(lambda i: policy.run(i, lambda j: (read_encoded(src, j), j)), indices))
 
-    def _repair(self, used: list[int], error: Exception) -> list[int]:
-        """DALI failed on this batch: find the bad samples with the CPU decoder, apply the policy
-        (raise, or count and replace by the next good sample)."""
-        decoder, policy = self.cpu.decoder, self.loader.policy
-        fixed = [policy.run(i, lambda j: (decoder.decode(j, reduce=False), j)[1]) for i in used]  # raises under "raise"
-        found = fixed != used
-        if not found:
-            raise CorruptImage(self.loader.source.where, f"DALI decode failed: {error}")
-        return fixed
+    def _repair(self, used: list[int], error: Exception) -> list[Decoded]:
+        """DALI failed on this batch (it does not say which sample): decode the batch on the CPU, in
+        the loader's pool, under the `on_error` policy (raise, or count and replace each bad sample
+        by the next good one). The CPU decodes are the batch (uploaded to the loader's device on
+        the GPU): nothing goes back to DALI. Train mode decodes at reduced DCT where the output
+        allows (every entropy-coded byte is still read, so a corrupt one is still found)."""
+        decoder, policy, reduce = self.cpu.decoder, self.loader.policy, self.loader.dataset.augment
+        log.warning("DALI could not decode a batch (%s); decoding it on the CPU", str(error).splitlines()[0][:200])
+        decoded = list(self.loader.pool.map(lambda i: policy.run(i, lambda j: decoder.decode(j, reduce=reduce)), used))
+        if not self.gpu:
+            return decoded
+        with torch.cuda.stream(self.stream):
+            return [Decoded(torch.from_numpy(np.ascontiguousarray(d.image)).to(self.loader.device), d.scale, d.index) for d in decoded]
 
     def _reduced(self, img: np.ndarray, u: int) -> np.ndarray:
         """A train image at the size the CPU loaders decode it to (`Decoder.min_size`: a reduced
@@ -244,7 +253,7 @@ class DaliAssembler:
         `decoded`: the batch's n samples, then the partners' from recent batches."""
         with torch.cuda.stream(self.stream):
             images = [d.image for d in decoded]
-            img = render_batch(plan, images, [d.scale for d in decoded])
+            img = render_batch(plan, images, [d.scale for d in decoded], fuse=self.loader.fuse)
             ready = torch.cuda.Event()
             ready.record(self.stream)
         return _GpuBatch(collate(img, plan, self.loader.source, [d.index for d in decoded[:n]]), ready, [out, images])
@@ -265,6 +274,10 @@ class DaliAssembler:
 class DaliLoader(SainetLoader):
     kind = "dali"
     assemblers = 2  # one batch is fed to DALI while the other is rendered (DaliFeed keeps the order)
+    #: render with the torch.compile'd executor (two fused regions, ~2 GB of device traffic per
+    #: batch of 32 at 1440x832 instead of ~60: benchmarks/gpu_budget.py); eager if compiling fails.
+    #: SAINET_FUSE=0 turns it off (the first batch then skips the compile, ~1 min).
+    fuse = os.environ.get("SAINET_FUSE", "1") != "0"
 
     def __init__(self, source, *, device: str | None = None, **kw) -> None:  # noqa: ANN001 - Source
         if not dali_available():
@@ -277,6 +290,11 @@ class DaliLoader(SainetLoader):
 
     def _builder(self) -> DaliAssembler:
         return DaliAssembler(self)
+
+    def _decoded_min_size(self, w0: int, h0: int) -> tuple[int, int] | None:
+        """DALI decodes JPEGs at full size (no reduced DCT): the partner history is sized for that.
+        A raw store is read by the CPU path."""
+        return super()._decoded_min_size(w0, h0) if self.source.mode == "raw" else None
 
     def reset(self) -> None:
         """Stop the epoch (batches still queued are dropped), then let the loader stream finish

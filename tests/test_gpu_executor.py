@@ -80,12 +80,15 @@ def test_same_plan_same_pixels_as_opencv(name, mixed_sizes):
     # Tolerance: bilinear in float vs OpenCV's 1/32-pixel fixed point (+-1, a few more on the sharp
     # edges of upscaled half-size sources), and 1-pixel lines where a mosaic tile meets its neighbour
     # or the canvas edge (OpenCV's transparent border decides those pixels differently).
-    # Measured: mean <= 0.12, p99 <= 3, <= 1.3% of pixels off by more than 2.
+    # Measured: mean <= 0.15, p99 <= 3 (<= 6 with mixed sizes: the upscaled half-size sources' edges,
+    # over seeds 0-7 of the plan before and after issue 21), <= 1.8% of pixels off by more than 2.
     assert diff.mean() < 0.3, diff.mean()
-    assert np.percentile(diff, 99) <= 3, np.percentile(diff, 99)
+    assert np.percentile(diff, 99) <= (6 if mixed_sizes else 3), np.percentile(diff, 99)
     assert (diff > 2).mean() < 0.02, (diff > 2).mean()
-    if name in ("letterbox-eval", "affine-flips") or (name == "hsv" and not mixed_sizes):  # no seams at all
+    if name in ("letterbox-eval", "affine-flips"):  # no seams at all
         assert diff.max() <= 2, diff.max()
+    if name == "hsv" and not mixed_sizes:  # no seams; one hue level on a saturated pixel moves it by 3 (seed 6 of
+        assert diff.max() <= 3 and (diff > 2).sum() <= 2, (diff.max(), (diff > 2).sum())  # 10 before issue 21)
     # (hsv with mixed sizes: a +-1 resize difference on a saturated edge moves its hue a step, which
     # Ultralytics 8.4's additive hue shift keeps: up to ~8 levels on a few edge pixels)
 
@@ -212,13 +215,20 @@ def test_kernel_count_does_not_grow_with_the_batch(hyp, augment, samples, monkey
     assert small.count("grid_sample") == large.count("grid_sample") == samples
     assert small == large  # the same calls, in the same order, for 2 and 16 images
     assert large.count("interpolate") == (0 if augment else 1)
-    assert len(large) < 180, len(large)  # 153 with mosaic, mixup and HSV (60 of them HSV), 10 for eval, at any B
+    assert len(large) < 180, len(large)  # 166 eager calls with mosaic, mixup and HSV (60 of them HSV), 10 for eval, at any B
 
 
 @pytest.mark.slow
-def test_fused_hsv_equals_eager():
-    """render_batch(fuse=True) compiles the HSV chain: the same bytes (compiling takes ~1 min on 2 cores)."""
-    imgs, labels = patch_images(4, seed=6)
-    plan = plan_batch(np.random.default_rng(5), [(240, 160)] * 4, labels, OUT_HW, CASES["full"][0], augment=True)
-    eager = _torch_render(plan, imgs, [(1.0, 1.0)] * 4)
-    np.testing.assert_array_equal(eager, _torch_render(plan, imgs, [(1.0, 1.0)] * 4, fuse=True))
+def test_fused_render_matches_eager():
+    """render_batch(fuse=True) compiles each tile slot and the colour stage (torch.compile, inductor's
+    C++ backend here; compiling takes minutes on 2 busy cores): the same batch but for float
+    contraction in the sampling grid (measured: 3 of 92,160 values, by <= 3)."""
+    from loaders.augment import torch_exec
+
+    imgs, labels, sizes, decoded, scales = _sources(6, seed=2, mixed_sizes=True)
+    plan = plan_batch(np.random.default_rng(5), sizes, labels, OUT_HW, CASES["full"][0], augment=True)
+    eager = _torch_render(plan, decoded, scales)
+    fused = _torch_render(plan, decoded, scales, fuse=True)
+    assert not torch_exec._FUSE_FAILED, torch_exec._FUSE_FAILED
+    diff = np.abs(eager.astype(int) - fused.astype(int))
+    assert diff.max() <= 3 and (diff > 0).mean() < 1e-3, (diff.max(), (diff > 0).mean())

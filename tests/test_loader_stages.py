@@ -6,6 +6,7 @@ import re
 import threading
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -88,6 +89,37 @@ def test_dali_feed_runs_ahead_in_order():
     for th in threads:
         th.join(timeout=60)
     assert got == {0: (16, 8, 3), 1: (16, 16, 3), 2: (16, 24, 3)}
+
+
+def test_dali_submit_does_not_wait_for_a_take():
+    """While one assembler waits in ``pipe.outputs()`` for its run, the other can feed and schedule
+    the next batch (issue 21: take held the feed's lock across outputs(), so decode never ran ahead)."""
+    pytest.importorskip("nvidia.dali")
+    from loaders.dali import DaliFeed
+
+    feed = DaliFeed(batch_size=1, threads=1, device="cpu", device_id=None)
+    real, release, inside = feed.pipe.outputs, threading.Event(), threading.Event()
+
+    def slow_outputs(*a):  # a run that takes as long as the test says
+        inside.set()
+        release.wait(60)
+        return real(*a)
+
+    feed.pipe.outputs = slow_outputs
+    jpeg = np.frombuffer(cv2.imencode(".jpg", np.full((8, 8, 3), 90, np.uint8))[1].tobytes(), np.uint8)
+    first = feed.submit([jpeg])
+    taker = threading.Thread(target=feed.take, args=(first,))
+    taker.start()
+    assert inside.wait(60)
+    submitter = threading.Thread(target=feed.submit, args=([jpeg],))
+    submitter.start()
+    submitter.join(30)  # a deadlock guard, not a timing bound: with the old lock this waits for `release`
+    fed_during_take = not submitter.is_alive()
+    release.set()
+    taker.join(60)
+    submitter.join(60)
+    assert fed_during_take
+    assert np.asarray(feed.take(1)[0]).shape == (8, 8, 3)
 
 
 class _Truncated(StoreSource):
@@ -287,3 +319,67 @@ def test_batches_repeat_with_the_seed_whatever_the_partner_history(store, partne
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     if partners:
         assert not all(torch.equal(x, y) for x, y in zip(a, epoch(0), strict=True))
+
+
+def test_dali_partner_history_is_sized_for_full_size_decodes(store):
+    """The CPU decoder reduces a 160x90 JPEG for a 32-pixel output (reduced DCT); DALI decodes it
+    whole, so its partner history holds fewer batches in the same bytes (issue 21)."""
+    pytest.importorskip("nvidia.dali")
+    from loaders.loader import PARTNER_BYTES, PARTNER_MAX
+
+    B = 400  # 400 x 160x90x3 = 17 MB per batch at full size: 3 batches fit 64 MB
+    cpu = build_loader(store, "shm", batch_size=B, imgsz=32, threads=1)
+    dali = build_loader(store, "dali", batch_size=B, imgsz=32, threads=1, device="cpu")
+    try:
+        assert cpu._decoded_min_size(160, 90) is not None and dali._decoded_min_size(160, 90) is None
+        assert dali.partner_batches == min(PARTNER_MAX, PARTNER_BYTES // (B * 160 * 90 * 3)) == 3
+        assert cpu.partner_batches > dali.partner_batches
+    finally:
+        cpu.close()
+        dali.close()
+
+
+def test_dali_batch_that_dali_cannot_decode_comes_from_the_cpu(store, monkeypatch):
+    """DALI fails a whole run without naming the sample: that batch is decoded on the CPU (in the
+    loader's pool, under the policy) and used as is: same samples, same plan, same boxes, no raise
+    and no second DALI run, even under on_error="raise" when every sample is good (issue 21)."""
+    pytest.importorskip("nvidia.dali")
+    from loaders.dali import DaliFeed, DaliLoader
+
+    common = dict(batch_size=4, imgsz=(96, 160), augment=True, hyp=Hyp(), threads=2, seed=3, device="cpu", on_error="raise")
+
+    def run() -> list[dict]:
+        loader = DaliLoader(StoreSource(open_store(store), None, verify=False), **common)
+        try:
+            return list(loader)
+        finally:
+            loader.close()
+
+    good = run()
+    real_take, real_submit, calls, threads = DaliFeed.take, DaliFeed.submit, [], set()
+
+    def failing_take(self, ticket, stream=None):
+        out = real_take(self, ticket, stream)
+        return RuntimeError("nvjpeg: bad stream") if ticket == 1 else out
+
+    def counting_submit(self, arrays):
+        calls.append(len(arrays))
+        return real_submit(self, arrays)
+
+    from loaders.decode import Decoder
+
+    real_decode = Decoder.decode
+
+    def decode(self, i, **kw):
+        threads.add(threading.current_thread().name)
+        return real_decode(self, i, **kw)
+
+    monkeypatch.setattr(DaliFeed, "take", failing_take)
+    monkeypatch.setattr(DaliFeed, "submit", counting_submit)
+    monkeypatch.setattr(Decoder, "decode", decode)
+    repaired = run()
+    assert len(calls) == len(good)  # one DALI run per batch: the failed one was not fed again
+    assert [b["im_file"] for b in repaired] == [b["im_file"] for b in good]
+    for a, b in zip(good, repaired, strict=True):
+        torch.testing.assert_close(a["bboxes"], b["bboxes"])
+    assert threads and threading.main_thread().name not in threads  # decoded in the loader's pool

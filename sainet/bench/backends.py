@@ -9,15 +9,19 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from loaders.backends import BACKENDS
+from loaders.stall import settle
 from sainet.bench.results import BENCH_NAMES, BenchConfig
 
 
 def _loop(make: Callable[[], Iterator[dict]]) -> Iterator[int]:
-    """Endless batches from a loader factory (one epoch after another): images per batch."""
+    """Endless batches from a loader factory (one epoch after another): images per batch. A batch
+    on the GPU is counted once the consumer's stream has caught up with it (its render done), so a
+    GPU-bound loader cannot look faster than its kernels (loaders/stall.py)."""
     while True:
         got = False
         for b in make():
             got = True
+            settle(b.get("img"))
             yield len(b["im_file"]) if "im_file" in b else int(b["img"].shape[0])
         if not got:
             return

@@ -45,6 +45,7 @@ from typing import Any
 from ultralytics.models.yolo.detect import DetectionTrainer
 
 from loaders.sampler import ShardedSampler
+from loaders.stall import StallClock
 from sainet.core.errors import SainetError
 from sainet.train import hooks, preempt, telemetry
 from sainet.train.checkpoint import MID_EPOCH_NAME, atomic_save, remove_leftovers
@@ -93,8 +94,9 @@ class _TimedLoader:
     ranks' shards are disjoint and cover the split.
     """
 
-    def __init__(self, loader: Any) -> None:
+    def __init__(self, loader: Any, device: Any = None) -> None:
         self._loader = loader
+        self.clock = StallClock(device)  # on CUDA: the wait as the training stream sees it (loaders/stall.py)
         self.wait_seconds = 0.0
         self.images = 0
         self.batches = 0
@@ -112,12 +114,13 @@ class _TimedLoader:
     def __iter__(self):  # noqa: ANN204
         it = iter(self._loader)
         while True:
-            t0 = time.perf_counter()
+            t0, token = time.perf_counter(), self.clock.start()
             try:
                 batch = next(it)
             except StopIteration:
                 return
             self.wait_seconds += time.perf_counter() - t0
+            self.clock.stop(token)
             self.images += len(batch["im_file"])
             self.batches += 1
             if self.record:
@@ -125,7 +128,7 @@ class _TimedLoader:
             yield batch
 
     def take(self) -> dict[str, Any]:
-        out = {"wait_s": self.wait_seconds, "images": self.images, "batches": self.batches,
+        out = {"wait_s": self.wait_seconds, "gpu_wait_s": self.clock.seconds(), "images": self.images, "batches": self.batches,
                "busy_s": self._loader.busy_seconds, "built": self._loader.images_built, "seen": self.seen,
                "before": self.before}
         self.wait_seconds, self.images, self.batches, self.seen, self.before = 0.0, 0, 0, [], []
@@ -306,7 +309,7 @@ class SainetTrainer(DetectionTrainer):
             loader.sampler = ShardedSampler(len(loader.dataset), rank=me, world_size=world, shuffle=False, pad=False)
         if self.args.single_cls:
             _single_class(loader)
-        return _TimedLoader(loader) if train else loader
+        return _TimedLoader(loader, self.device) if train else loader
 
     def resume_training(self, ckpt: dict | None) -> None:
         """Ultralytics' resume, plus a mid-epoch checkpoint's model weights and loader position."""
@@ -411,9 +414,11 @@ def _epoch_end(trainer: SainetTrainer) -> None:
         return
     t = loader.take()
     epoch_s = time.perf_counter() - trainer._epoch_t0
-    wait = round(t["wait_s"] / epoch_s, 4) if epoch_s else 0.0
-    row = {"epoch": trainer.epoch + 1, "epoch_s": round(epoch_s, 3), "data_wait_s": round(t["wait_s"], 3),
-           "data_wait_fraction": wait, "images": t["images"],
+    waited = t["wait_s"] if t["gpu_wait_s"] is None else t["gpu_wait_s"]  # on CUDA: the training stream's stalls
+    wait = round(waited / epoch_s, 4) if epoch_s else 0.0
+    row = {"epoch": trainer.epoch + 1, "epoch_s": round(epoch_s, 3), "data_wait_s": round(waited, 3),
+           "data_wait_fraction": wait, "data_wait_clock": loader.clock.kind, "host_wait_s": round(t["wait_s"], 3),
+           "images": t["images"],
            "train_img_per_s": round(t["images"] / epoch_s, 2) if epoch_s else 0.0,
            "loader_img_per_s": round(t["built"] / t["busy_s"], 2) if t["busy_s"] else 0.0}
     save_dir = Path(trainer.save_dir)
