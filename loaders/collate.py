@@ -11,17 +11,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
-import torch
 
 from loaders.augment.plan import BatchPlan
 from loaders.sources import Source
 
-__all__ = ["collate", "collate_boxes"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["batch_dict", "collate", "collate_boxes", "plan_boxes"]
 
 
-def collate_boxes(plan: BatchPlan) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(cls (N,1), bboxes (N,4) normalized xywh of the output, batch_idx (N,)) from a plan."""
+def plan_boxes(plan: BatchPlan) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(cls (N,1), bboxes (N,4) normalized xywh of the output, batch_idx (N,)) float32 numpy arrays
+    from a plan (torch-free: what an assembler process sends to the trainer's)."""
     H, W = plan.out_hw
     cls, boxes, idx = [], [], []
     for i, ip in enumerate(plan.images):
@@ -32,20 +38,33 @@ def collate_boxes(plan: BatchPlan) -> tuple[torch.Tensor, torch.Tensor, torch.Te
             boxes.append(xywh)
             idx.append(np.full(len(ip.cls), i))
     if not cls:
-        return torch.zeros((0, 1)), torch.zeros((0, 4)), torch.zeros(0)
-    return (torch.from_numpy(np.concatenate(cls).astype(np.float32)), torch.from_numpy(np.concatenate(boxes).astype(np.float32)),
-            torch.from_numpy(np.concatenate(idx).astype(np.float32)))
+        return np.zeros((0, 1), np.float32), np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
+    return (np.concatenate(cls).astype(np.float32), np.concatenate(boxes).astype(np.float32),
+            np.concatenate(idx).astype(np.float32))
 
 
-def collate(img: torch.Tensor, plan: BatchPlan, source: Source, used: list[int]) -> dict:
-    """The batch dict around `img` (B,3,H,W) uint8 for samples `used` of `source`, rendered by `plan`."""
-    H, W = plan.out_hw
-    cls, bboxes, batch_idx = collate_boxes(plan)
+def collate_boxes(plan: BatchPlan) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`plan_boxes` as torch tensors."""
+    import torch  # imported here: assembler processes import this module and never need torch
+
+    return tuple(torch.from_numpy(a) for a in plan_boxes(plan))  # type: ignore[return-value]
+
+
+def batch_dict(img: Any, boxes: Sequence[Any], source: Source, used: Sequence[int], ratio_pad: Sequence[Any],
+               out_hw: tuple[int, int]) -> dict:
+    """The batch dict around `img` (B,3,H,W) and `boxes` (cls, bboxes, batch_idx tensors) for samples `used`."""
+    H, W = out_hw
+    cls, bboxes, batch_idx = boxes
     return {
         "img": img,
         "cls": cls, "bboxes": bboxes, "batch_idx": batch_idx,
         "im_file": tuple(source.names[i] for i in used),
         "ori_shape": tuple((int(source.sizes[i][1]), int(source.sizes[i][0])) for i in used),
         "resized_shape": tuple((H, W) for _ in used),
-        "ratio_pad": tuple(ip.ratio_pad for ip in plan.images),
+        "ratio_pad": tuple(ratio_pad),
     }
+
+
+def collate(img: torch.Tensor, plan: BatchPlan, source: Source, used: list[int]) -> dict:
+    """The batch dict around `img` (B,3,H,W) uint8 for samples `used` of `source`, rendered by `plan`."""
+    return batch_dict(img, collate_boxes(plan), source, used, [ip.ratio_pad for ip in plan.images], plan.out_hw)
