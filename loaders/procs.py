@@ -210,6 +210,8 @@ class ProcLoader(SainetLoader):
     `proc_threads` decode threads (1: the processes are the parallelism)."""
 
     kind = "cpu-procs"
+    #: seconds to wait for a lent slot before a batch gets an unpooled one
+    slot_patience = 1.0
 
     def __init__(self, source: StoreSource, *, split: str | None = "train", threads: int = 2,
                  partner_batches: int | None = None, proc_threads: int = 1, **kw: Any) -> None:
@@ -246,7 +248,7 @@ class ProcLoader(SainetLoader):
         with self._start_lock:
             if self._procs and self._slots is not None:
                 return self._procs, self._slots
-            pool = SlotPool(self.n_slots, self.slot_bytes)
+            pool = SlotPool(self.n_slots, self.slot_bytes, self.slot_patience)
             procs: list[_Proc] = []
             try:
                 for w in range(self.num_workers):
