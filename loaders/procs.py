@@ -15,11 +15,12 @@ render, boxes — and the trainer's process only hands out tasks and wraps the r
 - **Slots**: one file of fixed-size batch slots in /dev/shm (`SlotPool`), mapped shared by every
   process, **unlinked as soon as the processes have mapped it** — so nothing is left in /dev/shm
   whatever happens after (an exception, a kill, the parent's death); the memory goes when the
-  last mapping does. Slots are as many as keep every stage busy, within `buffers.POOL_BYTES`.
+  last mapping does.
 - **Reuse rule** (as `buffers.BatchBuffers`): a slot is written again only once no tensor made from
   it is alive — a weak reference to the numpy view the batch tensor was made from. When every slot
   is lent out for `patience` seconds (a consumer that holds batches), a batch gets an unpooled slot
-  of its own (a file unlinked right after use): memory, never a deadlock.
+  of its own (a file unlinked right after use): memory, never a deadlock. Slots: one per process
+  plus the consumer's, then more within `SLOT_BYTES`.
 - **Pinned memory (CUDA)**: the batch is copied from its slot into a pinned buffer from
   `BatchBuffers` (whose reuse guards in-flight copies) and the slot is free at once.
 - **Determinism**: a task carries (epoch, k); the process draws from
@@ -50,7 +51,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from loaders.buffers import POOL_BYTES, pool_size
+from loaders.buffers import pool_size
 from loaders.collate import batch_dict
 from loaders.loader import PARTNER_BYTES, SainetLoader
 from loaders.procworker import WorkerConfig, slot_view
@@ -61,6 +62,9 @@ __all__ = ["ProcLoader", "SlotPool"]
 
 log = logging.getLogger(__name__)
 
+#: The slots' byte budget: one slot per process and the consumer's always, then as many more (up to
+#: prefetch + 1) as fit — at 1440x1440, batch 8, that is the 3 minimum of 50 MB (a fourth measured no faster).
+SLOT_BYTES = 160 << 20
 #: seconds an assembler process may take to start (imports, opening the store) on a loaded machine
 START_TIMEOUT = 120.0
 _BUSY = object()  # a slot being written by an assembler process
@@ -212,6 +216,8 @@ class ProcLoader(SainetLoader):
     kind = "cpu-procs"
     #: seconds to wait for a lent slot before a batch gets an unpooled one
     slot_patience = 1.0
+    #: the slots' byte budget (never fewer than one per process plus the consumer's)
+    slot_budget = SLOT_BYTES
 
     def __init__(self, source: StoreSource, *, split: str | None = "train", threads: int = 2,
                  partner_batches: int | None = None, proc_threads: int = 1, **kw: Any) -> None:
@@ -223,7 +229,8 @@ class ProcLoader(SainetLoader):
         self._history, self._redecoder = None, None  # the processes hold the history
         H, W = self.imgsz
         self.slot_bytes = self.batch_size * H * W * 3
-        self.n_slots = pool_size(self.slot_bytes, least=threads + 1, most=threads + self.prefetch + 2, budget=POOL_BYTES)
+        self.n_slots = pool_size(self.slot_bytes, least=threads + 1, most=threads + self.prefetch + 2,
+                                budget=self.slot_budget)
         self._procs: list[_Proc] = []
         self._slots: SlotPool | None = None
         self._start_lock = threading.Lock()
