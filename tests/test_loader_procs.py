@@ -172,3 +172,19 @@ def test_assembler_processes_do_not_import_torch():
     code = "import sys, loaders.procworker; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out.stderr[-500:]
+
+
+def test_pinned_path_copies_and_frees_the_slot_at_once(stores):
+    """With CUDA the batch is copied into a `BatchBuffers` block (pinned there; not here) and its slot is free at once."""
+    from loaders.buffers import BatchBuffers
+
+    kw = dict(batch_size=4, imgsz=IMGSZ, seed=5, threads=2, partner_batches=0)
+    ref = _batches(build_loader(stores / "lmdb", "lmdb-mp", **kw))
+    loader = build_loader(stores / "lmdb", "lmdb-mp", **kw)
+    loader.pin_memory, loader.buffers = True, BatchBuffers(loader.imgsz, pin=False, keep=4)
+    it = iter(loader)
+    first = next(it)
+    # at most one slot per process is busy (being written); none is lent to the consumer or the queue
+    assert sum(loader._slots._free(s) for s in range(loader.n_slots)) >= loader.n_slots - loader.num_workers
+    got = [first, *it]
+    _same(got + _batches(loader, epochs=1), ref)
