@@ -214,18 +214,21 @@ class ProcLoader(SainetLoader):
     `proc_threads` decode threads (1: the processes are the parallelism)."""
 
     kind = "cpu-procs"
+    #: decode threads in each assembler process
+    proc_threads = 1
     #: seconds to wait for a lent slot before a batch gets an unpooled one
     slot_patience = 1.0
     #: the slots' byte budget (never fewer than one per process plus the consumer's)
     slot_budget = SLOT_BYTES
 
     def __init__(self, source: StoreSource, *, split: str | None = "train", threads: int = 2,
-                 partner_batches: int | None = None, proc_threads: int = 1, **kw: Any) -> None:
+                 partner_batches: int | None = None, proc_threads: int | None = None, **kw: Any) -> None:
         self.split, self.assemblers = split, threads  # one batch in flight per process
         super().__init__(source, threads=threads, partner_batches=0 if partner_batches is None else partner_batches, **kw)
         if partner_batches is None:  # each process keeps its own history: the byte budget is split among them
             partner_batches = self._partner_batches(self.batch_size, budget=PARTNER_BYTES // threads)
-        self.partner_batches, self.proc_threads = partner_batches, proc_threads
+        self.partner_batches = partner_batches
+        self.proc_threads = proc_threads or self.proc_threads
         self._history, self._redecoder = None, None  # the processes hold the history
         H, W = self.imgsz
         self.slot_bytes = self.batch_size * H * W * 3
