@@ -46,6 +46,7 @@ import threading
 import time
 import weakref
 from multiprocessing.connection import Connection
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -116,8 +117,10 @@ class SlotPool:
         lent = self._lent[s]
         return lent is None or (lent is not _BUSY and lent() is None)
 
-    def take(self) -> int | None:
-        """A free slot, marked busy; None when all stayed lent out for `patience` seconds (make an unpooled one)."""
+    def take(self, queued: Callable[[], bool] = lambda: False) -> int | None:
+        """A free slot, marked busy; None when all stayed lent out for `patience` seconds (make an unpooled
+        one). The patience runs only while nothing is `queued`: a built batch not yet taken by the consumer
+        frees a slot once it is taken (a slow consumer is waited for; only one that keeps its batches is not)."""
         deadline = time.monotonic() + self.patience
         while True:
             with self._lock:
@@ -125,7 +128,9 @@ class SlotPool:
                 if s is not None:
                     self._lent[s] = _BUSY
                     return s
-            if time.monotonic() > deadline:
+            if queued():
+                deadline = time.monotonic() + self.patience
+            elif time.monotonic() > deadline:
                 self.unpooled += 1
                 if self.unpooled == 1:
                     log.info("all %d batch slots still held after %.1f s; making unpooled ones", self.count, self.patience)
@@ -238,11 +243,13 @@ class ProcLoader(SainetLoader):
         self._slots: SlotPool | None = None
         self._start_lock = threading.Lock()
         self._pass = 0
+        self._queued = 0
         self._finalizer: weakref.finalize | None = None
 
     def __iter__(self) -> Any:
         epoch = super().__iter__()
         self._pass += 1  # the processes begin their partner history at this pass's first batch
+        self._queued = 0  # built batches the consumer has not taken (the last pass's were dropped by reset)
         self._first = self._state.epoch * len(self) + self._state.batches_done
         return epoch
 
@@ -286,7 +293,7 @@ class ProcLoader(SainetLoader):
         procs, pool = self._start()
         g = epoch * len(self) + k
         t0 = time.perf_counter()
-        s = pool.take()
+        s = pool.take(lambda: self._queued > 0)
         tmp_path, tmp_mem = _slot_file(self.slot_bytes) if s is None else (None, None)
         task = {"g": g, "epoch": epoch, "k": k, "indices": indices, "pass": self._pass, "first": self._first,
                 "resume": (epoch, self.sampler.skipped(epoch)), "mosaic": self.dataset.mosaic, "hyp": self.dataset.hyp,
@@ -317,5 +324,11 @@ class ProcLoader(SainetLoader):
         with self._telemetry:
             self.busy_seconds += (time.perf_counter() - t0) / self.assemblers
             self.images_built += len(indices)
+            self._queued += 1
         return batch
+
+    def _count(self) -> None:
+        super()._count()
+        with self._telemetry:
+            self._queued -= 1
 

@@ -188,3 +188,19 @@ def test_pinned_path_copies_and_frees_the_slot_at_once(stores):
     assert sum(loader._slots._free(s) for s in range(loader.n_slots)) >= loader.n_slots - loader.num_workers
     got = [first, *it]
     _same(got + _batches(loader, epochs=1), ref)
+
+
+def test_a_slow_consumer_is_waited_for(stores, monkeypatch):
+    """Slots held by batches the consumer has not taken yet are waited for: no unpooled slot per batch."""
+    from loaders.procs import ProcLoader
+
+    monkeypatch.setattr(ProcLoader, "slot_budget", 1)  # the minimum: one slot per process and the consumer's
+    monkeypatch.setattr(ProcLoader, "slot_patience", 0.02)
+    loader = build_loader(stores / "lmdb", "lmdb-mp", batch_size=1, imgsz=IMGSZ, threads=2)
+    try:
+        assert loader.n_slots == 3
+        for _ in loader:
+            time.sleep(0.1)  # a training step 5x the patience
+        assert loader._slots.unpooled == 0
+    finally:
+        loader.close()
