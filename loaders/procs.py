@@ -45,8 +45,8 @@ import tempfile
 import threading
 import time
 import weakref
-from multiprocessing.connection import Connection
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
