@@ -160,7 +160,9 @@ class _Proc:
         finally:
             theirs.close()
         self.conn = Connection(ours.detach())
-        self.lock = threading.Lock()
+        self.send_lock = threading.Lock()
+        self.turn = threading.Condition()
+        self.sent = self.received = 0  # tasks sent, answers taken
         self.closing = False
         self.conn.send(cfg)
 
@@ -185,13 +187,24 @@ class _Proc:
         return value
 
     def call(self, task: dict) -> dict:
-        with self.lock:
+        """Send `task` at once (tasks queue in the socket: the process starts the next as soon as it has
+        answered this one) and take its answer in turn (answers come in the order the tasks were sent)."""
+        with self.send_lock:
+            ticket = self.sent
             try:
                 self.conn.send(task)
             except OSError as e:
                 raise LoaderWorkerError(f"{self.describe()} is gone (exit status {self.proc.poll()})") from e
+            self.sent += 1
+        with self.turn:
+            while self.received != ticket:
+                self.turn.wait(0.1)
+        try:
             return self.recv()
-
+        finally:
+            with self.turn:
+                self.received += 1
+                self.turn.notify_all()
 
 def _stop(procs: list[_Proc], pool: SlotPool | None) -> None:
     """Stop the processes (asked, then killed after 5 s) and remove the slot file if still there."""
@@ -228,7 +241,7 @@ class ProcLoader(SainetLoader):
 
     def __init__(self, source: StoreSource, *, split: str | None = "train", threads: int = 2,
                  partner_batches: int | None = None, proc_threads: int | None = None, **kw: Any) -> None:
-        self.split, self.assemblers = split, threads  # one batch in flight per process
+        self.split, self.assemblers = split, threads
         super().__init__(source, threads=threads, partner_batches=0 if partner_batches is None else partner_batches, **kw)
         if partner_batches is None:  # each process keeps its own history: the byte budget is split among them
             partner_batches = self._partner_batches(self.batch_size, budget=PARTNER_BYTES // threads)
@@ -239,6 +252,8 @@ class ProcLoader(SainetLoader):
         self.slot_bytes = self.batch_size * H * W * 3
         self.n_slots = pool_size(self.slot_bytes, least=threads + 1, most=threads + self.prefetch + 2,
                                 budget=self.slot_budget)
+        # two batches in flight per process where the slots allow (the next task waits in its socket)
+        self.assemblers = max(threads, min(2 * threads, self.n_slots - 1))
         self._procs: list[_Proc] = []
         self._slots: SlotPool | None = None
         self._start_lock = threading.Lock()
