@@ -21,6 +21,9 @@ render, boxes — and the trainer's process only hands out tasks and wraps the r
   is lent out for `patience` seconds (a consumer that holds batches), a batch gets an unpooled slot
   of its own (a file unlinked right after use): memory, never a deadlock. Slots: one per process
   plus the consumer's, then more within `SLOT_BYTES`.
+- **Two tasks per process** where the slots allow (`assemblers` = min(2N, slots - 1)): the next task
+  waits in the process's socket, so it starts its next batch as soon as it has answered one, without
+  waiting for the trainer's threads to be scheduled (measured: ~+10-25% at 640 on the loaded 2-core box).
 - **Pinned memory (CUDA)**: the batch is copied from its slot into a pinned buffer from
   `BatchBuffers` (whose reuse guards in-flight copies) and the slot is free at once.
 - **Determinism**: a task carries (epoch, k); the process draws from
@@ -150,7 +153,7 @@ class SlotPool:
 
 
 class _Proc:
-    """One assembler process and its end of the socket pair; one task in flight at a time."""
+    """One assembler process and its end of the socket pair; tasks are answered in the order sent."""
 
     def __init__(self, cfg: WorkerConfig) -> None:
         ours, theirs = socket.socketpair()
