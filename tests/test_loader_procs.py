@@ -204,3 +204,19 @@ def test_a_slow_consumer_is_waited_for(stores, monkeypatch):
         assert loader._slots.unpooled == 0
     finally:
         loader.close()
+
+
+def test_processes_reopen_the_store_by_path_and_check_it(stores, tmp_path):
+    """The store is never pickled: each process opens it by path and must find the store the loader
+    was opened on; one packed over it meanwhile is the typed error, raised in the consumer's thread."""
+    from sainet.core.errors import StoreReplacedError
+
+    store = tmp_path / "s"
+    pack(stores / "src", store, PackOptions(container="lmdb"))
+    loader = build_loader(store, "lmdb-mp", batch_size=4, imgsz=IMGSZ, threads=2)
+    synthesize(tmp_path / "other", images=13, size=(288, 162), seed=12, background=0.15)
+    pack(tmp_path / "other", store, PackOptions(container="lmdb", force=True))
+    with pytest.raises(StoreReplacedError, match="replaced"):
+        next(iter(loader))
+    loader.close()
+    assert not _leftovers()
