@@ -220,3 +220,17 @@ def test_processes_reopen_the_store_by_path_and_check_it(stores, tmp_path):
         next(iter(loader))
     loader.close()
     assert not _leftovers()
+
+
+def test_close_mosaic_reaches_the_processes(stores):
+    """Ultralytics' trainer calls `dataset.close_mosaic()` in the trainer's process; the next batches of
+    the processes are unmosaicked, as the thread loader's are."""
+    def run(kind):
+        loader = build_loader(stores / "lmdb", kind, batch_size=4, imgsz=IMGSZ, seed=1, threads=2, partner_batches=0)
+        first = _batches(loader, epochs=1)
+        loader.dataset.close_mosaic()
+        return first, _batches(loader, epochs=1)
+
+    (a0, a1), (b0, b1) = run("lmdb"), run("lmdb-mp")
+    _same(b0, a0)
+    _same(b1, a1)
