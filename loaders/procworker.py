@@ -101,7 +101,7 @@ class Worker:
         cv2.setNumThreads(1)  # parallelism comes from the processes
         self.cfg = cfg
         self.store = open_store(cfg.store, expect_id=cfg.store_id)
-        source = StoreSource(self.store, cfg.split, verify=cfg.verify)
+        source = StoreSource(self.store, cfg.split, verify=cfg.verify, lazy=True)  # names, labels: from the index
         self.dataset = LoaderDataset(source, cfg.hyp, cfg.augment, cfg.imgsz)
         self.policy = ErrorPolicy(source, cfg.on_error)
         self.pool = ThreadPoolExecutor(cfg.threads, thread_name_prefix="sainet-proc-decode")

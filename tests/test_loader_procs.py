@@ -11,6 +11,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 import torch
@@ -234,3 +235,17 @@ def test_close_mosaic_reaches_the_processes(stores):
     (a0, a1), (b0, b1) = run("lmdb"), run("lmdb-mp")
     _same(b0, a0)
     _same(b1, a1)
+
+
+def test_a_lazy_store_source_reads_the_same_labels(stores):
+    """The assembler processes' `StoreSource(lazy=True)` (labels from the index when asked) equals the eager one."""
+    from loaders.sources import StoreSource
+
+    with open_store(stores / "lmdb") as store:
+        eager, lazy = StoreSource(store, "train"), StoreSource(store, "train", lazy=True)
+        assert len(lazy) == len(eager) == 10 and list(lazy.names) == eager.names
+        for i in range(len(eager)):
+            assert np.array_equal(lazy.cls[i], eager.cls[i]) and np.array_equal(lazy.boxes[i], eager.boxes[i])
+        assert lazy.describe(3) == eager.describe(3)
+        with pytest.raises(IndexError):
+            lazy.cls[10]
