@@ -51,6 +51,7 @@ import time
 import weakref
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -91,6 +92,15 @@ def _slot_file(size: int) -> tuple[str, np.ndarray]:
     finally:
         os.close(fd)
     return path, np.frombuffer(mm, np.uint8)
+
+
+def _child_env() -> dict[str, str]:
+    """This environment, with the folder that holds `loaders` first on PYTHONPATH (also when sainet
+    runs from a source tree that is not installed)."""
+    root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    return env
 
 
 def _unlink(path: str | None) -> None:
@@ -160,7 +170,7 @@ class _Proc:
         ours, theirs = socket.socketpair()
         try:
             self.proc = subprocess.Popen([sys.executable, "-m", "loaders.procworker", str(theirs.fileno())],
-                                         pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+                                         pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=_child_env())
         finally:
             theirs.close()
         self.conn = Connection(ours.detach())
