@@ -1,4 +1,4 @@
-"""Loaders: disk, ram, shm, lmdb and DALI behind one contract (Ultralytics' detection batch).
+"""Loaders: disk, ram, shm, lmdb, shm-mp, lmdb-mp (assembler processes) and DALI behind one contract (Ultralytics' detection batch).
 
     >>> from loaders import build_loader
     >>> loader = build_loader("/dev/shm/fasdd", "shm", batch_size=16, imgsz="1440x808")

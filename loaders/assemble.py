@@ -13,16 +13,19 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from loaders.augment.cpu import finish_image, mixup_partners, render_image
 from loaders.augment.plan import BatchPlan
-from loaders.buffers import BatchBuffers
 from loaders.collate import collate
 from loaders.dataset import LoaderDataset
 from loaders.decode import Decoded, Decoder, Scratch
 from loaders.read import ErrorPolicy
+
+if TYPE_CHECKING:  # torch-free at import: the assembler processes (loaders/procworker.py) import this module
+    from loaders.buffers import BatchBuffers
 
 __all__ = ["CpuAssembler", "History"]
 
@@ -145,14 +148,31 @@ class CpuAssembler:
     def build(self, indices: np.ndarray, rng: np.random.Generator, k: int = 0, history: History | None = None) -> dict:
         """Decode in the pool while this thread plans the batch, then render in the pool. `k`: the
         batch number across epochs, which keys the partner `history` (None: partners from this batch only)."""
-        pool = self.pool()
         if not self.dataset.augment:  # eval: decode and letterbox straight into the batch, no render phase
-            scratch = self.scratch()
             out, img = self.buffers.get(len(indices))
-            arr = out.numpy()
-            done = list(pool.map(lambda j: self.decode(int(indices[j]), j, scratch, arr[j]), range(len(indices))))
+            plan, used = self.build_into(indices, rng, out.numpy())
+            return collate(img, plan, self.dataset.source, used)
+        decoded, plan = self.prepare(indices, rng, k, history)
+        return self.render(decoded, plan)
+
+    def build_into(self, indices: np.ndarray, rng: np.random.Generator, arr: np.ndarray, k: int = 0,
+                   history: History | None = None) -> tuple[BatchPlan, list[int]]:
+        """`build` with the pixels written into `arr` (n, H, W, 3) uint8 (an assembler process's
+        shared-memory slot): returns the plan and the samples used, what `collate` needs."""
+        if not self.dataset.augment:
+            scratch = self.scratch()
+            done = list(self.pool().map(lambda j: self.decode(int(indices[j]), j, scratch, arr[j]), range(len(indices))))
             used = [d.index for d in done]
-            return collate(img, self.dataset.plan(used, rng), self.dataset.source, used)
+            return self.dataset.plan(used, rng), used
+        decoded, plan = self.prepare(indices, rng, k, history)
+        self.render_into(decoded, plan, arr)
+        return plan, [d.index for d in decoded[: len(plan.images)]]
+
+    def prepare(self, indices: np.ndarray, rng: np.random.Generator, k: int,
+                history: History | None) -> tuple[list[Decoded], BatchPlan]:
+        """A train batch decoded (in the pool) and planned (here, meanwhile): its samples then the
+        partners' from `history`, and the plan."""
+        pool = self.pool()
         scratch = history.scratch(k) if history is not None else self.scratch()
         futures = [pool.submit(self.decode, int(i), j, scratch) for j, i in enumerate(indices)]
         decoded = None
@@ -168,7 +188,7 @@ class CpuAssembler:
         if used != indices.tolist():  # a bad sample was replaced (on_error="skip"): plan what was used
             rng.bit_generator.state = state
             plan = self.dataset.plan(used, rng, [d.index for d in recent])
-        return self.render(decoded + recent, plan)
+        return decoded + recent, plan
 
     def redecode(self, indices: np.ndarray, scratch: Scratch) -> list[Decoded]:
         """A past batch decoded again into `scratch`, for the partner history (`History.fill`)."""
@@ -177,10 +197,15 @@ class CpuAssembler:
     def render(self, decoded: list[Decoded], plan: BatchPlan) -> dict:
         """Render a planned batch with the OpenCV executor in the pool (also the DALI CPU path).
         `decoded`: the batch's samples, then any partners' (only the first len(plan.images) are output)."""
-        pool = self.pool()
         n = len(plan.images)
         out, img = self.buffers.get(n)
-        arr = out.numpy()
+        self.render_into(decoded, plan, out.numpy())
+        return collate(img, plan, self.dataset.source, [d.index for d in decoded[:n]])
+
+    def render_into(self, decoded: list[Decoded], plan: BatchPlan, arr: np.ndarray) -> None:
+        """`render`'s pixels, written into `arr` (n, H, W, 3) uint8."""
+        pool = self.pool()
+        n = len(plan.images)
         images, scales = [d.image for d in decoded], [d.scale for d in decoded]
         augment = self.dataset.augment
         mixup = augment and any(ip.mixup is not None for ip in plan.images)
@@ -194,4 +219,3 @@ class CpuAssembler:
         if mixup:
             partners = mixup_partners(plan, arr)
             list(pool.map(lambda k: finish_image(plan, k, arr, partners), range(n)))
-        return collate(img, plan, self.dataset.source, [d.index for d in decoded[:n]])

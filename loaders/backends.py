@@ -47,6 +47,8 @@ class LoaderKind(str, enum.Enum):
     RAM = "ram"  # a store copied into process memory (Ultralytics cache=ram)
     SHM = "shm"  # shm shards, zero-copy
     LMDB = "lmdb"  # LMDB, zero-copy
+    SHM_MP = "shm-mp"  # shm shards, batches built by assembler processes (loaders/procs.py)
+    LMDB_MP = "lmdb-mp"  # LMDB, batches built by assembler processes
     DALI = "dali"  # NVIDIA DALI decode (mixed on GPU, cpu otherwise) from a store
     ULTRALYTICS = "ultralytics"  # Ultralytics' own dataloader (external: for comparison, built by Ultralytics)
 
@@ -89,6 +91,12 @@ def _store_loader(b: Backend, store: Store, split: str | None, options: dict, co
     return SainetLoader(b.source(store, split, verify=options["verify"]), **common)
 
 
+def _proc_loader(b: Backend, store: Store, split: str | None, options: dict, common: dict) -> SainetLoader:
+    from loaders.procs import ProcLoader
+
+    return ProcLoader(b.source(store, split, verify=options["verify"]), split=split, **common)
+
+
 def _dali_loader(b: Backend, store: Store, split: str | None, options: dict, common: dict) -> SainetLoader:
     from loaders.dali import DaliLoader
 
@@ -100,6 +108,10 @@ BACKENDS: dict[str, Backend] = {b.kind.value: b for b in (
     Backend(LoaderKind.RAM, "store", None, RamSource, "a store copied into process memory (like Ultralytics cache=ram)", _store_loader),
     Backend(LoaderKind.SHM, "store", "shards", StoreSource, "shm shards read zero-copy (mmap)", _store_loader),
     Backend(LoaderKind.LMDB, "store", "lmdb", StoreSource, "an LMDB store read zero-copy (mmap)", _store_loader),
+    Backend(LoaderKind.SHM_MP, "store", "shards", StoreSource, "shm shards; whole batches built by assembler processes "
+            "into shared memory (threads = processes)", _proc_loader),
+    Backend(LoaderKind.LMDB_MP, "store", "lmdb", StoreSource, "LMDB; whole batches built by assembler processes "
+            "into shared memory (threads = processes)", _proc_loader),
     Backend(LoaderKind.DALI, "store", None, StoreSource, "DALI decode (nvJPEG on a GPU, CPU otherwise) of a jpeg store", _dali_loader),
     Backend(LoaderKind.ULTRALYTICS, "ultralytics", None, None, "Ultralytics' own dataloader (for comparison)", None),
 )}

@@ -110,16 +110,16 @@ class SainetLoader:
         """The size a w0 x h0 JPEG is decoded to (None: full size): the CPU decoder's own reduced-DCT rule."""
         return Decoder(self.source, self.imgsz).min_size(w0, h0)
 
-    def _partner_batches(self, batch_size: int) -> int:
+    def _partner_batches(self, batch_size: int, budget: int = PARTNER_BYTES) -> int:
         """As many recent batches as Ultralytics' mosaic buffer reaches back (`PARTNER_MAX`) whose
-        decoded samples fit in `PARTNER_BYTES`; 0 without mosaic."""
+        decoded samples fit in `budget` (`PARTNER_BYTES`); 0 without mosaic."""
         if not self.dataset.mosaic or len(self.source) == 0:
             return 0
         sizes = np.asarray(self.source.sizes, np.int64).reshape(-1, 2)
         w0, h0 = (int(v) for v in np.median(sizes, axis=0))
         min_size = self._decoded_min_size(w0, h0)  # what this loader's decoder really outputs
         per_batch = batch_size * scaled_bytes(ImageInfo("jpeg", w0, h0, 3), min_size)
-        return int(min(PARTNER_MAX, PARTNER_BYTES // max(1, per_batch)))
+        return int(min(PARTNER_MAX, budget // max(1, per_batch)))
 
     @property
     def on_error(self) -> str:

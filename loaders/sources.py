@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import abc
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -56,10 +58,30 @@ class Source(abc.ABC):
                  "bbox_format": "xywh", "normalized": True} for i in range(len(self))]
 
 
+class _IndexView(Sequence):
+    """A read-only sequence whose item i is `get(i)`, computed when asked for."""
+
+    def __init__(self, n: int, get: Callable[[int], Any]) -> None:
+        self._n, self._get = n, get
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self._get(j) for j in range(*i.indices(self._n))]
+        j = int(i)
+        if not -self._n <= j < self._n:
+            raise IndexError(f"sample {j} out of range for {self._n}")
+        return self._get(j % self._n)
+
+
 class StoreSource(Source):
     """Records of one split of a store, read zero-copy (shm shards or LMDB)."""
 
-    def __init__(self, store: Store, split: str | None, *, verify: bool = True) -> None:
+    def __init__(self, store: Store, split: str | None, *, verify: bool = True, lazy: bool = False) -> None:
+        """`lazy`: names and labels read from the store's index when asked for (an assembler process of
+        `loaders.procs`: no Python objects per record in every process), else built once here."""
         super().__init__()
         self.store, self.verify = store, verify
         self.index = store.indices(split)
@@ -67,12 +89,17 @@ class StoreSource(Source):
         self.classes = list(store.classes)
         self.where = str(store.path)
         recs = store.index.records[self.index]
-        self.names = [store.index.name(int(i)) for i in self.index]
         self.sizes = np.stack([recs["orig_w"], recs["orig_h"]], axis=1).astype(np.int64)
-        for i in self.index:
-            c, b = store.labels_of(int(i))
-            self.cls.append(c)
-            self.boxes.append(b)
+        if lazy:
+            self.names = _IndexView(len(self.index), lambda i: store.index.name(int(self.index[i])))  # type: ignore[assignment]
+            self.cls = _IndexView(len(self.index), lambda i: store.labels_of(int(self.index[i]))[0])  # type: ignore[assignment]
+            self.boxes = _IndexView(len(self.index), lambda i: store.labels_of(int(self.index[i]))[1])  # type: ignore[assignment]
+        else:
+            self.names = [store.index.name(int(i)) for i in self.index]
+            for i in self.index:
+                c, b = store.labels_of(int(i))
+                self.cls.append(c)
+                self.boxes.append(b)
         self._content = np.stack([recs["pad_left"], recs["pad_top"], recs["new_w"], recs["new_h"]], axis=1).astype(np.int64)
 
     def payload(self, i: int) -> memoryview:

@@ -11,7 +11,7 @@ from sainet.core.errors import StoreFormatError
 from sainet.synth import synthesize
 
 IMGSZ = "320x180"  # -> (192, 320)
-BACKENDS = ["disk", "ram", "shm", "lmdb", "dali"]
+BACKENDS = ["disk", "ram", "shm", "lmdb", "lmdb-mp", "dali"]
 GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: no GPU on this machine")
 
 
@@ -27,7 +27,7 @@ def stores(tmp_path_factory):
 
 def _data(stores, kind):
     return {"disk": stores / "src", "ram": stores / "lmdb", "shm": stores / "shards", "lmdb": stores / "lmdb",
-            "dali": stores / "shards"}[kind]
+            "lmdb-mp": stores / "lmdb", "shm-mp": stores / "shards", "dali": stores / "shards"}[kind]
 
 
 def _epoch(loader):

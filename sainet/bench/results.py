@@ -39,6 +39,16 @@ class BenchResult:
     megapixels_per_s: float | None = None
     repeats: list[float] = field(default_factory=list)  # images/s of each repeat (the figure is their median)
     cpu_ms_per_image: float | None = None  # CPU time of the process tree per output image (robust to a busy host)
+    #: share of the loader's CPU time spent in the trainer's (the bench's) process: its serial part when
+    #: the per-image work runs in other processes; 1.0 for thread loaders (all in one process, bound by the GIL)
+    serial_share: float | None = None
+    amdahl_ceiling: float | None = None  # 1 / serial_share: the speed-up no number of cores can exceed
+
+    def set_serial(self, parent_cpu_s: float, tree_cpu_s: float) -> None:
+        """`serial_share` and `amdahl_ceiling` from the parent's and the whole tree's CPU seconds."""
+        if tree_cpu_s > 0:
+            self.serial_share = min(1.0, max(0.0, parent_cpu_s / tree_cpu_s))
+            self.amdahl_ceiling = 1.0 / self.serial_share if self.serial_share > 0 else None
 
 @dataclass
 class BenchConfig:

@@ -49,6 +49,11 @@ def _cpu_seconds(proc: psutil.Process) -> float:
             continue
     return total
 
+def _own_cpu(proc: psutil.Process) -> float:
+    """CPU seconds of this process alone (all its threads), its children left out."""
+    t = proc.cpu_times()
+    return t.user + t.system
+
 class _Sampler:
     """Peak PSS (total and anonymous) of the process tree, sampled in the background.
 
@@ -110,7 +115,8 @@ def measure(name: str, batches: Iterator[int], cfg: BenchConfig, progress: Calla
     for _ in range(cfg.warmup):
         if next(batches, None) is None:
             break
-    cpu0, t0 = _cpu_seconds(psutil.Process()), time.perf_counter()
+    me = psutil.Process()
+    cpu0, own0, t0 = _cpu_seconds(me), _own_cpu(me), time.perf_counter()
     lat, images = [], 0
     with _Sampler() as sampler:
         last = time.perf_counter()
@@ -129,9 +135,12 @@ def measure(name: str, batches: Iterator[int], cfg: BenchConfig, progress: Calla
             if cfg.batches is None and now - t0 >= (cfg.seconds or 10.0):
                 break
     dt = time.perf_counter() - t0
-    cpu_s = max(0.0, _cpu_seconds(psutil.Process()) - cpu0 - sampler.cpu_s)
+    cpu_s = max(0.0, _cpu_seconds(me) - cpu0 - sampler.cpu_s)
+    own_s = max(0.0, _own_cpu(me) - own0 - sampler.cpu_s)  # the trainer's process alone: the serial part
     ms = np.array(lat) * 1000
-    return BenchResult(name, "loader", images / dt if dt else 0.0, len(lat), images, dt,
+    r = BenchResult(name, "loader", images / dt if dt else 0.0, len(lat), images, dt,
                        float(np.percentile(ms, 50)) if len(ms) else None, float(np.percentile(ms, 99)) if len(ms) else None,
                        cpu_s / dt * 100 if dt else 0.0, max(0, sampler.peak - base_pss) / 1e6,
                        max(0, sampler.peak_anon - base_anon) / 1e6, cpu_ms_per_image=cpu_s * 1000 / images if images else None)
+    r.set_serial(own_s, cpu_s)
+    return r

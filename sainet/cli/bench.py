@@ -30,7 +30,7 @@ def print_bench_table(results: list[Any], cfg: Any, profile_name: str) -> None:
     t = Table(title=f"bench-loader {format_imgsz(cfg.imgsz)} batch {cfg.batch} {'augment' if cfg.augment else 'no augment'}, "
                     f"{cfg.threads} threads, profile {profile_name}")
     cols = ("backend", "shape", "decodes/img", "img/s", "Mpx/s", "p50 ms", "p99 ms", "CPU %", "CPU ms/img", "PSS MB",
-            "anon MB", "x decode", "x work-min", "x work-min CPU", "x ultralytics")
+            "anon MB", "serial %", "ceiling", "x decode", "x work-min", "x work-min CPU", "x ultralytics")
     for col in cols:
         t.add_column(col, justify="left" if col == "backend" else "right")
 
@@ -44,6 +44,7 @@ def print_bench_table(results: list[Any], cfg: Any, profile_name: str) -> None:
             ul = f"{r.ratios['mpx_vs_ultralytics']:.2f} Mpx"
         t.add_row(r.name, r.out_shape or "source", f(r.decodes_per_image, "{:g}"), f(r.images_per_s), f(r.megapixels_per_s),
                   f(r.p50_ms), f(r.p99_ms), f(r.cpu_percent, "{:.0f}"), f(r.cpu_ms_per_image), f(r.pss_mb), f(r.pss_anon_mb),
+                  f(None if r.serial_share is None else 100 * r.serial_share), f(r.amdahl_ceiling, "{:.1f}x"),
                   f(r.ratios.get("vs_decode"), "{:.2f}"), f(r.ratios.get("vs_work-minimum"), "{:.2f}"),
                   f(r.ratios.get("cpu_vs_work-minimum"), "{:.2f}"), ul)
     console.print(t)

@@ -28,6 +28,7 @@ __all__ = [
     "SettingsError",
     "ClassMappingError",
     "DistributedError",
+    "LoaderWorkerError",
 ]
 
 
@@ -154,3 +155,7 @@ class DistributedError(SainetError):
     torchrun's environment is incomplete."""
 
     exit_code = 6
+
+
+class LoaderWorkerError(SainetError):
+    """An assembler process of a loader (`loaders.procs`) died, failed to start, or did not answer."""

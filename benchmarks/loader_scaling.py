@@ -1,0 +1,72 @@
+"""Images/s of sainet's CPU loaders at 1, 2, ... threads or assembler processes (issue 23's scaling figure).
+
+    python benchmarks/loader_scaling.py --store STORE --imgsz 640 --counts 1,2 --loaders lmdb,lmdb-mp
+
+Each (loader, count) runs `--seconds` after 3 warm-up batches, round after round (`--rounds`), so a
+change in the machine's load shows as a spread instead of a bias. CPU % is the whole process tree's
+(the assembler processes included). On a 16-core machine: ``--counts 1,4,8,16``; linear scaling is
+count x the images/s at 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import psutil
+
+from loaders import build_loader
+from sainet.bench.results import BENCH_HYP
+
+
+def _tree_cpu(me: psutil.Process) -> float:
+    return sum(sum(p.cpu_times()[:2]) for p in [me, *me.children(recursive=True)])
+
+
+def measure(store: Path, kind: str, count: int, imgsz: int, batch: int, seconds: float) -> dict:
+    loader = build_loader(store, kind, batch_size=batch, imgsz=imgsz, threads=count, hyp=dict(BENCH_HYP))
+    me = psutil.Process()
+    try:
+        it = iter(loader)
+        for _ in range(3):
+            next(it)
+        c0, t0, n = _tree_cpu(me), time.perf_counter(), 0
+        while time.perf_counter() - t0 < seconds:
+            b = next(it, None)
+            if b is None:
+                it = iter(loader)
+                continue
+            n += int(b["img"].shape[0])
+        dt = time.perf_counter() - t0
+        return {"loader": kind, "count": count, "images_per_s": n / dt, "cpu_percent": 100 * (_tree_cpu(me) - c0) / dt}
+    finally:
+        loader.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--store", type=Path, required=True)
+    ap.add_argument("--imgsz", type=int, default=640)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--counts", default="1,2")
+    ap.add_argument("--loaders", default="lmdb,lmdb-mp")
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--json", type=Path)
+    a = ap.parse_args()
+    rows = []
+    for r in range(a.rounds):
+        for kind in a.loaders.split(","):
+            for count in (int(c) for c in a.counts.split(",")):
+                row = {"round": r, **measure(a.store, kind, count, a.imgsz, a.batch, a.seconds)}
+                rows.append(row)
+                print(f"round {r} {kind} x{count}: {row['images_per_s']:.1f} img/s, {row['cpu_percent']:.0f}% CPU", flush=True)
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps({"imgsz": a.imgsz, "batch": a.batch, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
