@@ -44,20 +44,7 @@ def _phases(plan, sources: list[torch.Tensor], scales: list, fuse: bool) -> tupl
     mark("plan copy")
     planes = tx.stack_sources(sources, src_hw, packed.pad_hw, torch.uint8 if fuse else torch.float32)
     mark("stack sources")
-    B, (H, W) = packed.batch, packed.out_hw
-    paint = tx._kernel("paint", tx._paint, fuse)
-    xs = torch.linspace(-1 + 1 / W, 1 - 1 / W, W, device=planes.device)
-    ys = torch.linspace(-1 + 1 / H, 1 - 1 / H, H, device=planes.device)
-    canvas = None
-    for k, (n, off) in enumerate(zip(packed.counts, packed.offsets, strict=True)):
-        theta, bounds = params[off : off + 6 * n].view(n, 2, 3), params[off + 6 * n : off + 10 * n].view(n, 1, 1, 4)
-        clamp = params[off + 10 * n : off + 14 * n].view(n, 1, 1, 4)
-        if canvas is None or n == B:
-            canvas = paint(planes, theta, bounds, clamp, xs, ys, canvas, fuse)
-        else:
-            rows = params[off + 14 * n : off + 15 * n].long()
-            canvas.index_copy_(1, rows, paint(planes, theta, bounds, clamp, xs, ys, canvas.index_select(1, rows), fuse))
-        mark(f"slot {k} ({n} images)")
+    canvas = tx._geometry(packed, params, planes, fuse, on_slot=lambda k, n: mark(f"slot {k} ({n} images)"))
     tx._colour(packed, params, canvas, fuse)
     mark("colour (mixup, HSV, uint8 out)")
     return (time.perf_counter() - t0) * 1e3, marks

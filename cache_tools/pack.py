@@ -45,6 +45,7 @@ from sainet.core.check import content_digest, find_duplicates
 from sainet.core.datasets import Problem, Sample
 from sainet.core.datasets.combine import SourceSet
 from sainet.core.errors import DatasetError, ImageError, SainetError
+from sainet.core.fsio import fsync_path
 from sainet.core.geometry import letterbox, letterbox_params
 from sainet.core.imaging import decode_rgb, encode_jpeg, probe
 from sainet.core.parallel import default_threads, ordered_map
@@ -269,13 +270,6 @@ def _build_index(rows: np.ndarray, samples: list[_Entry], names: list[str], spli
                      meta, num_shards=len(shard_sizes))
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
 
 def _check_options(opts: PackOptions, to: Path) -> str:
     """The container to write; ValueError for options that contradict each other."""
@@ -355,7 +349,7 @@ def _commit(partial: Path, to: Path, index: IndexData) -> None:
     for extra in ("pack.json", "bad.jsonl"):
         (partial / extra).unlink(missing_ok=True)
     os.replace(tmp, partial / INDEX_NAME)
-    _fsync_dir(partial)
+    fsync_path(partial)
     if to.exists():  # --force: swap the complete new store in, then remove the old one
         trash = old_path(to)
         if trash.exists():
@@ -365,7 +359,7 @@ def _commit(partial: Path, to: Path, index: IndexData) -> None:
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.rename(partial, to)
-    _fsync_dir(to.parent)
+    fsync_path(to.parent)
 
 
 def _source_meta(sources: SourceSet, kept: list[_Entry], rows: np.ndarray, dropped_leaks: list[dict]) -> dict:

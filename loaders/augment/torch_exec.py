@@ -260,14 +260,16 @@ def _paint(src: torch.Tensor, theta: torch.Tensor, bounds: torch.Tensor, clamp: 
     return torch.where(mask, value, PAD_VALUE if part is None else part)
 
 
-def _geometry(packed: PackedPlan, params: torch.Tensor, planes: torch.Tensor, fuse: bool) -> torch.Tensor:
-    """Every tile slot painted in turn -> the (3, B, H, W) uint8 canvas."""
+def _geometry(packed: PackedPlan, params: torch.Tensor, planes: torch.Tensor, fuse: bool,
+              on_slot: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """Every tile slot painted in turn -> the (3, B, H, W) uint8 canvas. `on_slot(k, n)` runs after
+    slot k (n images) is enqueued (`benchmarks/gpu_phases.py` records a CUDA event there)."""
     B, (H, W) = packed.batch, packed.out_hw
     paint = _kernel("paint", _paint, fuse)
     canvas: torch.Tensor | None = None  # made by slot 0, which every image has
     xs = torch.linspace(-1 + 1 / W, 1 - 1 / W, W, device=planes.device)  # output pixel centres
     ys = torch.linspace(-1 + 1 / H, 1 - 1 / H, H, device=planes.device)
-    for n, off in zip(packed.counts, packed.offsets, strict=True):
+    for k, (n, off) in enumerate(zip(packed.counts, packed.offsets, strict=True)):
         theta = params[off : off + 6 * n].view(n, 2, 3)
         bounds = params[off + 6 * n : off + 10 * n].view(n, 1, 1, 4)
         clamp = params[off + 10 * n : off + 14 * n].view(n, 1, 1, 4)
@@ -276,6 +278,8 @@ def _geometry(packed: PackedPlan, params: torch.Tensor, planes: torch.Tensor, fu
         else:
             rows = params[off + 14 * n : off + 15 * n].long()
             canvas.index_copy_(1, rows, paint(planes, theta, bounds, clamp, xs, ys, canvas.index_select(1, rows), fuse))
+        if on_slot is not None:
+            on_slot(k, n)
     return canvas  # type: ignore[return-value]  # slot 0 always exists (every image has a placement)
 
 

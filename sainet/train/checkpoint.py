@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from sainet.core.fsio import fsync_path
+
 __all__ = ["AtomicPath", "atomic_file", "atomic_save", "atomic_write_bytes", "latest_checkpoint", "remove_leftovers", "MID_EPOCH_NAME"]
 
 log = logging.getLogger(__name__)
@@ -27,13 +29,6 @@ _TMP_SUFFIX = ".tmp"
 def _tmp_for(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}{_TMP_SUFFIX}")
 
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def atomic_save(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> Path:
@@ -50,7 +45,7 @@ def atomic_save(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any])
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    _fsync_dir(path.parent)
+    fsync_path(path.parent)
     return path
 
 
@@ -62,17 +57,13 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = _tmp_for(path)
     try:
         yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    _fsync_dir(path.parent)
+    fsync_path(path.parent)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> int:
