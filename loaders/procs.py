@@ -200,15 +200,19 @@ class _Proc:
             raise value
         return value
 
-    def call(self, task: dict) -> dict:
+    def call(self, task: dict, on_sent: Callable[[], None] | None = None) -> dict:
         """Send `task` at once (tasks queue in the socket: the process starts the next as soon as it has
-        answered this one) and take its answer in turn (answers come in the order the tasks were sent)."""
+        answered this one) and take its answer in turn (answers come in the order the tasks were sent).
+        `on_sent` runs once the task is sent (or failed to be)."""
         with self.send_lock:
             ticket = self.sent
             try:
                 self.conn.send(task)
             except OSError as e:
                 raise LoaderWorkerError(f"{self.describe()} is gone (exit status {self.proc.poll()})") from e
+            finally:
+                if on_sent is not None:
+                    on_sent()
             self.sent += 1
         with self.turn:
             while self.received != ticket:
@@ -273,6 +277,11 @@ class ProcLoader(SainetLoader):
         self._start_lock = threading.Lock()
         self._pass = 0
         self._queued = 0
+        # A process builds its batches in the order it gets them, and batch g may wait for its partner
+        # history's batch g - N: so each process gets its batches in g order, whichever build thread
+        # is ready first (a slot wait can reorder them). Next g each process is due, per pass.
+        self._turn = threading.Condition()
+        self._due: dict[int, int] = {}
         self._finalizer: weakref.finalize | None = None
 
     def __iter__(self) -> Any:
@@ -280,7 +289,23 @@ class ProcLoader(SainetLoader):
         self._pass += 1  # the processes begin their partner history at this pass's first batch
         self._queued = 0  # built batches the consumer has not taken (the last pass's were dropped by reset)
         self._first = self._state.epoch * len(self) + self._state.batches_done
+        with self._turn:
+            self._due = {}
         return epoch
+
+    def _wait_turn(self, proc: _Proc, w: int, g: int, n: int) -> None:
+        """Until batch g is the next one process w is due in this pass (its first: the first g >= the
+        pass's first batch with g mod n = w)."""
+        with self._turn:
+            while g > self._due.setdefault(w, self._first + (w - self._first) % n):
+                if proc.closing:
+                    raise LoaderWorkerError(f"{proc.describe()} is closing")
+                self._turn.wait(0.1)
+
+    def _sent(self, w: int, g: int, n: int) -> None:
+        with self._turn:
+            self._due[w] = max(self._due.get(w, g), g + n)
+            self._turn.notify_all()
 
     def _config(self, w: int, path: str) -> WorkerConfig:
         store = self.source.store  # type: ignore[attr-defined]
@@ -311,6 +336,8 @@ class ProcLoader(SainetLoader):
 
     def close(self) -> None:
         """Stop the epoch in flight and the assembler processes (restarted on demand)."""
+        for proc in self._procs:  # build threads waiting for an answer give up, so the epoch's producer can end
+            proc.closing = True
         super().close()
         if self._finalizer is not None:
             self._finalizer()  # _stop, once
@@ -328,7 +355,9 @@ class ProcLoader(SainetLoader):
                 "resume": (epoch, self.sampler.skipped(epoch)), "mosaic": self.dataset.mosaic, "hyp": self.dataset.hyp,
                 "path": tmp_path, "bytes": self.slot_bytes, "offset": 0 if s is None else s * self.slot_bytes}
         try:
-            reply = procs[g % len(procs)].call(task)
+            w, n_procs = g % len(procs), len(procs)
+            self._wait_turn(procs[w], w, g, n_procs)
+            reply = procs[w].call(task, on_sent=lambda: self._sent(w, g, n_procs))
         except BaseException:
             if s is not None:
                 pool.release(s)

@@ -249,3 +249,32 @@ def test_a_lazy_store_source_reads_the_same_labels(stores):
         assert lazy.describe(3) == eager.describe(3)
         with pytest.raises(IndexError):
             lazy.cls[10]
+
+
+def test_batches_reach_each_process_in_order_when_a_slot_wait_reorders_the_build_threads(stores, monkeypatch):
+    """Batch g may wait for its process's batch g - N (partner history), and a process builds in the
+    order it gets tasks: a build thread delayed before sending (here: batch 0's slot wait) must not
+    let batch N overtake it, else the process waits for batch 0 forever. Bounded: a hang fails."""
+    import threading
+
+    from loaders import procs
+
+    take = procs.SlotPool.take
+    first = threading.Event()
+
+    def slow_first_take(self, queued=lambda: False):
+        if not first.is_set():  # the first build thread to ask (batch 0) waits; batch 2 asks meanwhile
+            first.set()
+            time.sleep(0.5)
+        return take(self, queued)
+
+    monkeypatch.setattr(procs.SlotPool, "take", slow_first_take)
+    loader = build_loader(stores / "shards", "shm-mp", batch_size=1, imgsz=IMGSZ, seed=2, threads=2)
+    got: list = []
+    t = threading.Thread(target=lambda: got.extend(_batches(loader, epochs=1)), daemon=True)
+    t.start()
+    t.join(120)
+    if t.is_alive():
+        loader.close()
+        pytest.fail("the loader hung: a process got batch g + N before batch g")
+    assert len(got) == len(loader)
