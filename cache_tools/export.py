@@ -20,6 +20,7 @@ import yaml
 from cache_tools.format import payload_checksum
 from cache_tools.store import Store, open_store
 from sainet.core.errors import StoreCorruptError, StoreError, StoreExistsError, UnsafeName
+from sainet.core.fsio import write_bytes, write_text
 from sainet.core.imaging import encode_jpeg
 from sainet.core.safepath import is_plain_name, output_dir, printable, resolve_inside
 
@@ -109,7 +110,7 @@ def export_store(store_path: str | Path, out: str | Path, *, force: bool = False
                 progress(1)
         # No `path`: Ultralytics then resolves the splits against this file's folder.
         cfg = {**{sp: f"images/{sp}" for sp in s.splits}, "names": dict(enumerate(s.classes))}
-    safe_child(out, "data.yaml", "file").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    write_text(safe_child(out, "data.yaml", "file"), yaml.safe_dump(cfg, sort_keys=False))
     return n
 
 
@@ -122,11 +123,11 @@ def _write_one(s: Store, i: int, img: Path, lbl: Path, out: Path) -> None:
     # Re-check after mkdir: a folder created since planning must not be a link out of `out`.
     resolve_inside(out, img, error=lambda rel, root: UnsafeName(f"{rel} would be written outside {root}"))
     if s.mode == "jpeg":
-        img.write_bytes(r.payload)
+        write_bytes(img, r.payload)
     else:
         h, w = s.imgsz
         frame = np.frombuffer(r.payload, np.uint8).reshape(h, w, 3)
         (left, top), (nw, nh) = r.pad, r.new_size
-        img.write_bytes(encode_jpeg(frame[top : top + nh, left : left + nw], 95))
+        write_bytes(img, encode_jpeg(frame[top : top + nh, left : left + nw], 95))
     rows = "".join(f"{c} {x:.8f} {y:.8f} {bw:.8f} {bh:.8f}\n" for c, (x, y, bw, bh) in zip(r.cls.tolist(), r.boxes.tolist(), strict=True))
-    lbl.write_text(rows)
+    write_text(lbl, rows)

@@ -45,7 +45,7 @@ from sainet.core.check import content_digest, find_duplicates
 from sainet.core.datasets import Problem, Sample
 from sainet.core.datasets.combine import SourceSet
 from sainet.core.errors import DatasetError, ImageError, SainetError
-from sainet.core.fsio import fsync_path
+from sainet.core.fsio import fsync_path, write_text
 from sainet.core.geometry import letterbox, letterbox_params
 from sainet.core.imaging import decode_rgb, encode_jpeg, probe
 from sainet.core.parallel import default_threads, ordered_map
@@ -306,7 +306,7 @@ def _prepare_partial(partial: Path, fingerprint: dict, opts: PackOptions) -> Non
             shutil.rmtree(partial)
     if not partial.exists():
         partial.mkdir()
-        (partial / "pack.json").write_text(json.dumps(fingerprint))
+        write_text(partial / "pack.json", json.dumps(fingerprint))
 
 
 def _write_payloads(writer: object, work: Iterator[tuple[int, Sample]], kept: list[_Entry], opts: PackOptions,

@@ -30,6 +30,7 @@ import numpy as np
 import yaml
 
 from sainet.core.datasets.base import split_sort_key
+from sainet.core.fsio import naming, write_bytes, write_text
 from sainet.core.imaging import encode_jpeg
 
 __all__ = ["SYNTH_LAYOUTS", "FASDD_SUBSETS", "PLANTED", "SynthObject", "SynthImage", "render", "synthesize", "write_zip"]
@@ -199,14 +200,14 @@ def _write_yolo(out: Path, images: list[SynthImage], classes: list[str]) -> None
     for im in images:
         d = out / "images" / im.split
         d.mkdir(parents=True, exist_ok=True)
-        (d / im.name).write_bytes(im.jpeg)
+        write_bytes(d / im.name, im.jpeg)
         ld = out / "labels" / im.split
         ld.mkdir(parents=True, exist_ok=True)
-        (ld / (Path(im.name).stem + ".txt")).write_text(im.yolo_rows())
+        write_text(ld / (Path(im.name).stem + ".txt"), im.yolo_rows())
     splits = sorted({im.split for im in images}, key=["train", "val", "test"].index)
     # No `path`: Ultralytics then resolves the splits against this file's folder (a relative path would be cwd's).
     cfg = {**{s: f"images/{s}" for s in splits}, "names": dict(enumerate(classes))}
-    (out / "data.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    write_text(out / "data.yaml", yaml.safe_dump(cfg, sort_keys=False))
 
 
 def _coco_doc(images: list[SynthImage], classes: list[str], cat_ids: dict[str, int] | None = None) -> dict:
@@ -237,15 +238,15 @@ def _write_coco(out: Path, images: list[SynthImage], classes: list[str]) -> None
         d = out / "images" / split
         d.mkdir(parents=True, exist_ok=True)
         for im in part:
-            (d / im.name).write_bytes(im.jpeg)
-        (out / "annotations" / f"instances_{split}.json").write_text(json.dumps(_coco_doc(part, classes)))
+            write_bytes(d / im.name, im.jpeg)
+        write_text(out / "annotations" / f"instances_{split}.json", json.dumps(_coco_doc(part, classes)))
 
 
 def _write_voc(out: Path, images: list[SynthImage], classes: list[str]) -> None:
     for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     for im in images:
-        (out / "JPEGImages" / im.name).write_bytes(im.jpeg)
+        write_bytes(out / "JPEGImages" / im.name, im.jpeg)
         root = ET.Element("annotation")
         ET.SubElement(root, "filename").text = im.name
         size = ET.SubElement(root, "size")
@@ -259,11 +260,13 @@ def _write_voc(out: Path, images: list[SynthImage], classes: list[str]) -> None:
             x0, y0, x1, y1 = o.box
             for tag, v in (("xmin", x0 + 1), ("ymin", y0 + 1), ("xmax", x1), ("ymax", y1)):
                 ET.SubElement(bb, tag).text = str(v)
-        ET.ElementTree(root).write(out / "Annotations" / (Path(im.name).stem + ".xml"))
+        xml = out / "Annotations" / (Path(im.name).stem + ".xml")
+        with naming(xml):
+            ET.ElementTree(root).write(xml)
     for split in sorted({im.split for im in images}):
         ids = [Path(im.name).stem for im in images if im.split == split]
-        (out / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(ids) + "\n")
-    (out / "classes.txt").write_text("\n".join(classes) + "\n")
+        write_text(out / "ImageSets" / "Main" / f"{split}.txt", "\n".join(ids) + "\n")
+    write_text(out / "classes.txt", "\n".join(classes) + "\n")
 
 
 def _write_fasdd(out: Path, images: list[SynthImage], classes: list[str], subset: str = "CV") -> None:
@@ -275,14 +278,14 @@ def _write_fasdd(out: Path, images: list[SynthImage], classes: list[str], subset
     for d in (root / "images", yolo / "labels", coco):
         d.mkdir(parents=True, exist_ok=True)
     for im in images:
-        (root / "images" / im.name).write_bytes(im.jpeg)
-        (yolo / "labels" / (Path(im.name).stem + ".txt")).write_text(im.yolo_rows())
+        write_bytes(root / "images" / im.name, im.jpeg)
+        write_text(yolo / "labels" / (Path(im.name).stem + ".txt"), im.yolo_rows())
     for split in _ordered_splits(images):
         part = [im for im in images if im.split == split]
-        (yolo / f"{split}.txt").write_text("".join(f"./images/{im.name}\n" for im in part))
+        write_text(yolo / f"{split}.txt", "".join(f"./images/{im.name}\n" for im in part))
         # Category ids deliberately not in class order: smoke 1, fire 2 (mapped by name on import).
         cat_ids = {c: len(classes) - i for i, c in enumerate(classes)}
-        (coco / f"{split}.json").write_text(json.dumps(_coco_doc(part, classes, cat_ids)))
+        write_text(coco / f"{split}.json", json.dumps(_coco_doc(part, classes, cat_ids)))
 
 
 def write_zip(folder: Path, archive: Path) -> int:

@@ -16,7 +16,7 @@ import pytest
 
 from cache_tools import PackOptions, open_store, pack, verify_store
 from sainet.core.errors import StoreCorruptError, StoreReplacedError
-from tests.hostile import ROOT, env, make_source
+from tests.hostile import ROOT, env, make_source, sainet
 
 CASES = [("shards", "raw"), ("shards", "jpeg"), ("lmdb", "jpeg"), ("lmdb", "raw")]
 
@@ -483,3 +483,24 @@ def test_synth_and_demo_refuse_system_folders(cmd):
 
     r = sainet(*cmd)
     assert r.returncode == 2 and "system folder" in r.stderr, (r.returncode, r.stderr[-400:])
+
+
+# ------------------------------------------------------------------ 26.6: a full disk names the file
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux) to make a write fail with ENOSPC")
+def test_a_write_that_fails_without_a_file_name_names_the_file(tmp_path):
+    """ENOSPC from write() carries no file name: `sainet.core.fsio` adds it, so the one error line says
+    which file could not be written (here synth's data.yaml, a link to /dev/full)."""
+    import errno
+
+    from sainet.core.fsio import write_bytes
+
+    with pytest.raises(OSError) as e:
+        write_bytes(Path("/dev/full"), b"x")
+    assert e.value.errno == errno.ENOSPC and e.value.filename == "/dev/full"
+    out = tmp_path / "synth"
+    out.mkdir()
+    (out / "data.yaml").symlink_to("/dev/full")
+    r = sainet("synth", str(out), "--images", "4", "--size", "64x48")
+    assert r.returncode == 1, r.stderr
+    assert "No space left on device" in r.stderr and "data.yaml" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr

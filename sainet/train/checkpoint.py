@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from sainet.core.fsio import fsync_path
+from sainet.core.fsio import fsync_path, naming
 
 __all__ = ["AtomicPath", "atomic_file", "atomic_save", "atomic_write_bytes", "latest_checkpoint", "remove_leftovers", "MID_EPOCH_NAME"]
 
@@ -36,7 +36,7 @@ def atomic_save(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any])
     path = Path(path)
     tmp = _tmp_for(path)
     try:
-        with open(tmp, "wb") as f:
+        with naming(path), open(tmp, "wb") as f:  # a full disk names the checkpoint
             write(f)
             f.flush()
             os.fsync(f.fileno())
