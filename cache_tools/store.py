@@ -8,6 +8,7 @@ the data through the page cache.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import stat
@@ -154,21 +155,21 @@ class _ShardPayloads:
         self._maps, self._fds = [None] * len(self._maps), [-1] * len(self._maps)
 
 
-_LMDB_ENVS: dict[tuple[int, str, int, int], object] = {}
+_LMDB_ENVS: dict[tuple[int, str, int, int, int], object] = {}
 _LMDB_LOCK = threading.Lock()
 
 
 def _lmdb_env(root: Path):  # noqa: ANN202 - lmdb.Environment
-    """One read-only environment per (process, path, data.mdb file): py-lmdb refuses to open a path
-    twice in a process. A store packed over the path since (another data.mdb inode) gets its own
-    environment; the old one stays open for the readers of the old index (they keep their pixels)."""
-    import lmdb
-
+    """One read-only environment per (process, path, data.mdb file and its mtime): py-lmdb refuses
+    to open files twice in a process. A store packed over the path since (another data.mdb) gets its
+    own environment; the old one stays open for the readers of the old index (they keep their
+    pixels), unless the new files reuse its inode numbers (`_open_lmdb`)."""
     try:
         st = os.stat(root / "data.mdb")
     except OSError as e:
         raise StoreCorruptError(f"{root / 'data.mdb'}: cannot open LMDB: {e.strerror}") from None
-    key = (os.getpid(), os.path.realpath(root), st.st_dev, st.st_ino)
+    # the modification time too: a store deleted and packed again may get the old data.mdb's inode number
+    key = (os.getpid(), os.path.realpath(root), st.st_dev, st.st_ino, st.st_mtime_ns)
     env = _LMDB_ENVS.get(key)
     if env is None:
         with _LMDB_LOCK:
@@ -181,13 +182,34 @@ def _lmdb_env(root: Path):  # noqa: ANN202 - lmdb.Environment
                         _LMDB_ENVS.pop(stale).close()
                     except Exception:  # noqa: BLE001 - the parent's handle is not ours to fail on
                         pass
-                try:
-                    env = lmdb.open(str(root), readonly=True, lock=False, readahead=False, max_readers=1024,
-                                    subdir=True, meminit=False, max_dbs=2)
-                except lmdb.Error as e:
-                    raise StoreCorruptError(f"{root}: cannot open LMDB: {e}") from None
+                env = _open_lmdb(root, key)
                 _LMDB_ENVS[key] = env
     return env
+
+
+def _open_lmdb(root: Path, key: tuple):  # noqa: ANN202 - lmdb.Environment
+    """Open `root` read-only. py-lmdb refuses files it still has open by (device, inode): a store
+    deleted and packed again at this path can reuse the inode numbers of an environment this process
+    still holds for the old, deleted files. Those environments are closed (their readers get an
+    error, never these pixels) and the open is tried once more."""
+    import lmdb
+
+    def attempt():  # noqa: ANN202
+        return lmdb.open(str(root), readonly=True, lock=False, readahead=False, max_readers=1024,
+                         subdir=True, meminit=False, max_dbs=2)
+
+    try:
+        return attempt()
+    except lmdb.Error as e:
+        if "already open" not in str(e):
+            raise StoreCorruptError(f"{root}: cannot open LMDB: {e}") from None
+    for old in [k for k in _LMDB_ENVS if k[:2] == key[:2]]:  # this process, this path: the deleted stores
+        with contextlib.suppress(Exception):
+            _LMDB_ENVS.pop(old).close()  # type: ignore[attr-defined]
+    try:
+        return attempt()
+    except lmdb.Error as e:
+        raise StoreCorruptError(f"{root}: cannot open LMDB: {e}") from None
 
 
 _LMDB_MAGIC = 0xBEEFC0DE
