@@ -34,18 +34,8 @@ def _tmp_for(path: Path) -> Path:
 def atomic_save(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> Path:
     """Call ``write(file)`` on a temporary file beside `path`, fsync it, and rename it to `path`."""
     path = Path(path)
-    tmp = _tmp_for(path)
-    try:
-        with naming(path), open(tmp, "wb") as f:  # a full disk names the checkpoint
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    fsync_path(path.parent)
+    with naming(path), atomic_file(path) as tmp, open(tmp, "wb") as f:  # a full disk names the checkpoint
+        write(f)
     return path
 
 
