@@ -20,11 +20,13 @@ Per batch (`DaliAssembler.build`, two batches in assembly at once):
    waits on it in the consumer's thread, and the batch tensor is marked as used by that stream
    (``record_stream``) so its memory is not reused early. Nothing blocks the default stream.
 
-A batch that DALI cannot decode (DALI fails the whole run and does not name the sample) is decoded
-on the CPU instead, in the loader's pool, each sample under the `on_error` policy (raised, or
-skipped: counted and replaced by the next good sample); those CPU decodes are the batch (uploaded
-to the device on the GPU), so a bad record costs one batch of CPU decodes and never a second DALI
-run that could fail again. Raw stores need no decoding and use the plain CPU path.
+A batch that DALI cannot decode (DALI fails the whole run and does not name the sample): the
+failing samples are found by bisection — the halves of the failed run are fed to DALI again until each
+failing sample stands alone (about 2 log2(n) small runs per bad sample, once: `_repair`). Only those
+are decoded on the CPU, in the loader's pool, under the `on_error` policy (raised, or skipped: counted
+and replaced by the next good sample); every other sample is DALI's decode. A record DALI failed on
+is remembered: later epochs decode it on the CPU while DALI decodes the rest, so it never fails a run
+again. Raw stores need no decoding and use the plain CPU path.
 """
 
 from __future__ import annotations
@@ -157,6 +159,8 @@ class DaliAssembler:
         self._feed: DaliFeed | None = None
         self._feed_lock = threading.Lock()
         self._retired: collections.deque[tuple[torch.cuda.Event, list]] = collections.deque()
+        #: records DALI failed on (found by `_repair`): decoded on the CPU from then on
+        self._cpu_only: set[int] = set()
 
     @property
     def feed(self) -> DaliFeed:
@@ -173,43 +177,58 @@ class DaliAssembler:
         tensors; on the GPU they are read on this loader's stream only)."""
         if self.loader.source.mode == "raw":
             return self.cpu.build(indices, rng, k, history)
-        decoded = None
+        decoded: list[Decoded] | None = None
+        keep: list[Any] = []
         try:
             used = self._read(indices.tolist())
-            ticket = self.feed.submit([a for a, _ in used])
-            used_idx = [u for _, u in used]
+            known = [p for p, (_, u) in enumerate(used) if u in self._cpu_only]  # DALI failed on these before
+            fed = [p for p in range(len(used)) if p not in set(known)]
+            ticket = self.feed.submit([used[p][0] for p in fed]) if fed else None
+            slots: list[Decoded | None] = [None] * len(used)
+            for p, d in zip(known, self._cpu_decode([used[p][1] for p in known]), strict=True):
+                slots[p] = d  # on the CPU while DALI decodes the rest
+            used_idx = [u if d is None else d.index for d, (_, u) in zip(slots, used, strict=True)]
             state = rng.bit_generator.state
             if history is None:
                 recent = []
                 try:
                     plan = self.loader.dataset.plan(used_idx, rng)  # while DALI decodes
                 finally:
-                    out = self.feed.take(ticket, self.stream)
+                    out = self._take(ticket)
             else:  # tickets are taken in submission order, which two assemblers may swap: take first, then wait
-                out = self.feed.take(ticket, self.stream)  # for the earlier batches' decodes (never the reverse)
+                out = self._take(ticket)  # for the earlier batches' decodes (never the reverse)
                 recent = history.recent(k) if self.loader.dataset.mosaic else []
                 plan = self.loader.dataset.plan(used_idx, rng, [d.index for d in recent])
-            if isinstance(out, Exception):  # this batch comes from the CPU decoder (bad samples skipped or raised)
-                decoded = self._repair(used_idx, out)
-                used_idx = [d.index for d in decoded]
-                rng.bit_generator.state = state  # the plan is redrawn for the samples used
-                plan = self.loader.dataset.plan(used_idx, rng, [d.index for d in recent])
+            if isinstance(out, Exception):  # DALI failed on some sample: find it, decode it on the CPU
+                fixed, keep = self._repair([used_idx[p] for p in fed], [used[p][0] for p in fed], out)
             else:
-                decoded = self._decoded(out, used_idx)
+                fixed, keep = (self._decoded(out, [used_idx[p] for p in fed]), [out]) if fed else ([], [])
+            for p, d in zip(fed, fixed, strict=True):
+                slots[p] = d
+            decoded = [d for d in slots if d is not None]
+            if [d.index for d in decoded] != used_idx:  # "skip" replaced a sample: the plan is redrawn for those used
+                used_idx = [d.index for d in decoded]
+                rng.bit_generator.state = state
+                plan = self.loader.dataset.plan(used_idx, rng, [d.index for d in recent])
         finally:
             if history is not None:
                 history.publish(k, decoded)  # also on failure: later batches must not wait for it
         if not self.gpu:
             return self.cpu.render(decoded + recent, plan)
-        return self._render_gpu(out, plan, decoded + recent, len(used_idx))
+        return self._render_gpu(keep, plan, decoded + recent, len(used_idx))
 
-    def _decoded(self, out: Any, used: list[int]) -> list[Decoded]:
-        """DALI's outputs as `Decoded` samples: numpy views of its buffers (CPU) or CUDA tensors."""
+    def _take(self, ticket: int | None) -> Any:
+        return None if ticket is None else self.feed.take(ticket, self.stream)
+
+    def _decoded(self, out: Any, used: list[int], at: list[int] | None = None) -> list[Decoded]:
+        """DALI's outputs (samples `at` of `out`, default all) as `Decoded` samples: numpy views of
+        its buffers (CPU) or CUDA tensors."""
+        at = list(range(len(used))) if at is None else at
         if not self.gpu:
-            images = [self._reduced(np.asarray(out[k]), u) for k, u in enumerate(used)]  # views of DALI's buffers, or smaller copies
+            images = [self._reduced(np.asarray(out[k]), u) for k, u in zip(at, used, strict=True)]  # views of DALI's buffers, or smaller copies
             return [Decoded(img, self._scale(u, img.shape), u) for img, u in zip(images, used, strict=True)]
         with torch.cuda.stream(self.stream):
-            images = [self.loader.to_torch(out[k]) for k in range(len(used))]
+            images = [self.loader.to_torch(out[k]) for k in at]
         return [Decoded(t, self._scale(u, tuple(t.shape)), u) for t, u in zip(images, used, strict=True)]
 
     def _read(self, indices: list[int]) -> list[tuple[np.ndarray, int]]:
@@ -217,19 +236,48 @@ class DaliAssembler:
         policy, src = self.loader.policy, self.loader.source
         return list(self.loader.pool.map(lambda i: policy.run(i, lambda j: (read_encoded(src, j), j)), indices))
 
-    def _repair(self, used: list[int], error: Exception) -> list[Decoded]:
-        """DALI failed on this batch (it does not say which sample): decode the batch on the CPU, in
-        the loader's pool, under the `on_error` policy (raise, or count and replace each bad sample
-        by the next good one). The CPU decodes are the batch (uploaded to the loader's device on
-        the GPU): nothing goes back to DALI. Train mode decodes at reduced DCT where the output
-        allows (every entropy-coded byte is still read, so a corrupt one is still found)."""
+    def _cpu_decode(self, indices: list[int]) -> list[Decoded]:
+        """Samples decoded on the CPU in the loader's pool, under the `on_error` policy (a replacement
+        under "skip" is decoded there too), uploaded to the loader's device on the GPU. Train mode
+        decodes at reduced DCT where the output allows (every entropy-coded byte is still read, so a
+        corrupt one is still found)."""
+        if not indices:
+            return []
         decoder, policy, reduce = self.cpu.decoder, self.loader.policy, self.loader.dataset.augment
-        log.warning("DALI could not decode a batch (%s); decoding it on the CPU", str(error).splitlines()[0][:200])
-        decoded = list(self.loader.pool.map(lambda i: policy.run(i, lambda j: decoder.decode(j, reduce=reduce)), used))
+        decoded = list(self.loader.pool.map(lambda i: policy.run(i, lambda j: decoder.decode(j, reduce=reduce)), indices))
         if not self.gpu:
             return decoded
         with torch.cuda.stream(self.stream):
             return [Decoded(torch.from_numpy(np.ascontiguousarray(d.image)).to(self.loader.device), d.scale, d.index) for d in decoded]
+
+    def _repair(self, used: list[int], arrays: list[np.ndarray], error: Exception) -> tuple[list[Decoded], list[Any]]:
+        """DALI failed the run of samples `used` (encoded `arrays`) without naming the sample. Feed
+        halves of it again until each failing sample stands alone (a run of one that fails); those
+        are decoded on the CPU under the `on_error` policy and remembered (`_cpu_only`), the rest
+        are the halves' DALI decodes. Returns the samples in order and the DALI outputs they view."""
+        log.warning("DALI could not decode a batch (%s); finding the samples it fails on",
+                    str(error).splitlines()[0][:200])
+        found: dict[int, Decoded] = {}
+        bad: list[int] = []
+        keep: list[Any] = []
+        parts = _halves(list(range(len(used))))
+        while parts:
+            part = parts.pop()
+            out = self._take(self.feed.submit([arrays[p] for p in part]))
+            if not isinstance(out, Exception):
+                keep.append(out)
+                found.update(zip(part, self._decoded(out, [used[p] for p in part]), strict=True))
+            elif len(part) == 1:
+                bad.append(part[0])
+            else:
+                parts += _halves(part)
+        bad.sort()
+        self._cpu_only.update(used[p] for p in bad)
+        if bad:
+            log.warning("DALI cannot decode %s: decoded on the CPU from now on",
+                        ", ".join(self.loader.source.describe(used[p]) for p in bad))
+        found.update(zip(bad, self._cpu_decode([used[p] for p in bad]), strict=True))
+        return [found[p] for p in range(len(used))], keep
 
     def _reduced(self, img: np.ndarray, u: int) -> np.ndarray:
         """A train image at the size the CPU loaders decode it to (`Decoder.min_size`: a reduced
@@ -248,7 +296,7 @@ class DaliAssembler:
         w0, h0 = self.loader.source.sizes[u]
         return (w0 / shape[1], h0 / shape[0])
 
-    def _render_gpu(self, out: Any, plan: Any, decoded: list[Decoded], n: int) -> _GpuBatch:
+    def _render_gpu(self, keep: list[Any], plan: Any, decoded: list[Decoded], n: int) -> _GpuBatch:
         """Render on the loader's stream; the consumer's stream waits on `ready` at hand-off.
         `decoded`: the batch's n samples, then the partners' from recent batches."""
         with torch.cuda.stream(self.stream):
@@ -256,7 +304,7 @@ class DaliAssembler:
             img = render_batch(plan, images, [d.scale for d in decoded], fuse=self.loader.fuse)
             ready = torch.cuda.Event()
             ready.record(self.stream)
-        return _GpuBatch(collate(img, plan, self.loader.source, [d.index for d in decoded[:n]]), ready, [out, images])
+        return _GpuBatch(collate(img, plan, self.loader.source, [d.index for d in decoded[:n]]), ready, [*keep, images])
 
     def hand_off(self, item: Any) -> dict:
         """In the consumer's thread: make its current stream wait for the batch (no host sync)."""
@@ -269,6 +317,12 @@ class DaliAssembler:
         while self._retired and self._retired[0][0].query():  # DALI buffers whose readers finished
             self._retired.popleft()
         return item.batch
+
+
+def _halves(part: list[int]) -> list[list[int]]:
+    """`part` split in two (a run of one is not split)."""
+    h = len(part) // 2
+    return [part[:h], part[h:]] if h else [part]
 
 
 class DaliLoader(SainetLoader):
@@ -292,9 +346,12 @@ class DaliLoader(SainetLoader):
         return DaliAssembler(self)
 
     def _decoded_min_size(self, w0: int, h0: int) -> tuple[int, int] | None:
-        """DALI decodes JPEGs at full size (no reduced DCT): the partner history is sized for that.
-        A raw store is read by the CPU path."""
-        return super()._decoded_min_size(w0, h0) if self.source.mode == "raw" else None
+        """What a decoded train sample's size really is, for sizing the partner history: on the GPU
+        (`mixed`) DALI's full-size decode (no reduced DCT); in CPU mode the CPU loaders' reduced size
+        (`DaliAssembler._reduced` shrinks DALI's output to it); a raw store is read by the CPU path."""
+        if self.source.mode == "raw" or (self.dali_device == "cpu" and self.augment):
+            return super()._decoded_min_size(w0, h0)
+        return None
 
     def reset(self) -> None:
         """Stop the epoch (batches still queued are dropped), then let the loader stream finish

@@ -134,15 +134,18 @@ class _Truncated(StoreSource):
         return p[: len(p) // 2] if i == self.victim else p
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, GPU])])
 @pytest.mark.parametrize("augment", [True, False])
-def test_dali_on_error_skip_skips_a_record_dali_cannot_decode(store, augment):
+def test_dali_on_error_skip_skips_a_record_dali_cannot_decode(store, augment, device):
+    """A record cut in half: DALI (CPU backend here; `mixed` on a GPU) fails its run, bisection finds
+    it, the CPU cannot decode it either: "skip" replaces it, "raise" names it; epoch 2 again."""
     pytest.importorskip("nvidia.dali")
     from loaders.dali import DaliLoader
 
-    common = dict(batch_size=4, imgsz=(96, 160), augment=augment, hyp=Hyp(), threads=2, seed=3)
+    common = dict(batch_size=4, imgsz=(96, 160), augment=augment, hyp=Hyp(), threads=2, seed=3, device=device)
     victim = 5
     src = _Truncated(store, victim)
-    loader = DaliLoader(src, device="cpu", on_error="skip", **common)
+    loader = DaliLoader(src, on_error="skip", **common)
     try:
         batches = list(loader)
         assert [len(b["im_file"]) for b in batches] == [4, 4, 2]  # full batches: the bad record was replaced
@@ -152,7 +155,7 @@ def test_dali_on_error_skip_skips_a_record_dali_cannot_decode(store, augment):
         assert len(again) == 3 and loader.skipped == 2
     finally:
         loader.close()
-    raising = DaliLoader(_Truncated(store, victim), device="cpu", on_error="raise", **common)
+    raising = DaliLoader(_Truncated(store, victim), on_error="raise", **common)
     try:
         with pytest.raises(CorruptImage, match=re.escape(src.names[victim])):
             list(raising)
@@ -321,9 +324,10 @@ def test_batches_repeat_with_the_seed_whatever_the_partner_history(store, partne
         assert not all(torch.equal(x, y) for x, y in zip(a, epoch(0), strict=True))
 
 
-def test_dali_partner_history_is_sized_for_full_size_decodes(store):
-    """The CPU decoder reduces a 160x90 JPEG for a 32-pixel output (reduced DCT); DALI decodes it
-    whole, so its partner history holds fewer batches in the same bytes (issue 21)."""
+def test_dali_partner_history_is_sized_for_what_dali_outputs(store):
+    """The CPU decoder reduces a 160x90 JPEG for a 32-pixel output (reduced DCT). DALI on the GPU
+    decodes it whole, so its history holds fewer batches in the same bytes; DALI in CPU mode keeps
+    the CPU's reduced size (`DaliAssembler._reduced`), so its history is the CPU loaders' (issue 21)."""
     pytest.importorskip("nvidia.dali")
     from loaders.loader import PARTNER_BYTES, PARTNER_MAX
 
@@ -331,55 +335,78 @@ def test_dali_partner_history_is_sized_for_full_size_decodes(store):
     cpu = build_loader(store, "shm", batch_size=B, imgsz=32, threads=1)
     dali = build_loader(store, "dali", batch_size=B, imgsz=32, threads=1, device="cpu")
     try:
-        assert cpu._decoded_min_size(160, 90) is not None and dali._decoded_min_size(160, 90) is None
-        assert dali.partner_batches == min(PARTNER_MAX, PARTNER_BYTES // (B * 160 * 90 * 3)) == 3
-        assert cpu.partner_batches > dali.partner_batches
+        assert cpu._decoded_min_size(160, 90) is not None
+        assert dali._decoded_min_size(160, 90) == cpu._decoded_min_size(160, 90)
+        assert dali.partner_batches == cpu.partner_batches
+        with torch.no_grad():
+            dali.dali_device = "mixed"  # what a GPU loader sizes for (no CUDA here to build one)
+            assert dali._decoded_min_size(160, 90) is None
+            assert dali._partner_batches(B) == min(PARTNER_MAX, PARTNER_BYTES // (B * 160 * 90 * 3)) == 3
+            assert cpu.partner_batches > dali._partner_batches(B)
     finally:
+        dali.dali_device = "cpu"
         cpu.close()
         dali.close()
 
 
-def test_dali_batch_that_dali_cannot_decode_comes_from_the_cpu(store, monkeypatch):
-    """DALI fails a whole run without naming the sample: that batch is decoded on the CPU (in the
-    loader's pool, under the policy) and used as is: same samples, same plan, same boxes, no raise
-    and no second DALI run, even under on_error="raise" when every sample is good (issue 21)."""
+def test_dali_only_the_samples_dali_cannot_decode_come_from_the_cpu(store, monkeypatch):
+    """DALI fails a whole run without naming the sample. The failing sample is found by feeding
+    halves of the run again (2 log2(4) = 4 runs for a batch of 4), only it is decoded on the CPU (in
+    the loader's pool, under on_error="raise": it decodes there, so nothing raises), and it is
+    remembered: the next epoch decodes it on the CPU beside DALI's run and no run fails again. The
+    batches keep their samples, plans and boxes (issue 21)."""
     pytest.importorskip("nvidia.dali")
     from loaders.dali import DaliFeed, DaliLoader
+    from loaders.decode import Decoder
 
     common = dict(batch_size=4, imgsz=(96, 160), augment=True, hyp=Hyp(), threads=2, seed=3, device="cpu", on_error="raise")
+    victim = 6
 
-    def run() -> list[dict]:
+    def run(epochs: int) -> list[list[dict]]:
         loader = DaliLoader(StoreSource(open_store(store), None, verify=False), **common)
         try:
-            return list(loader)
+            victim_bytes.append(bytes(loader.source.payload(victim)))
+            return [list(loader) for _ in range(epochs)]
         finally:
             loader.close()
 
-    good = run()
-    real_take, real_submit, calls, threads = DaliFeed.take, DaliFeed.submit, [], set()
+    victim_bytes: list[bytes] = []
+    good = run(1)[0]
+    real_take, real_submit = DaliFeed.take, DaliFeed.submit
+    runs, failing, decoded, threads = [], set(), [], set()
 
-    def failing_take(self, ticket, stream=None):
+    def submit(self, arrays):  # DALI that cannot decode the victim: every run holding it fails
+        ticket = real_submit(self, arrays)
+        holds = any(a.tobytes() == victim_bytes[-1] for a in arrays)
+        runs.append(len(arrays))
+        if holds:
+            failing.add(ticket)
+        return ticket
+
+    def take(self, ticket, stream=None):
         out = real_take(self, ticket, stream)
-        return RuntimeError("nvjpeg: bad stream") if ticket == 1 else out
-
-    def counting_submit(self, arrays):
-        calls.append(len(arrays))
-        return real_submit(self, arrays)
-
-    from loaders.decode import Decoder
+        return RuntimeError("nvImageCodec failure: '#3'") if ticket in failing else out
 
     real_decode = Decoder.decode
 
     def decode(self, i, **kw):
+        decoded.append(i)
         threads.add(threading.current_thread().name)
         return real_decode(self, i, **kw)
 
-    monkeypatch.setattr(DaliFeed, "take", failing_take)
-    monkeypatch.setattr(DaliFeed, "submit", counting_submit)
+    monkeypatch.setattr(DaliFeed, "submit", submit)
+    monkeypatch.setattr(DaliFeed, "take", take)
     monkeypatch.setattr(Decoder, "decode", decode)
-    repaired = run()
-    assert len(calls) == len(good)  # one DALI run per batch: the failed one was not fed again
-    assert [b["im_file"] for b in repaired] == [b["im_file"] for b in good]
-    for a, b in zip(good, repaired, strict=True):
+    first, second = run(2)
+    for epoch in (first, second):
+        assert sorted(n for b in epoch for n in b["im_file"]) == sorted(n for b in good for n in b["im_file"])
+    assert [b["im_file"] for b in first] == [b["im_file"] for b in good]
+    for a, b in zip(good, first, strict=True):
         torch.testing.assert_close(a["bboxes"], b["bboxes"])
+    assert decoded == [victim, victim]  # once per epoch, and nothing else on the CPU
     assert threads and threading.main_thread().name not in threads  # decoded in the loader's pool
+    batches = len(good) * 2
+    assert len(failing) == 1 + 2  # the batch's run, then the half holding it, then the run of the victim alone
+    assert len(runs) == batches + 4  # the bisection's 4 runs, once: epoch 2 feeds DALI the victim's batch without it
+    n = sum(len(b["im_file"]) for b in good)
+    assert sum(runs[len(good) + 4 :]) == n - 1  # epoch 2 feeds DALI every sample but the victim
