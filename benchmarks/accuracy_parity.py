@@ -21,7 +21,9 @@ otherwise, and
 - loaders ultralytics and lmdb with seeds 0-5, dali (CPU mode) with seeds 0-2 (`--dali-seeds`);
 - batch 32 (a 2xA100 rank's batch): ultralytics and lmdb, seeds 0-2 (`--extra-batch`, `--extra-seeds`);
 - rectangular training (imgsz 256x144 -> 256x160) against square 256 at equal wall-clock time:
-  sainet lmdb, seed 0; the rectangular run gets the square run's wall time (Ultralytics `time`).
+  sainet lmdb, seeds 0-2 (`--rect-seeds`), each pair back to back, both given the same time
+  (`--rect-hours`, Ultralytics `time`, which sets the epochs from the first epoch's pace); the
+  machine must be otherwise idle, so each row records the 1-minute load average before and after.
 
 The runs can be split over invocations (several machines or sessions): give each its own `--work`
 and a subset (`--loaders`, `--seeds`), then summarize with `--reuse A/runs.jsonl --reuse
@@ -86,6 +88,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--val-each-epoch", action="store_true", help="validate every epoch (default: the final epoch only)")
     ap.add_argument("--imgsz", default="256")
     ap.add_argument("--rect-imgsz", default="256x144", help="the rectangular shape of the equal-wall-clock row ('' skips it)")
+    ap.add_argument("--rect-seeds", type=int, default=3, help="seeds 0..N-1 of the equal-time rect/square pairs")
+    ap.add_argument("--rect-hours", type=float, default=0.06, help="each run of an equal-time pair trains this long")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--extra-batch", type=int, default=32, help="a second batch size, for ultralytics and lmdb (0 skips it)")
     ap.add_argument("--extra-seeds", type=int, default=3, help="seeds 0..N-1 of the --extra-batch groups")
@@ -104,6 +108,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.images, args.val_fraction, args.size, args.epochs, args.imgsz = 24, 0.5, "160x96", 2, "64"
         args.close_mosaic = 1
         args.rect_imgsz, args.batch, args.extra_batch, args.seeds, args.dali_seeds, args.extra_seeds = "64x32", 4, 2, "0,1", 2, 2
+        args.rect_seeds, args.rect_hours = 2, 0.004
     return args
 
 
@@ -155,6 +160,7 @@ def train_one(args: argparse.Namespace, run: Run) -> dict:
     if run.hours is not None:
         sets["time"] = run.hours
     init: list[str] = []
+    load_before = os.getloadavg()[0]
     t = time.perf_counter()
     r = train(TrainRequest(data=str(args.work / "store"), loader=run.loader, model=args.model, imgsz=run.imgsz,
                            epochs=args.epochs, batch=run.batch, device="cpu", profile="cpu", project=str(args.work / "runs"),
@@ -166,6 +172,7 @@ def train_one(args: argparse.Namespace, run: Run) -> dict:
     col = lambda key: [float(e.get(key) or 0) for e in epochs] or [0.0]  # noqa: E731
     row = {**run.__dict__, "config": args.config, "init_digest": init[0] if init else None,
            "wall_s": round(wall, 1), "epochs_done": len(epochs),
+           "load_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
            "mAP50_final": col("metrics/mAP50(B)")[-1], "mAP50_best": max(col("metrics/mAP50(B)")),
            "mAP50-95_final": col("metrics/mAP50-95(B)")[-1], "mAP50-95_best": max(col("metrics/mAP50-95(B)"))}
     print(json.dumps(row), flush=True)
@@ -212,7 +219,7 @@ def summarize(rows: list[dict]) -> list[dict]:
     for name, rs in groups.items():
         g = {"group": name, "loader": rs[0]["loader"], "batch": rs[0]["batch"], "imgsz": rs[0]["imgsz"],
              "seeds": sorted(r["seed"] for r in rs)}
-        for k in (*METRICS, "wall_s"):
+        for k in (*METRICS, "wall_s", "epochs_done"):
             g[k] = _mean_sd([float(r[k]) for r in rs])
         g["_rows"] = rs
         out.append(g)
@@ -228,7 +235,7 @@ def summarize(rows: list[dict]) -> list[dict]:
         g["mAP50_vs_ultralytics"], g["two_se"] = diff, se2
         g |= paired(g["_rows"], ref["_rows"])
         ci = g.get("paired_ci95")
-        g["parity"] = (abs(g["paired_mean_diff"]) <= 0.01 and -0.02 <= ci[0] and ci[1] <= 0.02) if ci else None
+        g["parity"] = (abs(g["paired_mean_diff"]) <= 0.01 and -0.02 <= ci[0] and ci[1] <= 0.02) if ci and ref is not pair else None
         g["reference"] = ref["group"]
         g["speedup_vs_ultralytics"] = ref["wall_s"][0] / g["wall_s"][0]
     for g in out:
@@ -284,11 +291,11 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(train_one(args, run))
         _save_partial(args, rows)
     if args.rect_imgsz and "lmdb" in args.loaders.split(","):
-        square = next(r for r in rows if r["loader"] == "lmdb" and r["batch"] == args.batch)
-        rows.append(square | {"group": f"lmdb b{args.batch} square {args.imgsz} (equal-time pair)"})
-        rows.append(train_one(args, Run(f"lmdb b{args.batch} rect {args.rect_imgsz} (equal time)", "lmdb", square["seed"],
-                                        args.batch, args.rect_imgsz, hours=square["wall_s"] / 3600)))
-        _save_partial(args, rows)
+        for seed in seeds_of(args.seeds)[: args.rect_seeds]:  # back to back: both see the same machine
+            for group, imgsz in ((f"lmdb b{args.batch} square {args.imgsz} (equal-time pair)", args.imgsz),
+                                 (f"lmdb b{args.batch} rect {args.rect_imgsz} (equal time)", args.rect_imgsz)):
+                rows.append(train_one(args, Run(group, "lmdb", seed, args.batch, imgsz, hours=args.rect_hours)))
+                _save_partial(args, rows)
     summary = summarize(rows)
     doc = {"host": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
            "ultralytics": ultralytics.__version__, "torch": torch.__version__, "commit": _commit(),
