@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 
 from cache_tools.store import Store
-from sainet.core.datasets import open_dataset
 from sainet.core.errors import DatasetError
 
 __all__ = ["Source", "StoreSource", "RamSource", "DiskSource"]
@@ -133,6 +132,8 @@ class DiskSource(Source):
     """Image files of a source dataset, read per sample (the baseline: Ultralytics without cache)."""
 
     def __init__(self, src: str | Path, split: str | None, layout: str | None = None) -> None:
+        from sainet.core.datasets import open_dataset  # the importers: only this source needs them
+
         super().__init__()
         ds = open_dataset(src, layout)
         splits = ds.splits()

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import simplejpeg
-from PIL import BmpImagePlugin, Image, TiffImagePlugin, WebPImagePlugin
 
 from sainet.core.errors import CorruptImage, ImageTooLarge
 
@@ -123,8 +122,13 @@ def _probe_jpeg(data: bytes, source: str) -> ImageInfo:
     raise CorruptImage(source, "JPEG without a frame header (truncated or not a JPEG)")
 
 
-_PIL_PLUGINS = {"tiff": TiffImagePlugin.TiffImageFile, "webp": WebPImagePlugin.WebPImageFile,
-                "bmp": BmpImagePlugin.BmpImageFile}
+def _pil_plugin(kind: str) -> type:
+    """Pillow's image class of `kind`, imported on first use (a process that only meets JPEGs, such as
+    an assembler process, never loads Pillow: ~8 MB)."""
+    from PIL import BmpImagePlugin, TiffImagePlugin, WebPImagePlugin
+
+    return {"tiff": TiffImagePlugin.TiffImageFile, "webp": WebPImagePlugin.WebPImageFile,
+            "bmp": BmpImagePlugin.BmpImageFile}[kind]
 
 
 def _probe_other(data: bytes | memoryview, source: str) -> ImageInfo:
@@ -142,11 +146,13 @@ def _probe_other(data: bytes | memoryview, source: str) -> ImageInfo:
     )
     if kind == "unknown":
         raise CorruptImage(source, "not an image (unknown signature)")
+    from PIL import Image
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow's own bomb warning: the MAX_PIXELS check below decides
             # The format's own plugin, not Image.open: Ultralytics patches Image.open (to load HEIF).
-            with _PIL_PLUGINS[kind](io.BytesIO(data)) as im:
+            with _pil_plugin(kind)(io.BytesIO(data)) as im:
                 w, h, bands = im.width, im.height, len(im.getbands())
                 bits = getattr(im, "tag_v2", {}).get(258, (16 if im.mode.startswith("I;16") else 8,))
     except (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError) as e:

@@ -22,13 +22,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING
 
 from sainet.core.datasets.base import Importer, ProblemKind, Sample, detect_id_base, split_sort_key
 from sainet.core.datasets.guards import check_parquet_schema
 from sainet.core.errors import DatasetError, LayoutError
+
+if TYPE_CHECKING:
+    import pyarrow.parquet as pq
 
 __all__ = ["PyroSdisImporter", "PYROSDIS_CLASSES", "REQUIRED_COLUMNS", "find_shards"]
 
@@ -137,6 +138,9 @@ class PyroSdisImporter(Importer):
         return f"pyrosdis dataset at {self.root} ({sum(map(len, self._by_split.values()))} parquet files)"
 
     def _open(self, shard: Path) -> pq.ParquetFile:
+        import pyarrow as pa  # imported here: a process that reads a store never needs it (~8 MB)
+        import pyarrow.parquet as pq
+
         try:
             # pre_buffer (pyarrow's default) reads a whole file's column chunks ahead: a 480 MB shard
             # would sit in memory. Without it, one row group at a time is read.
