@@ -70,6 +70,8 @@ BAD_OPTIONS = [
     # train
     (["train", "--data", "STORE", "--loader", "fast"], 2, "--loader"),
     (["train", "--data", "STORE", "--profile", "nope"], 2, "--profile"),
+    (["train", "--data", "STORE", "--profile", "/nonexistent/my-box.yaml"], 2, "my-box.yaml: cannot read the profile file"),
+    (["bench-loader", "--source", "SRC", "--profile", "/nonexistent/my-box.yaml"], 2, "my-box.yaml: cannot read"),
     (["train", "--data", "STORE", "--imgsz", "12xq"], 2, "--imgsz"),
     (["train", "--data", "STORE", "--batch", "-1"], 2, "--batch"),
     (["train", "--data", "STORE", "--epochs", "0"], 2, "--epochs"),

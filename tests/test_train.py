@@ -140,6 +140,12 @@ def test_profile_values_and_explicit_flags(stores, tmp_path):
                                                       loader="lmdb", device="cpu", project=str(tmp_path)))
     assert (chosen["batch"], chosen["threads"], chosen["loader"]) == (3, 1, "lmdb")  # explicit flags win
     assert overrides["amp"] is False  # CPU
+    own = tmp_path / "my-box.yaml"  # a profile file of one's own, as `sainet plan --profile` takes
+    own.write_text("name: my-box\ngpus: 0\nvram_gb: 0\nram_gb: 24\ncores: 2\n"
+                   "recommended: {loader: lmdb, store: shards, mode: jpeg, batch: 5, threads: 1, prefetch: 2}\n")
+    overrides, options, chosen = resolve(TrainRequest(data=str(stores / "lmdb"), profile=str(own), device="cpu",
+                                                      project=str(tmp_path)))
+    assert (chosen["profile"], chosen["batch"], chosen["threads"], chosen["loader"]) == ("my-box", 5, 1, "lmdb")
 
 
 def test_memory_plan_refuses_what_cannot_fit(stores, tmp_path, monkeypatch):

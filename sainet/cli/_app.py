@@ -219,7 +219,10 @@ class_ids_type = _parser(_class_ids)
 Layout = Literal[tuple(LAYOUTS)]  # type: ignore[valid-type]
 Container = Literal[CONTAINERS]  # type: ignore[valid-type]
 Mode = Literal[MODES]  # type: ignore[valid-type]
-ProfileName = Literal[("auto", *profile_names())]  # type: ignore[valid-type]
+#: --profile of every command: checked by `sainet.profiles.choose_profile` (an unknown name or a bad
+#: file is a SettingsError naming it, exit 2)
+PROFILE_HELP = (f"auto (the nearest to this host), a profile name ({', '.join(profile_names())}) or a profile file "
+                "of your own (.yaml, the shape of configs/profiles/*.yaml)")
 
 
 # ---------------------------------------------------------------------------------------------- progress

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from sainet.cli._app import ProfileName, app, bar_factory, console, imgsz_type, key_value_type, run
+from sainet.cli._app import PROFILE_HELP, app, bar_factory, console, imgsz_type, key_value_type, run
 from sainet.core.errors import SettingsError
 from sainet.core.geometry import format_imgsz
 from sainet.settings import BENCH_NAMES as _KNOWN
@@ -94,7 +94,7 @@ def bench_loader(
     batches: Annotated[int | None, typer.Option(min=1, help="Batches measured per backend (instead of --seconds).")] = None,
     cold: Annotated[bool, typer.Option(help="Evict the files' pages first (posix_fadvise), so reads are real.")] = False,
     raw: Annotated[bool, typer.Option(help="Also pack a raw store and measure the raw-copy reference.")] = False,
-    profile: Annotated[ProfileName, typer.Option(help="auto or a profile name: threads, prefetch, workers, batch.")] = "auto",  # type: ignore[assignment]
+    profile: Annotated[str, typer.Option(help=f"{PROFILE_HELP}: threads, prefetch, workers, batch.")] = "auto",
     threads: Annotated[int | None, typer.Option(min=1, help="Decode threads (default: the profile's, at most the cores).")] = None,
     workers: Annotated[int | None, typer.Option(min=0, help="Ultralytics DataLoader workers (default: the threads).")] = None,
     work: Annotated[Path, typer.Option(help="Where stores packed from --source are kept.")] = Path(".cache/bench"),

@@ -9,15 +9,14 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from sainet.cli._app import Layout, app, bytes_type, console, imgsz_type, run
-from sainet.profiles import profile_names
+from sainet.cli._app import PROFILE_HELP, Layout, app, bytes_type, console, imgsz_type, run
 
 
 @app.command()
 def plan(
     source: Annotated[str | None, typer.Option("--source", help="Dataset folder, or a description N@WxH[:avgKB] (e.g. 122634@1440x808:180KB, FASDD CV+UAV+RS).")] = None,
     store: Annotated[Path | None, typer.Option("--store", help="An existing store.")] = None,
-    profile: Annotated[str, typer.Option(help=f"auto (this host, as measured), a profile name ({', '.join(profile_names())}) or a profile file (.yaml, the shape of configs/profiles/*.yaml).")] = "auto",
+    profile: Annotated[str, typer.Option(help=f"{PROFILE_HELP}; auto plans for this host as measured.")] = "auto",
     imgsz: Annotated[Any, typer.Option(parser=imgsz_type, metavar="WxH|N", help="Training shape, WIDTHxHEIGHT or N.")] = "1440x808",  # type: ignore[assignment]
     batch: Annotated[int | None, typer.Option(min=1, help="Batch per GPU (default: the profile's).")] = None,
     model: Annotated[str, typer.Option(help="Model, for the VRAM estimate.")] = "yolov8s.yaml",

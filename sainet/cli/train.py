@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 import typer
 from rich.table import Table
 
-from sainet.cli._app import ProfileName, app, console, device_type, imgsz_type, key_value_type, run
+from sainet.cli._app import PROFILE_HELP, app, console, device_type, imgsz_type, key_value_type, run
 from sainet.core.errors import SettingsError
 from sainet.core.topology import TorchrunEnv
 from sainet.settings import LOADERS
@@ -48,7 +48,7 @@ def train(
     epochs: Annotated[int | None, typer.Option(min=1, help="Epochs (default: the stage's or Ultralytics').")] = None,
     batch: Annotated[int | None, typer.Option(min=1, help="Batch size (default: the profile's).")] = None,
     device: Annotated[Any, typer.Option(parser=device_type, metavar="cpu|N|N,M", help="cpu, 0, or 0,1 (DDP).")] = None,
-    profile: Annotated[ProfileName, typer.Option(help="auto (detect the host) or a profile name.")] = "auto",  # type: ignore[assignment]
+    profile: Annotated[str, typer.Option(help=f"{PROFILE_HELP}.")] = "auto",
     config: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="YAML of Ultralytics arguments (checked as --set).")] = None,
     sets: Annotated[list[str] | None, typer.Option("--set", parser=key_value_type, metavar="KEY=VALUE", help="An Ultralytics training argument, key=value (repeatable); checked against Ultralytics' own keys, types and ranges, and refused where it would not take effect.")] = None,
     stage: Annotated[int | None, typer.Option(min=1, max=2, help="1 (FASDD: fire+smoke) or 2 (PyroSDIS: smoke) settings from configs/train.")] = None,
