@@ -89,6 +89,28 @@ def test_private_ultralytics_apis_are_as_hooked():
             assert text in source, f"{api.owner}.{api.name} no longer contains {text!r} ({api.how})"
 
 
+def test_progress_bars_write_plain_lines_into_a_log():
+    """Written to a file, Ultralytics' bars redraw every frame with \\r and an ANSI erase; inside
+    `plain_progress_bars` (the trainer's, when stdout is not a terminal) a bar writes one final line."""
+    import io
+
+    from ultralytics.utils.tqdm import TQDM
+
+    from sainet.train.hooks import plain_progress_bars
+
+    def bar(buf: io.StringIO) -> str:
+        for _ in TQDM(range(40), total=40, file=buf, mininterval=0, desc="epoch"):
+            pass
+        return buf.getvalue()
+
+    assert "\r\033[K" in bar(io.StringIO())  # Ultralytics' own, into a log
+    log = io.StringIO()
+    with plain_progress_bars(log):
+        out = bar(log)
+    assert "\r" not in out and "\033[K" not in out and out.count("\n") == 1 and "40/40" in out
+    assert "\r\033[K" in bar(io.StringIO())  # restored after
+
+
 def test_atomic_paths_and_the_stripped_checkpoint(tmp_path):
     """AtomicPath.write_bytes and children joined to it; a failed write leaves the old file and no
     temporary; the leftovers of a killed write are removed; the atomic strip_optimizer writes in place."""

@@ -25,10 +25,13 @@ ckpt)``                                                    best fitness, stopper
                                                            (`atomic_strip_optimizer`)
 ``ultralytics.engine.trainer.check_amp``       rebound     on CUDA, for good: a local AMP check instead of one
                                                            that downloads a model (`sainet.train.offline`)
+``ultralytics.utils.tqdm.                      rebound     during ``train`` when stdout is not a terminal: each
+is_noninteractive_console()``                              progress bar writes its final line only, no ``\r``
+                                                           and ANSI frames in a log file (`plain_progress_bars`)
 =============================================  ==========  ===================================================
 
-The two rebindings replace a module global of ``ultralytics.engine.trainer`` for the duration of one
-call and restore it after (also on an error); nothing is patched at import.
+The rebindings but ``check_amp`` replace a module global of Ultralytics for the duration of one call
+and restore it after (also on an error); nothing is patched at import.
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ from typing import Any
 from sainet.train.checkpoint import AtomicPath, atomic_file
 
 __all__ = ["PRIVATE_APIS", "CHECKPOINT_KEYS", "PrivateApi", "atomic_checkpoints", "atomic_strip_optimizer",
-           "checkpoint_dict", "ddp_device_ids_for_cpu", "load_checkpoint_state", "strip_optimizer_atomic"]
+           "checkpoint_dict", "ddp_device_ids_for_cpu", "load_checkpoint_state", "plain_progress_bars",
+           "strip_optimizer_atomic"]
 
 #: The keys of Ultralytics' resumable checkpoint (``BaseTrainer.save_model``) that `checkpoint_dict` writes.
 CHECKPOINT_KEYS = ("epoch", "best_fitness", "stopper", "model", "ema", "updates", "optimizer", "scaler", "train_args",
@@ -75,6 +79,9 @@ PRIVATE_APIS: tuple[PrivateApi, ...] = (
     PrivateApi(f"{_T}:BaseTrainer", "final_eval", ("self",), ("strip_optimizer(",), "overridden; calls the rebound"),
     PrivateApi(_T, "check_amp", None, how="rebound in sainet.train.offline.replace_amp_check"),
     PrivateApi(f"{_T}:BaseTrainer", "_setup_train", ("self",), ("check_amp(",), "calls the rebound check_amp"),
+    PrivateApi("ultralytics.utils.tqdm", "is_noninteractive_console", (), how="rebound in plain_progress_bars"),
+    PrivateApi("ultralytics.utils.tqdm:TQDM", "__init__", None, ("is_noninteractive_console()",),
+               "reads the rebound check per bar"),
 )
 
 
@@ -155,3 +162,26 @@ def checkpoint_dict(trainer: Any, **extra: Any) -> dict[str, Any]:
         "date": datetime.now().astimezone().isoformat(), "version": __version__,
     }
     return {**ckpt, **extra}
+
+
+@contextlib.contextmanager
+def plain_progress_bars(stream: Any = None) -> Iterator[None]:
+    """Ultralytics' progress bars redraw themselves in place (``\\r`` and an ANSI erase per frame) unless
+    GITHUB_ACTIONS is set; written into a log file (SLURM's, nohup's, a CI's) that is every frame of
+    every bar. When `stream` (default stdout) is not a terminal, Ultralytics' own non-interactive
+    mode is switched on for the duration: each bar writes its final line only."""
+    import sys
+
+    from ultralytics.utils import tqdm as ul_tqdm
+
+    stream = sys.stdout if stream is None else stream
+    isatty = getattr(stream, "isatty", None)
+    if isatty is not None and isatty():
+        yield
+        return
+    real = ul_tqdm.is_noninteractive_console
+    ul_tqdm.is_noninteractive_console = lambda: True
+    try:
+        yield
+    finally:
+        ul_tqdm.is_noninteractive_console = real
