@@ -220,15 +220,13 @@ class DaliAssembler:
     def _take(self, ticket: int | None) -> Any:
         return None if ticket is None else self.feed.take(ticket, self.stream)
 
-    def _decoded(self, out: Any, used: list[int], at: list[int] | None = None) -> list[Decoded]:
-        """DALI's outputs (samples `at` of `out`, default all) as `Decoded` samples: numpy views of
-        its buffers (CPU) or CUDA tensors."""
-        at = list(range(len(used))) if at is None else at
+    def _decoded(self, out: Any, used: list[int]) -> list[Decoded]:
+        """DALI's outputs as `Decoded` samples: numpy views of its buffers (CPU) or CUDA tensors."""
         if not self.gpu:
-            images = [self._reduced(np.asarray(out[k]), u) for k, u in zip(at, used, strict=True)]  # views of DALI's buffers, or smaller copies
+            images = [self._reduced(np.asarray(out[k]), u) for k, u in enumerate(used)]  # views of DALI's buffers, or smaller copies
             return [Decoded(img, self._scale(u, img.shape), u) for img, u in zip(images, used, strict=True)]
         with torch.cuda.stream(self.stream):
-            images = [self.loader.to_torch(out[k]) for k in at]
+            images = [self.loader.to_torch(out[k]) for k in range(len(used))]
         return [Decoded(t, self._scale(u, tuple(t.shape)), u) for t, u in zip(images, used, strict=True)]
 
     def _read(self, indices: list[int]) -> list[tuple[np.ndarray, int]]:
