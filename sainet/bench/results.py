@@ -45,10 +45,12 @@ class BenchResult:
     amdahl_ceiling: float | None = None  # 1 / serial_share: the speed-up no number of cores can exceed
 
     def set_serial(self, parent_cpu_s: float, tree_cpu_s: float) -> None:
-        """`serial_share` and `amdahl_ceiling` from the parent's and the whole tree's CPU seconds."""
-        if tree_cpu_s > 0:
-            self.serial_share = min(1.0, max(0.0, parent_cpu_s / tree_cpu_s))
-            self.amdahl_ceiling = 1.0 / self.serial_share if self.serial_share > 0 else None
+        """`serial_share` and `amdahl_ceiling` from the parent's and the whole tree's CPU seconds. Left
+        None when either is not measurable: a run so short that the parent's CPU, less the memory
+        sampler's, rounds to nothing (no process can have no serial part)."""
+        if tree_cpu_s > 0 and parent_cpu_s > 0:
+            self.serial_share = min(1.0, parent_cpu_s / tree_cpu_s)
+            self.amdahl_ceiling = 1.0 / self.serial_share
 
 @dataclass
 class BenchConfig:

@@ -19,8 +19,10 @@ from sainet.bench.backends import link_tree, open_backend
 from sainet.bench.references import run_references
 from sainet.bench.report import describe, fill_ratios, merge_rounds
 from sainet.bench.results import BenchConfig, BenchResult
-from sainet.bench.sampling import evict, measure, tree_pss
+from sainet.bench.sampling import child_pids, evict, measure, reap, tree_pss
 from sainet.core.errors import SainetError
+
+log = logging.getLogger(__name__)
 
 _PROGRESS = Callable[[str, int | None], Callable[[int], None]]
 
@@ -30,15 +32,20 @@ def _run_loader(name: str, cfg: BenchConfig, ultralytics_dir: Callable[[], Path]
     if cfg.cold:
         evict([p for p in [*cfg.stores.values(), cfg.source] if p is not None])
     base_pss, base_anon = tree_pss(psutil.Process()), tree_pss(psutil.Process(), "Pss_Anon")
+    before = child_pids()
     try:
         it, close = open_backend(name, cfg, ultralytics_dir)
     except (FileNotFoundError, ImportError, ValueError, SainetError) as e:
         return BenchResult(name, "loader", 0.0, note=f"skipped: {e}")
     try:
-        return measure(name, it, cfg, progress, base_pss, base_anon)
+        return measure(name, it, cfg, progress, base_pss, base_anon, exclude=before)
     finally:
         close()
         del it
+        gc.collect()  # an Ultralytics DataLoader iterator's workers go with it
+        alive = reap(before)
+        if alive:
+            log.warning("%s: processes %s still running 10 s after close; the next backend's CPU leaves them out", name, alive)
 
 @contextlib.contextmanager
 def stdout_to_stderr() -> Iterator[None]:

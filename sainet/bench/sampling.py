@@ -14,11 +14,33 @@ import psutil
 from sainet.bench.results import BenchConfig, BenchResult
 
 
-def _tree(proc: psutil.Process) -> list[psutil.Process]:
+def _tree(proc: psutil.Process, exclude: frozenset[int] = frozenset()) -> list[psutil.Process]:
+    """`proc` and its descendants, but those in `exclude` (processes that were there before a backend started)."""
     try:
-        return [proc, *proc.children(recursive=True)]
+        return [proc, *(c for c in proc.children(recursive=True) if c.pid not in exclude)]
     except psutil.Error:
         return [proc]
+
+
+def child_pids(proc: psutil.Process | None = None) -> frozenset[int]:
+    """The pids of the descendants of `proc` (this process) now."""
+    try:
+        return frozenset(c.pid for c in (proc or psutil.Process()).children(recursive=True))
+    except psutil.Error:
+        return frozenset()
+
+
+def reap(before: frozenset[int], timeout: float = 10.0) -> list[int]:
+    """Wait up to `timeout` s for the descendants that were not there `before` (a closed backend's
+    workers) to exit, so their last CPU seconds are not counted to the next backend; returns the pids
+    still alive (left to the caller to report)."""
+    me = psutil.Process()
+    try:
+        new = [c for c in me.children(recursive=True) if c.pid not in before]
+    except psutil.Error:
+        return []
+    _, alive = psutil.wait_procs(new, timeout=timeout)
+    return [p.pid for p in alive]
 
 def _rollup(pid: int) -> dict[str, int]:
     """Pss, Pss_Anon, Pss_File, Pss_Shmem of one process, in bytes (Linux smaps_rollup)."""
@@ -39,9 +61,9 @@ def tree_pss(proc: psutil.Process, key: str = "Pss") -> int:
     every process and rank that maps them."""
     return sum(_rollup(p.pid).get(key, 0) for p in _tree(proc))
 
-def _cpu_seconds(proc: psutil.Process) -> float:
+def _cpu_seconds(proc: psutil.Process, exclude: frozenset[int] = frozenset()) -> float:
     total = 0.0
-    for p in _tree(proc):
+    for p in _tree(proc, exclude):
         try:
             t = p.cpu_times()
             total += t.user + t.system
@@ -109,14 +131,15 @@ def evict(paths: list[Path]) -> int:
     return n
 
 def measure(name: str, batches: Iterator[int], cfg: BenchConfig, progress: Callable[[int], None] | None,
-             base_pss: int, base_anon: int) -> BenchResult:
+             base_pss: int, base_anon: int, exclude: frozenset[int] = frozenset()) -> BenchResult:
     """Pull from `batches` (yielding images per batch): warm-up, then time it. Memory is counted
-    from `base_*`, taken before the backend was built (so a RAM cache made at set-up counts)."""
+    from `base_*`, taken before the backend was built (so a RAM cache made at set-up counts); CPU
+    time of the processes in `exclude` (there before the backend was built) is not the backend's."""
     for _ in range(cfg.warmup):
         if next(batches, None) is None:
             break
     me = psutil.Process()
-    cpu0, own0, t0 = _cpu_seconds(me), _own_cpu(me), time.perf_counter()
+    cpu0, own0, t0 = _cpu_seconds(me, exclude), _own_cpu(me), time.perf_counter()
     lat, images = [], 0
     with _Sampler() as sampler:
         last = time.perf_counter()
@@ -135,7 +158,7 @@ def measure(name: str, batches: Iterator[int], cfg: BenchConfig, progress: Calla
             if cfg.batches is None and now - t0 >= (cfg.seconds or 10.0):
                 break
     dt = time.perf_counter() - t0
-    cpu_s = max(0.0, _cpu_seconds(me) - cpu0 - sampler.cpu_s)
+    cpu_s = max(0.0, _cpu_seconds(me, exclude) - cpu0 - sampler.cpu_s)
     own_s = max(0.0, _own_cpu(me) - own0 - sampler.cpu_s)  # the trainer's process alone: the serial part
     ms = np.array(lat) * 1000
     r = BenchResult(name, "loader", images / dt if dt else 0.0, len(lat), images, dt,
