@@ -184,18 +184,18 @@ class IndexData:
     imgsz: tuple[int, int] | None  # (H, W) of raw frames
     records: np.ndarray  # RECORD_DTYPE
     boxes: np.ndarray  # BOX_DTYPE
-    strings: bytes
+    strings: bytes | memoryview  # a view of the index buffer when read (no copy)
     meta: dict[str, Any]
     num_shards: int = 0
     version: int = CURRENT_VERSION
 
     def name(self, i: int) -> str:
         r = self.records[i]
-        return self.strings[int(r["name_start"]) : int(r["name_start"]) + int(r["name_len"])].decode()
+        return str(self.strings[int(r["name_start"]) : int(r["name_start"]) + int(r["name_len"])], "utf-8")
 
     def key(self, i: int) -> str:
         r = self.records[i]
-        return self.strings[int(r["key_start"]) : int(r["key_start"]) + int(r["key_len"])].decode()
+        return str(self.strings[int(r["key_start"]) : int(r["key_start"]) + int(r["key_len"])], "utf-8")
 
 
 def encode_index(ix: IndexData) -> bytes:
@@ -281,8 +281,11 @@ def decode_index(buf: bytes, source: str) -> IndexData:
     if int(h["container"]) >= len(CONTAINERS) or int(h["mode"]) >= len(MODES):
         raise StoreFormatError(f"{source}: unknown container {int(h['container'])} or mode {int(h['mode'])}")
     start = HEADER_DTYPE.fields["digest"][1]
-    zeroed = buf[:start] + b"\x00" * 16 + buf[start + 16 :]
-    if hashlib.blake2b(zeroed, digest_size=16).digest() != bytes(h["digest"]).ljust(16, b"\x00"):
+    view = memoryview(buf)  # the digest over the index with its digest field zeroed, and the string table: no copies
+    digest = hashlib.blake2b(digest_size=16)
+    for part in (view[:start], b"\x00" * 16, view[start + 16 :]):
+        digest.update(part)
+    if digest.digest() != bytes(h["digest"]).ljust(16, b"\x00"):
         raise StoreCorruptError(f"{source}: index checksum mismatch (the index was modified or damaged)")
     records = np.frombuffer(buf, RECORD_DTYPE, count=n, offset=int(h["records_offset"]))
     boxes = np.frombuffer(buf, BOX_DTYPE, count=nb, offset=int(h["boxes_offset"]))
@@ -294,7 +297,7 @@ def decode_index(buf: bytes, source: str) -> IndexData:
         raise StoreFormatError(f"{source}: metadata is not JSON: {str(e)[:200]}") from None
     mode = MODES[int(h["mode"])]
     imgsz = (int(h["imgsz_h"]), int(h["imgsz_w"])) if mode == "raw" else None
-    strings = buf[so : so + sl]
+    strings = view[so : so + sl]
     check_meta(meta, source)
     check_records(records, strings, meta, mode, imgsz, source)
     check_boxes(boxes, records, len(meta["classes"]), source)
@@ -352,7 +355,7 @@ def _refuse(mask: np.ndarray, source: str, what: str) -> None:
         raise StoreFormatError(f"{source}: {what} (first at row {int(bad[0])}, {len(bad)} in all)")
 
 
-def _check_ranges(records: np.ndarray, strings: bytes, source: str) -> None:
+def _check_ranges(records: np.ndarray, strings: bytes | memoryview, source: str) -> None:
     """Name/key ranges inside the string table, on UTF-8 character boundaries, names non-empty."""
     sl = len(strings)
     for f in ("name", "key"):
@@ -361,7 +364,7 @@ def _check_ranges(records: np.ndarray, strings: bytes, source: str) -> None:
         _refuse((start > sl) | (length > sl - np.minimum(start, sl)), source, f"record field {f}_start/{f}_len lies outside the string table")
     _refuse(records["name_len"] == 0, source, "record field name_len is 0 (an empty name)")
     try:
-        strings.decode("utf-8")
+        str(strings, "utf-8")
     except UnicodeDecodeError as e:
         raise StoreFormatError(f"{source}: string table is not UTF-8 (byte {e.start}): a record name or key") from None
     # Valid UTF-8 overall plus every range starting and ending on a character boundary = every name valid.
@@ -385,7 +388,7 @@ def _check_ranges(records: np.ndarray, strings: bytes, source: str) -> None:
     _refuse(dots, source, "record name is '.' or '..'")
 
 
-def check_records(records: np.ndarray, strings: bytes, meta: dict, mode: str, imgsz: tuple[int, int] | None,
+def check_records(records: np.ndarray, strings: bytes | memoryview, meta: dict, mode: str, imgsz: tuple[int, int] | None,
                   source: str) -> None:
     """Cross-checks that keep every later lookup (names, boxes, splits, frame geometry) in bounds."""
     if not len(records):

@@ -133,7 +133,7 @@ def _edit(fn: Callable) -> Callable[[Path, Path], None]:
 
 def _set_name(ix, i: int, name: bytes) -> None:  # noqa: ANN001
     ix.records["name_start"][i], ix.records["name_len"][i] = len(ix.strings), len(name)
-    ix.strings = ix.strings + name
+    ix.strings = bytes(ix.strings) + name
 
 
 def _truncate(path: Path, frac: float = 0.5) -> None:
