@@ -100,8 +100,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--work", type=Path, default=Path("/tmp/sainet-parity"))
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--reuse", type=Path, action="append", default=[],
-                    help="runs.jsonl of an earlier invocation with the same data and settings: a run found there is "
-                         "not trained again (read before each run, so another invocation may still be adding to it)")
+                    help="runs.jsonl (or a results .json) of an earlier invocation with the same data and settings: a "
+                         "run found there is not trained again (read before each run, so another invocation may "
+                         "still be adding to it)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script, measures nothing")
     args = ap.parse_args(argv)
     if args.smoke:
@@ -140,11 +141,20 @@ def config(args: argparse.Namespace) -> str:
     return h.hexdigest()[:12] + ":" + ",".join(f"{k}={getattr(args, k)}" for k in keys)
 
 
+def _rows_of(path: Path) -> list[dict]:
+    """The runs of a --reuse file: a runs.jsonl (a row per line) or a results JSON (its "runs")."""
+    if not path.is_file():
+        return []
+    text = path.read_text()
+    if path.suffix == ".json":
+        return list(json.loads(text).get("runs", []))
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
 def _reused(args: argparse.Namespace, run: Run) -> dict | None:
     """The row of `run` in a --reuse file, if one has it."""
     for path in args.reuse:
-        lines = path.read_text().splitlines() if path.is_file() else []
-        for r in map(json.loads, filter(None, lines)):
+        for r in _rows_of(path):
             if (all(r.get(k) == v for k, v in run.__dict__.items() if k != "hours") and (run.hours is None) == (r.get("hours") is None)
                     and r.get("config") == args.config):
                 print(f"reused from {path}: {json.dumps(r)}", flush=True)
