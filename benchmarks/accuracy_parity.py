@@ -35,6 +35,7 @@ configuration (a couple of minutes) that only checks the script end to end. Neve
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import hashlib
 import json
@@ -45,8 +46,11 @@ import shutil
 import statistics
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from cache_tools import PackOptions, pack
 from sainet.core.geometry import parse_wxh
@@ -64,6 +68,7 @@ class Run:
     batch: int
     imgsz: str
     hours: float | None = None  # Ultralytics `time`: train for this long instead of `epochs`
+    order: str = "own"  # "sainet": Ultralytics' loader fed sainet's epoch order (--same-order)
 
 #: two-sided 95 % Student t quantiles by degrees of freedom (scipy is not a dependency)
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
@@ -88,6 +93,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--val-each-epoch", action="store_true", help="validate every epoch (default: the final epoch only)")
     ap.add_argument("--imgsz", default="256")
     ap.add_argument("--rect-imgsz", default="256x144", help="the rectangular shape of the equal-wall-clock row ('' skips it)")
+    ap.add_argument("--same-order", action="store_true",
+                    help="feed Ultralytics' loader sainet's epoch order (common random numbers: pairs that differ "
+                         "in the loader's augmentation, not in which images each step sees; its runs are a group of their own)")
     ap.add_argument("--rect-seeds", type=int, default=3, help="seeds 0..N-1 of the equal-time rect/square pairs")
     ap.add_argument("--rect-hours", type=float, default=0.06, help="each run of an equal-time pair trains this long")
     ap.add_argument("--batch", type=int, default=16)
@@ -121,11 +129,14 @@ def seeds_of(spec: str) -> list[int]:
 def plan_runs(args: argparse.Namespace) -> list[Run]:
     seeds = seeds_of(args.seeds)
     loaders = args.loaders.split(",")
-    runs = [Run(f"{ld} b{args.batch}", ld, s, args.batch, args.imgsz)
-            for ld in loaders for s in (seeds[: args.dali_seeds] if ld == "dali" else seeds)]
+    def run(ld: str, s: int, batch: int) -> Run:
+        if ld == "ultralytics" and args.same_order:
+            return Run(f"{ld} b{batch} (sainet order)", ld, s, batch, args.imgsz, order="sainet")
+        return Run(f"{ld} b{batch}", ld, s, batch, args.imgsz)
+
+    runs = [run(ld, s, args.batch) for ld in loaders for s in (seeds[: args.dali_seeds] if ld == "dali" else seeds)]
     if args.extra_batch:
-        runs += [Run(f"{ld} b{args.extra_batch}", ld, s, args.extra_batch, args.imgsz)
-                 for ld in ("ultralytics", "lmdb") if ld in loaders for s in seeds[: args.extra_seeds]]
+        runs += [run(ld, s, args.extra_batch) for ld in ("ultralytics", "lmdb") if ld in loaders for s in seeds[: args.extra_seeds]]
     return runs
 
 
@@ -155,7 +166,8 @@ def _reused(args: argparse.Namespace, run: Run) -> dict | None:
     """The row of `run` in a --reuse file, if one has it."""
     for path in args.reuse:
         for r in _rows_of(path):
-            if (all(r.get(k) == v for k, v in run.__dict__.items() if k != "hours") and (run.hours is None) == (r.get("hours") is None)
+            if (all(r.get(k, Run.order if k == "order" else None) == v for k, v in run.__dict__.items() if k != "hours")
+                    and (run.hours is None) == (r.get("hours") is None)
                     and r.get("config") == args.config):
                 print(f"reused from {path}: {json.dumps(r)}", flush=True)
                 return r
@@ -172,10 +184,8 @@ def train_one(args: argparse.Namespace, run: Run) -> dict:
     init: list[str] = []
     load_before = os.getloadavg()[0]
     t = time.perf_counter()
-    r = train(TrainRequest(data=str(args.work / "store"), loader=run.loader, model=args.model, imgsz=run.imgsz,
-                           epochs=args.epochs, batch=run.batch, device="cpu", profile="cpu", project=str(args.work / "runs"),
-                           name=f"{run.group.replace(' ', '-')}-s{run.seed}", sets=sets,
-                           callbacks={"on_pretrain_routine_end": [lambda tr: init.append(weights_digest(tr.model))]}))
+    with _sainet_order(args, run):
+        r = _train(args, run, sets, init)
     wall = time.perf_counter() - t
     with open(r.save_dir / "results.csv", newline="") as f:
         epochs = [{k.strip(): v for k, v in e.items()} for e in csv.DictReader(f)]
@@ -187,6 +197,65 @@ def train_one(args: argparse.Namespace, run: Run) -> dict:
            "mAP50-95_final": col("metrics/mAP50-95(B)")[-1], "mAP50-95_best": max(col("metrics/mAP50-95(B)"))}
     print(json.dumps(row), flush=True)
     return row
+
+
+def _train(args: argparse.Namespace, run: Run, sets: dict, init: list[str]):  # noqa: ANN202 - a TrainResult
+    return train(TrainRequest(data=str(args.work / "store"), loader=run.loader, model=args.model, imgsz=run.imgsz,
+                              epochs=args.epochs, batch=run.batch, device="cpu", profile="cpu", project=str(args.work / "runs"),
+                              name=f"{run.group.replace(' ', '-')}-s{run.seed}", sets=sets,
+                              callbacks={"on_pretrain_routine_end": [lambda tr: init.append(weights_digest(tr.model))]}))
+
+
+@contextlib.contextmanager
+def _sainet_order(args: argparse.Namespace, run: Run) -> Iterator[None]:
+    """For a run with ``order="sainet"``: Ultralytics' train loader draws its epochs in sainet's order
+    (`loaders.sampler.ShardedSampler`: ``default_rng([seed, epoch]).permutation``, the store's train
+    split matched to Ultralytics' image files by name), in-process (workers 0, so an epoch's pass starts
+    only when its first batch is asked for, also after close_mosaic's reset). Its augmentation, mosaic
+    buffer and collate stay Ultralytics'. Benchmark-only: rebinds the name the detection trainer calls."""
+    if run.order != "sainet":
+        yield
+        return
+    import torch
+    from ultralytics.data.build import InfiniteDataLoader, seed_worker
+    from ultralytics.models.yolo.detect import train as ul_train
+
+    from cache_tools import open_store
+    from loaders.sampler import ShardedSampler
+    from loaders.sources import StoreSource
+
+    names = list(StoreSource(open_store(args.work / "store"), "train").names)
+
+    class SainetOrder(torch.utils.data.Sampler):
+        def __init__(self, im_files: list[str]) -> None:
+            at = {Path(f).name: i for i, f in enumerate(im_files)}
+            missing = [n for n in names if n not in at]
+            if missing or len(at) != len(names):
+                raise SystemExit(f"--same-order: {len(missing)} store names not among Ultralytics' {len(at)} train files")
+            self.map, self.epoch = np.array([at[n] for n in names]), 0
+
+        def __len__(self) -> int:
+            return len(self.map)
+
+        def __iter__(self):  # noqa: ANN204
+            perm = ShardedSampler(len(self.map), seed=run.seed).permutation(self.epoch)
+            self.epoch += 1
+            return iter(self.map[perm].tolist())
+
+    real = ul_train.build_dataloader
+
+    def build(dataset, batch, workers, shuffle=True, rank=-1, drop_last=False, pin_memory=True, device="cuda"):  # noqa: ANN001, ANN202
+        if not shuffle or rank != -1:
+            return real(dataset, batch, workers, shuffle, rank, drop_last, pin_memory, device)
+        return InfiniteDataLoader(dataset=dataset, batch_size=min(batch, len(dataset)), shuffle=False, num_workers=0,
+                                  sampler=SainetOrder(dataset.im_files), collate_fn=getattr(dataset, "collate_fn", None),
+                                  worker_init_fn=seed_worker, drop_last=drop_last)
+
+    ul_train.build_dataloader = build
+    try:
+        yield
+    finally:
+        ul_train.build_dataloader = real
 
 
 def weights_digest(model: object) -> str:
@@ -228,6 +297,7 @@ def summarize(rows: list[dict]) -> list[dict]:
     out = []
     for name, rs in groups.items():
         g = {"group": name, "loader": rs[0]["loader"], "batch": rs[0]["batch"], "imgsz": rs[0]["imgsz"],
+             "order": rs[0].get("order", Run.order),
              "seeds": sorted(r["seed"] for r in rs)}
         for k in (*METRICS, "wall_s", "epochs_done"):
             g[k] = _mean_sd([float(r[k]) for r in rs])
@@ -235,7 +305,8 @@ def summarize(rows: list[dict]) -> list[dict]:
         out.append(g)
     pair = next((u for u in out if u["group"].endswith("(equal-time pair)")), None)
     for g in out:
-        ref = next((u for u in out if u["loader"] == "ultralytics" and u["batch"] == g["batch"] and u["imgsz"] == g["imgsz"]), None)
+        refs = [u for u in out if u["loader"] == "ultralytics" and u["batch"] == g["batch"] and u["imgsz"] == g["imgsz"]]
+        ref = max(refs, key=lambda u: u["order"] == "sainet", default=None)  # paired by order where there is such a group
         if g["group"].endswith("(equal time)"):
             ref = pair  # rectangular vs square sainet at equal wall-clock time (Ultralytics cannot train this shape)
         if ref is None or ref is g:
