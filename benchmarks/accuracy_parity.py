@@ -309,7 +309,7 @@ def summarize(rows: list[dict]) -> list[dict]:
         ref = max(refs, key=lambda u: u["order"] == "sainet", default=None)  # paired by order where there is such a group
         if g["group"].endswith("(equal time)"):
             ref = pair  # rectangular vs square sainet at equal wall-clock time (Ultralytics cannot train this shape)
-        if ref is None or ref is g:
+        if ref is None or ref is g or g is pair:  # the square half of a pair trained for a time, not Ultralytics' epochs
             continue
         (m1, s1), (m0, s0) = g["mAP50_final"], ref["mAP50_final"]
         diff, se2 = m1 - m0, 2 * math.sqrt(s1**2 / len(g["seeds"]) + s0**2 / len(ref["seeds"]))
