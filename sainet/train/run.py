@@ -35,6 +35,7 @@ from sainet.profiles import HostInfo, Profile
 from sainet.settings import LOADERS, TrainSettings, default_threads
 from sainet.train import distributed, launch
 from sainet.train.checkpoint import latest_checkpoint
+from sainet.train.hooks import plain_progress_bars
 from sainet.train.transfer import check_stage_classes
 
 __all__ = ["TrainRequest", "TrainSettings", "TrainResult", "train", "two_stage", "resolve", "restore_run",
@@ -412,7 +413,7 @@ def train(settings: TrainSettings) -> TrainResult:
     for event, fns in settings.callbacks.items():
         for fn in fns:
             trainer.add_callback(event, fn)
-    with run_files_named(save_dir):
+    with run_files_named(save_dir), plain_progress_bars():  # both trainers: no bar frames in a log file
         trainer.train()
     metrics = _last_metrics(save_dir / "results.csv")
     return TrainResult(save_dir, save_dir / "weights" / "best.pt", save_dir / "weights" / "last.pt", metrics,

@@ -214,7 +214,7 @@ class SainetTrainer(DetectionTrainer):
 
     def train(self) -> None:
         try:
-            with self.preemption.installed(), _truthful_log_lines(self.sainet), hooks.plain_progress_bars():
+            with self.preemption.installed(), _truthful_log_lines(self.sainet):
                 super().train()
         finally:
             if self.dist_backend:
