@@ -181,8 +181,9 @@ class DaliAssembler:
         keep: list[Any] = []
         try:
             used = self._read(indices.tolist())
-            known = [p for p, (_, u) in enumerate(used) if u in self._cpu_only]  # DALI failed on these before
-            fed = [p for p in range(len(used)) if p not in set(known)]
+            on_cpu = [u in self._cpu_only for _, u in used]  # DALI failed on these before (read once: the other assembler may add)
+            known = [p for p, c in enumerate(on_cpu) if c]
+            fed = [p for p, c in enumerate(on_cpu) if not c]
             ticket = self.feed.submit([used[p][0] for p in fed]) if fed else None
             slots: list[Decoded | None] = [None] * len(used)
             for p, d in zip(known, self._cpu_decode([used[p][1] for p in known]), strict=True):
