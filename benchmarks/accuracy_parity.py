@@ -134,9 +134,10 @@ def plan_runs(args: argparse.Namespace) -> list[Run]:
             return Run(f"{ld} b{batch} (sainet order)", ld, s, batch, args.imgsz, order="sainet")
         return Run(f"{ld} b{batch}", ld, s, batch, args.imgsz)
 
-    runs = [run(ld, s, args.batch) for ld in loaders for s in (seeds[: args.dali_seeds] if ld == "dali" else seeds)]
+    # Seed-major: a seed's runs follow each other, so an invocation cut short leaves whole pairs.
+    runs = [run(ld, s, args.batch) for s in seeds for ld in loaders if ld != "dali" or s in seeds[: args.dali_seeds]]
     if args.extra_batch:
-        runs += [run(ld, s, args.extra_batch) for ld in ("ultralytics", "lmdb") if ld in loaders for s in seeds[: args.extra_seeds]]
+        runs += [run(ld, s, args.extra_batch) for s in seeds[: args.extra_seeds] for ld in ("ultralytics", "lmdb") if ld in loaders]
     return runs
 
 
