@@ -89,26 +89,51 @@ def test_private_ultralytics_apis_are_as_hooked():
             assert text in source, f"{api.owner}.{api.name} no longer contains {text!r} ({api.how})"
 
 
-def test_progress_bars_write_plain_lines_into_a_log():
-    """Written to a file, Ultralytics' bars redraw every frame with \\r and an ANSI erase; inside
-    `plain_progress_bars` (the trainer's, when stdout is not a terminal) a bar writes one final line."""
+def test_console_output_into_a_log_is_plain_lines(monkeypatch):
+    """Written to a file, Ultralytics' bars redraw every frame with \\r and an ANSI erase and its log lines
+    carry colour codes; inside `plain_console_output` (the trainers', when stdout is not a terminal) a
+    bar writes one final line and the log lines have no escape codes. A terminal keeps both unless
+    NO_COLOR is set. Everything is restored after."""
     import io
+    import logging
 
+    from ultralytics.utils import LOGGER, colorstr
     from ultralytics.utils.tqdm import TQDM
 
-    from sainet.train.hooks import plain_progress_bars
+    from sainet.train.hooks import plain_console_output
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
 
     def bar(buf: io.StringIO) -> str:
-        for _ in TQDM(range(40), total=40, file=buf, mininterval=0, desc="epoch"):
+        for _ in TQDM(range(40), total=40, file=buf, mininterval=0, desc=colorstr("train: ") + "Scanning"):
             pass
         return buf.getvalue()
 
+    def logged(msg: str, *args: object) -> str:
+        caught = io.StringIO()
+        handler = next(h for h in LOGGER.handlers if isinstance(h, logging.StreamHandler))
+        monkeypatch.setattr(handler, "stream", caught)
+        LOGGER.warning(msg, *args)
+        return caught.getvalue()
+
+    monkeypatch.delenv("NO_COLOR", raising=False)
     assert "\r\033[K" in bar(io.StringIO())  # Ultralytics' own, into a log
+    assert "\033[1m" in logged(f"Results saved to {colorstr('bold', 'runs/x')}")
     log = io.StringIO()
-    with plain_progress_bars(log):
+    with plain_console_output(log):
         out = bar(log)
-    assert "\r" not in out and "\033[K" not in out and out.count("\n") == 1 and "40/40" in out
-    assert "\r\033[K" in bar(io.StringIO())  # restored after
+        text = logged("Results saved to %s, %d", colorstr("bold", "runs/x"), 3)
+    assert "\r" not in out and "\033" not in out and out.count("\n") == 1 and "40/40" in out and "train: Scanning" in out
+    assert "\033" not in text and "Results saved to runs/x, 3" in text and "WARNING" in text
+    assert "\r\033[K\033[34m" in bar(io.StringIO())  # restored after
+    assert "\033[1m" in logged(colorstr("bold", "x"))
+    with plain_console_output(Tty()):  # a terminal keeps its colours and live bars
+        assert "\033[1m" in logged(colorstr("bold", "x")) and "\r\033[K" in bar(io.StringIO())
+    monkeypatch.setenv("NO_COLOR", "1")
+    with plain_console_output(Tty()):
+        assert "\033" not in logged(colorstr("bold", "x"))
 
 
 def test_atomic_paths_and_the_stripped_checkpoint(tmp_path):

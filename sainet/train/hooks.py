@@ -27,7 +27,11 @@ ckpt)``                                                    best fitness, stopper
                                                            that downloads a model (`sainet.train.offline`)
 ``ultralytics.utils.tqdm.                      rebound     during ``train`` when stdout is not a terminal: each
 is_noninteractive_console()``                              progress bar writes its final line only, no ``\r``
-                                                           and ANSI frames in a log file (`plain_progress_bars`)
+                                                           and ANSI frames in a log file; Ultralytics' log
+                                                           lines lose their colour codes too (a logging
+                                                           filter, public API) (`plain_console_output`)
+``ultralytics.utils.tqdm.TQDM.__init__``       wrapped     in the same context: a bar's description loses
+                                                           its colour codes (``train: Scanning ...``)
 =============================================  ==========  ===================================================
 
 The rebindings but ``check_amp`` replace a module global of Ultralytics for the duration of one call
@@ -37,6 +41,9 @@ and restore it after (also on an error); nothing is patched at import.
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
+import re
 import types
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -47,7 +54,7 @@ from typing import Any
 from sainet.train.checkpoint import AtomicPath, atomic_file
 
 __all__ = ["PRIVATE_APIS", "CHECKPOINT_KEYS", "PrivateApi", "atomic_checkpoints", "atomic_strip_optimizer",
-           "checkpoint_dict", "ddp_device_ids_for_cpu", "load_checkpoint_state", "plain_progress_bars",
+           "checkpoint_dict", "ddp_device_ids_for_cpu", "load_checkpoint_state", "plain_console_output",
            "strip_optimizer_atomic"]
 
 #: The keys of Ultralytics' resumable checkpoint (``BaseTrainer.save_model``) that `checkpoint_dict` writes.
@@ -79,9 +86,9 @@ PRIVATE_APIS: tuple[PrivateApi, ...] = (
     PrivateApi(f"{_T}:BaseTrainer", "final_eval", ("self",), ("strip_optimizer(",), "overridden; calls the rebound"),
     PrivateApi(_T, "check_amp", None, how="rebound in sainet.train.offline.replace_amp_check"),
     PrivateApi(f"{_T}:BaseTrainer", "_setup_train", ("self",), ("check_amp(",), "calls the rebound check_amp"),
-    PrivateApi("ultralytics.utils.tqdm", "is_noninteractive_console", (), how="rebound in plain_progress_bars"),
-    PrivateApi("ultralytics.utils.tqdm:TQDM", "__init__", None, ("is_noninteractive_console()",),
-               "reads the rebound check per bar"),
+    PrivateApi("ultralytics.utils.tqdm", "is_noninteractive_console", (), how="rebound in plain_console_output"),
+    PrivateApi("ultralytics.utils.tqdm:TQDM", "__init__", None, ("is_noninteractive_console()", "self.desc = desc"),
+               "reads the rebound check per bar; wrapped in plain_console_output (its desc loses colour codes)"),
 )
 
 
@@ -164,24 +171,57 @@ def checkpoint_dict(trainer: Any, **extra: Any) -> dict[str, Any]:
     return {**ckpt, **extra}
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+class _StripAnsi(logging.Filter):
+    """Takes Ultralytics' ``colorstr`` colour codes out of a record (``Results saved to ESC[1m...``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "\x1b[" in message:
+            record.msg, record.args = _ANSI.sub("", message), ()
+        return True
+
+
+def _wants_plain(stream: Any) -> bool:
+    """Plain output unless `stream` is a terminal; NO_COLOR (https://no-color.org) asks for it anyway."""
+    isatty = getattr(stream, "isatty", None)
+    return bool(os.environ.get("NO_COLOR")) or isatty is None or not isatty()
+
+
 @contextlib.contextmanager
-def plain_progress_bars(stream: Any = None) -> Iterator[None]:
-    """Ultralytics' progress bars redraw themselves in place (``\\r`` and an ANSI erase per frame) unless
-    GITHUB_ACTIONS is set; written into a log file (SLURM's, nohup's, a CI's) that is every frame of
-    every bar. When `stream` (default stdout) is not a terminal, Ultralytics' own non-interactive
-    mode is switched on for the duration: each bar writes its final line only."""
+def plain_console_output(stream: Any = None) -> Iterator[None]:
+    """A log file gets lines, not terminal frames. Ultralytics' progress bars redraw themselves in place
+    (``\\r`` and an ANSI erase per frame) unless GITHUB_ACTIONS is set, and its log lines carry
+    ``colorstr`` colour codes; written into a log file (SLURM's, nohup's, a CI's) that is every frame of
+    every bar and escape codes in the text. When `stream` (default stdout) is not a terminal, or
+    NO_COLOR is set, for the duration: Ultralytics' own non-interactive bar mode is on (each bar writes
+    its final line only) and the ``ultralytics`` logger's handlers drop colour codes."""
     import sys
 
+    from ultralytics.utils import LOGGING_NAME
     from ultralytics.utils import tqdm as ul_tqdm
 
-    stream = sys.stdout if stream is None else stream
-    isatty = getattr(stream, "isatty", None)
-    if isatty is not None and isatty():
+    if not _wants_plain(sys.stdout if stream is None else stream):
         yield
         return
-    real = ul_tqdm.is_noninteractive_console
+    handlers = list(logging.getLogger(LOGGING_NAME).handlers)
+    strip = _StripAnsi()
+    real, real_init = ul_tqdm.is_noninteractive_console, ul_tqdm.TQDM.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:  # a bar's description ("train: Scanning") without colours
+        real_init(self, *args, **kwargs)
+        self.desc = _ANSI.sub("", self.desc)
+
     ul_tqdm.is_noninteractive_console = lambda: True
+    ul_tqdm.TQDM.__init__ = init
+    for h in handlers:
+        h.addFilter(strip)
     try:
         yield
     finally:
         ul_tqdm.is_noninteractive_console = real
+        ul_tqdm.TQDM.__init__ = real_init
+        for h in handlers:
+            h.removeFilter(strip)

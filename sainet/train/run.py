@@ -35,7 +35,7 @@ from sainet.profiles import HostInfo, Profile
 from sainet.settings import LOADERS, TrainSettings, default_threads
 from sainet.train import distributed, launch
 from sainet.train.checkpoint import latest_checkpoint
-from sainet.train.hooks import plain_progress_bars
+from sainet.train.hooks import plain_console_output
 from sainet.train.transfer import check_stage_classes
 
 __all__ = ["TrainRequest", "TrainSettings", "TrainResult", "train", "two_stage", "resolve", "restore_run",
@@ -398,23 +398,24 @@ def train(settings: TrainSettings) -> TrainResult:
         save_dir = launch.launch_request(settings, p.overrides, nproc)  # --device 0,1: torchrun, one rank per GPU
         return TrainResult(save_dir, save_dir / "weights" / "best.pt", save_dir / "weights" / "last.pt",
                            _last_metrics(save_dir / "results.csv"), [], {**p.chosen, "overrides": p.overrides})
-    if p.options is not None:
-        from sainet.train.trainer import SainetTrainer
+    with plain_console_output():  # both trainers, from their argument line on: no bar frames or colour codes in a log file
+        if p.options is not None:
+            from sainet.train.trainer import SainetTrainer
 
-        trainer = SainetTrainer(overrides=p.overrides, options=p.options)
-    else:
-        from ultralytics.models.yolo.detect import DetectionTrainer
+            trainer = SainetTrainer(overrides=p.overrides, options=p.options)
+        else:
+            from ultralytics.models.yolo.detect import DetectionTrainer
 
-        trainer = DetectionTrainer(overrides=p.overrides)
-    save_dir = Path(trainer.save_dir)
-    if Topology.from_env().main:  # under torchrun, rank 0 alone writes
-        save_dir.mkdir(parents=True, exist_ok=True)
-        (save_dir / SETTINGS_FILE).write_text(json.dumps(p.settings.replace(resume=None).to_dict(), indent=2))
-    for event, fns in settings.callbacks.items():
-        for fn in fns:
-            trainer.add_callback(event, fn)
-    with run_files_named(save_dir), plain_progress_bars():  # both trainers: no bar frames in a log file
-        trainer.train()
+            trainer = DetectionTrainer(overrides=p.overrides)
+        save_dir = Path(trainer.save_dir)
+        if Topology.from_env().main:  # under torchrun, rank 0 alone writes
+            save_dir.mkdir(parents=True, exist_ok=True)
+            (save_dir / SETTINGS_FILE).write_text(json.dumps(p.settings.replace(resume=None).to_dict(), indent=2))
+        for event, fns in settings.callbacks.items():
+            for fn in fns:
+                trainer.add_callback(event, fn)
+        with run_files_named(save_dir):
+            trainer.train()
     metrics = _last_metrics(save_dir / "results.csv")
     return TrainResult(save_dir, save_dir / "weights" / "best.pt", save_dir / "weights" / "last.pt", metrics,
                        list(getattr(trainer, "loader_telemetry", [])), {**p.chosen, "overrides": p.overrides})
