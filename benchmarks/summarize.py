@@ -41,7 +41,8 @@ def _serial(r: dict) -> str:
 def _row(r: dict) -> str:
     if r["images_per_s"] <= 0:
         return f"| {r['name']} | {r['note']} |||||||||||||||"
-    pss = "–" if r["pss_mb"] is None else f"{r['pss_mb']:.0f} ({r.get('pss_anon_mb') or 0:.0f})"
+    store = "" if r.get("pss_store_mb") is None else f", {r['pss_store_mb']:.0f}"
+    pss = "–" if r["pss_mb"] is None else f"{r['pss_mb']:.0f} ({r.get('pss_anon_mb') or 0:.0f}{store})"
     reps = "/".join(f"{x:.1f}" for x in r.get("repeats") or [])
     return (f"| {r['name']}{' (ref)' if r['kind'] == 'reference' else ''} | {r.get('out_shape') or 'source'} | "
             f"{_f(r.get('decodes_per_image'), '{:g}')} | {r['images_per_s']:.1f} | {reps} | {_f(r.get('megapixels_per_s'))} | "
@@ -58,7 +59,7 @@ def table(path: Path) -> str:
             f"{s['threads']} threads, {s['workers']} Ultralytics workers, {s['seconds']} s per backend, "
             f"{s.get('repeats', 1)} round(s), profile `{doc['host']['profile']}` ({doc['host']['cores']} cores), {doc['time']}\n\n")
     rows = ["| backend | output | decodes/img | img/s (median) | per round | Mpx/s | p50 ms | p99 ms | CPU % | CPU ms/img | "
-            "PSS MB (anon) | serial % (ceiling) | × decode | × work-min | × work-min (CPU time) | × Ultralytics | × Ultralytics (CPU time) |",
+            "PSS MB (anon, store) | serial % (ceiling) | × decode | × work-min | × work-min (CPU time) | × Ultralytics | × Ultralytics (CPU time) |",
             "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     rows += [_row(r) for r in doc["results"]]
     notes = sorted({r["note"] for r in doc["results"] if r.get("note") and r["images_per_s"] > 0})

@@ -30,7 +30,7 @@ __all__ = [
 #: Loaders `sainet train` accepts: the backend table (loaders.backends.BACKENDS), Ultralytics' own loader included.
 LOADERS = tuple(BACKENDS)
 #: every name `sainet bench-loader` measures: the loaders, Ultralytics' RAM cache (peer), raw-store variants
-BENCH_NAMES = (*LOADERS, "ultralytics-ram", "raw-shm", "raw-lmdb")
+BENCH_NAMES = (*LOADERS, "ultralytics-ram", "raw-shm", "raw-lmdb", "raw-shm-mp", "raw-lmdb-mp")
 #: Training shape when none is given and none is restored from a run: Ultralytics' default.
 DEFAULT_IMGSZ = Imgsz(640, 640)
 

@@ -31,17 +31,23 @@ def source(tmp_path_factory):
 
 def test_bench_loader_json_has_every_backend_and_references(source, tmp_path):
     res = runner.invoke(app, ["bench-loader", "--source", str(source), "--imgsz", "320x180", "--batch", "4", "--batches", "3",
-                              "--loaders", "disk,ram,shm,lmdb,lmdb-mp,dali,ultralytics,raw-shm", "--work", str(tmp_path / "w"),
+                              "--loaders", "disk,ram,shm,lmdb,lmdb-mp,dali,ultralytics,raw-shm,raw-lmdb-mp", "--work", str(tmp_path / "w"),
                               "--out", str(tmp_path / "results"), "--tag", "t", "--json"])
     doc = _json(res)
     by = {r["name"]: r for r in doc["results"]}
     assert {"decode", "work-minimum", "raw-copy"} <= set(by)
-    for name in ("disk", "ram", "shm", "lmdb", "lmdb-mp", "dali", "ultralytics", "raw-shm"):
+    for name in ("disk", "ram", "shm", "lmdb", "lmdb-mp", "dali", "ultralytics", "raw-shm", "raw-lmdb-mp"):
         r = by[name]
+        # of the PSS, the stores' own pages (shared with every reader), counted apart from the loader's memory
+        assert r["pss_store_mb"] is not None and r["pss_store_mb"] >= 0, r
+        if name == "disk":  # reads the source's files: maps no store
+            assert r["pss_store_mb"] == 0, r
+        if name == "raw-lmdb-mp":  # its processes map the raw LMDB store and read frames straight from it
+            assert r["pss_store_mb"] > 0, r
         # the trainer's process's share of the loader's CPU time, and the Amdahl ceiling it implies
         if r["serial_share"] is not None:
             assert 0 < r["serial_share"] <= 1 and r["amdahl_ceiling"] == pytest.approx(1 / r["serial_share"])
-            if name not in ("lmdb-mp", "ultralytics"):  # threads: the whole loader is in the trainer's process
+            if name not in ("lmdb-mp", "raw-lmdb-mp", "ultralytics"):  # threads: the whole loader is in the trainer's process
                 assert r["serial_share"] == 1.0
         assert r["images_per_s"] > 0 and r["batches"] == 3 and r["p50_ms"] > 0 and r["pss_mb"] >= 0, r
         # ratios come from the figures of this same run

@@ -104,7 +104,9 @@ def open_backend(name: str, cfg: BenchConfig, ultralytics_dir: Callable[[], Path
         return _sainet_backend(name, cfg, store)
     if name.startswith("raw-"):
         kind = name.removeprefix("raw-")
-        key = "raw" if kind != "lmdb" else "raw-lmdb"
+        if kind not in BACKENDS or BACKENDS[kind].reads != "store":
+            raise ValueError(f"unknown backend {name!r} (known: {', '.join(BENCH_NAMES)})")
+        key = "raw-lmdb" if BACKENDS[kind].container == "lmdb" else "raw"  # raw-lmdb(-mp): the raw LMDB store
         if key not in cfg.stores:
             raise FileNotFoundError(f"no raw {kind} store (pass --raw, or a raw store)")
         return _sainet_backend(kind, cfg, cfg.stores[key])

@@ -29,7 +29,10 @@ class BenchResult:
     p99_ms: float | None = None
     cpu_percent: float | None = None
     pss_mb: float | None = None  # peak summed PSS of the process tree above the idle baseline
-    pss_anon_mb: float | None = None  # ... of which anonymous (private heap); the rest is mapped store pages
+    pss_anon_mb: float | None = None  # ... of which anonymous (private heap); the rest is mapped pages
+    #: ... of which the store's own pages (its files mapped from the page cache or /dev/shm, at the end of the
+    #: run): shared by every process and rank that reads the store, not the loader's memory
+    pss_store_mb: float | None = None
     ratios: dict[str, float] = field(default_factory=dict)
     note: str = ""
     out_shape: str | None = None  # WxH of each output image; None: the source's own size (decode)

@@ -19,7 +19,7 @@ from sainet.bench.backends import link_tree, open_backend
 from sainet.bench.references import run_references
 from sainet.bench.report import describe, fill_ratios, merge_rounds
 from sainet.bench.results import BenchConfig, BenchResult
-from sainet.bench.sampling import child_pids, evict, measure, reap, tree_pss
+from sainet.bench.sampling import child_pids, evict, measure, reap, store_roots, tree_pss, tree_store_pss
 from sainet.core.errors import SainetError
 
 log = logging.getLogger(__name__)
@@ -32,13 +32,14 @@ def _run_loader(name: str, cfg: BenchConfig, ultralytics_dir: Callable[[], Path]
     if cfg.cold:
         evict([p for p in [*cfg.stores.values(), cfg.source] if p is not None])
     base_pss, base_anon = tree_pss(psutil.Process()), tree_pss(psutil.Process(), "Pss_Anon")
+    base_store = tree_store_pss(psutil.Process(), store_roots(cfg))
     before = child_pids()
     try:
         it, close = open_backend(name, cfg, ultralytics_dir)
     except (FileNotFoundError, ImportError, ValueError, SainetError) as e:
         return BenchResult(name, "loader", 0.0, note=f"skipped: {e}")
     try:
-        return measure(name, it, cfg, progress, base_pss, base_anon, exclude=before)
+        return measure(name, it, cfg, progress, base_pss, base_anon, exclude=before, base_store=base_store)
     finally:
         close()
         del it

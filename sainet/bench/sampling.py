@@ -55,6 +55,33 @@ def _rollup(pid: int) -> dict[str, int]:
         pass
     return out
 
+def _mapped_pss(pid: int, roots: tuple[str, ...]) -> int:
+    """PSS in bytes of the mappings of `pid` whose file lies under one of `roots` (Linux smaps: a
+    mapping's header line names its file, its ``Pss:`` line follows)."""
+    total, inside = 0, False
+    try:
+        with open(f"/proc/{pid}/smaps") as f:
+            for line in f:
+                head = line.split(None, 5)
+                if len(head) >= 5 and "-" in head[0] and not head[0].endswith(":"):  # a mapping's header
+                    inside = len(head) == 6 and head[5].rstrip("\n").startswith(roots)
+                elif inside and line.startswith("Pss:"):
+                    total += int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return total
+
+
+def store_roots(cfg: BenchConfig) -> tuple[str, ...]:
+    """The path prefixes of the bench's stores' files (a folder's, with its separator)."""
+    return tuple(str(Path(p).resolve()) + ("" if Path(p).is_file() else os.sep) for p in cfg.stores.values())
+
+
+def tree_store_pss(proc: psutil.Process, roots: tuple[str, ...]) -> int:
+    """Summed PSS of the stores' pages mapped by the process tree (see `_mapped_pss`)."""
+    return sum(_mapped_pss(p.pid, roots) for p in _tree(proc)) if roots else 0
+
+
 def tree_pss(proc: psutil.Process, key: str = "Pss") -> int:
     """Summed PSS of the process tree. Pss_Anon is the loader's own (private, heap) memory; the
     store's pages mapped from the page cache or /dev/shm show in Pss_File / Pss_Shmem, shared by
@@ -83,11 +110,14 @@ class _Sampler:
     1440x1440 batches (measured on the 2-core dev box), i.e. ~10% of a core at 4 Hz. So it samples
     every 0.5 s and keeps its own CPU time (`cpu_s`), which the bench subtracts from the backend's."""
 
-    def __init__(self, period: float = 0.5) -> None:
+    def __init__(self, period: float = 0.5, roots: tuple[str, ...] = ()) -> None:
         self.proc = psutil.Process()
         self.period = period
         self.peak = 0
         self.peak_anon = 0
+        #: the stores' files mapped by the tree, read once at the end (full smaps is slower than the rollup)
+        self.roots = roots
+        self.store = 0
         self.cpu_s = 0.0  # CPU time spent sampling (not the backend's)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -112,6 +142,10 @@ class _Sampler:
         self._stop.set()
         self._thread.join()
         self._sample()
+        if self.roots:
+            t0 = time.thread_time()
+            self.store = tree_store_pss(self.proc, self.roots)
+            self.cpu_s += time.thread_time() - t0
 
 def evict(paths: list[Path]) -> int:
     """Drop the page cache of every file under `paths` (posix_fadvise DONTNEED): cold reads."""
@@ -131,9 +165,10 @@ def evict(paths: list[Path]) -> int:
     return n
 
 def measure(name: str, batches: Iterator[int], cfg: BenchConfig, progress: Callable[[int], None] | None,
-             base_pss: int, base_anon: int, exclude: frozenset[int] = frozenset()) -> BenchResult:
+             base_pss: int, base_anon: int, exclude: frozenset[int] = frozenset(), base_store: int = 0) -> BenchResult:
     """Pull from `batches` (yielding images per batch): warm-up, then time it. Memory is counted
-    from `base_*`, taken before the backend was built (so a RAM cache made at set-up counts); CPU
+    from `base_*`, taken before the backend was built (so a RAM cache made at set-up counts; the
+    stores' pages the bench's process already mapped do not count to the backend's `pss_store_mb`); CPU
     time of the processes in `exclude` (there before the backend was built) is not the backend's."""
     for _ in range(cfg.warmup):
         if next(batches, None) is None:
@@ -141,7 +176,7 @@ def measure(name: str, batches: Iterator[int], cfg: BenchConfig, progress: Calla
     me = psutil.Process()
     cpu0, own0, t0 = _cpu_seconds(me, exclude), _own_cpu(me), time.perf_counter()
     lat, images = [], 0
-    with _Sampler() as sampler:
+    with _Sampler(roots=store_roots(cfg)) as sampler:
         last = time.perf_counter()
         while True:
             n = next(batches, None)
@@ -164,6 +199,7 @@ def measure(name: str, batches: Iterator[int], cfg: BenchConfig, progress: Calla
     r = BenchResult(name, "loader", images / dt if dt else 0.0, len(lat), images, dt,
                        float(np.percentile(ms, 50)) if len(ms) else None, float(np.percentile(ms, 99)) if len(ms) else None,
                        cpu_s / dt * 100 if dt else 0.0, max(0, sampler.peak - base_pss) / 1e6,
-                       max(0, sampler.peak_anon - base_anon) / 1e6, cpu_ms_per_image=cpu_s * 1000 / images if images else None)
+                       max(0, sampler.peak_anon - base_anon) / 1e6, cpu_ms_per_image=cpu_s * 1000 / images if images else None,
+                       pss_store_mb=max(0, sampler.store - base_store) / 1e6 if sampler.roots else None)
     r.set_serial(own_s, cpu_s)
     return r

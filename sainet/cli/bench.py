@@ -30,7 +30,7 @@ def print_bench_table(results: list[Any], cfg: Any, profile_name: str) -> None:
     t = Table(title=f"bench-loader {format_imgsz(cfg.imgsz)} batch {cfg.batch} {'augment' if cfg.augment else 'no augment'}, "
                     f"{cfg.threads} threads, profile {profile_name}")
     cols = ("backend", "shape", "decodes/img", "img/s", "Mpx/s", "p50 ms", "p99 ms", "CPU %", "CPU ms/img", "PSS MB",
-            "anon MB", "serial %", "ceiling", "x decode", "x work-min", "x work-min CPU", "x ultralytics")
+            "anon MB", "store MB", "serial %", "ceiling", "x decode", "x work-min", "x work-min CPU", "x ultralytics")
     for col in cols:
         t.add_column(col, justify="left" if col == "backend" else "right")
 
@@ -43,7 +43,7 @@ def print_bench_table(results: list[Any], cfg: Any, profile_name: str) -> None:
         if "mpx_vs_ultralytics" in r.ratios:
             ul = f"{r.ratios['mpx_vs_ultralytics']:.2f} Mpx"
         t.add_row(r.name, r.out_shape or "source", f(r.decodes_per_image, "{:g}"), f(r.images_per_s), f(r.megapixels_per_s),
-                  f(r.p50_ms), f(r.p99_ms), f(r.cpu_percent, "{:.0f}"), f(r.cpu_ms_per_image), f(r.pss_mb), f(r.pss_anon_mb),
+                  f(r.p50_ms), f(r.p99_ms), f(r.cpu_percent, "{:.0f}"), f(r.cpu_ms_per_image), f(r.pss_mb), f(r.pss_anon_mb), f(r.pss_store_mb),
                   f(None if r.serial_share is None else 100 * r.serial_share), f(r.amdahl_ceiling, "{:.1f}x"),
                   f(r.ratios.get("vs_decode"), "{:.2f}"), f(r.ratios.get("vs_work-minimum"), "{:.2f}"),
                   f(r.ratios.get("cpu_vs_work-minimum"), "{:.2f}"), ul)
@@ -115,6 +115,7 @@ def bench_loader(
     * `sainet bench-loader --source data/synth --imgsz 1440x808`
     * `sainet bench-loader --store /dev/shm/fasdd --loaders shm,dali,ultralytics --no-augment --json`
     * `sainet bench-loader --source data/synth --imgsz 640 --raw --loaders shm,raw-shm --cold`
+    * `sainet bench-loader --source data/synth --imgsz 640 --loaders lmdb-mp,raw-lmdb-mp,ultralytics,ultralytics-ram`
     """
     from sainet.bench import bench_config, prepare_stores, run_bench, save_results
 
@@ -123,7 +124,8 @@ def bench_loader(
             raise SettingsError("give --store or --source")
         _check_outputs(out, tag, store, source, work, plot)
         hyp, prof = _checked_settings(sets, profile, imgsz, batch, threads)
-        stores, src = prepare_stores(source, store, work, imgsz, raw or "raw-shm" in loaders, "raw-lmdb" in loaders)
+        raw_shm, raw_lmdb = (any(n in loaders for n in (f"raw-{k}", f"raw-{k}-mp")) for k in ("shm", "lmdb"))
+        stores, src = prepare_stores(source, store, work, imgsz, raw or raw_shm, raw_lmdb)
         cfg = bench_config(stores=stores, source=src, imgsz=imgsz, profile=prof, batch=batch, augment=augment,
                            seconds=seconds, batches=batches, threads=threads, workers=workers, cold=cold,
                            repeats=repeats, hyp=hyp, scratch=work)
