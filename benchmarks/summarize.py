@@ -62,7 +62,11 @@ def table(path: Path) -> str:
             "PSS MB (anon, store) | serial % (ceiling) | × decode | × work-min | × work-min (CPU time) | × Ultralytics | × Ultralytics (CPU time) |",
             "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     rows += [_row(r) for r in doc["results"]]
-    notes = sorted({r["note"] for r in doc["results"] if r.get("note") and r["images_per_s"] > 0})
+    by_note: dict[str, list[str]] = {}  # each note once, with the backends it is about
+    for r in doc["results"]:
+        if r.get("note") and r["images_per_s"] > 0:
+            by_note.setdefault(r["note"], []).append(r["name"])
+    notes = [f"{', '.join(names)}: {note}" for note, names in by_note.items()]
     return head + "\n".join(rows) + "\n" + "".join(f"\n{n}." for n in notes) + ("\n" if notes else "")
 
 

@@ -54,7 +54,9 @@ def describe(r: BenchResult, cfg: BenchConfig) -> None:
         r.decodes_per_image = 0.0 if r.name.startswith("raw-") else 1.0
         r.augment = hyp_text(cfg)
         if cfg.augment:
-            r.note = (r.note + "; " if r.note else "") + "mosaic partners from the batch and its recent batches' decoded samples, mixup partners from the batch: one decode per output image"
+            each = "no decode (raw frames read from the store)" if r.name.startswith("raw-") else "one decode per output image"
+            r.note = (r.note + "; " if r.note else "") + ("mosaic partners from the batch and its recent batches' samples, "
+                                                          f"mixup partners from the batch: {each}")
     if r.name != "decode":
         r.out_shape = format_imgsz(hw)
         r.pixels_per_batch = cfg.batch * hw[0] * hw[1]
