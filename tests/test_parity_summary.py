@@ -1,0 +1,84 @@
+"""The accuracy comparison's bookkeeping (benchmarks/accuracy_parity.py, issue 22), without training:
+the seed pairing and its interval, the choice of the common validator's metric, the run order, and
+how rows recorded before the common validator get it from their weights."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def _parity():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy_parity.py"
+    spec = importlib.util.spec_from_file_location("accuracy_parity", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("accuracy_parity", mod)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _row(group: str, loader: str, seed: int, final: float, val: float | None = None, init: str = "w") -> dict:
+    r = {"group": group, "loader": loader, "seed": seed, "batch": 16, "imgsz": "256", "hours": None, "order": "own",
+         "init_digest": f"{init}{seed}", "wall_s": 100.0, "epochs_done": 16, "mAP50_final": final, "mAP50_best": final,
+         "mAP50-95_final": final / 2, "mAP50-95_best": final / 2}
+    if val is not None:
+        r |= {"mAP50_val": val, "mAP50-95_val": val / 2}
+    return r
+
+
+def test_pairs_use_the_common_validator_when_every_row_has_it():
+    p = _parity()
+    own = [0.80, 0.85, 0.78, 0.90]
+    common_u = [0.79, 0.84, 0.80, 0.88]
+    common_l = [0.80, 0.86, 0.79, 0.90]
+    rows = [_row("ultralytics b16", "ultralytics", s, own[s], common_u[s]) for s in range(4)]
+    rows += [_row("lmdb b16", "lmdb", s, own[s] + 0.03, common_l[s]) for s in range(4)]
+    g = {x["group"]: x for x in p.summarize(rows)}["lmdb b16"]
+    diffs = [common_l[s] - common_u[s] for s in range(4)]
+    assert g["paired_metric"] == "mAP50_val" and g["paired_diffs"] == pytest.approx(diffs)
+    half = p.t975(3) * statistics.stdev(diffs) / math.sqrt(4)
+    mean = statistics.fmean(diffs)
+    assert g["paired_mean_diff"] == pytest.approx(mean) and g["paired_ci95"] == pytest.approx([mean - half, mean + half])
+    assert g["paired_own_val"]["paired_mean_diff"] == pytest.approx(0.03)  # what the trainers' own validators said
+    assert g["same_init"] is True and g["parity"] is (abs(mean) <= 0.01 and mean - half >= -0.02 and mean + half <= 0.02)
+    # one row without the common metric: the whole group falls back to each trainer's own
+    rows[-1].pop("mAP50_val")
+    g = {x["group"]: x for x in p.summarize(rows)}["lmdb b16"]
+    assert g["paired_metric"] == "mAP50_final" and g["paired_mean_diff"] == pytest.approx(0.03)
+
+
+def test_pairs_say_when_the_initial_weights_differ():
+    p = _parity()
+    rows = [_row("ultralytics b16", "ultralytics", s, 0.8 + s / 100) for s in range(3)]
+    rows += [_row("lmdb b16", "lmdb", s, 0.8, init="x" if s == 1 else "w") for s in range(3)]
+    assert {x["group"]: x for x in p.summarize(rows)}["lmdb b16"]["same_init"] is False
+
+
+def test_runs_are_planned_seed_major():
+    p = _parity()
+    args = p.parse_args(["--seeds", "3", "--dali-seeds", "2", "--extra-seeds", "1"])
+    plan = [(r.loader, r.seed, r.batch) for r in p.plan_runs(args)]
+    assert plan == [("ultralytics", 0, 16), ("lmdb", 0, 16), ("dali", 0, 16), ("ultralytics", 1, 16), ("lmdb", 1, 16),
+                    ("dali", 1, 16), ("ultralytics", 2, 16), ("lmdb", 2, 16), ("ultralytics", 0, 32), ("lmdb", 0, 32)]
+
+
+def test_rows_recorded_before_the_common_validator_get_it_from_their_weights(tmp_path, monkeypatch):
+    p = _parity()
+    calls: list[tuple[Path, str]] = []
+    monkeypatch.setattr(p, "common_val", lambda args, w, imgsz: calls.append((w, imgsz)) or {"mAP50_val": 0.5})
+    run = p.Run("lmdb b16", "lmdb", 3, 16, "256x144")
+    weights = tmp_path / "old" / "lmdb-b16-s3" / "weights" / "last.pt"
+    args = argparse.Namespace(runs_dir=[tmp_path / "elsewhere", tmp_path / "old"])
+    row = _row("lmdb b16", "lmdb", 3, 0.8)
+    assert p._with_common_val(args, run, row) == row and not calls  # no weights anywhere: left as it was
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"w")
+    assert p._with_common_val(args, run, row)["mAP50_val"] == 0.5 and calls == [(weights, "256x144")]
+    done = {**row, "mAP50_val": 0.7}
+    assert p._with_common_val(args, run, done) is done and len(calls) == 1  # already scored: not validated again
