@@ -58,7 +58,7 @@ from pathlib import Path
 import numpy as np
 
 from cache_tools import PackOptions, pack
-from sainet.core.geometry import parse_wxh
+from sainet.core.geometry import parse_imgsz, parse_wxh
 from sainet.synth import synthesize
 from sainet.train import TrainRequest, train
 
@@ -195,7 +195,7 @@ def common_val(args: argparse.Namespace, weights: Path, imgsz: str) -> dict:
     here), so pairs are compared on this one."""
     from ultralytics import YOLO
 
-    size = max(parse_wxh(imgsz)) if "x" in imgsz else int(imgsz)
+    size = max(parse_imgsz(imgsz))
     m = YOLO(str(weights)).val(data=str(args.work / "src" / "data.yaml"), imgsz=size, batch=16, rect=True, device="cpu",
                                workers=0, plots=False, verbose=False, project=str(args.work / "val"), name="val",
                                exist_ok=True)

@@ -3,23 +3,15 @@ the counter counts what it claims, and the GPU path stays within 6 GB per batch.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import torch
 
 from loaders.augment.hyp import Hyp
+from tests.bench_scripts import load
 
 
 def _budget():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_budget.py"
-    spec = importlib.util.spec_from_file_location("gpu_budget", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("gpu_budget", mod)
-    spec.loader.exec_module(mod)
-    return mod
+    return load("gpu_budget")
 
 
 def test_counter_counts_reads_writes_kernels_and_skips_views():

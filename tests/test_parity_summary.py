@@ -5,22 +5,17 @@ how rows recorded before the common validator get it from their weights."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import statistics
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.bench_scripts import load
+
 
 def _parity():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy_parity.py"
-    spec = importlib.util.spec_from_file_location("accuracy_parity", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("accuracy_parity", mod)
-    spec.loader.exec_module(mod)
-    return mod
+    return load("accuracy_parity")
 
 
 def _row(group: str, loader: str, seed: int, final: float, val: float | None = None, init: str = "w") -> dict:

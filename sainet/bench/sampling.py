@@ -55,21 +55,12 @@ def _rollup(pid: int) -> dict[str, int]:
         pass
     return out
 
-def _mapped_pss(pid: int, roots: tuple[str, ...]) -> int:
-    """PSS in bytes of the mappings of `pid` whose file lies under one of `roots` (Linux smaps: a
-    mapping's header line names its file, its ``Pss:`` line follows)."""
-    total, inside = 0, False
+def _mapped_pss(proc: psutil.Process, roots: tuple[str, ...]) -> int:
+    """PSS in bytes of the mappings of `proc` whose file lies under one of `roots` (psutil reads smaps)."""
     try:
-        with open(f"/proc/{pid}/smaps") as f:
-            for line in f:
-                head = line.split(None, 5)
-                if len(head) >= 5 and "-" in head[0] and not head[0].endswith(":"):  # a mapping's header
-                    inside = len(head) == 6 and head[5].rstrip("\n").startswith(roots)
-                elif inside and line.startswith("Pss:"):
-                    total += int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return total
+        return sum(m.pss for m in proc.memory_maps(grouped=True) if m.path.startswith(roots))
+    except psutil.Error:
+        return 0
 
 
 def store_roots(cfg: BenchConfig) -> tuple[str, ...]:
@@ -79,7 +70,7 @@ def store_roots(cfg: BenchConfig) -> tuple[str, ...]:
 
 def tree_store_pss(proc: psutil.Process, roots: tuple[str, ...]) -> int:
     """Summed PSS of the stores' pages mapped by the process tree (see `_mapped_pss`)."""
-    return sum(_mapped_pss(p.pid, roots) for p in _tree(proc)) if roots else 0
+    return sum(_mapped_pss(p, roots) for p in _tree(proc)) if roots else 0
 
 
 def tree_pss(proc: psutil.Process, key: str = "Pss") -> int:

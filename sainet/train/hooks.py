@@ -43,7 +43,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import types
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -87,6 +86,7 @@ PRIVATE_APIS: tuple[PrivateApi, ...] = (
     PrivateApi(_T, "check_amp", None, how="rebound in sainet.train.offline.replace_amp_check"),
     PrivateApi(f"{_T}:BaseTrainer", "_setup_train", ("self",), ("check_amp(",), "calls the rebound check_amp"),
     PrivateApi("ultralytics.utils.tqdm", "is_noninteractive_console", (), how="rebound in plain_console_output"),
+    PrivateApi("ultralytics.utils", "remove_colorstr", ("input_string",), how="called in plain_console_output"),
     PrivateApi("ultralytics.utils.tqdm:TQDM", "__init__", None, ("is_noninteractive_console()", "self.desc = desc"),
                "reads the rebound check per bar; wrapped in plain_console_output (its desc loses colour codes)"),
 )
@@ -171,19 +171,6 @@ def checkpoint_dict(trainer: Any, **extra: Any) -> dict[str, Any]:
     return {**ckpt, **extra}
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-class _StripAnsi(logging.Filter):
-    """Takes Ultralytics' ``colorstr`` colour codes out of a record (``Results saved to ESC[1m...``)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if "\x1b[" in message:
-            record.msg, record.args = _ANSI.sub("", message), ()
-        return True
-
-
 def _wants_plain(stream: Any) -> bool:
     """Plain output unless `stream` is a terminal; NO_COLOR (https://no-color.org) asks for it anyway."""
     isatty = getattr(stream, "isatty", None)
@@ -200,19 +187,24 @@ def plain_console_output(stream: Any = None) -> Iterator[None]:
     its final line only) and the ``ultralytics`` logger's handlers drop colour codes."""
     import sys
 
-    from ultralytics.utils import LOGGING_NAME
+    from ultralytics.utils import LOGGING_NAME, remove_colorstr
     from ultralytics.utils import tqdm as ul_tqdm
 
     if not _wants_plain(sys.stdout if stream is None else stream):
         yield
         return
     handlers = list(logging.getLogger(LOGGING_NAME).handlers)
-    strip = _StripAnsi()
     real, real_init = ul_tqdm.is_noninteractive_console, ul_tqdm.TQDM.__init__
+
+    def strip(record: logging.LogRecord) -> bool:  # a log line ("Results saved to ESC[1m...") without colours
+        message = record.getMessage()
+        if "\x1b[" in message:
+            record.msg, record.args = remove_colorstr(message), ()
+        return True
 
     def init(self: Any, *args: Any, **kwargs: Any) -> None:  # a bar's description ("train: Scanning") without colours
         real_init(self, *args, **kwargs)
-        self.desc = _ANSI.sub("", self.desc)
+        self.desc = remove_colorstr(self.desc)
 
     ul_tqdm.is_noninteractive_console = lambda: True
     ul_tqdm.TQDM.__init__ = init
