@@ -107,8 +107,10 @@ def test_console_output_into_a_log_is_plain_lines(monkeypatch):
             return True
 
     def bar(buf: io.StringIO) -> str:
-        for _ in TQDM(range(40), total=40, file=buf, mininterval=0, desc=colorstr("train: ") + "Scanning"):
-            pass
+        pbar = TQDM(range(40), total=40, file=buf, mininterval=0, desc=colorstr("train: ") + "Scanning")
+        for _ in pbar:
+            pbar.desc = colorstr("train: ") + "Scanning 3 images"  # as Ultralytics' label scan updates it
+        pbar.close()
         return buf.getvalue()
 
     def logged(msg: str, *args: object) -> str:
@@ -125,7 +127,7 @@ def test_console_output_into_a_log_is_plain_lines(monkeypatch):
     with plain_console_output(log):
         out = bar(log)
         text = logged("Results saved to %s, %d", colorstr("bold", "runs/x"), 3)
-    assert "\r" not in out and "\033" not in out and out.count("\n") == 1 and "40/40" in out and "train: Scanning" in out
+    assert "\r" not in out and "\033" not in out and out.count("\n") == 1 and "40/40" in out and "train: Scanning 3 images" in out
     assert "\033" not in text and "Results saved to runs/x, 3" in text and "WARNING" in text
     assert "\r\033[K\033[34m" in bar(io.StringIO())  # restored after
     assert "\033[1m" in logged(colorstr("bold", "x"))

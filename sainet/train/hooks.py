@@ -30,8 +30,9 @@ is_noninteractive_console()``                              progress bar writes i
                                                            and ANSI frames in a log file; Ultralytics' log
                                                            lines lose their colour codes too (a logging
                                                            filter, public API) (`plain_console_output`)
-``ultralytics.utils.tqdm.TQDM.__init__``       wrapped     in the same context: a bar's description loses
-                                                           its colour codes (``train: Scanning ...``)
+``ultralytics.utils.tqdm.TQDM.desc``           property    in the same context: a bar's description loses
+                                                           its colour codes, set at init or later
+                                                           (``train: Scanning ...``)
 =============================================  ==========  ===================================================
 
 The rebindings but ``check_amp`` replace a module global of Ultralytics for the duration of one call
@@ -88,7 +89,7 @@ PRIVATE_APIS: tuple[PrivateApi, ...] = (
     PrivateApi("ultralytics.utils.tqdm", "is_noninteractive_console", (), how="rebound in plain_console_output"),
     PrivateApi("ultralytics.utils", "remove_colorstr", ("input_string",), how="called in plain_console_output"),
     PrivateApi("ultralytics.utils.tqdm:TQDM", "__init__", None, ("is_noninteractive_console()", "self.desc = desc"),
-               "reads the rebound check per bar; wrapped in plain_console_output (its desc loses colour codes)"),
+               "reads the rebound check per bar; sets desc, which plain_console_output makes a property"),
 )
 
 
@@ -171,6 +172,9 @@ def checkpoint_dict(trainer: Any, **extra: Any) -> dict[str, Any]:
     return {**ckpt, **extra}
 
 
+_NONE = object()
+
+
 def _wants_plain(stream: Any) -> bool:
     """Plain output unless `stream` is a terminal; NO_COLOR (https://no-color.org) asks for it anyway."""
     isatty = getattr(stream, "isatty", None)
@@ -194,7 +198,8 @@ def plain_console_output(stream: Any = None) -> Iterator[None]:
         yield
         return
     handlers = list(logging.getLogger(LOGGING_NAME).handlers)
-    real, real_init = ul_tqdm.is_noninteractive_console, ul_tqdm.TQDM.__init__
+    real = ul_tqdm.is_noninteractive_console
+    bar_desc = vars(ul_tqdm.TQDM).get("desc", _NONE)
 
     def strip(record: logging.LogRecord) -> bool:  # a log line ("Results saved to ESC[1m...") without colours
         message = record.getMessage()
@@ -202,18 +207,19 @@ def plain_console_output(stream: Any = None) -> Iterator[None]:
             record.msg, record.args = remove_colorstr(message), ()
         return True
 
-    def init(self: Any, *args: Any, **kwargs: Any) -> None:  # a bar's description ("train: Scanning") without colours
-        real_init(self, *args, **kwargs)
-        self.desc = remove_colorstr(self.desc)
+    def set_desc(bar: Any, value: Any) -> None:  # every bar description ("train: Scanning ...") without colours,
+        bar.__dict__["desc"] = remove_colorstr(value) if isinstance(value, str) else value  # set in __init__ or later
 
     ul_tqdm.is_noninteractive_console = lambda: True
-    ul_tqdm.TQDM.__init__ = init
+    ul_tqdm.TQDM.desc = property(lambda bar: bar.__dict__.get("desc", ""), set_desc)  # bars made before: untouched
     for h in handlers:
         h.addFilter(strip)
     try:
         yield
     finally:
         ul_tqdm.is_noninteractive_console = real
-        ul_tqdm.TQDM.__init__ = real_init
+        del ul_tqdm.TQDM.desc  # bars keep their plain description as an ordinary attribute
+        if bar_desc is not _NONE:
+            ul_tqdm.TQDM.desc = bar_desc
         for h in handlers:
             h.removeFilter(strip)
