@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from loaders.augment.cpu import finish_image, mixup_partners, render_image
+from loaders.augment.cpu import Cover, finish_image, mixup_partners, render_image
 from loaders.augment.plan import BatchPlan
 from loaders.collate import collate
 from loaders.dataset import LoaderDataset
@@ -210,12 +210,14 @@ class CpuAssembler:
         augment = self.dataset.augment
         mixup = augment and any(ip.mixup is not None for ip in plan.images)
 
+        covers: list[Cover] = [None] * n  # what each image painted: HSV converts only that
+
         def one(k: int) -> None:
-            render_image(plan.images[k], images, scales, arr[k])
+            covers[k] = render_image(plan.images[k], images, scales, arr[k])
             if augment and not mixup:  # HSV right away; with mixup it must wait for the partners
-                finish_image(plan, k, arr, {})
+                finish_image(plan, k, arr, {}, covers=covers)
 
         list(pool.map(one, range(n)))
         if mixup:
             partners = mixup_partners(plan, arr)
-            list(pool.map(lambda k: finish_image(plan, k, arr, partners), range(n)))
+            list(pool.map(lambda k: finish_image(plan, k, arr, partners, covers=covers), range(n)))
