@@ -5,7 +5,8 @@
 Draws `--images` augmented images (imgsz 256, batch 16, Ultralytics' default hyperparameters) from
 Ultralytics' YOLODataset (seeds s and s + 1), sainet's lmdb loader, optionally its dali loader in
 CPU mode, and the two known-bad variants the test calibrates with (partners from the batch only; no
-HSV), all over the same 144 synthetic 576x324 images, and prints one markdown table: each
+HSV) and, with `--max-size N`, the lmdb loader over a store packed with `sainet pack --max-size N`
+(smaller re-encoded JPEGs), all over the same 144 synthetic 576x324 images, and prints one markdown table: each
 statistic's median (distinct sources: mean; partner share: the share) and its two-sample p-value
 against Ultralytics (`sainet.bench.parity`). `tests/test_augment_parity.py` runs the same draws at
 480 images in `make test`.
@@ -18,7 +19,8 @@ import json
 import tempfile
 from pathlib import Path
 
-from sainet.bench.parity import compare, run, table
+from cache_tools import PackOptions, pack
+from sainet.bench.parity import compare, draw_sainet, run, table
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -28,12 +30,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--dali", action="store_true", help="also the dali loader (CPU mode)")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--max-size", type=int, default=None,
+                    help="also a store packed with `sainet pack --max-size N` (re-encoded smaller JPEGs)")
     args = ap.parse_args(argv)
     variants: dict = {"batch_only (bad)": {"partner_batches": 0}, "no_hsv (bad)": {"hyp": {"hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0}}}
     if args.dali:
         variants = {"dali (cpu)": {"kind": "dali"}, **variants}
     with tempfile.TemporaryDirectory(prefix="sainet-parity-") as tmp:
         draws = run(Path(tmp), images=args.images, imgsz=args.imgsz, seed=args.seed, variants=variants)
+        if args.max_size:
+            store = Path(tmp) / f"lmdb-max{args.max_size}"
+            pack(Path(tmp) / "src", store, PackOptions(container="lmdb", max_size=args.max_size))
+            draws[f"lmdb --max-size {args.max_size}"] = draw_sainet(store, hyp={}, seed=args.seed, images=args.images,
+                                                                   batch=16, imgsz=args.imgsz)
     print(table(draws))
     if args.json:
         rows = {k: [r.__dict__ for r in compare(d, draws["ultralytics"])] for k, d in draws.items() if k != "ultralytics"}
