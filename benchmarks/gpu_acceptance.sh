@@ -12,7 +12,7 @@
 #   --work      scratch space for the synthetic data and stores (default /dev/shm/sainet-gpu)
 #   --images    synthetic 1440x808 JPEGs to make (default 600, as in GPU.md); --seconds per bench
 #               backend (default 15); --epochs of the short training (default 2)
-#   --steps     comma-separated subset of: install,env,data,tests,budget,phases,executor,feed,decode,bench,train
+#   --steps     comma-separated subset of: install,env,data,tests,budget,phases,executor,feed,decode,bench,train,cpuscale
 #               (default all; gputests: the GPU tests without the CPU executor tests)
 #   --loaders   bench-loader backends (default shm,lmdb,dali,ultralytics); --sizes bench output sizes
 #               (default "1440x808,1440"); --decode-batches (default 32,64); --step-timeout seconds per
@@ -30,9 +30,12 @@
 #   decode     benchmarks/dali_decode.py: the DALI decode-only reference (mixed, batch 32 and 64)
 #   bench      sainet bench-loader, rect 1440x832 and square 1440, shm/lmdb/dali/ultralytics, augment
 #   train      sainet train --loader dali --device 0, yolov8s, 1440x832, batch 32 (loader.csv: data wait)
+#   cpuscale   benchmarks/loader_scaling.py: issue 23's CPU loaders at 1, 4, 8, 16 threads / assembler
+#              processes, square 640, JPEG and raw shards, shm and shm-mp (~2 min; not in the default
+#              list: a second call on the warm machine, `--steps install,data,cpuscale`)
 set -uo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-[ $# -ge 1 ] && [ "${1#-}" = "$1" ] || { sed -n 2,32p "$0"; exit 2; }
+[ $# -ge 1 ] && [ "${1#-}" = "$1" ] || { sed -n 2,35p "$0"; exit 2; }
 RESULTS=$(mkdir -p "$1" && cd "$1" && pwd); shift
 WHEELS= WORK=/dev/shm/sainet-gpu IMAGES=600 SECS=15 EPOCHS=2 STEPS=install,env,data,tests,budget,phases,executor,feed,decode,bench,train
 LOADERS=shm,lmdb,dali,ultralytics SIZES=1440x808,1440 STEP_TIMEOUT= DECODE_BATCHES=32,64
@@ -144,6 +147,15 @@ want bench && for imgsz in ${SIZES//,/ }; do
     --imgsz "$imgsz" --batch 32 --seconds "$SECS" --out "$RESULTS/bench" --tag "gpu-$imgsz-aug" \
     --plot "$RESULTS/bench-$imgsz.png" --json
 done
+
+want cpuscale && {
+  [ -f "$WORK/raw640/index.sai" ] || step pack-raw640 "${SAINET[@]}" pack "$WORK/src" --to "$WORK/raw640" --format shards \
+    --mode raw --imgsz 640
+  step cpuscale-jpeg sh -c "'$PY' benchmarks/loader_scaling.py --store '$WORK/shards' --imgsz 640 --counts 1,4,8,16 \
+    --loaders shm,shm-mp --seconds 4 --rounds 1 --json '$RESULTS/loader_scaling_jpeg.json'"
+  step cpuscale-raw sh -c "'$PY' benchmarks/loader_scaling.py --store '$WORK/raw640' --imgsz 640 --counts 1,4,8,16 \
+    --loaders shm,shm-mp --seconds 4 --rounds 1 --json '$RESULTS/loader_scaling_raw.json'"
+}
 
 # -- training ------------------------------------------------------------------------------------
 want train && step train "${SAINET[@]}" train --data "$WORK/shards" --loader dali --model yolov8s.yaml --imgsz 1440x808 \
