@@ -195,11 +195,10 @@ def render_image(ip: ImagePlan, sources: list[np.ndarray], scales: list[tuple[fl
     if ip.letterbox:  # eval: exactly Ultralytics' resize + pad
         letterbox(sources[ip.placements[0].src], H, W, out=out)
         return None
-    if not resize or not all(_axis_aligned(p.matrix @ scale_matrix(*scales[p.src])) for p in ip.placements):
+    ms = [p.matrix @ scale_matrix(*scales[p.src]) for p in ip.placements]  # source pixels -> output
+    if not resize or not all(_axis_aligned(m) for m in ms):
         if len(ip.placements) == 1:
-            p = ip.placements[0]
-            m = pixel_matrix(p.matrix @ scale_matrix(*scales[p.src]))
-            cv2.warpAffine(sources[p.src], m, (W, H), dst=out, flags=cv2.INTER_LINEAR,
+            cv2.warpAffine(sources[ip.placements[0].src], pixel_matrix(ms[0]), (W, H), dst=out, flags=cv2.INTER_LINEAR,
                            borderMode=cv2.BORDER_CONSTANT, borderValue=(PAD_VALUE,) * 3)
             return None
         out[...] = PAD_VALUE  # before painting: warped quadrants leave unmapped pixels alone, and overlap
@@ -207,8 +206,7 @@ def render_image(ip: ImagePlan, sources: list[np.ndarray], scales: list[tuple[fl
         return tuple(r for r in rects if r is not None)
     # axis-aligned: every rectangle is written whole, so only what lies outside them is padded, after
     rects = []
-    for p in ip.placements:
-        m = p.matrix @ scale_matrix(*scales[p.src])
+    for p, m in zip(ip.placements, ms, strict=True):
         lo, hi = (p.region.min(0), p.region.max(0)) if len(ip.placements) > 1 else ((0.0, 0.0), (W, H))
         rect = _resize_into(sources[p.src], m, (float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])), out)
         if rect is not None:
