@@ -22,28 +22,54 @@ an asynchronous host-to-device copy that the consumer started and then forgot (U
 
   The pool is bounded in bytes as well as in count (`POOL_BYTES`): at 1440x1440, batch 8, one
   buffer is 50 MB, and six of them were most of the loader's memory. When every pooled buffer is
-  lent out, `get` waits up to `patience` seconds for one to come back (a consumer that keeps up
-  returns one per batch), and only then makes a fresh, unpooled one — so a consumer that holds
-  many batches (or trains slowly) costs memory and a page-fault pass, never correctness or a
-  deadlock. After a wait in vain, `get` stops waiting until a pooled buffer comes back again.
+  lent out, `get` waits for one to come back. While a built batch is `queued` (the loader's: not
+  yet taken by the consumer), a buffer will come back — the consumer drops its previous batch when
+  it takes the next — so a slow consumer is waited for however long its step takes, and memory
+  stays bounded. With nothing queued, every buffer is held by the consumer: after `patience`
+  seconds `get` makes a fresh, unpooled one, so a consumer that holds many batches costs memory
+  and a page-fault pass, never correctness or a deadlock, and `get` stops waiting until a pooled
+  buffer comes back again. The same holds once the interpreter is exiting (the main thread has
+  ended): an epoch abandoned mid-way must not keep the process alive.
 """
 
 from __future__ import annotations
 
+import concurrent.futures.thread  # noqa: F401 - registers its exit hook before ours (see `_exiting`)
 import logging
 import threading
 import time
 import weakref
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
-__all__ = ["BatchBuffers", "POOL_BYTES", "pool_size"]
+__all__ = ["BatchBuffers", "POOL_BYTES", "pool_size", "waiting_for_consumer"]
 
 log = logging.getLogger(__name__)
 
-#: The CPU pool's byte budget; it never holds fewer than `pool_size`'s minimum buffers.
-POOL_BYTES = 192 << 20
+#: The CPU pool's byte budget; it never holds fewer than `pool_size`'s minimum buffers. At
+#: 1440x1440, batch 8 (47.5 MiB a batch) that is the minimum of 3: the consumer's and one per assembler.
+POOL_BYTES = 160 << 20
+
+
+#: set as the interpreter begins to exit, before its non-daemon threads are joined
+_exiting = threading.Event()
+# Python's exit joins the build threads (concurrent.futures' worker threads) before `atexit` or any
+# finalizer could close an epoch the consumer left mid-way. Its threading-atexit hooks run in reverse
+# order of registration, first thing in `threading._shutdown`: registered after concurrent.futures'
+# own (imported above), this one runs before that join. (CPython >= 3.9; without it, the main
+# thread's end is the signal, which comes later.)
+_register_atexit = getattr(threading, "_register_atexit", None)
+if _register_atexit is not None:
+    _register_atexit(_exiting.set)
+
+
+def waiting_for_consumer(queued: Callable[[], bool]) -> bool:
+    """Whether a full pool should go on waiting without a deadline: a built batch awaits the consumer
+    (`queued`), who frees a buffer when it takes it — unless the interpreter is exiting: waiting on
+    for a consumer that left its epoch mid-way would hang the exit."""
+    return queued() and not _exiting.is_set() and threading.main_thread().is_alive()
 
 
 def pool_size(batch_bytes: int, least: int, most: int, budget: int = POOL_BYTES) -> int:
@@ -66,13 +92,15 @@ class _Slot:
 class BatchBuffers:
     """Hands out (base (n,H,W,3), img view (n,3,H,W)) uint8 tensors for one batch each.
 
-    `keep`: how many CPU buffers to pool. When all are lent out, `get` waits up to `patience`
-    seconds for one to be returned, then makes a fresh (unpooled) one: a consumer holding many
-    batches costs memory and time, never correctness.
+    `keep`: how many CPU buffers to pool. When all are lent out, `get` waits for one to be
+    returned: as long as `queued()` says a built batch awaits the consumer, otherwise up to
+    `patience` seconds, then it makes a fresh (unpooled) one: a consumer holding many batches costs
+    memory and time, never correctness (see the module doc).
     """
 
-    def __init__(self, hw: tuple[int, int], pin: bool, keep: int, patience: float = 1.0) -> None:
-        self.hw, self.pin, self.keep, self.patience = hw, pin, keep, patience
+    def __init__(self, hw: tuple[int, int], pin: bool, keep: int, patience: float = 1.0,
+                 queued: Callable[[], bool] = lambda: False) -> None:
+        self.hw, self.pin, self.keep, self.patience, self.queued = hw, pin, keep, patience, queued
         self.fresh = 0  # unpooled buffers made (telemetry; a steady state makes none)
         self._slots: list[_Slot] = []
         self._hoarded = False  # a wait timed out and nothing came back since: the consumer keeps batches
@@ -92,6 +120,8 @@ class BatchBuffers:
                     t = torch.from_numpy(view)  # the tensor (and all its views) keep `view` alive
                     slot.lent = weakref.ref(view)
                     return t, t.permute(0, 3, 1, 2)
+            if waiting_for_consumer(self.queued):
+                deadline = time.monotonic() + self.patience
             time.sleep(0.002)  # every pooled buffer is lent out: one comes back per consumed batch
 
     def _take(self, n: int, wait: bool) -> _Slot | None:

@@ -25,7 +25,7 @@ import torch
 
 from loaders.assemble import CpuAssembler, History
 from loaders.augment.hyp import Hyp
-from loaders.buffers import BatchBuffers, pool_size
+from loaders.buffers import POOL_BYTES, BatchBuffers, pool_size
 from loaders.dataset import LoaderDataset
 from loaders.decode import Decoded, Decoder, Scratch
 from loaders.prefetch import Epoch, ResumeState
@@ -66,6 +66,8 @@ class SainetLoader:
     kind = "cpu"
     #: batches assembled at once (one's serial steps overlap the other's pool work)
     assemblers = 2
+    #: the CPU batch buffers' byte budget (never fewer than the consumer's plus one per assembler)
+    pool_budget = POOL_BYTES
 
     def __init__(self, source: Source, *, batch_size: int, imgsz: tuple[int, int], augment: bool, hyp: Hyp,
                  rank: int = 0, world_size: int = 1, seed: int = 0, threads: int = 2, prefetch: int = 2,
@@ -83,8 +85,10 @@ class SainetLoader:
         self.dataset = LoaderDataset(source, hyp, augment, imgsz)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         n_bytes = batch_size * imgsz[0] * imgsz[1] * 3  # the consumer's batch + one per assembler, up to POOL_BYTES
-        keep = pool_size(n_bytes, least=self.assemblers + 1, most=prefetch + self.assemblers + 2)
-        self.buffers = BatchBuffers(imgsz, self.pin_memory, keep=keep)
+        keep = pool_size(n_bytes, least=self.assemblers + 1, most=prefetch + self.assemblers + 2, budget=self.pool_budget)
+        #: built batches the consumer has not taken yet: while there are any, a full pool waits (buffers.py)
+        self._queued = 0
+        self.buffers = BatchBuffers(imgsz, self.pin_memory, keep=keep, queued=lambda: self._queued > 0)
         self.busy_seconds = 0.0  # time spent assembling batches (telemetry: loader images/s)
         self.images_built = 0
         self._telemetry = threading.Lock()  # the assemblers add to the two counters above
@@ -151,6 +155,7 @@ class SainetLoader:
         self._state.skip, self._state.batches_total = self.sampler.skipped(epoch), n_batches
         if self._history is not None:
             self._history.begin(epoch * len(self) + start)
+        self._queued = 0  # the last pass's were dropped by reset()
         batches = [order[k * B : (k + 1) * B] for k in range(start, n_batches)]
         self._active = Epoch(batches, lambda k, idx: self._build(epoch, k, idx), start=start, depth=self.prefetch,
                              assemblers=self.assemblers, on_batch=self._count, on_error=self.close,
@@ -204,6 +209,8 @@ class SainetLoader:
 
     def _count(self) -> None:
         self._state.batches_done += 1
+        with self._telemetry:
+            self._queued -= 1
 
     def _fill(self, g: int, scratch: Scratch) -> list[Decoded]:
         """Batch g (numbered across epochs) decoded again for the partner history."""
@@ -222,4 +229,5 @@ class SainetLoader:
         with self._telemetry:
             self.busy_seconds += (time.perf_counter() - t0) / self.assemblers  # wall time shared by those in flight
             self.images_built += len(indices)
+            self._queued += 1
         return item

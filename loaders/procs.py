@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from loaders.buffers import pool_size
+from loaders.buffers import pool_size, waiting_for_consumer
 from loaders.collate import batch_dict
 from loaders.loader import PARTNER_BYTES, SainetLoader
 from loaders.procworker import WorkerConfig, slot_view
@@ -134,7 +134,8 @@ class SlotPool:
     def take(self, queued: Callable[[], bool] = lambda: False) -> int | None:
         """A free slot, marked busy; None when all stayed lent out for `patience` seconds (make an unpooled
         one). The patience runs only while nothing is `queued`: a built batch not yet taken by the consumer
-        frees a slot once it is taken (a slow consumer is waited for; only one that keeps its batches is not)."""
+        frees a slot once it is taken (a slow consumer is waited for; only one that keeps its batches is not,
+        nor one the exiting interpreter left mid-epoch: `buffers.waiting_for_consumer`)."""
         deadline = time.monotonic() + self.patience
         while True:
             with self._lock:
@@ -142,7 +143,7 @@ class SlotPool:
                 if s is not None:
                     self._lent[s] = _BUSY
                     return s
-            if queued():
+            if waiting_for_consumer(queued):
                 deadline = time.monotonic() + self.patience
             elif time.monotonic() > deadline:
                 self.unpooled += 1
@@ -276,7 +277,6 @@ class ProcLoader(SainetLoader):
         self._slots: SlotPool | None = None
         self._start_lock = threading.Lock()
         self._pass = 0
-        self._queued = 0
         # A process builds its batches in the order it gets them, and batch g may wait for its partner
         # history's batch g - N: so each process gets its batches in g order, whichever build thread
         # is ready first (a slot wait can reorder them). Next g each process is due, per pass.
@@ -287,7 +287,6 @@ class ProcLoader(SainetLoader):
     def __iter__(self) -> Any:
         epoch = super().__iter__()
         self._pass += 1  # the processes begin their partner history at this pass's first batch
-        self._queued = 0  # built batches the consumer has not taken (the last pass's were dropped by reset)
         self._first = self._state.epoch * len(self) + self._state.batches_done
         with self._turn:
             self._due = {}
@@ -384,9 +383,4 @@ class ProcLoader(SainetLoader):
             self.images_built += len(indices)
             self._queued += 1
         return batch
-
-    def _count(self) -> None:
-        super()._count()
-        with self._telemetry:
-            self._queued -= 1
 

@@ -96,11 +96,48 @@ def test_pool_waits_for_a_returned_buffer_then_stops_waiting_for_a_hoarder():
     assert small.shape[0] == 1 and bufs.fresh == 2
 
 
+def test_a_queued_batch_is_waited_for_past_the_patience():
+    """While a built batch awaits the consumer, a full pool waits for a buffer however long that
+    takes (the consumer frees one when it takes the batch): memory stays bounded under a slow step."""
+    queued = [True]
+    bufs = BatchBuffers((8, 16), pin=False, keep=2, patience=0.05, queued=lambda: queued[0])
+    a, _ = bufs.get(2)
+    b, _ = bufs.get(2)
+    ptr_a, held = a.data_ptr(), [a]
+    del a
+    threading.Timer(0.5, lambda: held.clear()).start()  # ten times the patience
+    c, _ = bufs.get(2)
+    assert c.data_ptr() == ptr_a and bufs.fresh == 0
+    queued[0] = False  # nothing queued: every buffer is the consumer's, so the patience applies again
+    d, _ = bufs.get(2)
+    assert d.data_ptr() not in (b.data_ptr(), c.data_ptr()) and bufs.fresh == 1
+
+
+def test_a_slow_training_step_makes_no_unpooled_buffers(store, monkeypatch):
+    """The thread loader at its smallest pool (one buffer per assembler and the consumer's) with a
+    step ten times the patience: every batch is built into a pooled buffer."""
+    from loaders.loader import SainetLoader
+
+    monkeypatch.setattr(SainetLoader, "pool_budget", 1)
+    loader = build_loader(store, "shm", batch_size=2, imgsz=64, threads=2, prefetch=2)
+    if loader.pin_memory:
+        pytest.skip("with CUDA, batches come from torch's pinned host cache, not this pool")
+    loader.buffers.patience = 0.02
+    try:
+        assert loader.buffers.keep == loader.assemblers + 1
+        for _ in loader:
+            time.sleep(0.2)
+        assert loader.buffers.fresh == 0
+    finally:
+        loader.close()
+
+
 def test_pool_size_is_bounded_in_bytes():
     mb = 1 << 20
     assert pool_size(10 * mb, least=3, most=6, budget=192 * mb) == 6  # 640x640 batch 8: all stages busy
     assert pool_size(50 * mb, least=3, most=6, budget=192 * mb) == 3  # 1440x1440 batch 8: 150 MB, not 300
     assert pool_size(115 * mb, least=3, most=6, budget=192 * mb) == 3  # never below consumer + assemblers
+    assert pool_size(8 * 1440 * 1440 * 3, least=3, most=6) == 3  # the default budget at 1440x1440, batch 8
 
 
 @pytest.mark.parametrize("augment", [True, False])

@@ -279,3 +279,33 @@ def test_batches_reach_each_process_in_order_when_a_slot_wait_reorders_the_build
         loader.close()
         pytest.fail("the loader hung: a process got batch g + N before batch g")
     assert len(got) == len(loader)
+
+
+@pytest.mark.parametrize("kind", ["lmdb", "lmdb-mp"])
+def test_an_epoch_left_mid_way_does_not_hold_the_exit(stores, kind):
+    """A script that breaks out of an epoch while a slow step let every pooled buffer / slot fill
+    (built batches queued, so the build threads wait for the consumer) still exits: the wait ends
+    once the main thread has ended (the exit joins the build threads before anything closes the epoch)."""
+    script = textwrap.dedent(f"""
+        import time
+        from loaders import build_loader
+        from loaders.loader import SainetLoader
+        from loaders.procs import ProcLoader
+        SainetLoader.pool_budget = ProcLoader.slot_budget = 1  # the minimum pool: it fills at once
+        loader = build_loader({str(stores / 'lmdb')!r}, {kind!r}, batch_size=1, imgsz={IMGSZ!r}, threads=2)
+        for k, b in enumerate(loader):
+            time.sleep(0.3)  # a slow step: the producer fills the queue, the next build waits for a buffer
+            if k == 2:
+                break
+        print("left", flush=True)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"{kind}: the script did not exit after leaving its epoch")
+    assert proc.returncode == 0 and out.strip() == "left", err[-2000:]
+    assert not list(Path("/dev/shm").glob(f"sainet-slots-{proc.pid}-*"))
