@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -27,7 +27,18 @@ from loaders.read import ErrorPolicy
 if TYPE_CHECKING:  # torch-free at import: the assembler processes (loaders/procworker.py) import this module
     from loaders.buffers import BatchBuffers
 
-__all__ = ["CpuAssembler", "History"]
+__all__ = ["CpuAssembler", "History", "PartnerHistory"]
+
+
+class PartnerHistory(Protocol):
+    """What a batch builder needs of a partner history: `History` (one process) or
+    `shared_history.SharedHistory` (the assembler processes, in shared memory)."""
+
+    def scratch(self, g: int) -> Any: ...  # batch g's decode buffers (`decode.Scratch`'s `get`)
+
+    def publish(self, g: int, decoded: list[Decoded] | None) -> None: ...
+
+    def recent(self, g: int) -> list[Decoded]: ...
 
 
 class History:
@@ -145,7 +156,7 @@ class CpuAssembler:
             return self.policy.run(i, lambda j: dec.decode_into(j, into, scratch, slot))
         return self.policy.run(i, lambda j: dec.decode(j, reduce=self.dataset.augment, scratch=scratch, slot=slot))
 
-    def build(self, indices: np.ndarray, rng: np.random.Generator, k: int = 0, history: History | None = None) -> dict:
+    def build(self, indices: np.ndarray, rng: np.random.Generator, k: int = 0, history: PartnerHistory | None = None) -> dict:
         """Decode in the pool while this thread plans the batch, then render in the pool. `k`: the
         batch number across epochs, which keys the partner `history` (None: partners from this batch only)."""
         if not self.dataset.augment:  # eval: decode and letterbox straight into the batch, no render phase
@@ -156,7 +167,7 @@ class CpuAssembler:
         return self.render(decoded, plan)
 
     def build_into(self, indices: np.ndarray, rng: np.random.Generator, arr: np.ndarray, k: int = 0,
-                   history: History | None = None) -> tuple[BatchPlan, list[int]]:
+                   history: PartnerHistory | None = None) -> tuple[BatchPlan, list[int]]:
         """`build` with the pixels written into `arr` (n, H, W, 3) uint8 (an assembler process's
         shared-memory slot): returns the plan and the samples used, what `collate` needs."""
         if not self.dataset.augment:
@@ -169,7 +180,7 @@ class CpuAssembler:
         return plan, [d.index for d in decoded[: len(plan.images)]]
 
     def prepare(self, indices: np.ndarray, rng: np.random.Generator, k: int,
-                history: History | None) -> tuple[list[Decoded], BatchPlan]:
+                history: PartnerHistory | None) -> tuple[list[Decoded], BatchPlan]:
         """A train batch decoded (in the pool) and planned (here, meanwhile): its samples then the
         partners' from `history`, and the plan."""
         pool = self.pool()

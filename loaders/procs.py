@@ -28,9 +28,10 @@ render, boxes — and the trainer's process only hands out tasks and wraps the r
 - **Pinned memory (CUDA)**: the batch is copied from its slot into a pinned buffer from
   `BatchBuffers` (whose reuse guards in-flight copies) and the slot is free at once.
 - **Determinism**: a task carries (epoch, k); the process draws from
-  ``default_rng([seed, epoch, k, rank])`` like the thread loader. Partner history: each process
-  keeps its own (see `loaders.procworker`); with one process the batches equal the thread loader's,
-  with N processes they equal it for ``partner_batches=0`` (`tests/test_loader_procs.py`).
+  ``default_rng([seed, epoch, k, rank])`` like the thread loader. Partner history: one for all the
+  processes, in the slot file after the slots (`loaders.shared_history`: the thread loader's P
+  batches plus one set per batch in assembly), so the batches equal the thread loader's for any
+  number of processes (`tests/test_loader_procs.py`).
 - **Errors**: a bad record raises its typed error (naming the record) in the trainer's thread, as
   in the thread loader; a process that dies or does not start is a `LoaderWorkerError`, never a hang.
   `close()`, garbage collection and interpreter exit stop the processes (`weakref.finalize`); a
@@ -59,10 +60,13 @@ import torch
 
 from loaders.buffers import pool_size, waiting_for_consumer
 from loaders.collate import batch_dict
-from loaders.loader import PARTNER_BYTES, SainetLoader
+from loaders.decode import Decoder
+from loaders.loader import SainetLoader
 from loaders.procworker import WorkerConfig, slot_view
+from loaders.shared_history import SharedHistory
 from loaders.sources import StoreSource
 from sainet.core.errors import LoaderWorkerError
+from sainet.core.imaging import ImageInfo, scaled_bytes
 
 __all__ = ["ProcLoader", "SlotPool"]
 
@@ -114,10 +118,10 @@ def _unlink(path: str | None) -> None:
 class SlotPool:
     """`count` batch slots of `slot_bytes` in one shared file (see the module doc for the rules)."""
 
-    def __init__(self, count: int, slot_bytes: int, patience: float = 1.0) -> None:
+    def __init__(self, count: int, slot_bytes: int, patience: float = 1.0, extra: int = 0) -> None:
         self.count, self.slot_bytes, self.patience = count, slot_bytes, patience
         self.path: str | None
-        self.path, self.mem = _slot_file(count * slot_bytes)
+        self.path, self.mem = _slot_file(count * slot_bytes + extra)  # `extra`: the shared partner history, after the slots
         self.unpooled = 0  # batches that got a slot of their own (telemetry; a steady state makes none)
         self._lent: list[Any] = [None] * count  # None: free; _BUSY; or a weak reference to the lent view
         self._lock = threading.Lock()
@@ -225,8 +229,10 @@ class _Proc:
                 self.received += 1
                 self.turn.notify_all()
 
-def _stop(procs: list[_Proc], pool: SlotPool | None) -> None:
+def _stop(procs: list[_Proc], pool: SlotPool | None, shared: SharedHistory | None = None) -> None:
     """Stop the processes (asked, then killed after 5 s) and remove the slot file if still there."""
+    if shared is not None:
+        shared.stop()  # a process waiting for a partner batch gives up and reads its socket
     for p in procs:
         p.closing = True
         try:
@@ -262,17 +268,24 @@ class ProcLoader(SainetLoader):
                  partner_batches: int | None = None, proc_threads: int | None = None, **kw: Any) -> None:
         self.split, self.assemblers = split, threads
         super().__init__(source, threads=threads, partner_batches=0 if partner_batches is None else partner_batches, **kw)
-        if partner_batches is None:  # each process keeps its own history: the byte budget is split among them
-            partner_batches = self._partner_batches(self.batch_size, budget=PARTNER_BYTES // threads)
+        if partner_batches is None:  # one history shared by the processes: the thread loader's budget
+            partner_batches = self._partner_batches(self.batch_size)
         self.partner_batches = partner_batches
         self.proc_threads = proc_threads or self.proc_threads
-        self._history, self._redecoder = None, None  # the processes hold the history
+        self._history, self._redecoder = None, None  # the processes hold the history (SharedHistory)
         H, W = self.imgsz
         self.slot_bytes = self.batch_size * H * W * 3
         self.n_slots = pool_size(self.slot_bytes, least=threads + 1, most=threads + self.prefetch + 2,
                                 budget=self.slot_budget)
         # two batches in flight per process where the slots allow (the next task waits in its socket)
         self.assemblers = max(threads, min(2 * threads, self.n_slots - 1))
+        # the shared partner history: P + A sets of one batch's decoded samples, after the slots
+        self.history_sets = self.partner_batches + self.assemblers if self.partner_batches else 0
+        self.history_sample_bytes = self._largest_decode() if self.history_sets else 0
+        self.history_bytes = SharedHistory.nbytes(self.history_sets, self.batch_size, self.history_sample_bytes) \
+            if self.history_sets else 0
+        self._shared: SharedHistory | None = None
+        self._refill: list[int] = []
         self._procs: list[_Proc] = []
         self._slots: SlotPool | None = None
         self._start_lock = threading.Lock()
@@ -285,12 +298,24 @@ class ProcLoader(SainetLoader):
         self._finalizer: weakref.finalize | None = None
 
     def __iter__(self) -> Any:
-        epoch = super().__iter__()
-        self._pass += 1  # the processes begin their partner history at this pass's first batch
+        epoch = super().__iter__()  # the last pass's builds are done: no process is working
+        self._pass += 1
         self._first = self._state.epoch * len(self) + self._state.batches_done
         with self._turn:
             self._due = {}
+        if self.history_sets:  # keep what the shared history holds of batches first-P..first-1, decode the rest again
+            want = list(range(max(0, self._first - self.partner_batches), self._first))
+            self._refill = want if self._shared is None else self._shared.begin(self._first)
         return epoch
+
+    def _largest_decode(self) -> int:
+        """Bytes of the largest train decode in the split (a reduced-DCT size where the decoder uses
+        one): one shared-history sample region. Raw stores are read in place: none."""
+        if self.source.mode == "raw" or len(self.source) == 0:
+            return 0
+        decoder = Decoder(self.source, self.imgsz)
+        sizes = np.unique(np.asarray(self.source.sizes, np.int64).reshape(-1, 2), axis=0)
+        return max(scaled_bytes(ImageInfo("jpeg", int(w), int(h), 3), decoder.min_size(int(w), int(h))) for w, h in sizes)
 
     def _wait_turn(self, proc: _Proc, w: int, g: int, n: int) -> None:
         """Until batch g is the next one process w is due in this pass (its first: the first g >= the
@@ -311,14 +336,20 @@ class ProcLoader(SainetLoader):
         return WorkerConfig(str(store.path), store.meta.get("store_id"), self.split, self.source.verify,  # type: ignore[attr-defined]
                             tuple(self.imgsz), self.batch_size, self.augment, self.hyp, self.seed, self.rank,
                             self.sampler.world_size, self.sampler.shuffle, self.on_error, self.partner_batches, w,
-                            self.num_workers, len(self), self.proc_threads, path, self.n_slots * self.slot_bytes)
+                            self.num_workers, len(self), self.proc_threads, path, self.n_slots * self.slot_bytes + self.history_bytes,
+                            self.n_slots * self.slot_bytes, self.history_sets, self.history_sample_bytes)
 
     def _start(self) -> tuple[list[_Proc], SlotPool]:
         """Start the processes (once; they persist across epochs until `close`)."""
         with self._start_lock:
             if self._procs and self._slots is not None:
                 return self._procs, self._slots
-            pool = SlotPool(self.n_slots, self.slot_bytes, self.slot_patience)
+            pool = SlotPool(self.n_slots, self.slot_bytes, self.slot_patience, extra=self.history_bytes)
+            if self.history_sets:
+                region = pool.mem[self.n_slots * self.slot_bytes :]
+                self._shared = SharedHistory(region, self.partner_batches, self.history_sets, self.batch_size,
+                                             self.history_sample_bytes)
+                self._shared.clear()
             procs: list[_Proc] = []
             try:
                 for w in range(self.num_workers):
@@ -330,7 +361,7 @@ class ProcLoader(SainetLoader):
                 raise
             pool.unlink()  # every process has it mapped: nothing left in /dev/shm from here on
             self._slots, self._procs = pool, procs
-            self._finalizer = weakref.finalize(self, _stop, procs, pool)
+            self._finalizer = weakref.finalize(self, _stop, procs, pool, self._shared)
             return procs, pool
 
     def close(self) -> None:
@@ -341,7 +372,7 @@ class ProcLoader(SainetLoader):
         if self._finalizer is not None:
             self._finalizer()  # _stop, once
             self._finalizer = None
-        self._procs, self._slots = [], None
+        self._procs, self._slots, self._shared = [], None, None
 
     def _build(self, epoch: int, k: int, indices: np.ndarray) -> dict:
         """Batch k of `epoch` by process g mod N into a slot; wrapped here without a copy."""
@@ -352,14 +383,18 @@ class ProcLoader(SainetLoader):
         tmp_path, tmp_mem = _slot_file(self.slot_bytes) if s is None else (None, None)
         task = {"g": g, "epoch": epoch, "k": k, "indices": indices, "pass": self._pass, "first": self._first,
                 "resume": (epoch, self.sampler.skipped(epoch)), "mosaic": self.dataset.mosaic, "hyp": self.dataset.hyp,
-                "path": tmp_path, "bytes": self.slot_bytes, "offset": 0 if s is None else s * self.slot_bytes}
+                "path": tmp_path, "bytes": self.slot_bytes, "offset": 0 if s is None else s * self.slot_bytes,
+                "refill": self._refill if g == self._first else []}
         try:
             w, n_procs = g % len(procs), len(procs)
             self._wait_turn(procs[w], w, g, n_procs)
             reply = procs[w].call(task, on_sent=lambda: self._sent(w, g, n_procs))
-        except BaseException:
+        except BaseException as e:
             if s is not None:
                 pool.release(s)
+            shared = self._shared
+            if isinstance(e, LoaderWorkerError) and shared is not None:
+                shared.stop()  # a process is gone: the batches it was to decode never come
             raise
         finally:
             _unlink(tmp_path)  # mapped here (tmp_mem) and written: the file itself is no longer needed

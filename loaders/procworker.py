@@ -11,11 +11,12 @@ used, the boxes as numpy arrays, ratio_pad. A task's random draws are the thread
 Torch-free on purpose: importing torch costs a process ~290 MB of private memory; these processes
 import numpy, OpenCV, the store and the loader stages only (`tests/test_loader_procs.py` checks).
 
-Partner history: each process keeps its own (as each of Ultralytics' DataLoader workers keeps its
-own mosaic buffer): process w of N builds the batches g with g mod N = w, numbered locally g // N,
-and batch g's mosaic partners come from the same process's previous batches g - N, g - 2N, ...
-(`assemble.History` over the local numbers; batches not held — a resume, a new process — are
-decoded again). With N = 1 this is exactly the thread loader's history.
+Partner history: one for all the processes, in the slot file (`loaders.shared_history`): process w
+of N builds the batches g with g mod N = w, decodes each into the shared set of g, and batch g's
+mosaic partners come from batches g - P..g - 1 whichever process decoded them — the thread loader's
+partners, so the batches are the thread loader's for any N. Batches a pass needs but no set holds
+(a resume, new processes) are decoded again by the process that builds the pass's first batch
+(the task's ``refill``).
 
 Ends when the parent says so (None), when the parent's end of the socket closes (the parent died),
 and on SIGTERM.
@@ -31,17 +32,17 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any
 
 import cv2
 import numpy as np
 
-from loaders.assemble import CpuAssembler, History
+from loaders.assemble import CpuAssembler
 from loaders.augment.hyp import Hyp
 from loaders.collate import plan_boxes
 from loaders.dataset import LoaderDataset
 from loaders.read import ErrorPolicy
 from loaders.sampler import ShardedSampler
+from loaders.shared_history import SharedHistory, parent_alive
 from loaders.sources import StoreSource
 from sainet.core.errors import SainetError
 
@@ -74,6 +75,9 @@ class WorkerConfig:
     threads: int
     slots_path: str
     slots_bytes: int
+    history_offset: int = 0  # the shared partner history's region in the slot file (see `SharedHistory`)
+    history_sets: int = 0  # S (0: no history)
+    history_sample_bytes: int = 0  # M
 
 
 def map_slots(path: str, size: int) -> np.ndarray:
@@ -108,25 +112,30 @@ class Worker:
         self.assembler = CpuAssembler(self.dataset, self.policy, None, lambda: self.pool)  # type: ignore[arg-type]
         self.sampler = ShardedSampler(len(source), rank=cfg.rank, world_size=cfg.world_size, seed=cfg.seed,
                                       shuffle=cfg.shuffle)
-        self.history = History(cfg.partner_batches, 1, self._fill) if cfg.partner_batches else None
         self.mem = map_slots(cfg.slots_path, cfg.slots_bytes)
+        self.history: SharedHistory | None = None
+        if cfg.partner_batches and cfg.history_sets:
+            M, S = cfg.history_sample_bytes, cfg.history_sets
+            region = self.mem[cfg.history_offset : cfg.history_offset + SharedHistory.nbytes(S, cfg.batch_size, M)]
+            view = (lambda i: self.assembler.decoder.decode(i, reduce=True)) if source.mode == "raw" else None
+            self.history = SharedHistory(region, cfg.partner_batches, S, cfg.batch_size, M, view, parent_alive())
         self.pass_id: int | None = None
         self.skipped = 0
 
-    def _fill(self, local: int, scratch: Any) -> list:
-        """This process's past batch `local` (global g = local x N + w) decoded again for the history."""
-        cfg = self.cfg
-        epoch, k = divmod(local * cfg.workers + cfg.worker, cfg.batches_per_epoch)
-        B = cfg.batch_size
-        return self.assembler.redecode(self.sampler.order(epoch)[k * B : (k + 1) * B], scratch)
+    def _refill(self, history: SharedHistory, g: int) -> None:
+        """Past batch g (numbered across epochs) decoded again into its shared set."""
+        epoch, k = divmod(g, self.cfg.batches_per_epoch)
+        B = self.cfg.batch_size
+        decoded = None
+        try:
+            decoded = self.assembler.redecode(self.sampler.order(epoch)[k * B : (k + 1) * B], history.scratch(g))
+        finally:
+            history.publish(g, decoded)  # also on failure: the batches waiting for it go on without it
 
     def _begin(self, task: dict) -> None:
-        """A new pass (epoch) of the loader: its first batch `first` and the sampler's resume point."""
+        """A new pass (epoch) of the loader: the sampler's resume point."""
         self.pass_id = task["pass"]
         self.sampler.resume(*task["resume"])
-        if self.history is not None:
-            N, w = self.cfg.workers, self.cfg.worker
-            self.history.begin(-(-(task["first"] - w) // N))  # this process's first local batch of the pass
 
     def run(self, task: dict) -> dict:
         """Batch g of the loader into its slot; the small rest of the batch as the answer."""
@@ -137,8 +146,11 @@ class Worker:
         indices = task["indices"]
         mem = map_slots(task["path"], task["bytes"]) if task["path"] else self.mem  # an unpooled slot: its own file
         arr = slot_view(mem, task["offset"], len(indices), cfg.imgsz)
+        if self.history is not None:
+            for g in task.get("refill", ()):
+                self._refill(self.history, g)
         rng = np.random.default_rng([cfg.seed, task["epoch"], task["k"], cfg.rank])
-        plan, used = self.assembler.build_into(indices, rng, arr, task["g"] // cfg.workers, self.history)
+        plan, used = self.assembler.build_into(indices, rng, arr, task["g"], self.history)
         skipped, self.skipped = self.policy.skipped - self.skipped, self.policy.skipped
         return {"used": used, "boxes": plan_boxes(plan), "ratio_pad": [ip.ratio_pad for ip in plan.images],
                 "out_hw": plan.out_hw, "skipped": skipped}

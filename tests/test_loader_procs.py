@@ -30,6 +30,7 @@ def stores(tmp_path_factory):
     synthesize(root / "src", images=13, size=(288, 162), seed=11, background=0.15)
     pack(root / "src", root / "lmdb", PackOptions(container="lmdb"))
     pack(root / "src", root / "shards", PackOptions(container="shards"))
+    pack(root / "src", root / "raw", PackOptions(container="shards", mode="raw", imgsz=(180, 320)))
     return root
 
 
@@ -56,14 +57,37 @@ def _same(a, b):
         assert x["im_file"] == y["im_file"] and x["ratio_pad"] == y["ratio_pad"]
 
 
-@pytest.mark.parametrize(("procs", "partners", "augment"), [(1, None, True), (2, 0, True), (2, None, False)])
+@pytest.mark.parametrize(("procs", "partners", "augment"),
+                         [(1, None, True), (2, None, True), (3, 2, True), (2, 0, True), (2, None, False)])
 def test_same_batches_as_the_thread_loader(stores, procs, partners, augment):
-    """One process: exactly the thread loader's batches (partner history included); N processes each
-    keep their own history, so they equal it with partners from the batch alone (and in eval)."""
+    """Exactly the thread loader's batches for any number of processes, partner history included
+    (one history shared by the processes), with partners from the batch alone, and in eval."""
     kw = dict(batch_size=4, imgsz=IMGSZ, augment=augment, seed=5, threads=procs, partner_batches=partners)
     ref = _batches(build_loader(stores / "lmdb", "lmdb", **kw))
     _same(_batches(build_loader(stores / "lmdb", "lmdb-mp", **kw)), ref)
     assert not _leftovers()
+
+
+def test_the_partner_history_is_not_split_among_the_processes(stores):
+    """However many processes, the history reaches as far back as the thread loader's (it was the
+    budget / N each: none at 16 processes at 640), in P + A shared sets; nothing starts here."""
+    kw = dict(batch_size=4, imgsz=IMGSZ)
+    want = build_loader(stores / "lmdb", "lmdb", **kw).partner_batches
+    for n in (2, 8, 16):
+        loader = build_loader(stores / "lmdb", "lmdb-mp", threads=n, **kw)
+        assert loader.partner_batches == want > 0
+        assert loader.history_sets == want + loader.assemblers and not loader._procs
+        assert loader.history_bytes >= loader.history_sets * 4 * 160 * 90 * 3  # 288x162 JPEGs decode at 1/2 for 320x180
+    assert build_loader(stores / "lmdb", "lmdb-mp", partner_batches=0, **kw).history_bytes == 0
+
+
+def test_raw_store_partners_are_shared_as_store_views(stores):
+    """A raw store's partners are read in place by every process (no decoded copy): the thread loader's batches."""
+    kw = dict(batch_size=3, imgsz=IMGSZ, seed=4, threads=2)
+    ref = _batches(build_loader(stores / "raw", "shm", **kw))
+    loader = build_loader(stores / "raw", "shm-mp", **kw)
+    assert loader.partner_batches > 0 and loader.history_sample_bytes == 0
+    _same(_batches(loader), ref)
 
 
 def test_resume_and_hoarding_consumer(stores):
