@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from loaders.augment.hyp import Hyp
-from loaders.augment.plan import BatchPlan, plan_batch
+from loaders.augment.plan import BatchPlan, buffer_length, plan_batch
 from loaders.sources import Source
 
 __all__ = ["LoaderDataset"]
@@ -23,8 +23,9 @@ __all__ = ["LoaderDataset"]
 class LoaderDataset:
     """The split a loader reads, its labels, and the current augmentation settings."""
 
-    def __init__(self, source: Source, hyp: Hyp, augment: bool, imgsz: tuple[int, int]) -> None:
+    def __init__(self, source: Source, hyp: Hyp, augment: bool, imgsz: tuple[int, int], batch_size: int | None = None) -> None:
         self.source, self.hyp, self.augment, self.imgsz = source, hyp, augment, imgsz
+        self.batch_size = batch_size  # the loader's (a rank's): sizes the mosaic buffer, as Ultralytics' batch does
         self.mosaic = augment and hyp.mosaic > 0
         self._labels: list[dict] | None = None
         self.names = dict(enumerate(source.classes))
@@ -48,5 +49,7 @@ class LoaderDataset:
         `partners`: more samples (recent batches') that mosaics may take partners from."""
         src = self.source
         every = [*used, *partners]
+        buffer = buffer_length(len(src), self.batch_size or len(used))
         return plan_batch(rng, [tuple(src.sizes[i]) for i in every], [(src.cls[i], src.boxes[i]) for i in every],
-                          self.imgsz, self.hyp, augment=self.augment, mosaic=self.mosaic, n_out=len(used))
+                          self.imgsz, self.hyp, augment=self.augment, mosaic=self.mosaic, n_out=len(used), ids=every,
+                          buffer=buffer)

@@ -38,7 +38,7 @@ __all__ = ["BatchBuilder", "LoaderDataset", "SainetLoader", "PARTNER_BYTES", "PA
 
 #: Decoded samples of recent batches kept for mosaic partners, at most (see `assemble.History`).
 PARTNER_BYTES = 64 << 20
-#: Ultralytics' mosaic buffer spans 8 x batch images: for image i of a batch, images 0..i and the
+#: Ultralytics' mosaic buffer holds 8 x batch - 1 images: for image i of a batch, images 0..i and the
 #: 8 x batch - i - 1 loaded before them, which reach 8 batches back (`augment.plan._partners`).
 PARTNER_MAX = 8
 
@@ -82,7 +82,7 @@ class SainetLoader:
         self.epochs = epochs  # when known, mosaic closes by itself for the last hyp.close_mosaic epochs
         self.sampler = ShardedSampler(len(source), rank=rank, world_size=world_size, seed=seed,
                                       shuffle=augment if shuffle is None else shuffle)
-        self.dataset = LoaderDataset(source, hyp, augment, imgsz)
+        self.dataset = LoaderDataset(source, hyp, augment, imgsz, batch_size)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         n_bytes = batch_size * imgsz[0] * imgsz[1] * 3  # the consumer's batch + one per assembler, up to POOL_BYTES
         keep = pool_size(n_bytes, least=self.assemblers + 1, most=prefetch + self.assemblers + 2, budget=self.pool_budget)

@@ -106,7 +106,7 @@ class Worker:
         self.cfg = cfg
         self.store = open_store(cfg.store, expect_id=cfg.store_id)
         source = StoreSource(self.store, cfg.split, verify=cfg.verify, lazy=True)  # names, labels: from the index
-        self.dataset = LoaderDataset(source, cfg.hyp, cfg.augment, cfg.imgsz)
+        self.dataset = LoaderDataset(source, cfg.hyp, cfg.augment, cfg.imgsz, cfg.batch_size)
         self.policy = ErrorPolicy(source, cfg.on_error)
         self.pool = ThreadPoolExecutor(cfg.threads, thread_name_prefix="sainet-proc-decode")
         self.assembler = CpuAssembler(self.dataset, self.policy, None, lambda: self.pool)  # type: ignore[arg-type]

@@ -224,9 +224,9 @@ def test_plan_partners_come_from_the_batch_and_its_history():
 
 
 def test_plan_partners_are_ultralytics_buffer_at_each_image():
-    """Image i's partners: the batch's sources 0..i (loaded so far) or the latest 8 x batch - i - 1
-    recent ones (Ultralytics' buffer when it loads image i), never a later image of the batch nor
-    an older recent one."""
+    """Image i's partners: the batch's sources 0..i (loaded so far) or the latest 8 x batch - i - 2
+    recent ones (Ultralytics' buffer when it loads image i: 8 x batch - 1 images), never a later
+    image of the batch nor an older recent one."""
     from loaders.augment.plan import BUFFER_BATCHES, plan_batch
 
     B, n_hist = 4, 40
@@ -236,12 +236,72 @@ def test_plan_partners_are_ultralytics_buffer_at_each_image():
     for seed in range(60):
         plan = plan_batch(np.random.default_rng(seed), sizes, labels, (96, 96), Hyp(mosaic=1.0), augment=True, n_out=B)
         for i, ip in enumerate(plan.images):
-            oldest = B + n_hist - (BUFFER_BATCHES * B - i - 1)
+            oldest = B + n_hist - (BUFFER_BATCHES * B - i - 2)
             for p in ip.placements[1:]:
                 assert p.src <= i or p.src >= oldest, (i, p.src)
                 seen.add((i, p.src))
     assert {s for i, s in seen if i == B - 1} >= {0, 1, 2, 3, B + n_hist - 1}  # the whole window is drawn from
-    assert (0, B + n_hist - BUFFER_BATCHES * B + 1) in seen  # image 0 reaches 8B - 1 back
+    assert (0, B + n_hist - BUFFER_BATCHES * B + 2) in seen  # image 0 reaches 8B - 2 back
+
+
+def _buffer_reference(B: int, ids: list[int], size: int) -> list[list[int]]:
+    """Each image's candidates written out one by one: Ultralytics' buffer of `size` distinct images
+    when it loads image i (sources, oldest recent first, then the batch's)."""
+    out = []
+    for i in range(B):
+        own = list(range(max(0, i + 1 - size), i + 1))
+        loaded = set(ids[: i + 1])
+        recent = [B + m for m, x in enumerate(ids[B:]) if x not in loaded]
+        out.append(own + recent[max(0, len(recent) - (size - len(own))):] if size > len(own) else own)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_plan_partners_count_an_image_once_like_ultralytics_buffer(seed):
+    """With dataset indices given, a recent image the batch has already loaded counts once (as the
+    batch's: Ultralytics caches a reloaded image instead of adding it again), one the batch loads
+    later stays a recent candidate, and the buffer holds `buffer` - 1 images: the draws equal the
+    candidates written out one by one."""
+    from loaders.augment.plan import _partners
+
+    rng = np.random.default_rng(seed)
+    B, buffer = int(rng.integers(2, 9)), int(rng.integers(4, 30))
+    ids = [*rng.permutation(40)[:B].tolist(), *rng.permutation(40)[: int(rng.integers(1, 30))].tolist()]
+    want = _buffer_reference(B, ids, buffer - 1)
+    got = _partners(np.random.default_rng(seed), B, len(ids), ids, buffer)
+    d = np.random.default_rng(seed).integers(0, np.array([[len(c)] for c in want]), (B, 3))
+    assert got.tolist() == [[want[i][k] for k in d[i]] for i in range(B)]
+    for i, row in enumerate(got.tolist()):  # never the same image twice among a candidate set
+        cand = [ids[s] for s in want[i]]
+        assert len(cand) == len(set(cand)) and all(s in want[i] for s in row)
+
+
+def test_loader_partners_take_a_reloaded_image_once(store):
+    """Across epochs the recent batches hold images the batch loads again: image i never takes
+    one of its batch's images 0..i through the recent copy (Ultralytics' buffer holds it once)."""
+    loader = build_loader(store, "shm", batch_size=4, imgsz=64, seed=0, threads=2, augment=True, hyp={"mosaic": 1.0})
+    plan, seen = loader.dataset.plan, []
+
+    def recording(used, rng, partners=()):
+        out = plan(used, rng, partners)
+        seen.append((list(used), list(partners), out))
+        return out
+
+    loader.dataset.plan = recording
+    try:
+        for _ in range(4):
+            for _ in loader:
+                pass
+    finally:
+        loader.close()
+    overlapping = 0
+    for used, partners, out in seen[1:]:  # the run's first batch has no recent ones: the whole batch
+        every = used + partners
+        overlapping += bool(set(used) & set(partners))
+        for i, ip in enumerate(out.images):
+            for p in ip.placements[1:]:
+                assert p.src <= i or (p.src >= len(used) and every[p.src] not in used[: i + 1]), (used, partners, i, p.src)
+    assert overlapping >= 3  # the epochs' first batches met their own images among the recent ones
 
 
 def test_history_waits_for_earlier_decodes_and_bounds_what_it_keeps():

@@ -17,6 +17,7 @@ is decoded once).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -133,13 +134,16 @@ def plan_batch(
     augment: bool,
     mosaic: bool = True,
     n_out: int | None = None,
+    ids: Sequence[int] | None = None,
+    buffer: int | None = None,
 ) -> BatchPlan:
     """Plan one batch. `sizes[i]` is source i's original (w, h); `labels[i]` its (cls, normalized xywh).
 
     Output image i (i < `n_out`, default all) is built around source i; mosaic partners are drawn
     as from Ultralytics' buffer: from the recent batches' samples the caller appends after the batch
-    (the loader's partner history, `loaders.assemble.History`) and the batch's sources 0..i; with no
-    recent samples given, from the whole batch (`_partners`).
+    (the loader's partner history, `loaders.assemble.History`) and the batch's sources 0..i, `buffer`
+    - 1 distinct images (`buffer_length`; `ids`, each source's dataset index, tell which are the
+    same image); with no recent samples given, from the whole batch (`_partners`).
 
     Augmented batches are planned with array ops over the whole batch (`_Draws`, `_geometry`,
     `_boxes`): no Python loop per image or per placement but the one that wraps the result in
@@ -153,7 +157,7 @@ def plan_batch(
     B = len(sizes) if n_out is None else n_out
     if B == 0:
         return plan
-    d = _Draws.draw(rng, B, len(sizes), hyp)
+    d = _Draws.draw(rng, B, len(sizes), hyp, ids, buffer)
     g = _geometry(d, np.asarray(sizes, np.float64).reshape(-1, 2), out_hw, hyp, mosaic)
     cls, boxes = _boxes(g, d, sizes, labels, out_hw)
     gains = (d.hsv * np.array([hyp.hsv_h, hyp.hsv_s, hyp.hsv_v]) + 1).tolist()
@@ -171,21 +175,44 @@ def plan_batch(
     return plan
 
 
-#: Ultralytics' mosaic buffer: the last 8 x batch images its worker loaded
+#: Ultralytics' mosaic buffer: the last 8 x batch images its worker loaded (`buffer_length`)
 BUFFER_BATCHES = 8
 
 
-def _partners(rng: np.random.Generator, B: int, N: int) -> np.ndarray:
+def buffer_length(n: int, batch: int) -> int:
+    """Ultralytics' `max_buffer_length` for a dataset of `n` images and batch `batch`: min(n, 8 x
+    batch, 1000). Its buffer holds one image fewer once full (it pops as it reaches the length)."""
+    return max(2, min(n, BUFFER_BATCHES * batch, 1000))
+
+
+def _partners(rng: np.random.Generator, B: int, N: int, ids: Sequence[int] | None = None,
+              buffer: int | None = None) -> np.ndarray:
     """(B, 3) mosaic partners among the plan's N sources, the batch's B first. With recent batches'
-    samples given (sources B..N-1, oldest first), image i draws from the batch's sources 0..i and
-    the latest recent ones, at most 8 x batch in all: Ultralytics' buffer when it loads image i.
-    Without, from the whole batch."""
+    samples given (sources B..N-1, oldest first, each image once), image i draws from Ultralytics'
+    buffer when it loads image i: the batch's sources 0..i and the latest recent ones, `buffer` - 1
+    distinct images in all (`buffer_length`; default 8 x B). `ids` (each source's dataset index)
+    make it distinct: a recent image that is also one of the batch's 0..i counts once, as the
+    batch's (a reloaded image is cached, not added again), while one that comes later in the
+    batch is still a recent candidate (it is in the buffer from before). Without recent samples,
+    from the whole batch."""
     if N == B:
         return rng.integers(0, N, (B, 3))
+    size = (buffer or BUFFER_BATCHES * B) - 1
     i = np.arange(B)[:, None]
-    keep = np.minimum(N - B, BUFFER_BATCHES * B - (i + 1))  # recent sources still in the buffer
-    d = rng.integers(0, keep + i + 1, (B, 3))
-    return np.where(d <= i, d, d - (i + 1) + (N - keep))
+    own = np.minimum(i + 1, size)  # the batch's sources i-own+1..i
+    again = first = np.empty(0, np.int64)  # recent sources the batch loads again, and at which of its images
+    if ids is not None:
+        ids = np.asarray(ids)
+        match = ids[B:][None, :] == ids[:B][:, None]  # (B, N - B)
+        again = np.flatnonzero(match.any(0))
+        first = match[:, again].argmax(0)
+    left = (N - B) - (first[None, :] <= i).sum(1, keepdims=True)  # recent ones image i has not loaded again
+    take = np.minimum(size - own, left)  # the latest of them
+    d = rng.integers(0, own + take, (B, 3))
+    m = left - take + d - own  # place among those left, oldest first; then skip the ones loaded again
+    for pos, j in zip(again.tolist(), first.tolist(), strict=True):
+        m = m + ((j <= i) & (pos <= m))
+    return np.where(d < own, i - own + 1 + d, B + m)
 
 
 @dataclass
@@ -207,9 +234,10 @@ class _Draws:
     mixup_ratio: np.ndarray  # (B,) Beta(32, 32)
 
     @classmethod
-    def draw(cls, rng: np.random.Generator, B: int, N: int, hyp: Hyp) -> _Draws:
+    def draw(cls, rng: np.random.Generator, B: int, N: int, hyp: Hyp, ids: Sequence[int] | None = None,
+             buffer: int | None = None) -> _Draws:
         use_mosaic = rng.random(B)
-        partners = _partners(rng, B, N)
+        partners = _partners(rng, B, N, ids, buffer)
         centre = rng.uniform(0.5, 1.5, (B, 2))
         t = hyp.translate
         affine = np.stack([rng.uniform(-hyp.degrees, hyp.degrees, B), rng.uniform(1 - hyp.scale, 1 + hyp.scale, B),
