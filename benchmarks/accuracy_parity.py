@@ -110,6 +110,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--loaders", default="ultralytics,lmdb,dali")
     ap.add_argument("--seeds", default="0,1,2,3,4,5", help="seeds of every loader but dali (a list, or N for 0..N-1)")
     ap.add_argument("--dali-seeds", type=int, default=3, help="dali (CPU mode) trains the first N of --seeds")
+    ap.add_argument("--lmdb-seeds", type=int, default=None,
+                    help="lmdb trains the first N of --seeds (default all: a summary can pair dali on more seeds than lmdb)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/sainet-parity"))
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--reuse", type=Path, action="append", default=[],
@@ -143,7 +145,8 @@ def plan_runs(args: argparse.Namespace) -> list[Run]:
         return Run(f"{ld} b{batch}", ld, s, batch, args.imgsz)
 
     # Seed-major: a seed's runs follow each other, so an invocation cut short leaves whole pairs.
-    runs = [run(ld, s, args.batch) for s in seeds for ld in loaders if ld != "dali" or s in seeds[: args.dali_seeds]]
+    first = {"dali": args.dali_seeds, "lmdb": len(seeds) if args.lmdb_seeds is None else args.lmdb_seeds}
+    runs = [run(ld, s, args.batch) for s in seeds for ld in loaders if s in seeds[: first.get(ld, len(seeds))]]
     if args.extra_batch:
         runs += [run(ld, s, args.extra_batch) for s in seeds[: args.extra_seeds] for ld in ("ultralytics", "lmdb") if ld in loaders]
     return runs

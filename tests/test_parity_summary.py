@@ -61,6 +61,9 @@ def test_runs_are_planned_seed_major():
     plan = [(r.loader, r.seed, r.batch) for r in p.plan_runs(args)]
     assert plan == [("ultralytics", 0, 16), ("lmdb", 0, 16), ("dali", 0, 16), ("ultralytics", 1, 16), ("lmdb", 1, 16),
                     ("dali", 1, 16), ("ultralytics", 2, 16), ("lmdb", 2, 16), ("ultralytics", 0, 32), ("lmdb", 0, 32)]
+    args = p.parse_args(["--seeds", "3", "--dali-seeds", "3", "--lmdb-seeds", "1", "--extra-batch", "0"])
+    plan = [(r.loader, r.seed) for r in p.plan_runs(args)]
+    assert plan == [("ultralytics", 0), ("lmdb", 0), ("dali", 0), ("ultralytics", 1), ("dali", 1), ("ultralytics", 2), ("dali", 2)]
 
 
 def test_rows_recorded_before_the_common_validator_get_it_from_their_weights(tmp_path, monkeypatch):
