@@ -39,7 +39,7 @@ __all__ = ["BatchBuilder", "LoaderDataset", "SainetLoader", "PARTNER_BYTES", "PA
 #: Decoded samples of recent batches kept for mosaic partners, at most (see `assemble.History`).
 PARTNER_BYTES = 64 << 20
 #: Ultralytics' mosaic buffer holds 8 x batch - 1 images: for image i of a batch, images 0..i and the
-#: 8 x batch - i - 1 loaded before them, which reach 8 batches back (`augment.plan._partners`).
+#: 8 x batch - i - 2 loaded before them, which reach 8 batches back (`augment.plan._partners`).
 PARTNER_MAX = 8
 
 

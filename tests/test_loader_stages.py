@@ -246,7 +246,7 @@ def test_plan_partners_are_ultralytics_buffer_at_each_image():
 
 def _buffer_reference(B: int, ids: list[int], size: int) -> list[list[int]]:
     """Each image's candidates written out one by one: Ultralytics' buffer of `size` distinct images
-    when it loads image i (sources, oldest recent first, then the batch's)."""
+    when it loads image i (sources: the batch's first, then the recent ones, oldest first)."""
     out = []
     for i in range(B):
         own = list(range(max(0, i + 1 - size), i + 1))
