@@ -21,8 +21,8 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "==> [2/3] upgrading pip"
 	@$(BIN)/python -m pip install -q --upgrade pip
-	@echo "==> [3/3] installing sainet[dali,dev] with $(TORCH) (2-3 min on a fresh machine; progress below)"
-	$(BIN)/python -m pip install --progress-bar on $(TORCH) -e '.[dali,dev]'
+	@echo "==> [3/3] installing sainet[dali,dev,bench] with $(TORCH) (2-3 min on a fresh machine; progress below)"
+	$(BIN)/python -m pip install --progress-bar on $(TORCH) -e '.[dali,dev,bench]'
 	@touch $(STAMP)
 	@echo "==> installed: $$($(BIN)/sainet --version)"
 

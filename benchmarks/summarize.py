@@ -31,23 +31,30 @@ def _cpu(ratios: dict, ref: str) -> str:
 
 
 def _serial(r: dict) -> str:
-    """The parent process's share of the loader's CPU time and the Amdahl ceiling it implies."""
+    """The serial share of the loader's CPU time (the GIL's for threads, the parent's CPU for
+    processes; older JSON: the parent's) and the Amdahl ceiling it implies."""
     share = r.get("serial_share")
     if share is None or r["kind"] == "reference":
         return "–"
-    return f"{100 * share:.1f} ({r['amdahl_ceiling']:.0f}×)" if r.get("amdahl_ceiling") else f"{100 * share:.1f}"
+    basis = f" {r['serial_basis']}" if r.get("serial_basis") else ""
+    return f"{100 * share:.1f}{basis} ({r['amdahl_ceiling']:.0f}×)" if r.get("amdahl_ceiling") else f"{100 * share:.1f}{basis}"
+
+
+def _gil(r: dict) -> str:
+    """The share of the loader's CPU time during which the trainer's process held its GIL."""
+    return "–" if r.get("gil_share") is None else f"{100 * r['gil_share']:.1f}"
 
 
 def _row(r: dict) -> str:
     if r["images_per_s"] <= 0:
-        return f"| {r['name']} | {r['note']} |||||||||||||||"
+        return f"| {r['name']} | {r['note']} ||||||||||||||||"
     store = "" if r.get("pss_store_mb") is None else f", {r['pss_store_mb']:.0f}"
     pss = "–" if r["pss_mb"] is None else f"{r['pss_mb']:.0f} ({r.get('pss_anon_mb') or 0:.0f}{store})"
     reps = "/".join(f"{x:.1f}" for x in r.get("repeats") or [])
     return (f"| {r['name']}{' (ref)' if r['kind'] == 'reference' else ''} | {r.get('out_shape') or 'source'} | "
             f"{_f(r.get('decodes_per_image'), '{:g}')} | {r['images_per_s']:.1f} | {reps} | {_f(r.get('megapixels_per_s'))} | "
             f"{_f(r['p50_ms'])} | {_f(r['p99_ms'])} | {_f(r['cpu_percent'], '{:.0f}')} | {_f(r.get('cpu_ms_per_image'))} | {pss} | "
-            f"{_serial(r)} | "
+            f"{_gil(r)} | {_serial(r)} | "
             f"{_ratio(r['ratios'], 'decode')} | {_ratio(r['ratios'], 'work-minimum')} | {_cpu(r['ratios'], 'work-minimum')} | "
             f"{_ratio(r['ratios'], 'ultralytics')} | {_cpu(r['ratios'], 'ultralytics')} |")
 
@@ -59,8 +66,8 @@ def table(path: Path) -> str:
             f"{s['threads']} threads, {s['workers']} Ultralytics workers, {s['seconds']} s per backend, "
             f"{s.get('repeats', 1)} round(s), profile `{doc['host']['profile']}` ({doc['host']['cores']} cores), {doc['time']}\n\n")
     rows = ["| backend | output | decodes/img | img/s (median) | per round | Mpx/s | p50 ms | p99 ms | CPU % | CPU ms/img | "
-            "PSS MB (anon, store) | serial % (ceiling) | × decode | × work-min | × work-min (CPU time) | × Ultralytics | × Ultralytics (CPU time) |",
-            "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "PSS MB (anon, store) | GIL % | serial % (ceiling) | × decode | × work-min | × work-min (CPU time) | × Ultralytics | × Ultralytics (CPU time) |",
+            "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     rows += [_row(r) for r in doc["results"]]
     by_note: dict[str, list[str]] = {}  # each note once, with the backends it is about
     for r in doc["results"]:

@@ -3,13 +3,15 @@
 The package, one job a module: `results` (the config and the row), `sampling` (measuring one
 backend: time, latency, CPU, PSS), `backends` (opening sainet's loaders and Ultralytics'), `references`
 (decode, work-minimum, raw-copy), `run` (the rounds), `report` (ratios, medians, headline, JSON, plot),
-`stores` (packing what the bench reads) and `parity` (augment distribution parity with Ultralytics: two-sample tests).
+`gil` (the GIL share, sampled by py-spy), `stores` (packing what the bench reads) and `parity` (augment distribution parity with Ultralytics: two-sample tests).
 
 For each backend: warm up, then pull batches for a fixed time or count, recording images/s,
 batch latency (p50/p99 of the time the consumer waits for each batch), CPU% of the process tree,
 and peak memory as summed PSS of the process tree above the idle baseline (loader worker
-processes included, all of which are loader cost). References measured in the same run, with the
-same threads:
+processes included, all of which are loader cost), and the loader's serial share with the Amdahl
+ceiling it implies (`gil`: the time the trainer's process holds its GIL, sampled by py-spy, for
+loaders that work on its threads; the parent's CPU share for those that work in other processes).
+References measured in the same run, with the same threads:
 
 - decode: the same JPEGs decoded in a tight loop (the ceiling without augmentation);
 - work-minimum: decode once plus one resample of every output pixel into the training shape

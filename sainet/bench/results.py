@@ -42,18 +42,37 @@ class BenchResult:
     megapixels_per_s: float | None = None
     repeats: list[float] = field(default_factory=list)  # images/s of each repeat (the figure is their median)
     cpu_ms_per_image: float | None = None  # CPU time of the process tree per output image (robust to a busy host)
-    #: share of the loader's CPU time spent in the trainer's (the bench's) process: its serial part when
-    #: the per-image work runs in other processes; 1.0 for thread loaders (all in one process, bound by the GIL)
+    #: the share of the loader's CPU time that cannot run in parallel (`serial_basis` says which):
+    #: "GIL" for a loader that works on the trainer's threads (the time the trainer's process held its
+    #: GIL, sampled by py-spy), "parent CPU" for one whose per-image work runs in other processes (the
+    #: CPU time of the trainer's process, all of it counted serial). None: not measured (`gil_note`)
     serial_share: float | None = None
+    serial_basis: str = ""
     amdahl_ceiling: float | None = None  # 1 / serial_share: the speed-up no number of cores can exceed
+    #: seconds the trainer's process held its GIL / the loader's CPU seconds (every backend; None: not measured)
+    gil_share: float | None = None
+    gil_note: str = ""  # why the GIL was not sampled (py-spy missing or not allowed to read the process)
 
-    def set_serial(self, parent_cpu_s: float, tree_cpu_s: float) -> None:
-        """`serial_share` and `amdahl_ceiling` from the parent's and the whole tree's CPU seconds. Left
-        None when either is not measurable: a run so short that the parent's CPU, less the memory
-        sampler's, rounds to nothing (no process can have no serial part)."""
-        if tree_cpu_s > 0 and parent_cpu_s > 0:
-            self.serial_share = min(1.0, parent_cpu_s / tree_cpu_s)
+    #: children's CPU below this share of the tree's: the loader works on the trainer's threads
+    IN_PROCESS = 0.02
+
+    def set_serial(self, parent_cpu_s: float, tree_cpu_s: float, gil_s: float | None = None) -> None:
+        """`serial_share`, `serial_basis`, `gil_share` and `amdahl_ceiling` from the parent's and the
+        whole tree's CPU seconds and the seconds the parent held its GIL (`gil_s`, None: not sampled).
+        Left None when not measurable: a run so short that the parent's CPU, less the memory
+        sampler's, rounds to nothing (no process can have no serial part), or a threaded loader
+        whose GIL was not sampled (all its work in one process says nothing about its parallel part)."""
+        if tree_cpu_s <= 0 or parent_cpu_s <= 0:
+            return
+        if gil_s is not None:
+            self.gil_share = min(1.0, gil_s / tree_cpu_s)
+        if tree_cpu_s - parent_cpu_s > self.IN_PROCESS * tree_cpu_s:
+            self.serial_share, self.serial_basis = min(1.0, parent_cpu_s / tree_cpu_s), "parent CPU"
+        elif self.gil_share:
+            self.serial_share, self.serial_basis = self.gil_share, "GIL"
+        if self.serial_share:
             self.amdahl_ceiling = 1.0 / self.serial_share
+
 
 @dataclass
 class BenchConfig:
@@ -73,6 +92,7 @@ class BenchConfig:
     hyp: dict[str, float] = field(default_factory=lambda: dict(BENCH_HYP))  # Ultralytics names, on its defaults
     repeats: int = 1
     scratch: Path | None = None  # where the Ultralytics link tree goes (default: the system temp folder)
+    gil: bool = True  # sample the GIL of the bench's process with py-spy (`gil.GilSampler`)
 
 def bench_config(*, stores: dict[str, Any], source: Any, imgsz: tuple[int, int], profile: Any, batch: int | None = None,
                  augment: bool = True, seconds: float | None = 10.0, batches: int | None = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+from sainet.bench.gil import GilSampler
 from sainet.bench.results import BenchConfig, BenchResult
 
 
@@ -101,8 +103,9 @@ class _Sampler:
     1440x1440 batches (measured on the 2-core dev box), i.e. ~10% of a core at 4 Hz. So it samples
     every 0.5 s and keeps its own CPU time (`cpu_s`), which the bench subtracts from the backend's."""
 
-    def __init__(self, period: float = 0.5, roots: tuple[str, ...] = ()) -> None:
+    def __init__(self, period: float = 0.5, roots: tuple[str, ...] = (), skip: frozenset[int] = frozenset()) -> None:
         self.proc = psutil.Process()
+        self.skip = skip  # helper processes of the bench (py-spy), not the backend's
         self.period = period
         self.peak = 0
         self.peak_anon = 0
@@ -115,7 +118,7 @@ class _Sampler:
 
     def _sample(self) -> None:
         t0 = time.thread_time()
-        roll = [_rollup(p.pid) for p in _tree(self.proc)]
+        roll = [_rollup(p.pid) for p in _tree(self.proc, self.skip)]
         self.peak = max(self.peak, sum(r.get("Pss", 0) for r in roll))
         self.peak_anon = max(self.peak_anon, sum(r.get("Pss_Anon", 0) for r in roll))
         self.cpu_s += time.thread_time() - t0
@@ -155,42 +158,59 @@ def evict(paths: list[Path]) -> int:
                 os.close(fd)
     return n
 
+def _pull(batches: Iterator[int], cfg: BenchConfig, progress: Callable[[int], None] | None,
+          t0: float) -> tuple[list[float], int]:
+    """The timed loop: each batch's latency (s) and the images pulled, until `cfg`'s batches or seconds."""
+    lat: list[float] = []
+    images = 0
+    last = time.perf_counter()
+    while True:
+        n = next(batches, None)
+        now = time.perf_counter()
+        if n is None:
+            break
+        lat.append(now - last)
+        last = now
+        images += n
+        if progress:
+            progress(n)
+        if cfg.batches is not None and len(lat) >= cfg.batches:
+            break
+        if cfg.batches is None and now - t0 >= (cfg.seconds or 10.0):
+            break
+    return lat, images
+
+
 def measure(name: str, batches: Iterator[int], cfg: BenchConfig, progress: Callable[[int], None] | None,
              base_pss: int, base_anon: int, exclude: frozenset[int] = frozenset(), base_store: int = 0) -> BenchResult:
     """Pull from `batches` (yielding images per batch): warm-up, then time it. Memory is counted
     from `base_*`, taken before the backend was built (so a RAM cache made at set-up counts; the
     stores' pages the bench's process already mapped do not count to the backend's `pss_store_mb`); CPU
-    time of the processes in `exclude` (there before the backend was built) is not the backend's."""
+    time of the processes in `exclude` (there before the backend was built) is not the backend's. With
+    `cfg.gil`, py-spy samples how long the bench's process holds its GIL meanwhile (`gil.GilSampler`):
+    the serial part of a loader whose work runs on the trainer's threads (`BenchResult.set_serial`)."""
     for _ in range(cfg.warmup):
         if next(batches, None) is None:
             break
     me = psutil.Process()
-    cpu0, own0, t0 = _cpu_seconds(me, exclude), _own_cpu(me), time.perf_counter()
-    lat, images = [], 0
-    with _Sampler(roots=store_roots(cfg)) as sampler:
-        last = time.perf_counter()
-        while True:
-            n = next(batches, None)
-            now = time.perf_counter()
-            if n is None:
-                break
-            lat.append(now - last)
-            last = now
-            images += n
-            if progress:
-                progress(n)
-            if cfg.batches is not None and len(lat) >= cfg.batches:
-                break
-            if cfg.batches is None and now - t0 >= (cfg.seconds or 10.0):
-                break
-    dt = time.perf_counter() - t0
-    cpu_s = max(0.0, _cpu_seconds(me, exclude) - cpu0 - sampler.cpu_s)
-    own_s = max(0.0, _own_cpu(me) - own0 - sampler.cpu_s)  # the trainer's process alone: the serial part
+    with contextlib.ExitStack() as stack:
+        gil = stack.enter_context(GilSampler()) if cfg.gil else None
+        skip = exclude | (gil.pids if gil is not None else frozenset())
+        cpu0, own0, t0 = _cpu_seconds(me, skip), _own_cpu(me), time.perf_counter()
+        with _Sampler(roots=store_roots(cfg), skip=gil.pids if gil is not None else frozenset()) as sampler:
+            lat, images = _pull(batches, cfg, progress, t0)
+        dt = time.perf_counter() - t0
+        cpu_s = max(0.0, _cpu_seconds(me, skip) - cpu0 - sampler.cpu_s)
+        own_s = max(0.0, _own_cpu(me) - own0 - sampler.cpu_s)  # the trainer's process alone: the serial part
+    # seconds the GIL was held over the timed window (py-spy's window is the same give or take its start)
+    gil_s = gil.share * dt if gil is not None and gil.share is not None else None
     ms = np.array(lat) * 1000
     r = BenchResult(name, "loader", images / dt if dt else 0.0, len(lat), images, dt,
                        float(np.percentile(ms, 50)) if len(ms) else None, float(np.percentile(ms, 99)) if len(ms) else None,
                        cpu_s / dt * 100 if dt else 0.0, max(0, sampler.peak - base_pss) / 1e6,
                        max(0, sampler.peak_anon - base_anon) / 1e6, cpu_ms_per_image=cpu_s * 1000 / images if images else None,
                        pss_store_mb=max(0, sampler.store - base_store) / 1e6 if sampler.roots else None)
-    r.set_serial(own_s, cpu_s)
+    r.set_serial(own_s, cpu_s, gil_s)
+    if gil is not None and gil.reason:
+        r.gil_note = gil.reason
     return r

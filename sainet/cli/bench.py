@@ -30,7 +30,7 @@ def print_bench_table(results: list[Any], cfg: Any, profile_name: str) -> None:
     t = Table(title=f"bench-loader {format_imgsz(cfg.imgsz)} batch {cfg.batch} {'augment' if cfg.augment else 'no augment'}, "
                     f"{cfg.threads} threads, profile {profile_name}")
     cols = ("backend", "shape", "decodes/img", "img/s", "Mpx/s", "p50 ms", "p99 ms", "CPU %", "CPU ms/img", "PSS MB",
-            "anon MB", "store MB", "serial %", "ceiling", "x decode", "x work-min", "x work-min CPU", "x ultralytics")
+            "anon MB", "store MB", "GIL %", "serial %", "ceiling", "x decode", "x work-min", "x work-min CPU", "x ultralytics")
     for col in cols:
         t.add_column(col, justify="left" if col == "backend" else "right")
 
@@ -44,11 +44,14 @@ def print_bench_table(results: list[Any], cfg: Any, profile_name: str) -> None:
             ul = f"{r.ratios['mpx_vs_ultralytics']:.2f} Mpx"
         t.add_row(r.name, r.out_shape or "source", f(r.decodes_per_image, "{:g}"), f(r.images_per_s), f(r.megapixels_per_s),
                   f(r.p50_ms), f(r.p99_ms), f(r.cpu_percent, "{:.0f}"), f(r.cpu_ms_per_image), f(r.pss_mb), f(r.pss_anon_mb), f(r.pss_store_mb),
-                  f(None if r.serial_share is None else 100 * r.serial_share), f(r.amdahl_ceiling, "{:.1f}x"),
+                  f(None if r.gil_share is None else 100 * r.gil_share),
+                  "-" if r.serial_share is None else f"{100 * r.serial_share:.1f} {r.serial_basis.split(' ')[0]}", f(r.amdahl_ceiling, "{:.1f}x"),
                   f(r.ratios.get("vs_decode"), "{:.2f}"), f(r.ratios.get("vs_work-minimum"), "{:.2f}"),
                   f(r.ratios.get("cpu_vs_work-minimum"), "{:.2f}"), ul)
     console.print(t)
     for note in dict.fromkeys(f"{r.name}: {r.note}" for r in results if r.note):
+        console.print(note)
+    for note in dict.fromkeys(f"GIL share not measured: {r.gil_note}" for r in results if r.gil_note):
         console.print(note)
     console.print(headline(results))
 

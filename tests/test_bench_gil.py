@@ -1,0 +1,64 @@
+"""The bench's GIL share (sainet/bench/gil.py): py-spy's raw samples counted, the bench's own helper
+threads left out, and a sampler that tells a thread spinning in Python from one waiting in C."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from sainet.bench.gil import GilSampler, find_py_spy, held_samples
+from sainet.bench.results import BenchResult
+
+RAW = """\
+<module> (run.py:3);spin (run.py:9) 57
+<module> (run.py:3);decode (loaders/decode.py:80) 3
+_bootstrap (threading.py:995);_Sampler._run (sainet/bench/sampling.py:140);_sample (sainet/bench/sampling.py:118) 11
+_bootstrap (threading.py:995);GilSampler._read (sainet/bench/gil.py:120) 2
+not a sample line
+"""
+
+
+def test_held_samples_counts_stacks_but_the_benchs_own_threads():
+    assert held_samples(RAW) == 60
+    assert held_samples(RAW, exclude=()) == 73
+    assert held_samples("") == 0
+
+
+def test_serial_share_is_the_gil_for_threads_and_the_parent_for_processes():
+    threads = BenchResult("lmdb", "loader", 1.0)
+    threads.set_serial(parent_cpu_s=10.0, tree_cpu_s=10.0, gil_s=2.5)  # all CPU in the trainer's process
+    assert (threads.serial_share, threads.serial_basis, threads.gil_share) == (0.25, "GIL", 0.25)
+    assert threads.amdahl_ceiling == pytest.approx(4.0)
+    procs = BenchResult("lmdb-mp", "loader", 1.0)
+    procs.set_serial(parent_cpu_s=1.0, tree_cpu_s=20.0, gil_s=0.5)
+    assert (procs.serial_share, procs.serial_basis, procs.gil_share) == (0.05, "parent CPU", 0.025)
+    unsampled = BenchResult("lmdb", "loader", 1.0)
+    unsampled.set_serial(parent_cpu_s=10.0, tree_cpu_s=10.0)  # threads, GIL not sampled: no guess
+    assert unsampled.serial_share is None and unsampled.amdahl_ceiling is None and unsampled.gil_share is None
+
+
+@pytest.mark.skipif(find_py_spy() is None, reason="py-spy is not installed (it comes with sainet[bench], which make test installs)")
+def test_sampler_tells_python_spinning_from_waiting_in_c():
+    def spin(until: float) -> None:
+        while time.perf_counter() < until:
+            pass
+
+    with GilSampler() as busy:  # a thread that never leaves Python holds the GIL whether or not a core runs it
+        t = threading.Thread(target=spin, args=(time.perf_counter() + 1.5,))
+        t.start()
+        t.join()
+    assert busy.reason == "" and busy.pids, busy.reason
+    with GilSampler() as idle:  # every thread waits in C with the GIL released
+        time.sleep(1.5)
+    assert idle.reason == "", idle.reason
+    assert busy.share is not None and busy.share > 0.7, busy.share
+    assert idle.share is not None and idle.share < 0.2, idle.share
+
+
+def test_sampler_without_py_spy_says_why(monkeypatch):
+    monkeypatch.setattr("sainet.bench.gil.find_py_spy", lambda: None)
+    with GilSampler() as g:
+        pass
+    assert g.share is None and g.held_seconds is None and "py-spy is not installed" in g.reason
