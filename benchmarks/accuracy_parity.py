@@ -86,6 +86,23 @@ def t975(df: int) -> float:
     return T975[max(k for k in T975 if k <= df)] if df < 1000 else 1.960
 
 
+def t_quantile(p: float, df: int) -> float:
+    """The `p` quantile (p > 0.5) of Student's t with `df` degrees of freedom, by bisection on its CDF
+    (Simpson's rule over the density; within 1e-4 of the tables): the intervals of several looks."""
+    c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+
+    def cdf(x: float, n: int = 2000) -> float:
+        h = x / n
+        f = [c * (1 + (i * h) ** 2 / df) ** (-(df + 1) / 2) for i in range(n + 1)]
+        return 0.5 + h / 3 * (f[0] + f[-1] + 4 * sum(f[1:-1:2]) + 2 * sum(f[2:-1:2]))
+
+    lo, hi = 0.0, 100.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=500)
@@ -121,6 +138,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--runs-dir", type=Path, action="append", default=[],
                     help="a folder of run folders (an earlier --work's runs/): reused rows without the common-validator "
                          "metrics are validated from the weights found there (repeatable)")
+    ap.add_argument("--looks", action="append", default=[], metavar="GROUP=K",
+                    help="GROUP's result was looked at K times as seeds were added: also give its interval at 1 - 0.05/K (repeatable)")
+    ap.add_argument("--before", action="append", default=[], metavar="GROUP=FILE",
+                    help="GROUP's rows from before a change (a runs.jsonl): paired with the reference and with the rows now (repeatable)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script, measures nothing")
     args = ap.parse_args(argv)
     if args.smoke:
@@ -333,10 +354,15 @@ def _mean_sd(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
-def summarize(rows: list[dict]) -> list[dict]:
+def summarize(rows: list[dict], looks: dict[str, int] | None = None, before: dict[str, list[dict]] | None = None) -> list[dict]:
     """mean +- sd per group; for sainet groups, against the Ultralytics group of the same batch and
     shape: the seed-paired difference of mAP50 (final epoch) with its 95 % interval (`paired`), and
-    the unpaired difference of means with two standard errors of it."""
+    the unpaired difference of means with two standard errors of it.
+
+    `looks` (group -> K): the group's result was looked at K times as its seeds grew, so it also gets
+    the interval at 1 - 0.05 / K (Bonferroni over the looks), `paired_ci_looks`, and `parity_looks`
+    judged on it. `before` (group -> rows): the same group's rows from before a change, paired with
+    the reference and with this group (`before`: the change's effect, after - before)."""
     groups: dict[str, list[dict]] = {}
     for r in rows:
         groups.setdefault(r["group"], []).append(r)
@@ -371,9 +397,25 @@ def summarize(rows: list[dict]) -> list[dict]:
         g["parity"] = (abs(g["paired_mean_diff"]) <= 0.01 and -0.02 <= ci[0] and ci[1] <= 0.02) if ci and ref is not pair else None
         g["reference"] = ref["group"]
         g["speedup_vs_ultralytics"] = ref["wall_s"][0] / g["wall_s"][0]
+        _looks_and_before(g, ref, metric, (looks or {}).get(g["group"]), (before or {}).get(g["group"]))
     for g in out:
         g.pop("_rows")
     return out
+
+
+def _looks_and_before(g: dict, ref: dict, metric: str, k: int | None, earlier: list[dict] | None) -> None:
+    """`summarize`'s `looks` and `before` for group `g` paired with `ref` by `metric`."""
+    diffs = g.get("paired_diffs") or []
+    if k and len(diffs) > 1:
+        mean, conf = statistics.fmean(diffs), 1 - 0.05 / k
+        half = t_quantile(1 - (1 - conf) / 2, len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+        g["paired_ci_looks"] = {"looks": k, "confidence": conf, "interval": [mean - half, mean + half]}
+        g["parity_looks"] = abs(mean) <= 0.01 and -0.02 <= mean - half and mean + half <= 0.02
+    if earlier:
+        b = paired(earlier, ref["_rows"], metric)
+        change = paired(g["_rows"], earlier, metric)
+        g["before"] = {"seeds": b["paired_seeds"], "paired_mean_diff": b.get("paired_mean_diff"), "paired_ci95": b.get("paired_ci95"),
+                       "after_minus_before": {k2: change.get(k2) for k2 in ("paired_seeds", "paired_mean_diff", "paired_ci95")}}
 
 
 def print_table(summary: list[dict]) -> None:
@@ -389,6 +431,9 @@ def print_table(summary: list[dict]) -> None:
             d += ", common val)" if g.get("paired_metric") == "mAP50_val" else ", own val)"
             if g.get("reference", "").endswith("(equal-time pair)"):
                 d += " vs square"
+            if "paired_ci_looks" in g:
+                lk = g["paired_ci_looks"]
+                d += f"; {100 * lk['confidence']:.1f} % for {lk['looks']} looks [{lk['interval'][0]:+.4f}, {lk['interval'][1]:+.4f}]"
         init = ("yes" if g["same_init"] else "no") if "same_init" in g else "–"
         ok = ("yes" if g["parity"] else "no") if g.get("parity") is not None else "–"
         sp = f"{g['speedup_vs_ultralytics']:.2f}×" if "speedup_vs_ultralytics" in g else "–"
@@ -396,6 +441,25 @@ def print_table(summary: list[dict]) -> None:
         print(f"| {g['group']} | {g['imgsz']} | {len(g['seeds'])} | {pm(g['mAP50_final'])} | {common} | "
               f"{pm(g['mAP50-95_final'])} | {g['wall_s'][0]:.0f} ± {g['wall_s'][1]:.0f} | {d} | "
               f"{init} | {ok} | {sp} |")
+
+
+def looks_of(items: list[str]) -> dict[str, int]:
+    """``["lmdb b16=2"]`` -> ``{"lmdb b16": 2}``."""
+    out = {}
+    for item in items:
+        group, _, k = item.rpartition("=")
+        out[group] = int(k)
+    return out
+
+
+def before_of(items: list[str]) -> dict[str, list[dict]]:
+    """``["lmdb b16=rows.jsonl"]`` -> that group's rows from the file."""
+    out: dict[str, list[dict]] = {}
+    for item in items:
+        group, _, path = item.partition("=")
+        rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+        out[group] = [r for r in rows if r.get("group") == group]
+    return out
 
 
 def _commit() -> str:
@@ -431,7 +495,7 @@ def main(argv: list[str] | None = None) -> None:
                                  (f"lmdb b{args.batch} rect {args.rect_imgsz} (equal time)", args.rect_imgsz)):
                 rows.append(train_one(args, Run(group, "lmdb", seed, args.batch, imgsz, hours=args.rect_hours)))
                 _save_partial(args, rows)
-    summary = summarize(rows)
+    summary = summarize(rows, looks_of(args.looks), before_of(args.before))
     doc = {"host": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
            "ultralytics": ultralytics.__version__, "torch": torch.__version__, "commit": _commit(),
            "settings": json.loads(json.dumps(vars(args), default=str)),  # paths (and --reuse's list of them) as text

@@ -80,3 +80,33 @@ def test_rows_recorded_before_the_common_validator_get_it_from_their_weights(tmp
     assert p._with_common_val(args, run, row)["mAP50_val"] == 0.5 and calls == [(weights, "256x144")]
     done = {**row, "mAP50_val": 0.7}
     assert p._with_common_val(args, run, done) is done and len(calls) == 1  # already scored: not validated again
+
+
+def test_t_quantile_matches_the_tables():
+    p = _parity()
+    for df, q in p.T975.items():
+        assert p.t_quantile(0.975, df) == pytest.approx(q, abs=1.5e-3), df
+    assert p.t_quantile(0.9875, 59) == pytest.approx(2.2998, abs=1e-3)  # two looks at 60 pairs (tables: 2.2998)
+
+
+def test_looks_widen_the_interval_and_before_rows_are_paired():
+    p = _parity()
+    u = [0.80, 0.84, 0.78, 0.86, 0.82, 0.79]
+    now = [0.81, 0.83, 0.79, 0.85, 0.83, 0.78]
+    was = [0.82, 0.86, 0.79, 0.87, 0.85, 0.80]
+    rows = [_row("ultralytics b16", "ultralytics", s, u[s], u[s]) for s in range(6)]
+    rows += [_row("lmdb b16", "lmdb", s, now[s], now[s]) for s in range(6)]
+    earlier = [_row("lmdb b16", "lmdb", s, was[s], was[s]) for s in range(6)]
+    g = {x["group"]: x for x in p.summarize(rows, {"lmdb b16": 2}, {"lmdb b16": earlier})}["lmdb b16"]
+    diffs = [now[s] - u[s] for s in range(6)]
+    mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
+    looks = g["paired_ci_looks"]
+    assert looks["looks"] == 2 and looks["confidence"] == pytest.approx(0.975)
+    half = p.t_quantile(0.9875, 5) * sd / math.sqrt(6)
+    assert looks["interval"] == pytest.approx([mean - half, mean + half])
+    assert looks["interval"][0] < g["paired_ci95"][0] and looks["interval"][1] > g["paired_ci95"][1]
+    assert g["parity_looks"] is (abs(mean) <= 0.01 and mean - half >= -0.02 and mean + half <= 0.02)
+    b = g["before"]
+    assert b["paired_mean_diff"] == pytest.approx(statistics.fmean([was[s] - u[s] for s in range(6)]))
+    assert b["after_minus_before"]["paired_mean_diff"] == pytest.approx(statistics.fmean([now[s] - was[s] for s in range(6)]))
+    assert p.looks_of(["lmdb b16=2"]) == {"lmdb b16": 2}
