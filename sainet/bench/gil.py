@@ -22,13 +22,16 @@ holds it. On a machine with more runnable threads than cores (other work beside 
 share reads higher than the loader's own need; the process loaders' rows, whose parent's GIL share
 can then exceed its CPU share, show how much.
 
-py-spy comes with ``pip install 'sainet[bench]'`` (and `make venv`). Without it, or where the
-system forbids reading another process's memory (ptrace rules of a container), `held_seconds` is
-None and `reason` says why; the bench then reports no GIL share instead of a guess.
+py-spy comes with ``pip install 'sainet[bench]'`` (and `make venv`). It reads the memory of its
+parent, which Yama's ptrace_scope 1 (Ubuntu's default) forbids unless the parent names it: the
+sampler does so (prctl PR_SET_PTRACER) before py-spy starts, and withdraws it after. Without py-spy,
+or where the system forbids the read anyway (ptrace_scope 2-3, a container's seccomp rules),
+`held_seconds` is None and `reason` says why; the bench then reports no GIL share instead of a guess.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import shutil
@@ -55,6 +58,21 @@ def find_py_spy() -> str | None:
     if here.is_file() and os.access(here, os.X_OK):
         return str(here)
     return shutil.which("py-spy")
+
+
+#: prctl(2) option of the Yama LSM: which process may trace (and read the memory of) this one
+_PR_SET_PTRACER = 0x59616D61
+
+
+def _allow_tracer(pid: int) -> None:
+    """Let `pid` read this process's memory where Yama's ptrace_scope 1 (Ubuntu's default) allows only
+    ancestors to (0: withdraw it). Without Yama the call fails and nothing is needed."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PTRACER, ctypes.c_ulong(pid), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def held_samples(raw: str, exclude: tuple[str, ...] = OWN_FRAMES) -> int:
@@ -109,13 +127,22 @@ class GilSampler:
         self._out = Path(name)
         cmd = [exe, "record", "--pid", str(self.pid), "--gil", "--nonblocking", "--format", "raw",
                "--rate", str(self.rate), "--output", name]
-        try:
-            self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
+        try:  # py-spy waits for a line on stdin, so this process can name it as its tracer first (`_allow_tracer`)
+            self._proc = subprocess.Popen(["/bin/sh", "-c", 'read _ && exec "$@"', "sh", *cmd], stdout=subprocess.PIPE,
+                                          stderr=subprocess.STDOUT, stdin=subprocess.PIPE, text=True)
         except OSError as e:
             self.reason = f"py-spy did not start: {e}"
             self._cleanup()
             return self
         self.pids = frozenset({self._proc.pid})
+        _allow_tracer(self._proc.pid)
+        stdin = self._proc.stdin
+        try:
+            if stdin is not None:
+                stdin.write("go\n")
+                stdin.close()
+        except OSError:
+            pass  # it died already: the reader sees it end
         self._reader = threading.Thread(target=self._read, name="sainet-gil-reader", daemon=True)
         self._reader.start()
         if not self._started.wait(self.start_timeout) or self._proc.poll() is not None:
@@ -175,6 +202,7 @@ class GilSampler:
         self._cleanup()
 
     def _cleanup(self) -> None:
+        _allow_tracer(0)
         if self._out is not None:
             self._out.unlink(missing_ok=True)
             self._out = None
