@@ -47,7 +47,7 @@ def _gil(r: dict) -> str:
 
 def _row(r: dict) -> str:
     if r["images_per_s"] <= 0:
-        return f"| {r['name']} | {r['note']} ||||||||||||||||"
+        return f"| {r['name']} | {r['note']} |" + "|" * 16
     store = "" if r.get("pss_store_mb") is None else f", {r['pss_store_mb']:.0f}"
     pss = "–" if r["pss_mb"] is None else f"{r['pss_mb']:.0f} ({r.get('pss_anon_mb') or 0:.0f}{store})"
     reps = "/".join(f"{x:.1f}" for x in r.get("repeats") or [])

@@ -62,3 +62,30 @@ def test_sampler_without_py_spy_says_why(monkeypatch):
     with GilSampler() as g:
         pass
     assert g.share is None and g.held_seconds is None and "py-spy is not installed" in g.reason
+
+
+@pytest.mark.skipif(find_py_spy() is None, reason="py-spy is not installed (it comes with sainet[bench], which make test installs)")
+def test_stop_ends_the_window_once_and_leaves_no_process():
+    import psutil
+
+    with GilSampler() as g:
+        time.sleep(0.5)
+        g.stop()
+        seconds = g.seconds
+        time.sleep(0.5)  # after stop: not in the window
+    assert seconds is not None and seconds < 0.9 and g.seconds == seconds, g.seconds
+    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in g.pids)
+
+
+def test_rounds_merge_the_serial_share_of_the_basis_most_rounds_had():
+    from sainet.bench.report import merge_rounds
+
+    def row(share: float | None, basis: str, gil: float | None, note: str = "") -> BenchResult:
+        r = BenchResult("lmdb", "loader", 100.0, batches=3, images=24, seconds=1.0)
+        r.serial_share, r.serial_basis, r.gil_share, r.gil_note = share, basis, gil, note
+        return r
+
+    rounds = [[row(0.30, "GIL", 0.30)], [row(0.04, "parent CPU", 0.02)], [row(0.20, "GIL", None, "py-spy fell behind")]]
+    (m,) = merge_rounds(rounds)
+    assert m.serial_basis == "GIL" and m.serial_share == pytest.approx(0.25) and m.amdahl_ceiling == pytest.approx(4.0)
+    assert m.gil_share == pytest.approx(0.16) and m.gil_note == ""  # a median exists: no note

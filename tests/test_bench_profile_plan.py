@@ -53,8 +53,11 @@ def test_bench_loader_json_has_every_backend_and_references(source, tmp_path):
             assert r["serial_basis"] == ("parent CPU" if procs else "GIL"), r
             if not procs:
                 assert r["serial_share"] == r["gil_share"]
-        if find_py_spy() is not None:  # make test installs it (sainet[bench])
-            assert r["gil_share"] is not None and 0 < r["gil_share"] <= 1 and r["gil_note"] == "", r
+        # the GIL share, sampled by py-spy (make test installs it): a figure, or the reason there is none
+        if r["gil_share"] is not None:
+            assert 0 <= r["gil_share"] <= 1 and r["gil_note"] == "", r
+        else:
+            assert r["gil_note"] or find_py_spy() is None, r
         assert r["images_per_s"] > 0 and r["batches"] == 3 and r["p50_ms"] > 0 and r["pss_mb"] >= 0, r
         # ratios come from the figures of this same run
         assert r["ratios"]["vs_decode"] == pytest.approx(r["images_per_s"] / by["decode"]["images_per_s"], rel=1e-9)

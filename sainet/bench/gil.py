@@ -47,8 +47,11 @@ __all__ = ["GilSampler", "find_py_spy", "held_samples"]
 
 log = logging.getLogger(__name__)
 
-#: frames of the bench's own helper threads, whose GIL time is not the loader's
-OWN_FRAMES = ("_Sampler._run", "GilSampler._read")
+#: frames of the bench's own work (its memory sampler's thread, this reader, its CPU counts), whose
+#: GIL time is not the loader's
+OWN_FRAMES = ("_Sampler._run", "GilSampler._read", "_cpu_seconds")
+#: why py-spy could not read this process, once it could not: later samplers do not try again
+_refused: list[str] = []
 _STARTED = "Sampling process"
 
 
@@ -106,7 +109,8 @@ class GilSampler:
         self._proc: subprocess.Popen[str] | None = None
         self._out: Path | None = None
         self._lines: list[str] = []
-        self._started = threading.Event()
+        self._started = threading.Event()  # py-spy said it samples, or ended
+        self._sampling = False
         self._reader: threading.Thread | None = None
         self._t0 = 0.0
 
@@ -121,7 +125,18 @@ class GilSampler:
         exe = find_py_spy()
         if exe is None:
             self.reason = "py-spy is not installed (pip install 'sainet[bench]')"
-            return self
+        elif _refused:
+            self.reason = _refused[0]  # it could not read this process before: no second 10 s wait
+        else:
+            try:
+                self._start(exe)
+            except BaseException:  # an interrupt while it starts: no py-spy, file or tracer left behind
+                self._stop()
+                self._cleanup()
+                raise
+        return self
+
+    def _start(self, exe: str) -> None:
         fd, name = tempfile.mkstemp(prefix="sainet-gil-", suffix=".txt")
         os.close(fd)
         self._out = Path(name)
@@ -129,11 +144,12 @@ class GilSampler:
                "--rate", str(self.rate), "--output", name]
         try:  # py-spy waits for a line on stdin, so this process can name it as its tracer first (`_allow_tracer`)
             self._proc = subprocess.Popen(["/bin/sh", "-c", 'read _ && exec "$@"', "sh", *cmd], stdout=subprocess.PIPE,
-                                          stderr=subprocess.STDOUT, stdin=subprocess.PIPE, text=True)
+                                          stderr=subprocess.STDOUT, stdin=subprocess.PIPE, text=True,
+                                          encoding="utf-8", errors="replace")
         except OSError as e:
             self.reason = f"py-spy did not start: {e}"
             self._cleanup()
-            return self
+            return
         self.pids = frozenset({self._proc.pid})
         _allow_tracer(self._proc.pid)
         stdin = self._proc.stdin
@@ -145,11 +161,12 @@ class GilSampler:
             pass  # it died already: the reader sees it end
         self._reader = threading.Thread(target=self._read, name="sainet-gil-reader", daemon=True)
         self._reader.start()
-        if not self._started.wait(self.start_timeout) or self._proc.poll() is not None:
+        self._started.wait(self.start_timeout)
+        if not self._sampling or self._proc.poll() is not None:
             self._stop()
             self.reason = "py-spy could not sample this process: " + (self._last_line() or "no answer")
+            _refused[:] = [self.reason]
             self._cleanup()
-        return self
 
     def _read(self) -> None:
         proc = self._proc
@@ -157,10 +174,11 @@ class GilSampler:
             return
         for line in proc.stdout:
             self._lines.append(line.strip())
-            if _STARTED in line and not self._started.is_set():
+            if _STARTED in line and not self._sampling:
                 self._t0 = time.perf_counter()
+                self._sampling = True
                 self._started.set()
-        self._started.set()  # py-spy ended before it sampled: let `__enter__` see it
+        self._started.set()  # py-spy ended (before it sampled, or after): let `_start` see it
 
     def _last_line(self) -> str:
         lines = [ln.removeprefix("py-spy> ") for ln in self._lines if ln]
@@ -179,27 +197,36 @@ class GilSampler:
                 proc.wait()
         if self._reader is not None:
             self._reader.join(timeout=5)
+        if proc.stdout is not None:
+            proc.stdout.close()
 
-    def __exit__(self, *exc: object) -> None:
-        if self._proc is None or self.reason:
+    def stop(self) -> None:
+        """End the sampling now (the block's end does it otherwise) and set `held_seconds`,
+        `seconds` and `share`, or `reason`. Idempotent."""
+        if self._proc is None or self.reason or self.seconds is not None:
             return
         t1 = time.perf_counter()
-        self._stop()
         try:
-            raw = self._out.read_text() if self._out is not None else ""
-        except OSError as e:
-            raw, self.reason = "", f"py-spy's output could not be read: {e}"
-        behind = [ln for ln in self._lines if "behind" in ln]
-        if behind:  # it took fewer samples than the rate: the share would be too low
-            self.reason = "py-spy fell behind its sampling rate: " + behind[0].removeprefix("py-spy> ")
-        elif not self.reason and self._proc.returncode not in (0, None):
-            self.reason = f"py-spy exited with {self._proc.returncode}: {self._last_line()}"
-        elif not self.reason:
-            self.seconds = t1 - self._t0
-            self.held_seconds = min(self.seconds, held_samples(raw) / self.rate)
-        if self.reason:
-            log.warning("GIL share not measured: %s", self.reason)
-        self._cleanup()
+            self._stop()
+            try:
+                raw = self._out.read_text(encoding="utf-8", errors="replace") if self._out is not None else ""
+            except OSError as e:
+                raw, self.reason = "", f"py-spy's output could not be read: {e}"
+            behind = [ln for ln in self._lines if "behind" in ln]
+            if behind:  # it took fewer samples than the rate: the share would be too low
+                self.reason = "py-spy fell behind its sampling rate: " + behind[0].removeprefix("py-spy> ")
+            elif not self.reason and self._proc.returncode not in (0, None):
+                self.reason = f"py-spy exited with {self._proc.returncode}: {self._last_line()}"
+            elif not self.reason:
+                self.seconds = t1 - self._t0
+                self.held_seconds = min(self.seconds, held_samples(raw) / self.rate)
+            if self.reason:
+                log.warning("GIL share not measured: %s", self.reason)
+        finally:
+            self._cleanup()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def _cleanup(self) -> None:
         _allow_tracer(0)

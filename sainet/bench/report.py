@@ -110,9 +110,14 @@ def merge_rounds(rounds: list[list[BenchResult]]) -> list[BenchResult]:
                         peak("pss_anon_mb"), note=first.note, out_shape=first.out_shape, pixels_per_batch=first.pixels_per_batch,
                         decodes_per_image=first.decodes_per_image, augment=first.augment, megapixels_per_s=med("megapixels_per_s"),
                         repeats=[r.images_per_s for r in rows], cpu_ms_per_image=med("cpu_ms_per_image"),
-                        serial_share=med("serial_share"), pss_store_mb=peak("pss_store_mb"),
-                        serial_basis=first.serial_basis, gil_share=med("gil_share"),
-                        gil_note=next((r.gil_note for r in rows if r.gil_note), ""))
+                        pss_store_mb=peak("pss_store_mb"), gil_share=med("gil_share"))
+        # the serial share's median over the rounds of the basis most of them had (a loader near the
+        # threads/processes line could have both); why the GIL went unmeasured, only when it did
+        bases = [r.serial_basis for r in ok if r.serial_share is not None]
+        if bases:
+            m.serial_basis = max(set(bases), key=bases.count)
+            m.serial_share = med("serial_share", [r for r in ok if r.serial_basis == m.serial_basis])
+        m.gil_note = "" if m.gil_share is not None else next((r.gil_note for r in rows if r.gil_note), "")
         m.amdahl_ceiling = 1.0 / m.serial_share if m.serial_share else None
         keys = {k for r in ok for k in r.ratios}
         m.ratios = {k: statistics.median([r.ratios[k] for r in ok if k in r.ratios]) for k in sorted(keys)}

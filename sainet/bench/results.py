@@ -97,7 +97,7 @@ class BenchConfig:
 def bench_config(*, stores: dict[str, Any], source: Any, imgsz: tuple[int, int], profile: Any, batch: int | None = None,
                  augment: bool = True, seconds: float | None = 10.0, batches: int | None = None,
                  threads: int | None = None, workers: int | None = None, cold: bool = False, repeats: int = 1,
-                 hyp: dict[str, Any] | None = None, scratch: Any = None) -> BenchConfig:
+                 hyp: dict[str, Any] | None = None, scratch: Any = None, gil: bool = True) -> BenchConfig:
     """`BenchConfig` with the profile's values wherever the user gave none.
 
     Threads: the profile's, at most the cores (`default_threads`); Ultralytics workers: as many as
@@ -108,4 +108,4 @@ def bench_config(*, stores: dict[str, Any], source: Any, imgsz: tuple[int, int],
     return BenchConfig(stores=stores, source=source, imgsz=imgsz, batch=batch or int(rec["batch"]), augment=augment,
                        seconds=seconds, batches=batches, threads=n_threads, prefetch=int(rec["prefetch"]),
                        workers=n_threads if workers is None else workers, cold=cold, repeats=repeats,
-                       hyp={**BENCH_HYP, **(hyp or {})}, scratch=scratch)
+                       hyp={**BENCH_HYP, **(hyp or {})}, scratch=scratch, gil=gil)

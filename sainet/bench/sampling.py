@@ -199,10 +199,12 @@ def measure(name: str, batches: Iterator[int], cfg: BenchConfig, progress: Calla
         cpu0, own0, t0 = _cpu_seconds(me, skip), _own_cpu(me), time.perf_counter()
         with _Sampler(roots=store_roots(cfg), skip=gil.pids if gil is not None else frozenset()) as sampler:
             lat, images = _pull(batches, cfg, progress, t0)
-        dt = time.perf_counter() - t0
+            dt = time.perf_counter() - t0
+            if gil is not None:
+                gil.stop()  # its window ends with the loop: the memory sampler's last reads are not the loader's
         cpu_s = max(0.0, _cpu_seconds(me, skip) - cpu0 - sampler.cpu_s)
         own_s = max(0.0, _own_cpu(me) - own0 - sampler.cpu_s)  # the trainer's process alone: the serial part
-    # seconds the GIL was held over the timed window (py-spy's window is the same give or take its start)
+    # seconds the GIL was held over the timed window (py-spy's window is the loop's, give or take its start)
     gil_s = gil.share * dt if gil is not None and gil.share is not None else None
     ms = np.array(lat) * 1000
     r = BenchResult(name, "loader", images / dt if dt else 0.0, len(lat), images, dt,

@@ -96,6 +96,7 @@ def bench_loader(
     seconds: Annotated[float, typer.Option(min=0.1, help="Seconds measured per backend (after warm-up).")] = 10.0,
     batches: Annotated[int | None, typer.Option(min=1, help="Batches measured per backend (instead of --seconds).")] = None,
     cold: Annotated[bool, typer.Option(help="Evict the files' pages first (posix_fadvise), so reads are real.")] = False,
+    gil: Annotated[bool, typer.Option("--gil/--no-gil", help="Sample how long the bench's process holds its GIL (py-spy, sainet[bench]).")] = True,
     raw: Annotated[bool, typer.Option(help="Also pack a raw store and measure the raw-copy reference.")] = False,
     profile: Annotated[str, typer.Option(help=f"{PROFILE_HELP}: threads, prefetch, workers, batch.")] = "auto",
     threads: Annotated[int | None, typer.Option(min=1, help="Decode threads (default: the profile's, at most the cores).")] = None,
@@ -131,7 +132,7 @@ def bench_loader(
         stores, src = prepare_stores(source, store, work, imgsz, raw or raw_shm, raw_lmdb)
         cfg = bench_config(stores=stores, source=src, imgsz=imgsz, profile=prof, batch=batch, augment=augment,
                            seconds=seconds, batches=batches, threads=threads, workers=workers, cold=cold,
-                           repeats=repeats, hyp=hyp, scratch=work)
+                           repeats=repeats, hyp=hyp, scratch=work, gil=gil)
         with bar_factory() as bar:
             results = run_bench(cfg, loaders, progress=bar)
         run_tag = tag or f"{format_imgsz(imgsz)}-{'aug' if augment else 'noaug'}-{time.strftime('%Y%m%d-%H%M%S')}"
