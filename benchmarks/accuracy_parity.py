@@ -33,7 +33,10 @@ otherwise, and
 The runs can be split over invocations (several machines or sessions): give each its own `--work`
 and a subset (`--loaders`, `--seeds`), then summarize with `--reuse A/runs.jsonl --reuse
 B/runs.jsonl`, which trains only what no file holds (a run is reused only when its `config` — data,
-epochs, model and the other settings that change a result — matches). `--smoke` runs a tiny
+epochs, model and the other settings that change a result — matches). A group whose seeds were
+extended after a look at its result gets `--looks GROUP=K` (its interval also at 1 - 0.05/K), a
+group's rows from before a change `--before GROUP=FILE`, and `--command` appends how the rows were
+made to the `commands` the --json file keeps. `--smoke` runs a tiny
 configuration (a couple of minutes) that only checks the script end to end. Never in `make test`.
 """
 
@@ -142,6 +145,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="GROUP's result was looked at K times as seeds were added: also give its interval at 1 - 0.05/K (repeatable)")
     ap.add_argument("--before", action="append", default=[], metavar="GROUP=FILE",
                     help="GROUP's rows from before a change (a runs.jsonl): paired with the reference and with the rows now (repeatable)")
+    ap.add_argument("--command", action="append", default=[], metavar="TEXT",
+                    help="how this invocation's rows were made (the commands, commit, times), appended to the `commands` "
+                         "that --json's file already holds (repeatable)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script, measures nothing")
     args = ap.parse_args(argv)
     if args.smoke:
@@ -443,6 +449,14 @@ def print_table(summary: list[dict]) -> None:
               f"{init} | {ok} | {sp} |")
 
 
+def _commands(path: Path) -> list[str]:
+    """The `commands` of the results file about to be rewritten: how its rows were made, kept."""
+    try:
+        return list(json.loads(path.read_text()).get("commands") or [])
+    except (OSError, ValueError):
+        return []
+
+
 def looks_of(items: list[str]) -> dict[str, int]:
     """``["lmdb b16=2"]`` -> ``{"lmdb b16": 2}``."""
     out = {}
@@ -501,6 +515,7 @@ def main(argv: list[str] | None = None) -> None:
            "settings": json.loads(json.dumps(vars(args), default=str)),  # paths (and --reuse's list of them) as text
            "runs": rows, "summary": summary}
     if args.json:
+        doc["commands"] = _commands(args.json) + args.command
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(doc, indent=2))
     print_table(summary)

@@ -110,3 +110,13 @@ def test_looks_widen_the_interval_and_before_rows_are_paired():
     assert b["paired_mean_diff"] == pytest.approx(statistics.fmean([was[s] - u[s] for s in range(6)]))
     assert b["after_minus_before"]["paired_mean_diff"] == pytest.approx(statistics.fmean([now[s] - was[s] for s in range(6)]))
     assert p.looks_of(["lmdb b16=2"]) == {"lmdb b16": 2}
+
+
+def test_commands_of_the_results_file_are_kept(tmp_path):
+    p = _parity()
+    f = tmp_path / "r.json"
+    assert p._commands(f) == []  # no file yet
+    f.write_text('{"commands": ["python benchmarks/accuracy_parity.py --seeds 6"], "runs": []}')
+    assert p._commands(f) == ["python benchmarks/accuracy_parity.py --seeds 6"]
+    f.write_text("not json")
+    assert p._commands(f) == []
