@@ -148,6 +148,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--command", action="append", default=[], metavar="TEXT",
                     help="how this invocation's rows were made (the commands, commit, times), appended to the `commands` "
                          "that --json's file already holds (repeatable)")
+    ap.add_argument("--summary-only", action="store_true",
+                    help="train nothing: stop, naming them, if any planned run is in no --reuse file")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script, measures nothing")
     args = ap.parse_args(argv)
     if args.smoke:
@@ -179,6 +181,16 @@ def plan_runs(args: argparse.Namespace) -> list[Run]:
     return runs
 
 
+def rect_runs(args: argparse.Namespace) -> list[Run]:
+    """The equal-time pairs (square, then rectangular, back to back: both see the same machine)."""
+    if not args.rect_imgsz or "lmdb" not in args.loaders.split(","):
+        return []
+    return [Run(group, "lmdb", seed, args.batch, imgsz, hours=args.rect_hours)
+            for seed in seeds_of(args.seeds)[: args.rect_seeds]
+            for group, imgsz in ((f"lmdb b{args.batch} square {args.imgsz} (equal-time pair)", args.imgsz),
+                                 (f"lmdb b{args.batch} rect {args.rect_imgsz} (equal time)", args.rect_imgsz))]
+
+
 def config(args: argparse.Namespace) -> str:
     """What a run's result depends on besides its `Run` fields: the data (a digest of the synthetic
     dataset) and the training settings. --reuse takes a row only when this matches."""
@@ -201,14 +213,15 @@ def _rows_of(path: Path) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def _reused(args: argparse.Namespace, run: Run) -> dict | None:
+def _reused(args: argparse.Namespace, run: Run, quiet: bool = False) -> dict | None:
     """The row of `run` in a --reuse file, if one has it."""
     for path in args.reuse:
         for r in _rows_of(path):
             if (all(r.get(k, Run.order if k == "order" else None) == v for k, v in run.__dict__.items() if k != "hours")
                     and (run.hours is None) == (r.get("hours") is None)
                     and r.get("config") == args.config):
-                print(f"reused from {path}: {json.dumps(r)}", flush=True)
+                if not quiet:
+                    print(f"reused from {path}: {json.dumps(r)}", flush=True)
                 return r
     return None
 
@@ -499,16 +512,15 @@ def main(argv: list[str] | None = None) -> None:
     synthesize(args.work / "src", images=args.images, size=(w, h), seed=0, val_fraction=args.val_fraction)
     pack(args.work / "src", args.work / "store", PackOptions(container="lmdb"))
     args.config = config(args)
+    planned = plan_runs(args) + rect_runs(args)
+    missing = [run_name(r) for r in planned if _reused(args, r, quiet=True) is None]
+    print(f"{len(planned)} runs planned, {len(planned) - len(missing)} in the --reuse files, {len(missing)} to train", flush=True)
+    if args.summary_only and missing:
+        raise SystemExit(f"--summary-only: no --reuse file holds {len(missing)} planned run(s): {', '.join(missing)}")
     rows = []
-    for run in plan_runs(args):
+    for run in planned:
         rows.append(train_one(args, run))
         _save_partial(args, rows)
-    if args.rect_imgsz and "lmdb" in args.loaders.split(","):
-        for seed in seeds_of(args.seeds)[: args.rect_seeds]:  # back to back: both see the same machine
-            for group, imgsz in ((f"lmdb b{args.batch} square {args.imgsz} (equal-time pair)", args.imgsz),
-                                 (f"lmdb b{args.batch} rect {args.rect_imgsz} (equal time)", args.rect_imgsz)):
-                rows.append(train_one(args, Run(group, "lmdb", seed, args.batch, imgsz, hours=args.rect_hours)))
-                _save_partial(args, rows)
     summary = summarize(rows, looks_of(args.looks), before_of(args.before))
     doc = {"host": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
            "ultralytics": ultralytics.__version__, "torch": torch.__version__, "commit": _commit(),

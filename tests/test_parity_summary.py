@@ -120,3 +120,12 @@ def test_commands_of_the_results_file_are_kept(tmp_path):
     assert p._commands(f) == ["python benchmarks/accuracy_parity.py --seeds 6"]
     f.write_text("not json")
     assert p._commands(f) == []
+
+
+def test_summary_only_trains_nothing_and_names_what_is_missing(tmp_path):
+    p = _parity()
+    with pytest.raises(SystemExit, match=r"--summary-only: no --reuse file holds 12 planned run\(s\): ultralytics-b4-s0, lmdb-b4-s0, ultralytics-b4-s1"):
+        # --smoke: seeds 0-1 at batch 4 and 2, and two equal-time pairs: 12 runs
+        p.main(["--smoke", "--summary-only", "--loaders", "ultralytics,lmdb", "--work", str(tmp_path / "w"),
+                "--reuse", str(tmp_path / "none.jsonl")])
+    assert not (tmp_path / "w" / "runs").exists()  # nothing trained
