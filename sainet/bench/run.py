@@ -19,7 +19,16 @@ from sainet.bench.backends import link_tree, open_backend
 from sainet.bench.references import run_references
 from sainet.bench.report import describe, fill_ratios, merge_rounds
 from sainet.bench.results import BenchConfig, BenchResult
-from sainet.bench.sampling import child_pids, evict, measure, reap, store_roots, tree_pss, tree_store_pss
+from sainet.bench.sampling import (
+    child_pids,
+    evict,
+    measure,
+    reap,
+    release_freed_memory,
+    store_roots,
+    tree_pss,
+    tree_store_pss,
+)
 from sainet.core.errors import SainetError
 
 log = logging.getLogger(__name__)
@@ -29,6 +38,7 @@ _PROGRESS = Callable[[str, int | None], Callable[[int], None]]
 
 def _run_loader(name: str, cfg: BenchConfig, ultralytics_dir: Callable[[], Path], progress: Callable[[int], None] | None) -> BenchResult:
     gc.collect()
+    release_freed_memory()  # the previous backend's freed heap pages do not lower this one's count
     if cfg.cold:
         evict([p for p in [*cfg.stores.values(), cfg.source] if p is not None])
     base_pss, base_anon = tree_pss(psutil.Process()), tree_pss(psutil.Process(), "Pss_Anon")

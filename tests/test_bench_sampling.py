@@ -1,5 +1,7 @@
-"""The bench's GIL share (sainet/bench/gil.py): py-spy's raw samples counted, the bench's own helper
-threads left out, and a sampler that tells a thread spinning in Python from one waiting in C."""
+"""What the bench measures beside time: the GIL share (sainet/bench/gil.py: py-spy's raw samples
+counted, the bench's own helper threads left out, a sampler that tells a thread spinning in Python
+from one waiting in C), how rounds merge it, and a PSS baseline without the previous backend's
+freed heap pages (sainet/bench/sampling.py)."""
 
 from __future__ import annotations
 
@@ -89,3 +91,25 @@ def test_rounds_merge_the_serial_share_of_the_basis_most_rounds_had():
     (m,) = merge_rounds(rounds)
     assert m.serial_basis == "GIL" and m.serial_share == pytest.approx(0.25) and m.amdahl_ceiling == pytest.approx(4.0)
     assert m.gil_share == pytest.approx(0.16) and m.gil_note == ""  # a median exists: no note
+
+
+def test_freed_heap_pages_go_back_before_a_backend_is_measured():
+    """A thread's freed 100 kB buffers stay resident in glibc's arena until trimmed: the next
+    backend's PSS baseline must not include them (sainet/bench/run.py calls this first)."""
+    import psutil
+
+    from sainet.bench.sampling import release_freed_memory
+
+    keep: list[bytearray] = []
+
+    def work() -> None:
+        bufs = [bytearray(100_000) for _ in range(1000)]  # 100 MB in this thread's arena
+        keep.append(bytearray(100_000))  # above them: the arena's top cannot shrink by itself
+        del bufs
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    before = psutil.Process().memory_info().rss
+    assert release_freed_memory()
+    assert before - psutil.Process().memory_info().rss > 50e6
