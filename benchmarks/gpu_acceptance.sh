@@ -84,7 +84,7 @@ install_wheels() {  # parts (+ SHA256SUMS) or plain wheels -> WORK/site
 if [ -n "$WHEELS" ]; then
   PY=${PYTHON:-python3}
   if want install && [ ! -f "$WORK/site/.sainet-installed" ]; then step install install_wheels; fi
-  export PYTHONPATH="$WORK/site:$REPO"
+  export PYTHONPATH="$WORK/site:$REPO" PATH="$WORK/site/bin:$PATH"  # bin: py-spy, for the GIL share
 else
   [ -x "$REPO/.venv/bin/python" ] && PY=${PYTHON:-$REPO/.venv/bin/python} || PY=${PYTHON:-python3}
   export PYTHONPATH="$REPO"

@@ -29,7 +29,7 @@ while [ $# -gt 0 ]; do
 done
 # What the box lacks (GPU.md); DALI's CUDA 13 build matches torch's cu130.
 NAMES="ultralytics ultralytics-thop ultralytics-platform polars polars-runtime-32 lmdb simplejpeg
-nvidia-dali-cuda130 nvidia-nvimgcodec-cu13 nvidia-nvjpeg astunparse gast optree nvtx makefun libcst"
+nvidia-dali-cuda130 nvidia-nvimgcodec-cu13 nvidia-nvjpeg astunparse gast optree nvtx makefun libcst py-spy"
 LOCAL_PY=${LOCAL_PY:-.venv/bin/python}
 [ -x "$LOCAL_PY" ] || LOCAL_PY=$(command -v python3)
 SPECS=$("$LOCAL_PY" - $NAMES <<'EOF'

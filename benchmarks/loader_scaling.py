@@ -4,8 +4,9 @@
 
 Each (loader, count) runs `--seconds` after 3 warm-up batches, round after round (`--rounds`), so a
 change in the machine's load shows as a spread instead of a bias. CPU % is the whole process tree's
-(the assembler processes included). On a 16-core machine: ``--counts 1,4,8,16``; linear scaling is
-count x the images/s at 1.
+(the assembler processes included); GIL % is the share of that CPU time during which the trainer's
+process held its GIL (py-spy: the thread loaders' serial part). On a 16-core machine: ``--counts
+1,4,8,16``; linear scaling is count x the images/s at 1.
 """
 
 from __future__ import annotations
@@ -18,29 +19,37 @@ from pathlib import Path
 import psutil
 
 from loaders import build_loader
+from sainet.bench.gil import GilSampler
 from sainet.bench.results import BENCH_HYP
 
 
-def _tree_cpu(me: psutil.Process) -> float:
-    return sum(sum(p.cpu_times()[:2]) for p in [me, *me.children(recursive=True)])
+def _tree_cpu(me: psutil.Process, skip: frozenset[int] = frozenset()) -> float:
+    return sum(sum(p.cpu_times()[:2]) for p in [me, *me.children(recursive=True)] if p.pid not in skip)
 
 
 def measure(store: Path, kind: str, count: int, imgsz: int, batch: int, seconds: float) -> dict:
+    """One (loader, count): images/s, CPU % of the tree, and the GIL share of the loader's CPU time
+    (py-spy, `sainet.bench.gil`; None with the reason where it cannot sample)."""
     loader = build_loader(store, kind, batch_size=batch, imgsz=imgsz, threads=count, hyp=dict(BENCH_HYP))
     me = psutil.Process()
     try:
         it = iter(loader)
         for _ in range(3):
             next(it)
-        c0, t0, n = _tree_cpu(me), time.perf_counter(), 0
-        while time.perf_counter() - t0 < seconds:
-            b = next(it, None)
-            if b is None:
-                it = iter(loader)
-                continue
-            n += int(b["img"].shape[0])
-        dt = time.perf_counter() - t0
-        return {"loader": kind, "count": count, "images_per_s": n / dt, "cpu_percent": 100 * (_tree_cpu(me) - c0) / dt}
+        with GilSampler() as gil:
+            c0, t0, n = _tree_cpu(me, gil.pids), time.perf_counter(), 0
+            while time.perf_counter() - t0 < seconds:
+                b = next(it, None)
+                if b is None:
+                    it = iter(loader)
+                    continue
+                n += int(b["img"].shape[0])
+            dt = time.perf_counter() - t0
+            gil.stop()
+            cpu = _tree_cpu(me, gil.pids) - c0
+        share = gil.share * dt / cpu if gil.share is not None and cpu > 0 else None
+        return {"loader": kind, "count": count, "images_per_s": n / dt, "cpu_percent": 100 * cpu / dt,
+                "gil_percent": None if share is None else 100 * share, "gil_note": gil.reason}
     finally:
         loader.close()
 
@@ -62,7 +71,9 @@ def main() -> None:
             for count in (int(c) for c in a.counts.split(",")):
                 row = {"round": r, **measure(a.store, kind, count, a.imgsz, a.batch, a.seconds)}
                 rows.append(row)
-                print(f"round {r} {kind} x{count}: {row['images_per_s']:.1f} img/s, {row['cpu_percent']:.0f}% CPU", flush=True)
+                gil = "-" if row["gil_percent"] is None else f"{row['gil_percent']:.1f}%"
+                print(f"round {r} {kind} x{count}: {row['images_per_s']:.1f} img/s, {row['cpu_percent']:.0f}% CPU, "
+                      f"GIL {gil} of it", flush=True)
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps({"imgsz": a.imgsz, "batch": a.batch, "rows": rows}, indent=2))
