@@ -484,8 +484,9 @@ def before_of(items: list[str]) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for item in items:
         group, _, path = item.partition("=")
-        rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-        out[group] = [r for r in rows if r.get("group") == group]
+        if not Path(path).is_file():
+            raise FileNotFoundError(path)
+        out[group] = [r for r in _rows_of(Path(path)) if r.get("group") == group]
     return out
 
 

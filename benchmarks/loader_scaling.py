@@ -21,10 +21,7 @@ import psutil
 from loaders import build_loader
 from sainet.bench.gil import GilSampler
 from sainet.bench.results import BENCH_HYP
-
-
-def _tree_cpu(me: psutil.Process, skip: frozenset[int] = frozenset()) -> float:
-    return sum(sum(p.cpu_times()[:2]) for p in [me, *me.children(recursive=True)] if p.pid not in skip)
+from sainet.bench.sampling import tree_cpu_seconds
 
 
 def measure(store: Path, kind: str, count: int, imgsz: int, batch: int, seconds: float) -> dict:
@@ -37,7 +34,7 @@ def measure(store: Path, kind: str, count: int, imgsz: int, batch: int, seconds:
         for _ in range(3):
             next(it)
         with GilSampler() as gil:
-            c0, t0, n = _tree_cpu(me, gil.pids), time.perf_counter(), 0
+            c0, t0, n = tree_cpu_seconds(me, gil.pids), time.perf_counter(), 0
             while time.perf_counter() - t0 < seconds:
                 b = next(it, None)
                 if b is None:
@@ -46,7 +43,7 @@ def measure(store: Path, kind: str, count: int, imgsz: int, batch: int, seconds:
                 n += int(b["img"].shape[0])
             dt = time.perf_counter() - t0
             gil.stop()
-            cpu = _tree_cpu(me, gil.pids) - c0
+            cpu = tree_cpu_seconds(me, gil.pids) - c0
         share = gil.share * dt / cpu if gil.share is not None and cpu > 0 else None
         return {"loader": kind, "count": count, "images_per_s": n / dt, "cpu_percent": 100 * cpu / dt,
                 "gil_percent": None if share is None else 100 * share, "gil_note": gil.reason}

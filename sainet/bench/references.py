@@ -15,7 +15,7 @@ import psutil
 from cache_tools.store import open_store
 from sainet.bench.backends import jpeg_store
 from sainet.bench.results import BenchConfig, BenchResult
-from sainet.bench.sampling import _cpu_seconds
+from sainet.bench.sampling import tree_cpu_seconds
 from sainet.core.geometry import letterbox_params
 from sainet.core.imaging import decode_rgb
 
@@ -45,7 +45,7 @@ def _reference(name: str, cfg: BenchConfig, work: Callable[[int, np.ndarray], No
     with ThreadPoolExecutor(cfg.threads) as pool:
         for k in range(cfg.threads * 2):  # warm-up
             job(k)
-        cpu0, t0 = _cpu_seconds(psutil.Process()), time.perf_counter()
+        cpu0, t0 = tree_cpu_seconds(psutil.Process()), time.perf_counter()
         chunk = max(cfg.batch, cfg.threads * 4)
         while True:
             list(pool.map(job, range(done, done + chunk)))
@@ -55,7 +55,7 @@ def _reference(name: str, cfg: BenchConfig, work: Callable[[int, np.ndarray], No
             if (cfg.batches is not None and done >= cfg.batches * cfg.batch) or (
                     cfg.batches is None and time.perf_counter() - t0 >= budget):
                 break
-    dt, cpu = time.perf_counter() - t0, _cpu_seconds(psutil.Process()) - cpu0
+    dt, cpu = time.perf_counter() - t0, tree_cpu_seconds(psutil.Process()) - cpu0
     return BenchResult(name, "reference", done / dt, images=done, seconds=dt, cpu_percent=cpu / dt * 100,
                        cpu_ms_per_image=cpu * 1000 / done)
 
