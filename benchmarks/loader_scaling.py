@@ -24,23 +24,35 @@ from sainet.bench.results import BENCH_HYP
 from sainet.bench.sampling import tree_cpu_seconds
 
 
+class _Cycle:
+    """Batches of `loader`, epoch after epoch (a small store has fewer batches than the warm-up)."""
+
+    def __init__(self, loader, store: Path):
+        self.loader, self.store, self.it = loader, store, iter(loader)
+
+    def next(self) -> dict:
+        b = next(self.it, None)
+        if b is None:
+            self.it = iter(self.loader)
+            b = next(self.it, None)
+            if b is None:
+                raise SystemExit(f"{self.store}: the loader yields no train batch (fewer images than --batch?)")
+        return b
+
+
 def measure(store: Path, kind: str, count: int, imgsz: int, batch: int, seconds: float) -> dict:
     """One (loader, count): images/s, CPU % of the tree, and the GIL share of the loader's CPU time
     (py-spy, `sainet.bench.gil`; None with the reason where it cannot sample)."""
     loader = build_loader(store, kind, batch_size=batch, imgsz=imgsz, threads=count, hyp=dict(BENCH_HYP))
     me = psutil.Process()
     try:
-        it = iter(loader)
+        batches = _Cycle(loader, store)
         for _ in range(3):
-            next(it)
+            batches.next()
         with GilSampler() as gil:
             c0, t0, n = tree_cpu_seconds(me, gil.pids), time.perf_counter(), 0
             while time.perf_counter() - t0 < seconds:
-                b = next(it, None)
-                if b is None:
-                    it = iter(loader)
-                    continue
-                n += int(b["img"].shape[0])
+                n += int(batches.next()["img"].shape[0])
             dt = time.perf_counter() - t0
             gil.stop()
             cpu = tree_cpu_seconds(me, gil.pids) - c0

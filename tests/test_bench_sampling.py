@@ -113,3 +113,16 @@ def test_freed_heap_pages_go_back_before_a_backend_is_measured():
     before = psutil.Process().memory_info().rss
     assert release_freed_memory()
     assert before - psutil.Process().memory_info().rss > 50e6
+
+
+def test_loader_scaling_cycles_a_store_smaller_than_its_warm_up(tmp_path):
+    """benchmarks/loader_scaling.py's batches wrap the epoch (a one-batch loader gives the 3 warm-up
+    batches and more); a loader with no batch stops with the store named instead of spinning."""
+    from tests.bench_scripts import load
+
+    cycle = load("loader_scaling")._Cycle
+    one = [{"img": [0] * 8}]
+    batches = cycle(one, tmp_path)
+    assert [len(batches.next()["img"]) for _ in range(5)] == [8] * 5
+    with pytest.raises(SystemExit, match=str(tmp_path)):
+        cycle([], tmp_path).next()
