@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import functools
 import hashlib
 import json
 import math
@@ -78,17 +79,12 @@ class Run:
     hours: float | None = None  # Ultralytics `time`: train for this long instead of `epochs`
     order: str = "own"  # "sainet": Ultralytics' loader fed sainet's epoch order (--same-order)
 
-#: two-sided 95 % Student t quantiles by degrees of freedom (scipy is not a dependency)
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-        11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086,
-        25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
-
-
 def t975(df: int) -> float:
-    """The 97.5 % quantile of Student's t with `df` degrees of freedom (the next tabulated df below)."""
-    return T975[max(k for k in T975 if k <= df)] if df < 1000 else 1.960
+    """The 97.5 % quantile of Student's t with `df` degrees of freedom (the 95 % interval's)."""
+    return t_quantile(0.975, df)
 
 
+@functools.cache
 def t_quantile(p: float, df: int) -> float:
     """The `p` quantile (p > 0.5) of Student's t with `df` degrees of freedom, by bisection on its CDF
     (Simpson's rule over the density; within 1e-4 of the tables): the intervals of several looks."""
@@ -213,17 +209,35 @@ def _rows_of(path: Path) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+def _same_run(a: dict, b: dict) -> bool:
+    """Two rows of one (group, seed) are copies of one training (a reused row is written again by the
+    invocation that reused it), not two trainings: same start, same length, same result."""
+    keys = ("init_digest", "wall_s", "mAP50_final")
+    return all(a.get(k) == b.get(k) for k in keys)
+
+
 def _reused(args: argparse.Namespace, run: Run, quiet: bool = False) -> dict | None:
-    """The row of `run` in a --reuse file, if one has it."""
+    """The row of `run` in the --reuse files, if one has it. Two different trainings of the same run
+    (a group trained again after a change, its old rows still in a file) stop the script, naming both
+    files: which one counts is the user's decision, never the order of --reuse."""
+    found: list[tuple[Path, dict]] = []
     for path in args.reuse:
         for r in _rows_of(path):
             if (all(r.get(k, Run.order if k == "order" else None) == v for k, v in run.__dict__.items() if k != "hours")
                     and (run.hours is None) == (r.get("hours") is None)
                     and r.get("config") == args.config):
-                if not quiet:
-                    print(f"reused from {path}: {json.dumps(r)}", flush=True)
-                return r
-    return None
+                found.append((path, r))
+    if not found:
+        return None
+    path, r = found[0]
+    other = next(((p, o) for p, o in found[1:] if not _same_run(r, o)), None)
+    if other is not None:
+        raise SystemExit(f"{run_name(run)}: two different trainings in the --reuse files ({path}: wall_s "
+                         f"{r.get('wall_s')}, mAP50 {r.get('mAP50_final')}; {other[0]}: wall_s {other[1].get('wall_s')}, "
+                         f"mAP50 {other[1].get('mAP50_final')}); remove the one that does not count")
+    if not quiet:
+        print(f"reused from {path}: {json.dumps(r)}", flush=True)
+    return r
 
 
 def run_name(run: Run) -> str:
@@ -275,7 +289,7 @@ def train_one(args: argparse.Namespace, run: Run) -> dict:
     with open(r.save_dir / "results.csv", newline="") as f:
         epochs = [{k.strip(): v for k, v in e.items()} for e in csv.DictReader(f)]
     col = lambda key: [float(e.get(key) or 0) for e in epochs] or [0.0]  # noqa: E731
-    row = {**run.__dict__, "config": args.config, "init_digest": init[0] if init else None,
+    row = {**run.__dict__, "config": args.config, "commit": _commit(), "init_digest": init[0] if init else None,
            "weights": str(r.last), "wall_s": round(wall, 1), "epochs_done": len(epochs),
            "load_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
            "mAP50_final": col("metrics/mAP50(B)")[-1], "mAP50_best": max(col("metrics/mAP50(B)")),
@@ -356,6 +370,11 @@ def weights_digest(model: object) -> str:
 def paired(rows: list[dict], ref_rows: list[dict], metric: str = "mAP50_final") -> dict:
     """Mean over the seeds both groups trained of (row - reference) `metric`, its 95 % t interval,
     the seeds paired, and whether each pair started from the same weights."""
+    for rs in (rows, ref_rows):
+        seeds = [r["seed"] for r in rs]
+        if len(set(seeds)) != len(seeds):
+            dup = sorted({s for s in seeds if seeds.count(s) > 1})
+            raise ValueError(f"{rs[0].get('group')}: seeds {dup} appear twice; a pair needs one row per seed")
     ref = {r["seed"]: r for r in ref_rows}
     pairs = [(r, ref[r["seed"]]) for r in sorted(rows, key=lambda r: r["seed"]) if r["seed"] in ref]
     diffs = [float(a[metric]) - float(b[metric]) for a, b in pairs]
@@ -479,14 +498,19 @@ def looks_of(items: list[str]) -> dict[str, int]:
     return out
 
 
-def before_of(items: list[str]) -> dict[str, list[dict]]:
-    """``["lmdb b16=rows.jsonl"]`` -> that group's rows from the file."""
+def before_of(items: list[str], config: str | None = None) -> dict[str, list[dict]]:
+    """``["lmdb b16=rows.jsonl"]`` -> that group's rows from the file (of `config`'s data and settings
+    when given: a row of other data would pair nothing it should)."""
     out: dict[str, list[dict]] = {}
     for item in items:
         group, _, path = item.partition("=")
         if not Path(path).is_file():
             raise FileNotFoundError(path)
-        out[group] = [r for r in _rows_of(Path(path)) if r.get("group") == group]
+        rows = [r for r in _rows_of(Path(path)) if r.get("group") == group]
+        other = [r["seed"] for r in rows if config is not None and r.get("config") != config]
+        if other:
+            raise SystemExit(f"--before {item}: seeds {other} were trained on other data or settings than {config}")
+        out[group] = rows
     return out
 
 
@@ -522,7 +546,7 @@ def main(argv: list[str] | None = None) -> None:
     for run in planned:
         rows.append(train_one(args, run))
         _save_partial(args, rows)
-    summary = summarize(rows, looks_of(args.looks), before_of(args.before))
+    summary = summarize(rows, looks_of(args.looks), before_of(args.before, args.config))
     doc = {"host": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
            "ultralytics": ultralytics.__version__, "torch": torch.__version__, "commit": _commit(),
            "settings": json.loads(json.dumps(vars(args), default=str)),  # paths (and --reuse's list of them) as text

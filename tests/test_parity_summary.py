@@ -82,10 +82,16 @@ def test_rows_recorded_before_the_common_validator_get_it_from_their_weights(tmp
     assert p._with_common_val(args, run, done) is done and len(calls) == 1  # already scored: not validated again
 
 
+#: two-sided 95 % Student t quantiles from the printed tables
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 10: 2.228, 20: 2.086, 30: 2.042, 39: 2.0227, 40: 2.021,
+        59: 2.0010, 60: 2.000, 120: 1.980}
+
+
 def test_t_quantile_matches_the_tables():
     p = _parity()
-    for df, q in p.T975.items():
-        assert p.t_quantile(0.975, df) == pytest.approx(q, abs=1.5e-3), df
+    for df, q in T975.items():
+        assert p.t975(df) == pytest.approx(q, abs=1.5e-3), df  # every df, not only the tabulated ones
+    assert p.t975(39) < 2.030  # the df=30 table value (2.042) would widen a 40-pair interval by 1 %
     assert p.t_quantile(0.9875, 59) == pytest.approx(2.2998, abs=1e-3)  # two looks at 60 pairs (tables: 2.2998)
 
 
@@ -129,3 +135,40 @@ def test_summary_only_trains_nothing_and_names_what_is_missing(tmp_path):
         p.main(["--smoke", "--summary-only", "--loaders", "ultralytics,lmdb", "--work", str(tmp_path / "w"),
                 "--reuse", str(tmp_path / "none.jsonl")])
     assert not (tmp_path / "w" / "runs").exists()  # nothing trained
+
+
+def _reuse_args(tmp_path: Path, files: dict[str, list[dict]]) -> argparse.Namespace:
+    paths = []
+    for name, rows in files.items():
+        path = tmp_path / name
+        path.write_text("".join(__import__("json").dumps({**r, "config": "c"}) + "\n" for r in rows))
+        paths.append(path)
+    return argparse.Namespace(reuse=paths, config="c")
+
+
+def test_a_run_trained_twice_in_the_reuse_files_stops_the_summary(tmp_path):
+    """The same (group, seed) trained again (a group re-run after a change, its old rows still in a
+    file) must not be settled by the order of --reuse: the script names both files."""
+    p = _parity()
+    run = p.Run("dali b16", "dali", 3, 16, "256")
+    old = _row("dali b16", "dali", 3, 0.80, 0.79)
+    new = {**old, "wall_s": 131.0, "mAP50_final": 0.83, "mAP50_val": 0.82}
+    with pytest.raises(SystemExit, match=r"dali-b16-s3: two different trainings.*old.jsonl.*new.jsonl"):
+        p._reused(_reuse_args(tmp_path, {"old.jsonl": [old], "new.jsonl": [new]}), run, quiet=True)
+    # a copy of one training (an invocation writes the rows it reused) is the same run
+    got = p._reused(_reuse_args(tmp_path, {"a.jsonl": [new], "b.jsonl": [dict(new)]}), run, quiet=True)
+    assert got["mAP50_val"] == 0.82
+    assert p._reused(_reuse_args(tmp_path, {"a.jsonl": [old]}), p.Run("dali b16", "dali", 4, 16, "256"), quiet=True) is None
+
+
+def test_before_rows_of_other_data_and_twice_paired_seeds_are_refused(tmp_path):
+    p = _parity()
+    f = tmp_path / "before.jsonl"
+    rows = [{**_row("lmdb b16", "lmdb", s, 0.8, 0.8), "config": "c" if s else "other"} for s in range(3)]
+    f.write_text("".join(__import__("json").dumps(r) + "\n" for r in rows))
+    with pytest.raises(SystemExit, match=r"seeds \[0\] were trained on other data"):
+        p.before_of([f"lmdb b16={f}"], "c")
+    assert len(p.before_of([f"lmdb b16={f}"])["lmdb b16"]) == 3
+    u = [_row("ultralytics b16", "ultralytics", s, 0.8, 0.8) for s in range(3)]
+    with pytest.raises(ValueError, match=r"seeds \[1\] appear twice"):
+        p.paired(rows + [rows[1]], u, "mAP50_val")
