@@ -1,5 +1,5 @@
 # Two commands do all set-up on a fresh machine: `make demo` and `make test`.
-# Both create .venv when it is missing and install sainet with [dali,dev]; the install is
+# Both create .venv when it is missing and install sainet with [dali,dev,bench]; the install is
 # skipped while pyproject.toml is unchanged (a stamp file records what was installed).
 
 PYTHON ?= python3
