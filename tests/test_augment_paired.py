@@ -1,0 +1,55 @@
+"""Image-by-image parity with Ultralytics (issue 22; `sainet.bench.paired`): each of sainet's train
+images against the image Ultralytics' own transforms make of the same sources under the same draws
+(mosaic centre, affine, HSV gains, flips). The boxes must agree to the float and the pixels up to
+resampling; a known-bad variant of each kind (no HSV: pixels; no left-right flip: boxes) must not."""
+
+from __future__ import annotations
+
+import pytest
+
+from cache_tools import PackOptions, pack
+from loaders.dali import dali_available
+from sainet.bench.paired import paired_draws
+from sainet.synth import synthesize
+
+IMGSZ = 128
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("paired")
+    src, store = root / "src", root / "lmdb"
+    # 2.25x the output's long side, as 1440x808 -> 640: the train decode runs at a reduced DCT scale
+    synthesize(src, images=48, size=(288, 162), seed=3, val_fraction=0)
+    pack(src, store, PackOptions(container="lmdb"))
+    return src, store
+
+
+def _check_twins(r, *, pixels: float) -> None:
+    assert r.images == 48 and r.boxes[0] == r.boxes[1] > 48
+    assert r.box_max_abs_px < 0.01  # the same boxes: geometry, clipping, box filter, flips
+    assert r.pixel_mean_abs < pixels  # resampling only (grey levels of 255)
+    assert all(abs(s) < 0.1 for s in r.shift_px)  # no sub-pixel bias between the images
+    assert 0.85 < r.sharpness_ratio < 1.15  # resampling: sainet's one resample is a little sharper (README)
+
+
+def test_lmdb_train_images_are_ultralytics_twins(data):
+    _check_twins(paired_draws(*data, images=48, batch=8, imgsz=IMGSZ, seed=5), pixels=3.0)
+
+
+def test_dali_cpu_train_images_are_ultralytics_twins(data):
+    if not dali_available():
+        pytest.skip("nvidia-dali is not installed")
+    _check_twins(paired_draws(*data, images=48, batch=8, imgsz=IMGSZ, seed=5, kind="dali"), pixels=4.0)
+
+
+def test_known_bad_variants_are_not_twins(data):
+    no_hsv = paired_draws(*data, images=48, batch=8, imgsz=IMGSZ, seed=5, sainet_hyp={"hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0})
+    assert no_hsv.box_max_abs_px < 0.01 and no_hsv.pixel_mean_abs > 10
+    no_flip = paired_draws(*data, images=48, batch=8, imgsz=IMGSZ, seed=5, sainet_hyp={"fliplr": 0.0})
+    assert no_flip.box_max_abs_px > 5
+
+
+def test_pipelines_it_cannot_pair_are_refused(data):
+    with pytest.raises(ValueError, match="rotation"):
+        paired_draws(*data, images=8, batch=8, imgsz=IMGSZ, hyp={"degrees": 10.0})
