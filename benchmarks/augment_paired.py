@@ -33,9 +33,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warp-all", action="store_true", help="also the CPU executor without its resize fast path")
     ap.add_argument("--seed", type=int, default=5)
     a = ap.parse_args(argv)
-    print("| sources | loader | images | boxes (Ultralytics / sainet) | max box diff px | mean abs pixel diff | "
+    print("| sources | loader | images | boxes (Ultralytics / sainet) | max box diff px | classes equal | mean abs pixel diff | "
           "sharpness sainet / twin | shift x, y px (sd) |")
-    print("|---|---|---:|---|---:|---:|---:|---|")
+    print("|---|---|---:|---|---:|---|---:|---:|---|")
     with tempfile.TemporaryDirectory(prefix="sainet-paired-") as tmp:
         for size in a.sizes.split(","):
             root = Path(tmp) / size
@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> None:
             for name in variants:
                 r = _measure(root, name, a)
                 print(f"| {size} → {a.imgsz} | {name} | {r.images} | {r.boxes[0]} / {r.boxes[1]} | {r.box_max_abs_px:.1e} | "
+                      f"{'yes' if r.classes_equal else 'no'} | "
                       f"{r.pixel_mean_abs:.2f} | {r.sharpness_ratio:.3f} ± {r.sharpness_ratio_se:.3f} | "
                       f"{r.shift_px[0]:+.3f}, {r.shift_px[1]:+.3f} ({r.shift_sd_px[0]:.2f}, {r.shift_sd_px[1]:.2f}) |", flush=True)
 
