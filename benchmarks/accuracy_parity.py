@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import dataclasses
 import functools
 import hashlib
 import json
@@ -78,6 +79,11 @@ class Run:
     imgsz: str
     hours: float | None = None  # Ultralytics `time`: train for this long instead of `epochs`
     order: str = "own"  # "sainet": Ultralytics' loader fed sainet's epoch order (--same-order)
+    resample: str = "fast"  # a sainet loader's train resampling (--resample; `loaders.decode.RESAMPLE`)
+
+#: a row recorded before a `Run` field existed has that field's default
+_RUN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Run) if f.default is not dataclasses.MISSING}
+
 
 def t975(df: int) -> float:
     """The 97.5 % quantile of Student's t with `df` degrees of freedom (the 95 % interval's)."""
@@ -117,6 +123,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--same-order", action="store_true",
                     help="feed Ultralytics' loader sainet's epoch order (common random numbers: pairs that differ "
                          "in the loader's augmentation, not in which images each step sees; its runs are a group of their own)")
+    ap.add_argument("--resample", default="fast", choices=("fast", "ultralytics"),
+                    help="the sainet loaders' train resampling (`sainet train --resample`); not 'fast': groups of their own")
     ap.add_argument("--rect-seeds", type=int, default=3, help="seeds 0..N-1 of the equal-time rect/square pairs")
     ap.add_argument("--rect-hours", type=float, default=0.06, help="each run of an equal-time pair trains this long")
     ap.add_argument("--batch", type=int, default=16)
@@ -167,6 +175,8 @@ def plan_runs(args: argparse.Namespace) -> list[Run]:
     def run(ld: str, s: int, batch: int) -> Run:
         if ld == "ultralytics" and args.same_order:
             return Run(f"{ld} b{batch} (sainet order)", ld, s, batch, args.imgsz, order="sainet")
+        if ld != "ultralytics" and args.resample != "fast":  # a group of its own
+            return Run(f"{ld} b{batch} resample={args.resample}", ld, s, batch, args.imgsz, resample=args.resample)
         return Run(f"{ld} b{batch}", ld, s, batch, args.imgsz)
 
     # Seed-major: a seed's runs follow each other, so an invocation cut short leaves whole pairs.
@@ -223,7 +233,7 @@ def _reused(args: argparse.Namespace, run: Run, quiet: bool = False) -> dict | N
     found: list[tuple[Path, dict]] = []
     for path in args.reuse:
         for r in _rows_of(path):
-            if (all(r.get(k, Run.order if k == "order" else None) == v for k, v in run.__dict__.items() if k != "hours")
+            if (all(r.get(k, _RUN_DEFAULTS.get(k)) == v for k, v in run.__dict__.items() if k != "hours")
                     and (run.hours is None) == (r.get("hours") is None)
                     and r.get("config") == args.config):
                 found.append((path, r))
@@ -302,7 +312,7 @@ def train_one(args: argparse.Namespace, run: Run) -> dict:
 def _train(args: argparse.Namespace, run: Run, sets: dict, init: list[str]):  # noqa: ANN202 - a TrainResult
     return train(TrainRequest(data=str(args.work / "store"), loader=run.loader, model=args.model, imgsz=run.imgsz,
                               epochs=args.epochs, batch=run.batch, device="cpu", profile="cpu", project=str(args.work / "runs"),
-                              name=run_name(run), sets=sets,
+                              name=run_name(run), sets=sets, resample=run.resample,
                               callbacks={"on_pretrain_routine_end": [lambda tr: init.append(weights_digest(tr.model))]}))
 
 

@@ -140,7 +140,7 @@ class CpuAssembler:
     def __init__(self, dataset: LoaderDataset, policy: ErrorPolicy, buffers: BatchBuffers,
                  pool: Callable[[], ThreadPoolExecutor]) -> None:
         self.dataset, self.policy, self.buffers, self.pool = dataset, policy, buffers, pool
-        self.decoder = Decoder(dataset.source, dataset.imgsz)
+        self.decoder = Decoder(dataset.source, dataset.imgsz, dataset.resample)
         self._local = threading.local()  # decode buffers, one set per batch being assembled
 
     def scratch(self) -> Scratch:
@@ -224,7 +224,7 @@ class CpuAssembler:
         covers: list[Cover] = [None] * n  # what each image painted: HSV converts only that
 
         def one(k: int) -> None:
-            covers[k] = render_image(plan.images[k], images, scales, arr[k])
+            covers[k] = render_image(plan.images[k], images, scales, arr[k], resize=self.decoder.resample == "fast")
             if augment and not mixup:  # HSV right away; with mixup it must wait for the partners
                 finish_image(plan, k, arr, {}, covers=covers)
 

@@ -333,6 +333,9 @@ class DaliLoader(SainetLoader):
     fuse = os.environ.get("SAINET_FUSE", "1") != "0"
 
     def __init__(self, source, *, device: str | None = None, **kw) -> None:  # noqa: ANN001 - Source
+        if kw.get("resample", "fast") != "fast":
+            raise ValueError(f"resample {kw['resample']!r} is the CPU loaders' (lmdb, shm, ram, disk and their -mp); "
+                             "the dali loader resamples once (its sharpness per decode ratio: benchmarks/README.md)")
         if not dali_available():
             raise ImportError("the dali loader needs nvidia-dali: pip install 'sainet[dali]' (CUDA 13) or 'sainet[dali-cu12]'")
         want_gpu = device not in ("cpu",) and torch.cuda.is_available()
@@ -344,13 +347,13 @@ class DaliLoader(SainetLoader):
     def _builder(self) -> DaliAssembler:
         return DaliAssembler(self)
 
-    def _decoded_min_size(self, w0: int, h0: int) -> tuple[int, int] | None:
+    def _decoded_bytes(self, w0: int, h0: int) -> int:
         """What a decoded train sample's size really is, for sizing the partner history: on the GPU
         (`mixed`) DALI's full-size decode (no reduced DCT); in CPU mode the CPU loaders' reduced size
         (`DaliAssembler._reduced` shrinks DALI's output to it); a raw store is read by the CPU path."""
         if self.source.mode == "raw" or (self.dali_device == "cpu" and self.augment):
-            return super()._decoded_min_size(w0, h0)
-        return None
+            return super()._decoded_bytes(w0, h0)
+        return w0 * h0 * 3
 
     def reset(self) -> None:
         """Stop the epoch (batches still queued are dropped), then let the loader stream finish

@@ -23,8 +23,10 @@ __all__ = ["LoaderDataset"]
 class LoaderDataset:
     """The split a loader reads, its labels, and the current augmentation settings."""
 
-    def __init__(self, source: Source, hyp: Hyp, augment: bool, imgsz: tuple[int, int], batch_size: int | None = None) -> None:
+    def __init__(self, source: Source, hyp: Hyp, augment: bool, imgsz: tuple[int, int], batch_size: int | None = None,
+                 resample: str = "fast") -> None:
         self.source, self.hyp, self.augment, self.imgsz = source, hyp, augment, imgsz
+        self.resample = resample  # how train images are resampled (`decode.RESAMPLE`)
         self.batch_size = batch_size  # the loader's (a rank's): sizes the mosaic buffer, as Ultralytics' batch does
         self.mosaic = augment and hyp.mosaic > 0
         self._labels: list[dict] | None = None

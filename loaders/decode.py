@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from loaders.sources import Source
@@ -52,11 +53,19 @@ class Scratch:
         return self._buffers[slot]
 
 
-class Decoder:
-    """Decodes the samples of one source for a training shape `imgsz` (h, w)."""
+#: how train images are resampled: ``"fast"`` (a reduced-DCT decode and one resample: the speed) or
+#: ``"ultralytics"`` (Ultralytics' two: a full decode, its bilinear resize to the load size, then the
+#: warp; its sharpness at every decode ratio, see benchmarks/README.md "Augment parity image by image")
+RESAMPLE = ("fast", "ultralytics")
 
-    def __init__(self, source: Source, imgsz: tuple[int, int]) -> None:
-        self.source, self.imgsz = source, imgsz
+
+class Decoder:
+    """Decodes the samples of one source for a training shape `imgsz` (h, w); `resample`: `RESAMPLE`."""
+
+    def __init__(self, source: Source, imgsz: tuple[int, int], resample: str = "fast") -> None:
+        if resample not in RESAMPLE:
+            raise ValueError(f"resample {resample!r}: one of {', '.join(RESAMPLE)}")
+        self.source, self.imgsz, self.resample = source, imgsz, resample
 
     def min_size(self, w0: int, h0: int) -> tuple[int, int] | None:
         """The smallest (w, h) a train decode of a w0 x h0 image needs: its size at the training
@@ -72,15 +81,46 @@ class Decoder:
         src = self.source
         w0, h0 = (int(v) for v in src.sizes[i])
         payload = src.payload(i)
+        two_stage = reduce and self.resample == "ultralytics"
         if src.mode == "raw":
             frame, (left, top, nw, nh) = self._frame(payload), src.raw_content(i)
-            return Decoded(frame[top : top + nh, left : left + nw], (w0 / nw, h0 / nh), i)
+            d = Decoded(frame[top : top + nh, left : left + nw], (w0 / nw, h0 / nh), i)
+            return self._load_size(d, w0, h0) if two_stage else d
         name = src.describe(i)
         info = probe(payload, name)
+        if two_stage:  # full size, as Ultralytics' imread, then its resize
+            img = decode_rgb(payload, name, info=info)
+            return self._load_size(Decoded(img, (w0 / img.shape[1], h0 / img.shape[0]), i), w0, h0, scratch, slot)
         min_size = self.min_size(w0, h0) if reduce else None
         buf = scratch.get(slot, scaled_bytes(info, min_size)) if scratch is not None else None  # the reduced size, not the full
         img = decode_rgb(payload, name, min_size=min_size, info=info, buffer=buf)
         return Decoded(img, (w0 / img.shape[1], h0 / img.shape[0]), i)
+
+    def load_size(self, w0: int, h0: int) -> tuple[int, int]:
+        """Ultralytics' `load_image` size in train mode: the long side at the training size's (rounded
+        up, as its ``math.ceil``); larger than the original where the training size is."""
+        size = max(self.imgsz)
+        r = size / max(w0, h0)
+        return (w0, h0) if r == 1 else (min(math.ceil(w0 * r), size), min(math.ceil(h0 * r), size))
+
+    def train_bytes(self, w0: int, h0: int) -> int:
+        """An upper bound of the bytes a w0 x h0 train image is decoded to, for this `resample` (with
+        "ultralytics" the load-size image; its full-size decode is a transient)."""
+        if self.resample == "ultralytics":
+            w, h = self.load_size(w0, h0)
+            return w * h * 3
+        return scaled_bytes(ImageInfo("jpeg", w0, h0, 3), self.min_size(w0, h0))
+
+    def _load_size(self, d: Decoded, w0: int, h0: int, scratch: Scratch | None = None, slot: int = 0) -> Decoded:
+        """Ultralytics' `load_image` in train mode: resized to `load_size` with a bilinear `cv2.resize`."""
+        w, h = self.load_size(w0, h0)
+        if (d.image.shape[1], d.image.shape[0]) == (w, h):
+            return d
+        out = None
+        if scratch is not None:
+            out = np.frombuffer(scratch.get(slot, w * h * 3), np.uint8, w * h * 3).reshape(h, w, 3)
+        img = cv2.resize(np.ascontiguousarray(d.image), (w, h), dst=out, interpolation=cv2.INTER_LINEAR)
+        return Decoded(img, (w0 / w, h0 / h), d.index)
 
     def decode_into(self, i: int, into: np.ndarray, scratch: Scratch | None = None, slot: int = 0) -> Decoded:
         """Eval: sample i letterboxed to ``into.shape`` and written into `into` (a batch row)."""

@@ -32,7 +32,6 @@ from loaders.prefetch import Epoch, ResumeState
 from loaders.read import ErrorPolicy
 from loaders.sampler import ShardedSampler
 from loaders.sources import Source
-from sainet.core.imaging import ImageInfo, scaled_bytes
 
 __all__ = ["BatchBuilder", "LoaderDataset", "SainetLoader", "PARTNER_BYTES", "PARTNER_MAX"]
 
@@ -72,7 +71,7 @@ class SainetLoader:
     def __init__(self, source: Source, *, batch_size: int, imgsz: tuple[int, int], augment: bool, hyp: Hyp,
                  rank: int = 0, world_size: int = 1, seed: int = 0, threads: int = 2, prefetch: int = 2,
                  on_error: str = "raise", shuffle: bool | None = None, pin_memory: bool | None = None,
-                 epochs: int | None = None, partner_batches: int | None = None) -> None:
+                 epochs: int | None = None, partner_batches: int | None = None, resample: str = "fast") -> None:
         if batch_size < 1 or prefetch < 1 or threads < 1:
             raise ValueError("batch_size, prefetch and threads must be >= 1")
         self.policy = ErrorPolicy(source, on_error)
@@ -82,7 +81,8 @@ class SainetLoader:
         self.epochs = epochs  # when known, mosaic closes by itself for the last hyp.close_mosaic epochs
         self.sampler = ShardedSampler(len(source), rank=rank, world_size=world_size, seed=seed,
                                       shuffle=augment if shuffle is None else shuffle)
-        self.dataset = LoaderDataset(source, hyp, augment, imgsz, batch_size)
+        Decoder(source, imgsz, resample)  # checks `resample` before anything starts
+        self.dataset = LoaderDataset(source, hyp, augment, imgsz, batch_size, resample)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         n_bytes = batch_size * imgsz[0] * imgsz[1] * 3  # the consumer's batch + one per assembler, up to POOL_BYTES
         keep = pool_size(n_bytes, least=self.assemblers + 1, most=prefetch + self.assemblers + 2, budget=self.pool_budget)
@@ -110,9 +110,9 @@ class SainetLoader:
         """The batch builder of this backend (the DALI loader makes its own)."""
         return CpuAssembler(self.dataset, self.policy, self.buffers, lambda: self.pool)
 
-    def _decoded_min_size(self, w0: int, h0: int) -> tuple[int, int] | None:
-        """The size a w0 x h0 JPEG is decoded to (None: full size): the CPU decoder's own reduced-DCT rule."""
-        return Decoder(self.source, self.imgsz).min_size(w0, h0)
+    def _decoded_bytes(self, w0: int, h0: int) -> int:
+        """The bytes a w0 x h0 train JPEG is decoded to: the CPU decoder's own rule."""
+        return Decoder(self.source, self.imgsz, self.dataset.resample).train_bytes(w0, h0)
 
     def _partner_batches(self, batch_size: int, budget: int = PARTNER_BYTES) -> int:
         """As many recent batches as Ultralytics' mosaic buffer reaches back (`PARTNER_MAX`) whose
@@ -121,8 +121,7 @@ class SainetLoader:
             return 0
         sizes = np.asarray(self.source.sizes, np.int64).reshape(-1, 2)
         w0, h0 = (int(v) for v in np.median(sizes, axis=0))
-        min_size = self._decoded_min_size(w0, h0)  # what this loader's decoder really outputs
-        per_batch = batch_size * scaled_bytes(ImageInfo("jpeg", w0, h0, 3), min_size)
+        per_batch = batch_size * self._decoded_bytes(w0, h0)  # what this loader's decoder really outputs
         return int(min(PARTNER_MAX, budget // max(1, per_batch)))
 
     @property

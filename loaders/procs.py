@@ -66,7 +66,6 @@ from loaders.procworker import WorkerConfig, slot_view
 from loaders.shared_history import SharedHistory
 from loaders.sources import StoreSource
 from sainet.core.errors import LoaderWorkerError
-from sainet.core.imaging import ImageInfo, scaled_bytes
 
 __all__ = ["ProcLoader", "SlotPool"]
 
@@ -313,9 +312,9 @@ class ProcLoader(SainetLoader):
         one): one shared-history sample region. Raw stores are read in place: none."""
         if self.source.mode == "raw" or len(self.source) == 0:
             return 0
-        decoder = Decoder(self.source, self.imgsz)
+        decoder = Decoder(self.source, self.imgsz, self.dataset.resample)
         sizes = np.unique(np.asarray(self.source.sizes, np.int64).reshape(-1, 2), axis=0)
-        return max(scaled_bytes(ImageInfo("jpeg", int(w), int(h), 3), decoder.min_size(int(w), int(h))) for w, h in sizes)
+        return max(decoder.train_bytes(int(w), int(h)) for w, h in sizes)
 
     def _wait_turn(self, proc: _Proc, w: int, g: int, n: int) -> None:
         """Until batch g is the next one process w is due in this pass (its first: the first g >= the
@@ -337,7 +336,8 @@ class ProcLoader(SainetLoader):
                             tuple(self.imgsz), self.batch_size, self.augment, self.hyp, self.seed, self.rank,
                             self.sampler.world_size, self.sampler.shuffle, self.on_error, self.partner_batches, w,
                             self.num_workers, len(self), self.proc_threads, path, self.n_slots * self.slot_bytes + self.history_bytes,
-                            self.n_slots * self.slot_bytes, self.history_sets, self.history_sample_bytes)
+                            self.n_slots * self.slot_bytes, self.history_sets, self.history_sample_bytes,
+                            self.dataset.resample)
 
     def _start(self) -> tuple[list[_Proc], SlotPool]:
         """Start the processes (once; they persist across epochs until `close`)."""

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from loaders.backends import BACKENDS
+from loaders.decode import RESAMPLE
 from sainet.core.errors import SettingsError
 from sainet.core.geometry import Imgsz, parse_imgsz
 from sainet.core.parallel import default_threads
@@ -95,6 +96,7 @@ class TrainSettings:
     prefetch: int | None = None
     resume: str | None = None  # a run's weights/last.pt
     layout: str | None = None
+    resample: str = "fast"  # how a sainet loader resamples train images (`loaders.decode.RESAMPLE`)
     callbacks: dict[str, list[Any]] = field(default_factory=dict, compare=False)  # Ultralytics event -> functions
     checkpoint_every: int = 0  # > 0: weights/mid_epoch.pt every N batches (resume continues mid-epoch)
 
@@ -106,6 +108,8 @@ class TrainSettings:
                 raise SettingsError(str(e), "--imgsz") from None
         if self.loader is not None and self.loader not in LOADERS:
             raise SettingsError(f"unknown loader {self.loader!r} (choose from {', '.join(LOADERS)})", "--loader")
+        if self.resample not in RESAMPLE:
+            raise SettingsError(f"resample must be one of {', '.join(RESAMPLE)}, got {self.resample!r}", "--resample")
         if self.stage is not None and self.stage not in (1, 2):
             raise SettingsError(f"stage must be 1 or 2, got {self.stage!r}", "--stage")
         for name in ("epochs", "batch", "threads", "prefetch"):

@@ -43,6 +43,18 @@ def test_dali_cpu_train_images_are_ultralytics_twins(data):
     _check_twins(paired_draws(*data, images=48, batch=8, imgsz=IMGSZ, seed=5, kind="dali"), pixels=4.0)
 
 
+@pytest.mark.parametrize("size", [(192, 108), (288, 162), (448, 252)])
+def test_resampled_as_ultralytics_the_twins_are_as_sharp(tmp_path, size):
+    """resample="ultralytics" at decode ratios 1.5, 2.25 and 3.5 (imgsz 128): the sharpness of the
+    twins within 2 % (the fast path: +37 % at 1.5, -10 % at 3; benchmarks/README.md)."""
+    src, store = tmp_path / "src", tmp_path / "lmdb"
+    synthesize(src, images=24, size=size, seed=3, val_fraction=0)
+    pack(src, store, PackOptions(container="lmdb"))
+    r = paired_draws(src, store, images=24, batch=8, imgsz=IMGSZ, seed=5, resample="ultralytics")
+    assert r.box_max_abs_px < 0.01 and r.classes_equal and r.pixel_mean_abs < 1.5
+    assert abs(r.sharpness_ratio - 1) < 0.02
+
+
 def test_known_bad_variants_are_not_twins(data):
     no_hsv = paired_draws(*data, images=48, batch=8, imgsz=IMGSZ, seed=5, sainet_hyp={"hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0})
     assert no_hsv.box_max_abs_px < 0.01 and no_hsv.pixel_mean_abs > 10
@@ -59,3 +71,8 @@ def test_without_hsv_on_both_sides_and_at_an_imgsz_of_factor_three(data):
 def test_pipelines_it_cannot_pair_are_refused(data):
     with pytest.raises(ValueError, match="rotation"):
         paired_draws(*data, images=8, batch=8, imgsz=IMGSZ, hyp={"degrees": 10.0})
+    with pytest.raises(ValueError, match="resample 'sharp': one of fast, ultralytics"):
+        paired_draws(*data, images=8, batch=8, imgsz=IMGSZ, resample="sharp")
+    if dali_available():
+        with pytest.raises(ValueError, match="CPU loaders'"):
+            paired_draws(*data, images=8, batch=8, imgsz=IMGSZ, kind="dali", resample="ultralytics")

@@ -30,10 +30,19 @@ def test_settings_round_trip_keeps_the_rectangular_shape():
 @pytest.mark.parametrize("field,value,option", [
     ("imgsz", "12xq", "--imgsz"), ("loader", "fast", "--loader"), ("stage", 3, "--stage"), ("batch", 0, "--batch"),
     ("epochs", -1, "--epochs"), ("device", "gpu", "--device"), ("threads", 0, "--threads"),
+    ("resample", "sharp", "--resample"),
 ])
 def test_settings_refuse_bad_values_naming_the_option(field, value, option):
     with pytest.raises(SettingsError, match=option):
         TrainSettings(**{field: value})
+
+
+def test_resample_ultralytics_is_refused_for_dali_before_anything_starts():
+    from sainet.train.run import _check_inputs
+
+    _check_inputs(TrainSettings(loader="lmdb", resample="ultralytics", model="yolov8n.yaml"))
+    with pytest.raises(SettingsError, match="--resample ultralytics is the CPU loaders'"):
+        _check_inputs(TrainSettings(loader="dali", resample="ultralytics", model="yolov8n.yaml"))
 
 
 def test_one_parser_for_sizes_threads_profiles():

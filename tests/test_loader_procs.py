@@ -68,6 +68,18 @@ def test_same_batches_as_the_thread_loader(stores, procs, partners, augment):
     assert not _leftovers()
 
 
+@pytest.mark.parametrize("store", ["lmdb", "raw"])
+def test_same_batches_as_the_thread_loader_when_resampled_as_ultralytics(stores, store):
+    """resample="ultralytics" (a full decode, Ultralytics' load-size resize, every tile warped) reaches
+    the processes, their shared partner history included; its images differ from the fast path's."""
+    kw = dict(batch_size=4, imgsz=IMGSZ, seed=5, threads=2)
+    ref = _batches(build_loader(stores / store, "lmdb" if store == "lmdb" else "shm", resample="ultralytics", **kw))
+    _same(_batches(build_loader(stores / store, "lmdb-mp" if store == "lmdb" else "shm-mp", resample="ultralytics", **kw)), ref)
+    fast = _batches(build_loader(stores / store, "lmdb" if store == "lmdb" else "shm", **kw))
+    assert not all(torch.equal(a["img"], b["img"]) for a, b in zip(fast, ref, strict=True))
+    assert not _leftovers()
+
+
 def test_the_partner_history_is_not_split_among_the_processes(stores):
     """However many processes, the history reaches as far back as the thread loader's (it was the
     budget / N each: none at 16 processes at 640), in P + A shared sets; nothing starts here."""

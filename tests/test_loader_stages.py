@@ -395,11 +395,11 @@ def test_dali_partner_history_is_sized_for_what_dali_outputs(store):
     cpu = build_loader(store, "shm", batch_size=B, imgsz=32, threads=1)
     dali = build_loader(store, "dali", batch_size=B, imgsz=32, threads=1, device="cpu")
     try:
-        assert cpu._decoded_min_size(160, 90) is not None
-        assert dali._decoded_min_size(160, 90) == cpu._decoded_min_size(160, 90)
+        assert cpu._decoded_bytes(160, 90) < 160 * 90 * 3
+        assert dali._decoded_bytes(160, 90) == cpu._decoded_bytes(160, 90)
         assert dali.partner_batches == cpu.partner_batches
         dali.dali_device = "mixed"  # what a GPU loader sizes for (no CUDA here to build one)
-        assert dali._decoded_min_size(160, 90) is None
+        assert dali._decoded_bytes(160, 90) == 160 * 90 * 3
         assert dali._partner_batches(B) == min(PARTNER_MAX, PARTNER_BYTES // (B * 160 * 90 * 3)) == 3
         assert cpu.partner_batches > dali._partner_batches(B)
     finally:

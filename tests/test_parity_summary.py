@@ -172,3 +172,18 @@ def test_before_rows_of_other_data_and_twice_paired_seeds_are_refused(tmp_path):
     u = [_row("ultralytics b16", "ultralytics", s, 0.8, 0.8) for s in range(3)]
     with pytest.raises(ValueError, match=r"seeds \[1\] appear twice"):
         p.paired(rows + [rows[1]], u, "mAP50_val")
+
+
+def test_a_resample_other_than_fast_is_a_group_of_its_own(tmp_path):
+    """--resample ultralytics: sainet's runs form their own group (paired with the same Ultralytics
+    rows); a row recorded before the field existed is a "fast" run, never one of these."""
+    p = _parity()
+    args = p.parse_args(["--seeds", "2", "--extra-batch", "0", "--rect-imgsz", "", "--loaders", "ultralytics,lmdb",
+                         "--resample", "ultralytics"])
+    plan = p.plan_runs(args)
+    assert [(r.group, r.resample) for r in plan[:2]] == [("ultralytics b16", "fast"), ("lmdb b16 resample=ultralytics", "ultralytics")]
+    old = {k: v for k, v in _row("lmdb b16", "lmdb", 0, 0.8, 0.8).items()}  # no "resample" key
+    fast = p.Run("lmdb b16", "lmdb", 0, 16, "256")
+    reuse = _reuse_args(tmp_path, {"old.jsonl": [old]})
+    assert p._reused(reuse, fast, quiet=True) is not None
+    assert p._reused(reuse, plan[1], quiet=True) is None

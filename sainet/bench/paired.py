@@ -162,16 +162,16 @@ def _shift(twin: np.ndarray, ours: np.ndarray) -> np.ndarray:
 
 def paired_draws(src: Path, store: Path, *, images: int, batch: int = 16, imgsz: int = 256,
                  hyp: dict[str, Any] | None = None, sainet_hyp: dict[str, Any] | None = None, seed: int = 0,
-                 kind: str = "lmdb") -> PairedResult:
+                 kind: str = "lmdb", resample: str = "fast") -> PairedResult:
     """`images` of sainet's `kind` loader over `store` (packed from the YOLO folder `src`), each
     against its Ultralytics twin. `sainet_hyp` overrides sainet's hyperparameters only (a known-bad
-    variant: the pairs must then disagree)."""
+    variant: the pairs must then disagree); `resample`: the loader's (`loaders.decode.RESAMPLE`)."""
     from loaders import build_loader
 
     hyp = dict(hyp or {})
     _check_hyp(hyp)
     loader = build_loader(store, kind, batch_size=batch, imgsz=imgsz, augment=True, hyp={**hyp, **(sainet_hyp or {})},
-                          seed=seed, threads=2, device="cpu" if kind == "dali" else None)
+                          seed=seed, threads=2, device="cpu" if kind == "dali" else None, resample=resample)
     names = loader.dataset.source.names
     ds, takers, cfg = _ultralytics_dataset(src / "images" / "train", list(loader.dataset.names.values()), imgsz, hyp, batch)
     by_stem = {Path(f).stem: i for i, f in enumerate(ds.im_files)}

@@ -63,6 +63,7 @@ def train(
     name: Annotated[str | None, typer.Option(help="Run name (default: loader-imgsz).")] = None,
     resume: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="Resume from a run's weights/last.pt (a newer weights/mid_epoch.pt is taken when there is one; before the first epoch ends, pass mid_epoch.pt): its data, loader, shape and options come back.")] = None,
     checkpoint_every: Annotated[int, typer.Option(min=0, help="Also save weights/mid_epoch.pt every N batches (0: off).")] = 0,
+    resample: Annotated[Literal["fast", "ultralytics"], typer.Option(help="How a sainet CPU loader resamples train images: fast (a reduced-DCT decode, one warp) or ultralytics (a full decode, Ultralytics' load-size resize, then the warp: its sharpness at any decode ratio, slower).")] = "fast",
 ) -> None:
     """Train YOLOv8 with Ultralytics on a sainet loader (or Ultralytics' own, for comparison).
 
@@ -83,13 +84,12 @@ def train(
             data=data or "", loader=loader, model=model, weights=weights, imgsz=imgsz, epochs=epochs, batch=batch,
             device=device, profile=profile, config=str(config) if config else None, stage=stage, sets=dict(sets or []),
             project=project, name=name, threads=threads, prefetch=prefetch, resume=str(resume) if resume else None,
-            checkpoint_every=checkpoint_every)
+            checkpoint_every=checkpoint_every, resample=resample)
         if workflow:
             if not (stage1_data and stage2_data):
                 raise SettingsError("two-stage needs --stage1-data and --stage2-data", "--workflow")
             r1, r2 = two_stage(settings, stage1_data, stage2_data, stage1_epochs=stage1_epochs, stage2_epochs=stage2_epochs)
-            for r in (r1, r2):
-                print_train_result(r)
+            print_train_result(r1), print_train_result(r2)
             console.print(f"stage 2 started from {r1.best}")
             return 0
         if not data and not resume:

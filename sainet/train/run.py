@@ -91,7 +91,7 @@ def _saved_settings(run_dir: Path) -> TrainSettings | None:
         if path.is_file():
             o = json.loads(path.read_text())
             return TrainSettings(data=o["data"], loader=o["loader"], imgsz=tuple(o["imgsz"]), threads=o["threads"],
-                                 prefetch=o["prefetch"], layout=o.get("layout"))
+                                 prefetch=o["prefetch"], layout=o.get("layout"), resample=o.get("resample", "fast"))
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise SettingsError(f"{path}: cannot read the run's settings ({e})", "--resume") from None
     return None
@@ -326,6 +326,9 @@ def _check_inputs(s: TrainSettings) -> None:
     from sainet.validate import check_device, check_model, check_weights
 
     check_device(s.device)
+    if s.resample != "fast" and s.loader == "dali":
+        raise SettingsError(f"--resample {s.resample} is the CPU loaders' (lmdb, shm, ram, disk and their -mp); "
+                            "the dali loader resamples once", "--resample")
     if not s.resume:
         check_model(s.model)
     if s.weights:
@@ -357,7 +360,7 @@ def _plan(settings: TrainSettings) -> _Plan:
     options = None
     if not external:
         options = SainetOptions(data=d.arg, loader=d.loader, imgsz=s.shape, threads=s.threads, prefetch=s.prefetch,
-                                layout=s.layout, names=d.names, checkpoint_every=s.checkpoint_every,
+                                layout=s.layout, resample=s.resample, names=d.names, checkpoint_every=s.checkpoint_every,
                                 weights_from=_weights_from(s))
         chosen.update(threads=s.threads, prefetch=s.prefetch)
     chosen.update(loader=d.loader, batch=s.batch, imgsz=format_imgsz(s.shape), device=s.device)

@@ -79,6 +79,7 @@ class SainetOptions:
     threads: int = 2
     prefetch: int = 2
     layout: str | None = None
+    resample: str = "fast"  # how train images are resampled (`loaders.decode.RESAMPLE`)
     train_split: str = "train"
     val_split: str = "val"
     names: dict[int, str] = field(default_factory=dict)
@@ -303,6 +304,7 @@ class SainetTrainer(DetectionTrainer):
             split=self.sainet.train_split if train else self.sainet.val_split, augment=train, hyp=hyp,
             rank=me, world_size=world, seed=int(self.args.seed),
             threads=self.sainet.threads, prefetch=self.sainet.prefetch, layout=self.sainet.layout,
+            resample=self.sainet.resample,
             device=str(self.device) if self.device.type == "cuda" else "cpu", shuffle=train,
         )
         if not train and world > 1:  # contiguous, unpadded: each validation image is counted once
