@@ -61,11 +61,16 @@ class BenchResult:
         whole tree's CPU seconds and the seconds the parent held its GIL (`gil_s`, None: not sampled).
         Left None when not measurable: a run so short that the parent's CPU, less the memory
         sampler's, rounds to nothing (no process can have no serial part), or a threaded loader
-        whose GIL was not sampled (all its work in one process says nothing about its parallel part)."""
-        if tree_cpu_s <= 0 or parent_cpu_s <= 0:
+        whose GIL was not sampled (all its work in one process says nothing about its parallel part).
+        A GIL sampled over a run with no measurable CPU leaves `gil_note` saying so."""
+        if tree_cpu_s <= 0:
+            if gil_s is not None and not self.gil_note:
+                self.gil_note = "the timed run used no measurable CPU: no share of it"
             return
         if gil_s is not None:
             self.gil_share = min(1.0, gil_s / tree_cpu_s)
+        if parent_cpu_s <= 0:  # the memory sampler's CPU taken off left nothing: no serial share
+            return
         if tree_cpu_s - parent_cpu_s > self.IN_PROCESS * tree_cpu_s:
             self.serial_share, self.serial_basis = min(1.0, parent_cpu_s / tree_cpu_s), "parent CPU"
         elif self.gil_share:
