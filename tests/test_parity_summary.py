@@ -187,3 +187,5 @@ def test_a_resample_other_than_fast_is_a_group_of_its_own(tmp_path):
     reuse = _reuse_args(tmp_path, {"old.jsonl": [old]})
     assert p._reused(reuse, fast, quiet=True) is not None
     assert p._reused(reuse, plan[1], quiet=True) is None
+    with pytest.raises(SystemExit):  # the dali loader resamples once: refused before anything trains
+        p.parse_args(["--resample", "ultralytics", "--loaders", "ultralytics,lmdb,dali"])
