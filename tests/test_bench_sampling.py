@@ -135,3 +135,22 @@ def test_loader_scaling_cycles_a_store_smaller_than_its_warm_up(tmp_path):
     assert [len(batches.next()["img"]) for _ in range(5)] == [8] * 5
     with pytest.raises(SystemExit, match=str(tmp_path)):
         cycle([], tmp_path).next()
+
+
+def test_tree_and_own_cpu_come_from_one_read_of_the_clock():
+    """A thread loader's tree CPU minus its own is its children's: 0 with none, however busy its threads
+    are between reads (two reads of the same clock counted that as children's CPU in a short run)."""
+    import psutil
+
+    from sainet.bench.sampling import child_pids, cpu_seconds
+
+    stop = threading.Event()
+    t = threading.Thread(target=lambda: [None for _ in iter(stop.is_set, True)], daemon=True)
+    t.start()
+    try:
+        for _ in range(50):
+            tree, own = cpu_seconds(psutil.Process(), child_pids())
+            assert tree == own  # the children there were before are left out, as the bench does
+    finally:
+        stop.set()
+        t.join()

@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 #: frames of the bench's own work (its memory sampler's thread, this reader, its CPU counts), whose
 #: GIL time is not the loader's
-OWN_FRAMES = ("_Sampler._run", "GilSampler._read", "tree_cpu_seconds")
+OWN_FRAMES = ("_Sampler._run", "GilSampler._read", "tree_cpu_seconds", "cpu_seconds")
 #: why py-spy could not read this process, once it could not: later samplers do not try again
 _refused: list[str] = []
 _STARTED = "Sampling process"

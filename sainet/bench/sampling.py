@@ -95,21 +95,26 @@ def tree_pss(proc: psutil.Process, key: str = "Pss") -> int:
     every process and rank that maps them."""
     return sum(_rollup(p.pid).get(key, 0) for p in _tree(proc))
 
-def tree_cpu_seconds(proc: psutil.Process, exclude: frozenset[int] = frozenset()) -> float:
-    """User + system CPU seconds of `proc` and its descendants, those in `exclude` left out."""
-    total = 0.0
+def cpu_seconds(proc: psutil.Process, exclude: frozenset[int] = frozenset()) -> tuple[float, float]:
+    """(tree, own): user + system CPU seconds of `proc` and its descendants (those in `exclude` left
+    out), and of `proc` alone, from one read of `proc`'s clock. Two reads would differ by whatever
+    its busy threads ran between them, which a short run counted as children's CPU."""
+    tree = own = 0.0
     for p in _tree(proc, exclude):
         try:
             t = p.cpu_times()
-            total += t.user + t.system
         except psutil.Error:
             continue
-    return total
+        tree += t.user + t.system
+        if p.pid == proc.pid:
+            own = t.user + t.system
+    return tree, own
 
-def _own_cpu(proc: psutil.Process) -> float:
-    """CPU seconds of this process alone (all its threads), its children left out."""
-    t = proc.cpu_times()
-    return t.user + t.system
+
+def tree_cpu_seconds(proc: psutil.Process, exclude: frozenset[int] = frozenset()) -> float:
+    """User + system CPU seconds of `proc` and its descendants, those in `exclude` left out."""
+    return cpu_seconds(proc, exclude)[0]
+
 
 class _Sampler:
     """Peak PSS (total and anonymous) of the process tree, sampled in the background.
@@ -211,14 +216,15 @@ def measure(name: str, batches: Iterator[int], cfg: BenchConfig, progress: Calla
     with contextlib.ExitStack() as stack:
         gil = stack.enter_context(GilSampler()) if cfg.gil else None
         skip = exclude | (gil.pids if gil is not None else frozenset())
-        cpu0, own0, t0 = tree_cpu_seconds(me, skip), _own_cpu(me), time.perf_counter()
+        (cpu0, own0), t0 = cpu_seconds(me, skip), time.perf_counter()
         with _Sampler(roots=store_roots(cfg), skip=gil.pids if gil is not None else frozenset()) as sampler:
             lat, images = _pull(batches, cfg, progress, t0)
             dt = time.perf_counter() - t0
             if gil is not None:
                 gil.stop()  # its window ends with the loop: the memory sampler's last reads are not the loader's
-        cpu_s = max(0.0, tree_cpu_seconds(me, skip) - cpu0 - sampler.cpu_s)
-        own_s = max(0.0, _own_cpu(me) - own0 - sampler.cpu_s)  # the trainer's process alone: the serial part
+        cpu1, own1 = cpu_seconds(me, skip)
+        cpu_s = max(0.0, cpu1 - cpu0 - sampler.cpu_s)
+        own_s = max(0.0, own1 - own0 - sampler.cpu_s)  # the trainer's process alone: the serial part
     # seconds the GIL was held over the timed window (py-spy's window is the loop's, give or take its start)
     gil_s = gil.share * dt if gil is not None and gil.share is not None else None
     ms = np.array(lat) * 1000
