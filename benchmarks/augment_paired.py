@@ -8,20 +8,16 @@ the same draws (`sainet.bench.paired`), over a synthetic dataset shaped like the
 (data, loader): boxes, the largest box difference, mean |pixel difference|, sharpness ratio (sainet /
 twin, ± its standard error) and the sub-pixel shift of sainet's content. `--warp-all` adds the CPU
 executor with every tile warped at its sub-pixel position (`render_image(resize=False)`, the exact
-reference; slower) instead of the kept resize fast path. `--two-stage` adds a prototype of a mode
-sainet does not have (the decoder patched here): Ultralytics' two stages — a full-size decode, a
-bilinear resize to Ultralytics' load size (long side = imgsz), then every tile warped — the pixels a
-parity-first mode would give, at the cost of the reduced-DCT decode.
+reference; slower) instead of the kept resize fast path. `--two-stage` adds the loader with
+`resample="ultralytics"`: Ultralytics' two stages — a full-size decode, a bilinear resize to its load
+size (long side = imgsz), then every tile warped.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
-import math
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 from cache_tools import PackOptions, pack
@@ -37,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sizes", default="640x360,576x324", help="source sizes, one synthetic dataset each")
     ap.add_argument("--dali", action="store_true", help="also the dali loader (CPU mode)")
     ap.add_argument("--warp-all", action="store_true", help="also the CPU executor without its resize fast path")
-    ap.add_argument("--two-stage", action="store_true", help="also the two-stage prototype (full decode, resize, warp)")
+    ap.add_argument("--two-stage", action="store_true", help="also resample='ultralytics' (full decode, resize, warp)")
     ap.add_argument("--seed", type=int, default=5)
     a = ap.parse_args(argv)
     print("| sources | loader | images | boxes (Ultralytics / sainet) | max box diff px | classes equal | mean abs pixel diff | "
@@ -49,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
             synthesize(root / "src", images=144, size=parse_wxh(size), seed=3, val_fraction=0)
             pack(root / "src", root / "lmdb", PackOptions(container="lmdb"))
             variants = ["lmdb", *(["dali"] if a.dali else []), *(["lmdb, warp-all"] if a.warp_all else []),
-                        *(["lmdb, two-stage (prototype)"] if a.two_stage else [])]
+                        *(["lmdb, resample=ultralytics"] if a.two_stage else [])]
             for name in variants:
                 r = _measure(root, name, a)
                 print(f"| {size} → {a.imgsz} | {name} | {r.images} | {r.boxes[0]} / {r.boxes[1]} | {r.box_max_abs_px:.1e} | "
@@ -61,41 +57,15 @@ def main(argv: list[str] | None = None) -> None:
 def _measure(root: Path, name: str, a: argparse.Namespace):  # noqa: ANN202 - a PairedResult
     import loaders.assemble as assemble
 
-    kind = name.split(",")[0]
+    kind, resample = name.split(",")[0], "ultralytics" if "resample" in name else "fast"
     render = assemble.render_image
-    with contextlib.ExitStack() as stack:
-        if "warp-all" in name or "two-stage" in name:
-            assemble.render_image = functools.partial(render, resize=False)
-            stack.callback(setattr, assemble, "render_image", render)
-        if "two-stage" in name:
-            stack.enter_context(_two_stage_decode())
-        return paired_draws(root / "src", root / "lmdb", images=a.images, imgsz=a.imgsz, seed=a.seed, kind=kind)
-
-
-@contextlib.contextmanager
-def _two_stage_decode() -> Iterator[None]:
-    """Train decodes at full size, then `cv2.resize` (bilinear) to Ultralytics' `load_image` size."""
-    import cv2
-
-    from loaders.decode import Decoded, Decoder
-
-    decode = Decoder.decode
-
-    def two_stage(self: Decoder, i: int, *, reduce: bool, scratch=None, slot: int = 0) -> Decoded:  # noqa: ANN001
-        d = decode(self, i, reduce=False, scratch=scratch, slot=slot)
-        w0, h0 = (int(v) for v in self.source.sizes[i])
-        size = max(self.imgsz)
-        r = size / max(w0, h0)
-        if not reduce or r == 1:
-            return d
-        w, h = min(math.ceil(w0 * r), size), min(math.ceil(h0 * r), size)
-        return Decoded(cv2.resize(d.image, (w, h), interpolation=cv2.INTER_LINEAR), (w0 / w, h0 / h), d.index)
-
-    Decoder.decode = two_stage  # type: ignore[method-assign]
+    if "warp-all" in name:
+        assemble.render_image = functools.partial(render, resize=False)
     try:
-        yield
+        return paired_draws(root / "src", root / "lmdb", images=a.images, imgsz=a.imgsz, seed=a.seed, kind=kind,
+                            resample=resample)
     finally:
-        Decoder.decode = decode  # type: ignore[method-assign]
+        assemble.render_image = render
 
 
 if __name__ == "__main__":

@@ -59,13 +59,18 @@ class Scratch:
 RESAMPLE = ("fast", "ultralytics")
 
 
+def check_resample(resample: str) -> str:
+    """`resample` if it is one of `RESAMPLE`, else ValueError."""
+    if resample not in RESAMPLE:
+        raise ValueError(f"resample {resample!r}: one of {', '.join(RESAMPLE)}")
+    return resample
+
+
 class Decoder:
     """Decodes the samples of one source for a training shape `imgsz` (h, w); `resample`: `RESAMPLE`."""
 
     def __init__(self, source: Source, imgsz: tuple[int, int], resample: str = "fast") -> None:
-        if resample not in RESAMPLE:
-            raise ValueError(f"resample {resample!r}: one of {', '.join(RESAMPLE)}")
-        self.source, self.imgsz, self.resample = source, imgsz, resample
+        self.source, self.imgsz, self.resample = source, imgsz, check_resample(resample)
 
     def min_size(self, w0: int, h0: int) -> tuple[int, int] | None:
         """The smallest (w, h) a train decode of a w0 x h0 image needs: its size at the training
@@ -85,12 +90,12 @@ class Decoder:
         if src.mode == "raw":
             frame, (left, top, nw, nh) = self._frame(payload), src.raw_content(i)
             d = Decoded(frame[top : top + nh, left : left + nw], (w0 / nw, h0 / nh), i)
-            return self._load_size(d, w0, h0) if two_stage else d
+            return self._to_load_size(d, w0, h0) if two_stage else d
         name = src.describe(i)
         info = probe(payload, name)
         if two_stage:  # full size, as Ultralytics' imread, then its resize
             img = decode_rgb(payload, name, info=info)
-            return self._load_size(Decoded(img, (w0 / img.shape[1], h0 / img.shape[0]), i), w0, h0, scratch, slot)
+            return self._to_load_size(Decoded(img, (w0 / img.shape[1], h0 / img.shape[0]), i), w0, h0, scratch, slot)
         min_size = self.min_size(w0, h0) if reduce else None
         buf = scratch.get(slot, scaled_bytes(info, min_size)) if scratch is not None else None  # the reduced size, not the full
         img = decode_rgb(payload, name, min_size=min_size, info=info, buffer=buf)
@@ -111,7 +116,7 @@ class Decoder:
             return w * h * 3
         return scaled_bytes(ImageInfo("jpeg", w0, h0, 3), self.min_size(w0, h0))
 
-    def _load_size(self, d: Decoded, w0: int, h0: int, scratch: Scratch | None = None, slot: int = 0) -> Decoded:
+    def _to_load_size(self, d: Decoded, w0: int, h0: int, scratch: Scratch | None = None, slot: int = 0) -> Decoded:
         """Ultralytics' `load_image` in train mode: resized to `load_size` with a bilinear `cv2.resize`."""
         w, h = self.load_size(w0, h0)
         if (d.image.shape[1], d.image.shape[0]) == (w, h):

@@ -27,7 +27,7 @@ from loaders.assemble import CpuAssembler, History
 from loaders.augment.hyp import Hyp
 from loaders.buffers import POOL_BYTES, BatchBuffers, pool_size
 from loaders.dataset import LoaderDataset
-from loaders.decode import Decoded, Decoder, Scratch
+from loaders.decode import Decoded, Decoder, Scratch, check_resample
 from loaders.prefetch import Epoch, ResumeState
 from loaders.read import ErrorPolicy
 from loaders.sampler import ShardedSampler
@@ -81,8 +81,7 @@ class SainetLoader:
         self.epochs = epochs  # when known, mosaic closes by itself for the last hyp.close_mosaic epochs
         self.sampler = ShardedSampler(len(source), rank=rank, world_size=world_size, seed=seed,
                                       shuffle=augment if shuffle is None else shuffle)
-        Decoder(source, imgsz, resample)  # checks `resample` before anything starts
-        self.dataset = LoaderDataset(source, hyp, augment, imgsz, batch_size, resample)
+        self.dataset = LoaderDataset(source, hyp, augment, imgsz, batch_size, check_resample(resample))
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         n_bytes = batch_size * imgsz[0] * imgsz[1] * 3  # the consumer's batch + one per assembler, up to POOL_BYTES
         keep = pool_size(n_bytes, least=self.assemblers + 1, most=prefetch + self.assemblers + 2, budget=self.pool_budget)

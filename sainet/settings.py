@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from loaders.backends import BACKENDS
-from loaders.decode import RESAMPLE
+from loaders.decode import check_resample
 from sainet.core.errors import SettingsError
 from sainet.core.geometry import Imgsz, parse_imgsz
 from sainet.core.parallel import default_threads
@@ -108,8 +108,10 @@ class TrainSettings:
                 raise SettingsError(str(e), "--imgsz") from None
         if self.loader is not None and self.loader not in LOADERS:
             raise SettingsError(f"unknown loader {self.loader!r} (choose from {', '.join(LOADERS)})", "--loader")
-        if self.resample not in RESAMPLE:
-            raise SettingsError(f"resample must be one of {', '.join(RESAMPLE)}, got {self.resample!r}", "--resample")
+        try:
+            check_resample(self.resample)
+        except ValueError as e:
+            raise SettingsError(str(e), "--resample") from None
         if self.stage is not None and self.stage not in (1, 2):
             raise SettingsError(f"stage must be 1 or 2, got {self.stage!r}", "--stage")
         for name in ("epochs", "batch", "threads", "prefetch"):

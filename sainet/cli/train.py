@@ -38,6 +38,16 @@ def print_train_result(r: Any) -> None:
         console.print(t)
 
 
+def _two_stage(settings: Any, stage1_data: str, stage2_data: str, stage1_epochs: int | None, stage2_epochs: int | None) -> None:
+    """`--workflow two-stage`: stage 1, then stage 2 from its best.pt; both results printed."""
+    from sainet.train import two_stage
+
+    r1, r2 = two_stage(settings, stage1_data, stage2_data, stage1_epochs=stage1_epochs, stage2_epochs=stage2_epochs)
+    for r in (r1, r2):
+        print_train_result(r)
+    console.print(f"stage 2 started from {r1.best}")
+
+
 @app.command()
 def train(
     data: Annotated[str | None, typer.Option(help="Store (or, for --loader disk/ultralytics, a dataset/data.yaml).")] = None,
@@ -77,7 +87,6 @@ def train(
     """
     from sainet.settings import TrainSettings
     from sainet.train import train as do_train
-    from sainet.train import two_stage
 
     def body() -> int:
         settings = TrainSettings(
@@ -88,9 +97,7 @@ def train(
         if workflow:
             if not (stage1_data and stage2_data):
                 raise SettingsError("two-stage needs --stage1-data and --stage2-data", "--workflow")
-            r1, r2 = two_stage(settings, stage1_data, stage2_data, stage1_epochs=stage1_epochs, stage2_epochs=stage2_epochs)
-            print_train_result(r1), print_train_result(r2)
-            console.print(f"stage 2 started from {r1.best}")
+            _two_stage(settings, stage1_data, stage2_data, stage1_epochs, stage2_epochs)
             return 0
         if not data and not resume:
             raise SettingsError("--data is required (or --workflow two-stage, or --resume RUN/weights/last.pt)")
