@@ -16,6 +16,7 @@ Decoded pixels go into `Scratch` buffers reused batch after batch (page faults a
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 
 import cv2
@@ -71,6 +72,7 @@ class Decoder:
 
     def __init__(self, source: Source, imgsz: tuple[int, int], resample: str = "fast") -> None:
         self.source, self.imgsz, self.resample = source, imgsz, check_resample(resample)
+        self._local = threading.local()  # each decode thread's full-size buffer (resample "ultralytics")
 
     def min_size(self, w0: int, h0: int) -> tuple[int, int] | None:
         """The smallest (w, h) a train decode of a w0 x h0 image needs: its size at the training
@@ -90,11 +92,11 @@ class Decoder:
         if src.mode == "raw":
             frame, (left, top, nw, nh) = self._frame(payload), src.raw_content(i)
             d = Decoded(frame[top : top + nh, left : left + nw], (w0 / nw, h0 / nh), i)
-            return self._to_load_size(d, w0, h0) if two_stage else d
+            return self._to_load_size(d, w0, h0, scratch, slot) if two_stage else d
         name = src.describe(i)
         info = probe(payload, name)
         if two_stage:  # full size, as Ultralytics' imread, then its resize
-            img = decode_rgb(payload, name, info=info)
+            img = decode_rgb(payload, name, info=info, buffer=self._full_buffer(info, w0, h0, scratch, slot))
             return self._to_load_size(Decoded(img, (w0 / img.shape[1], h0 / img.shape[0]), i), w0, h0, scratch, slot)
         min_size = self.min_size(w0, h0) if reduce else None
         buf = scratch.get(slot, scaled_bytes(info, min_size)) if scratch is not None else None  # the reduced size, not the full
@@ -115,6 +117,19 @@ class Decoder:
             w, h = self.load_size(w0, h0)
             return w * h * 3
         return scaled_bytes(ImageInfo("jpeg", w0, h0, 3), self.min_size(w0, h0))
+
+    def _full_buffer(self, info: ImageInfo, w0: int, h0: int, scratch: Scratch | None, slot: int) -> bytearray | None:
+        """Where a two-stage train decode puts the full-size image: the slot's buffer when that is already
+        the load size (it is the sample's image), else the calling thread's own, which the resize empties
+        before the thread decodes again (one per decode thread, not one per slot: no pages faulted in
+        per image). None without `scratch` (a fresh array, as every decode without one)."""
+        need = scaled_bytes(info, None)
+        if scratch is None or self.load_size(w0, h0) == (w0, h0):
+            return scratch.get(slot, need) if scratch is not None else None
+        buf = getattr(self._local, "full", None)
+        if buf is None or len(buf) < need:
+            buf = self._local.full = bytearray(need)
+        return buf
 
     def _to_load_size(self, d: Decoded, w0: int, h0: int, scratch: Scratch | None = None, slot: int = 0) -> Decoded:
         """Ultralytics' `load_image` in train mode: resized to `load_size` with a bilinear `cv2.resize`."""

@@ -469,3 +469,37 @@ def test_dali_only_the_samples_dali_cannot_decode_come_from_the_cpu(store, monke
     assert len(runs) == batches + 4  # the bisection's 4 runs, once: epoch 2 feeds DALI the victim's batch without it
     n = sum(len(b["im_file"]) for b in good)
     assert sum(runs[len(good) + 4 :]) == n - 1  # epoch 2 feeds DALI every sample but the victim
+
+
+def test_two_stage_decode_reuses_its_full_size_buffer(store):
+    """resample="ultralytics" decodes at full size, then resizes into the slot's buffer. With a
+    `Scratch` the full-size image goes to the decode thread's own buffer: a steady state allocates no
+    image (the first decode does), and the pixels are those of a decode without buffers. Where the
+    load size is the full size the image lives in the slot's buffer, so the thread's next decode
+    (another slot) does not overwrite it."""
+    import tracemalloc
+
+    from loaders.decode import Decoder, Scratch
+
+    src = StoreSource(open_store(store), None, verify=False)
+    dec, scratch = Decoder(src, (64, 64), "ultralytics"), Scratch()  # 160x90 -> load size 64x36: R 2.5
+    full = 160 * 90 * 3
+    dec.decode(0, reduce=True, scratch=scratch, slot=0)
+    tracemalloc.start()
+    try:
+        for i in range(1, 6):
+            got = dec.decode(i, reduce=True, scratch=scratch, slot=0)
+            np.testing.assert_array_equal(got.image, dec.decode(i, reduce=True).image)
+            tracemalloc.reset_peak()
+            before = tracemalloc.get_traced_memory()[0]
+            dec.decode(i, reduce=True, scratch=scratch, slot=0)
+            assert tracemalloc.get_traced_memory()[1] - before < full // 2
+    finally:
+        tracemalloc.stop()
+
+    same = Decoder(src, (160, 160), "ultralytics")  # load size 160x90: the full decode is the image
+    a = same.decode(0, reduce=True, scratch=scratch, slot=0)
+    kept = a.image.copy()
+    same.decode(1, reduce=True, scratch=scratch, slot=1)
+    np.testing.assert_array_equal(a.image, kept)
+    assert a.image.shape == (90, 160, 3)
