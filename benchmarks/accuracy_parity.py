@@ -35,7 +35,8 @@ and a subset (`--loaders`, `--seeds`), then summarize with `--reuse A/runs.jsonl
 B/runs.jsonl`, which trains only what no file holds (a run is reused only when its `config` — data,
 epochs, model and the other settings that change a result — matches). A group whose seeds were
 extended after a look at its result gets `--looks GROUP=K` (its interval also at 1 - 0.05/K), a
-group's rows from before a change `--before GROUP=FILE`, and `--command` appends how the rows were
+group's rows from before a change `--before GROUP=FILE`, `--versus GROUP OTHER` pairs two groups of
+the --reuse files with each other (a setting's own effect), and `--command` appends how the rows were
 made to the `commands` the --json file keeps. `--smoke` runs a tiny
 configuration (a couple of minutes) that only checks the script end to end. Never in `make test`.
 """
@@ -149,6 +150,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="GROUP's result was looked at K times as seeds were added: also give its interval at 1 - 0.05/K (repeatable)")
     ap.add_argument("--before", action="append", default=[], metavar="GROUP=FILE",
                     help="GROUP's rows from before a change (a runs.jsonl): paired with the reference and with the rows now (repeatable)")
+    ap.add_argument("--versus", action="append", nargs=2, default=[], metavar=("GROUP", "OTHER"),
+                    help="also pair GROUP with OTHER, a group whose rows are in the --reuse files (GROUP - OTHER by "
+                         "seed: a setting's own effect, e.g. resample=ultralytics against fast; repeatable)")
     ap.add_argument("--command", action="append", default=[], metavar="TEXT",
                     help="how this invocation's rows were made (the commands, commit, times), appended to the `commands` "
                          "that --json's file already holds (repeatable)")
@@ -404,7 +408,8 @@ def _mean_sd(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
-def summarize(rows: list[dict], looks: dict[str, int] | None = None, before: dict[str, list[dict]] | None = None) -> list[dict]:
+def summarize(rows: list[dict], looks: dict[str, int] | None = None, before: dict[str, list[dict]] | None = None,
+              versus: dict[str, tuple[str, list[dict]]] | None = None) -> list[dict]:
     """mean +- sd per group; for sainet groups, against the Ultralytics group of the same batch and
     shape: the seed-paired difference of mAP50 (final epoch) with its 95 % interval (`paired`), and
     the unpaired difference of means with two standard errors of it.
@@ -412,7 +417,8 @@ def summarize(rows: list[dict], looks: dict[str, int] | None = None, before: dic
     `looks` (group -> K): the group's result was looked at K times as its seeds grew, so it also gets
     the interval at 1 - 0.05 / K (Bonferroni over the looks), `paired_ci_looks`, and `parity_looks`
     judged on it. `before` (group -> rows): the same group's rows from before a change, paired with
-    the reference and with this group (`before`: the change's effect, after - before)."""
+    the reference and with this group (`before`: the change's effect, after - before). `versus`
+    (group -> (other group, its rows)): this group - the other, paired by seed (`versus`)."""
     groups: dict[str, list[dict]] = {}
     for r in rows:
         groups.setdefault(r["group"], []).append(r)
@@ -448,6 +454,12 @@ def summarize(rows: list[dict], looks: dict[str, int] | None = None, before: dic
         g["reference"] = ref["group"]
         g["speedup_vs_ultralytics"] = ref["wall_s"][0] / g["wall_s"][0]
         _looks_and_before(g, ref, metric, (looks or {}).get(g["group"]), (before or {}).get(g["group"]))
+    for g in out:
+        if g["group"] in (versus or {}):
+            other, other_rows = versus[g["group"]]  # type: ignore[index]
+            metric = g.get("paired_metric", "mAP50_final")
+            v = paired(g["_rows"], other_rows, metric)
+            g["versus"] = {"group": other, "metric": metric, **{k: v.get(k) for k in ("paired_seeds", "paired_mean_diff", "paired_ci95")}}
     for g in out:
         g.pop("_rows")
     return out
@@ -491,6 +503,11 @@ def print_table(summary: list[dict]) -> None:
         print(f"| {g['group']} | {g['imgsz']} | {len(g['seeds'])} | {pm(g['mAP50_final'])} | {common} | "
               f"{pm(g['mAP50-95_final'])} | {g['wall_s'][0]:.0f} ± {g['wall_s'][1]:.0f} | {d} | "
               f"{init} | {ok} | {sp} |")
+    for g in summary:
+        if g.get("versus", {}).get("paired_ci95"):
+            v = g["versus"]
+            print(f"\n{g['group']} − {v['group']}, paired by seed ({v['metric']}): {v['paired_mean_diff']:+.4f} "
+                  f"[{v['paired_ci95'][0]:+.4f}, {v['paired_ci95'][1]:+.4f}] ({len(v['paired_seeds'])} pairs)")
 
 
 def _commands(path: Path) -> list[str]:
@@ -515,7 +532,7 @@ def before_of(items: list[str], config: str | None = None) -> dict[str, list[dic
     when given: a row of other data would pair nothing it should)."""
     out: dict[str, list[dict]] = {}
     for item in items:
-        group, _, path = item.partition("=")
+        group, _, path = item.rpartition("=")  # a group's name may hold "=" (resample=ultralytics)
         if not Path(path).is_file():
             raise FileNotFoundError(path)
         rows = [r for r in _rows_of(Path(path)) if r.get("group") == group]
@@ -523,6 +540,26 @@ def before_of(items: list[str], config: str | None = None) -> dict[str, list[dic
         if other:
             raise SystemExit(f"--before {item}: seeds {other} were trained on other data or settings than {config}")
         out[group] = rows
+    return out
+
+
+def versus_of(args: argparse.Namespace) -> dict[str, tuple[str, list[dict]]]:
+    """--versus's pairs: GROUP -> (OTHER, OTHER's rows in the --reuse files, of this data and these
+    settings, one per seed; two different trainings of one seed stop the script, as in `_reused`)."""
+    out: dict[str, tuple[str, list[dict]]] = {}
+    for group, other in args.versus:
+        by_seed: dict[int, tuple[Path, dict]] = {}
+        for path in args.reuse:
+            for r in _rows_of(path):
+                if r.get("group") != other or r.get("config") != args.config:
+                    continue
+                seen = by_seed.setdefault(r["seed"], (path, r))
+                if not _same_run(seen[1], r):
+                    raise SystemExit(f"--versus {other!r}: seed {r['seed']} trained twice ({seen[0]}, {path}); "
+                                     "remove the one that does not count")
+        if not by_seed:
+            raise SystemExit(f"--versus {other!r}: no rows of that group (and these data and settings) in the --reuse files")
+        out[group] = (other, [r for _, r in sorted(by_seed.values(), key=lambda pr: pr[1]["seed"])])
     return out
 
 
@@ -558,7 +595,7 @@ def main(argv: list[str] | None = None) -> None:
     for run in planned:
         rows.append(train_one(args, run))
         _save_partial(args, rows)
-    summary = summarize(rows, looks_of(args.looks), before_of(args.before, args.config))
+    summary = summarize(rows, looks_of(args.looks), before_of(args.before, args.config), versus_of(args))
     doc = {"host": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
            "ultralytics": ultralytics.__version__, "torch": torch.__version__, "commit": _commit(),
            "settings": json.loads(json.dumps(vars(args), default=str)),  # paths (and --reuse's list of them) as text

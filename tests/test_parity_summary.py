@@ -189,3 +189,37 @@ def test_a_resample_other_than_fast_is_a_group_of_its_own(tmp_path):
     assert p._reused(reuse, plan[1], quiet=True) is None
     with pytest.raises(SystemExit):  # the dali loader resamples once: refused before anything trains
         p.parse_args(["--resample", "ultralytics", "--loaders", "ultralytics,lmdb,dali"])
+
+
+def test_versus_pairs_two_groups_of_the_reuse_files(tmp_path):
+    """--versus GROUP OTHER: GROUP - OTHER by seed (a setting's effect: resample=ultralytics against
+    fast), OTHER's rows taken from the --reuse files; a seed of OTHER trained twice stops it, and a
+    group named with "=" still works with --before."""
+    p = _parity()
+    u = [0.80, 0.84, 0.78, 0.86]
+    fast = [0.79, 0.82, 0.78, 0.83]
+    two = [0.81, 0.85, 0.77, 0.86]
+    g2 = "lmdb b16 resample=ultralytics"
+    rows = [_row("ultralytics b16", "ultralytics", s, u[s], u[s]) for s in range(4)]
+    rows += [{**_row(g2, "lmdb", s, two[s], two[s]), "resample": "ultralytics"} for s in range(4)]
+    fast_rows = [_row("lmdb b16", "lmdb", s, fast[s], fast[s]) for s in range(4)]
+    args = _reuse_args(tmp_path, {"fast.jsonl": fast_rows, "other.jsonl": rows})
+    args.versus = [[g2, "lmdb b16"]]
+    versus = p.versus_of(args)
+    assert [r["seed"] for r in versus[g2][1]] == [0, 1, 2, 3]
+    g = {x["group"]: x for x in p.summarize(rows, versus=versus)}[g2]
+    v = g["versus"]
+    assert v["group"] == "lmdb b16" and v["paired_seeds"] == [0, 1, 2, 3]
+    assert v["paired_mean_diff"] == pytest.approx(statistics.fmean([two[s] - fast[s] for s in range(4)]))
+    assert g["paired_mean_diff"] == pytest.approx(statistics.fmean([two[s] - u[s] for s in range(4)]))  # still vs Ultralytics
+    twice = {**fast_rows[2], "mAP50_final": 0.5, "wall_s": 1.0}
+    args = _reuse_args(tmp_path, {"fast.jsonl": fast_rows, "again.jsonl": [twice]})
+    args.versus = [[g2, "lmdb b16"]]
+    with pytest.raises(SystemExit, match=r"seed 2 trained twice"):
+        p.versus_of(args)
+    args.versus = [[g2, "lmdb b99"]]
+    with pytest.raises(SystemExit, match="no rows of that group"):
+        p.versus_of(args)
+    f = tmp_path / "before.jsonl"
+    f.write_text("".join(__import__("json").dumps(r) + "\n" for r in rows[4:]))
+    assert len(p.before_of([f"{g2}={f}"])[g2]) == 4
