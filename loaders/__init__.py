@@ -66,6 +66,7 @@ def build_loader(
     epochs: int | None = None,
     partner_batches: int | None = None,
     resample: str = "fast",
+    rect: bool = False,
 ) -> SainetLoader:
     """Build a loader over one split of `data` (a store; for ``disk`` a dataset folder or data.yaml).
 
@@ -74,8 +75,7 @@ def build_loader(
     `threads`: decode threads (default `default_threads()`).
     `on_error`: ``"raise"`` a typed error naming the record, or ``"skip"`` it (logged and counted).
     `verify`: check each payload's CRC as it is read. Default: on for jpeg stores (cheap next to
-    decoding), off for raw stores (there the CRC would cost more than the copy; `sainet verify`
-    checks them offline).
+    decoding), off for raw stores (the CRC would cost more than the copy; `sainet verify` checks them).
     `epochs`: when given, mosaic and mixup switch off by themselves for the last ``hyp.close_mosaic``
     epochs (Ultralytics' trainer instead calls ``loader.dataset.close_mosaic()``).
     `partner_batches`: how many recent batches' decoded samples mosaics may take partners from
@@ -85,12 +85,13 @@ def build_loader(
     reduced DCT scale and resamples once; ``"ultralytics"`` decodes at full size, resizes to
     Ultralytics' load size and warps every tile, as Ultralytics does (its sharpness at any decode
     ratio, at the cost of the reduced-DCT decode; the CPU executor's: not the dali loader's).
+    `rect` (eval, square `imgsz`): Ultralytics' rect val batches (`geometry.rect_val_shape`).
     """
     backend = get_backend(kind)
     hyp = hyp if isinstance(hyp, Hyp) else Hyp.from_dict(hyp)
     common = dict(batch_size=batch_size, imgsz=parse_imgsz(imgsz), augment=augment, hyp=hyp, rank=rank,
                   world_size=world_size, seed=seed, threads=threads or default_threads(), prefetch=prefetch,
-                  on_error=on_error, shuffle=shuffle, epochs=epochs, partner_batches=partner_batches, resample=resample)
+                  on_error=on_error, shuffle=shuffle, epochs=epochs, partner_batches=partner_batches, resample=resample, rect=rect)
     if backend.reads != "store":  # a dataset folder (disk); Ultralytics' own loader refuses in `build`
         return backend.build(Path(data), split, {"layout": layout}, common)
     from cache_tools.store import open_store

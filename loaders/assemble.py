@@ -140,7 +140,7 @@ class CpuAssembler:
     def __init__(self, dataset: LoaderDataset, policy: ErrorPolicy, buffers: BatchBuffers,
                  pool: Callable[[], ThreadPoolExecutor]) -> None:
         self.dataset, self.policy, self.buffers, self.pool = dataset, policy, buffers, pool
-        self.decoder = Decoder(dataset.source, dataset.imgsz, dataset.resample)
+        self.decoder = Decoder(dataset.source, dataset.imgsz, dataset.resample, dataset.fit)
         self._local = threading.local()  # decode buffers, one set per batch being assembled
 
     def scratch(self) -> Scratch:

@@ -24,8 +24,11 @@ class LoaderDataset:
     """The split a loader reads, its labels, and the current augmentation settings."""
 
     def __init__(self, source: Source, hyp: Hyp, augment: bool, imgsz: tuple[int, int], batch_size: int | None = None,
-                 resample: str = "fast") -> None:
+                 resample: str = "fast", fit: tuple[int, int] | None = None) -> None:
         self.source, self.hyp, self.augment, self.imgsz = source, hyp, augment, imgsz
+        #: eval: the size each image is letterboxed to inside the `imgsz` canvas (None: the canvas;
+        #: Ultralytics' rect val: the square imgsz inside its padded batch shape, `SainetLoader`'s `rect`)
+        self.fit = fit
         self.resample = resample  # how train images are resampled (`decode.RESAMPLE`)
         self.batch_size = batch_size  # the loader's (a rank's): sizes the mosaic buffer, as Ultralytics' batch does
         self.mosaic = augment and hyp.mosaic > 0
@@ -54,4 +57,4 @@ class LoaderDataset:
         buffer = buffer_length(len(src), self.batch_size or len(used))
         return plan_batch(rng, [tuple(src.sizes[i]) for i in every], [(src.cls[i], src.boxes[i]) for i in every],
                           self.imgsz, self.hyp, augment=self.augment, mosaic=self.mosaic, n_out=len(used), ids=every,
-                          buffer=buffer)
+                          buffer=buffer, fit=self.fit)

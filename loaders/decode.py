@@ -70,8 +70,10 @@ def check_resample(resample: str) -> str:
 class Decoder:
     """Decodes the samples of one source for a training shape `imgsz` (h, w); `resample`: `RESAMPLE`."""
 
-    def __init__(self, source: Source, imgsz: tuple[int, int], resample: str = "fast") -> None:
+    def __init__(self, source: Source, imgsz: tuple[int, int], resample: str = "fast",
+                 fit: tuple[int, int] | None = None) -> None:
         self.source, self.imgsz, self.resample = source, imgsz, check_resample(resample)
+        self.fit = fit  # eval: the letterbox's size inside the batch shape (`LoaderDataset.fit`)
         self._local = threading.local()  # each decode thread's full-size buffer (resample "ultralytics")
 
     def min_size(self, w0: int, h0: int) -> tuple[int, int] | None:
@@ -148,17 +150,17 @@ class Decoder:
         payload = src.payload(i)
         if src.mode == "raw":
             frame = self._frame(payload)
-            if into.shape == frame.shape:  # packed at this very shape: the frame is the eval image
+            if into.shape == frame.shape and self.fit is None:  # packed at this very shape: the frame is the eval image
                 np.copyto(into, frame)
             else:
                 left, top, nw, nh = src.raw_content(i)
-                letterbox(frame[top : top + nh, left : left + nw], *into.shape[:2], out=into)
+                letterbox(frame[top : top + nh, left : left + nw], *into.shape[:2], out=into, fit=self.fit)
             return Decoded(into, (1.0, 1.0), i)
         name = src.describe(i)
         info = probe(payload, name)
-        if not self._decode_direct(payload, name, info, src.sizes[i], into):
+        if not self._decode_direct(payload, name, info, src.sizes[i], into, self.fit):
             buf = scratch.get(slot, info.width * info.height * 3) if scratch is not None else None
-            letterbox(decode_rgb(payload, name, info=info, buffer=buf), *into.shape[:2], out=into)
+            letterbox(decode_rgb(payload, name, info=info, buffer=buf), *into.shape[:2], out=into, fit=self.fit)
         return Decoded(into, (1.0, 1.0), i)
 
     def _frame(self, payload: memoryview | bytes) -> np.ndarray:
@@ -166,12 +168,13 @@ class Decoder:
         return np.frombuffer(payload, np.uint8).reshape(H, W, 3)
 
     @staticmethod
-    def _decode_direct(payload: memoryview | bytes, name: str, info: ImageInfo, size: np.ndarray, into: np.ndarray) -> bool:
+    def _decode_direct(payload: memoryview | bytes, name: str, info: ImageInfo, size: np.ndarray, into: np.ndarray,
+                       fit: tuple[int, int] | None = None) -> bool:
         """Decode straight into the rows of `into` when the letterbox is only vertical padding
         (1440x808 into 1440x832): no resize, no copy. False when that does not apply."""
         w0, h0 = int(size[0]), int(size[1])
         H, W = into.shape[:2]
-        lb = letterbox_params(h0, w0, H, W)
+        lb = letterbox_params(h0, w0, H, W, fit)
         if not (info.format == "jpeg" and info.orientation == 1 and info.channels == 3 and lb.left == 0
                 and (lb.new_w, lb.new_h) == (w0, h0) == (info.width, info.height) and W == w0):
             return False

@@ -12,6 +12,7 @@ with the dataset or the epoch count.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -32,8 +33,11 @@ from loaders.prefetch import Epoch, ResumeState
 from loaders.read import ErrorPolicy
 from loaders.sampler import ShardedSampler
 from loaders.sources import Source
+from sainet.core.geometry import format_imgsz, rect_val_shape
 
 __all__ = ["BatchBuilder", "LoaderDataset", "SainetLoader", "PARTNER_BYTES", "PARTNER_MAX"]
+
+log = logging.getLogger(__name__)
 
 #: Decoded samples of recent batches kept for mosaic partners, at most (see `assemble.History`).
 PARTNER_BYTES = 64 << 20
@@ -71,9 +75,11 @@ class SainetLoader:
     def __init__(self, source: Source, *, batch_size: int, imgsz: tuple[int, int], augment: bool, hyp: Hyp,
                  rank: int = 0, world_size: int = 1, seed: int = 0, threads: int = 2, prefetch: int = 2,
                  on_error: str = "raise", shuffle: bool | None = None, pin_memory: bool | None = None,
-                 epochs: int | None = None, partner_batches: int | None = None, resample: str = "fast") -> None:
+                 epochs: int | None = None, partner_batches: int | None = None, resample: str = "fast",
+                 rect: bool = False) -> None:
         if batch_size < 1 or prefetch < 1 or threads < 1:
             raise ValueError("batch_size, prefetch and threads must be >= 1")
+        imgsz, fit = self._eval_shape(source, imgsz, augment, rect)
         self.policy = ErrorPolicy(source, on_error)
         self.source, self.hyp, self.augment, self.imgsz = source, hyp, augment, imgsz
         self.batch_size, self.drop_last, self.num_workers = batch_size, False, threads
@@ -81,7 +87,7 @@ class SainetLoader:
         self.epochs = epochs  # when known, mosaic closes by itself for the last hyp.close_mosaic epochs
         self.sampler = ShardedSampler(len(source), rank=rank, world_size=world_size, seed=seed,
                                       shuffle=augment if shuffle is None else shuffle)
-        self.dataset = LoaderDataset(source, hyp, augment, imgsz, batch_size, check_resample(resample))
+        self.dataset = LoaderDataset(source, hyp, augment, imgsz, batch_size, check_resample(resample), fit)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         n_bytes = batch_size * imgsz[0] * imgsz[1] * 3  # the consumer's batch + one per assembler, up to POOL_BYTES
         keep = pool_size(n_bytes, least=self.assemblers + 1, most=prefetch + self.assemblers + 2, budget=self.pool_budget)
@@ -104,6 +110,20 @@ class SainetLoader:
         self._next_epoch = 0
         self._resume_batch = 0
         self._active: Epoch | None = None
+
+    @staticmethod
+    def _eval_shape(source: Source, imgsz: tuple[int, int], augment: bool, rect: bool) -> tuple[tuple[int, int], tuple[int, int] | None]:
+        """(batch shape, letterbox fit): `imgsz` and None, or with `rect` at a square `imgsz`,
+        Ultralytics' rect val shape around it (`rect_val_shape`) where the split has one orientation."""
+        if not rect:
+            return imgsz, None
+        if augment:
+            raise ValueError("rect is for eval loaders (augment=False): train batches take imgsz, square or rectangular")
+        shape = rect_val_shape(source.sizes, imgsz[0]) if imgsz[0] == imgsz[1] else None
+        if shape is None or tuple(shape) == tuple(imgsz):
+            return imgsz, None
+        log.info("eval batches at %s, Ultralytics' rect val shape for imgsz %d", format_imgsz(shape), imgsz[0])
+        return shape, imgsz
 
     def _builder(self) -> BatchBuilder:
         """The batch builder of this backend (the DALI loader makes its own)."""

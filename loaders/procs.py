@@ -337,7 +337,7 @@ class ProcLoader(SainetLoader):
                             self.sampler.world_size, self.sampler.shuffle, self.on_error, self.partner_batches, w,
                             self.num_workers, len(self), self.proc_threads, path, self.n_slots * self.slot_bytes + self.history_bytes,
                             self.n_slots * self.slot_bytes, self.history_sets, self.history_sample_bytes,
-                            self.dataset.resample)
+                            self.dataset.resample, self.dataset.fit)
 
     def _start(self) -> tuple[list[_Proc], SlotPool]:
         """Start the processes (once; they persist across epochs until `close`)."""

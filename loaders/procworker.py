@@ -79,6 +79,7 @@ class WorkerConfig:
     history_sets: int = 0  # S (0: no history)
     history_sample_bytes: int = 0  # M
     resample: str = "fast"  # `decode.RESAMPLE`
+    fit: tuple[int, int] | None = None  # eval: `LoaderDataset.fit`
 
 
 def map_slots(path: str, size: int) -> np.ndarray:
@@ -107,7 +108,7 @@ class Worker:
         self.cfg = cfg
         self.store = open_store(cfg.store, expect_id=cfg.store_id)
         source = StoreSource(self.store, cfg.split, verify=cfg.verify, lazy=True)  # names, labels: from the index
-        self.dataset = LoaderDataset(source, cfg.hyp, cfg.augment, cfg.imgsz, cfg.batch_size, cfg.resample)
+        self.dataset = LoaderDataset(source, cfg.hyp, cfg.augment, cfg.imgsz, cfg.batch_size, cfg.resample, cfg.fit)
         self.policy = ErrorPolicy(source, cfg.on_error)
         self.pool = ThreadPoolExecutor(cfg.threads, thread_name_prefix="sainet-proc-decode")
         self.assembler = CpuAssembler(self.dataset, self.policy, None, lambda: self.pool)  # type: ignore[arg-type]

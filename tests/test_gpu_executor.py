@@ -134,6 +134,24 @@ def test_eval_resize_path_equals_the_general_path(monkeypatch):
     assert np.abs(fast.astype(int) - general.astype(int)).max() <= 1
 
 
+def test_eval_inside_a_rect_val_shape_matches_opencv(monkeypatch):
+    """Eval planned with a `fit` (Ultralytics' rect val: the image letterboxed to 160 inside the
+    192x128 batch shape): the torch executor, batched and per slot, draws it where the OpenCV executor
+    does, and both where the plan says (the padding around it is 114)."""
+    import loaders.augment.torch_exec as tx
+
+    imgs, labels = patch_images(4, seed=9)  # 240x160
+    plan = plan_batch(np.random.default_rng(0), [(240, 160)] * 4, labels, (128, 192), Hyp(), augment=False, fit=(160, 160))
+    assert plan.images[0].ratio_pad == ((107 / 160, 160 / 240), (16.0, 10.0))  # round(10.5 - 0.1), as Ultralytics
+    ref = _cpu_render(plan, imgs, [(1.0, 1.0)] * 4)
+    assert (ref[:, :, :16] == 114).all() and (ref[:, :10] == 114).all() and (ref[:, 117:] == 114).all()
+    fast = _torch_render(plan, imgs, [(1.0, 1.0)] * 4)
+    monkeypatch.setattr(tx, "_shared_letterbox", lambda *a: None)
+    general = _torch_render(plan, imgs, [(1.0, 1.0)] * 4)
+    for got in (fast, general):
+        assert np.abs(got.astype(int) - ref.astype(int)).max() <= 1
+
+
 def test_hsv_torch_matches_opencv_on_every_colour():
     """All 2^15 colours on a 5-bit grid through one gain set: Ultralytics' LUTs in OpenCV's HSV space."""
     from loaders.augment.cpu import apply_hsv

@@ -52,6 +52,79 @@ def test_eval_parity_with_ultralytics(data):
         loader.close()
 
 
+def _ultralytics_val(img_dir: Path, imgsz: int, batch: int, rect: bool):
+    from ultralytics.cfg import get_cfg
+    from ultralytics.data.dataset import YOLODataset
+
+    return YOLODataset(img_path=str(img_dir), imgsz=imgsz, augment=False, rect=rect, cache=False, pad=0.5 if rect else 0.0,
+                       data={"names": {0: "fire", 1: "smoke"}, "channels": 3}, batch_size=batch, stride=32,
+                       single_cls=False, task="detect", hyp=get_cfg(), prefix="")
+
+
+@pytest.mark.parametrize("kind", ["shm", "shm-mp", "raw", "dali"])
+def test_rect_eval_is_ultralytics_rect_val(data, kind):
+    """`rect=True` at a square imgsz: the batches take Ultralytics' rect val shape (its validator's:
+    288x160 for these 16:9 images at 256, `pad` 0.5) with each image letterboxed to 256 inside it,
+    and give Ultralytics' own rect val dataset's images, boxes and ratio_pad. The thread, process,
+    raw-store and dali (CPU) paths all letterbox where the plan puts the image."""
+    if kind == "dali":
+        pytest.importorskip("nvidia.dali")
+    ds = _ultralytics_val(data / "src" / "images" / "train", 256, 3, rect=True)
+    theirs = {Path(ds[i]["im_file"]).name: ds[i] for i in range(len(ds))}
+    store = data / "store"
+    if kind == "raw":
+        store = data / "raw"
+        if not store.exists():
+            pack(data / "src", store, PackOptions(container="shards", mode="raw", imgsz=(256, 256)))
+    loader = build_loader(store, "shm" if kind == "raw" else kind, batch_size=3, imgsz=256, augment=False, rect=True,
+                          device="cpu")
+    try:
+        n = 0
+        for batch in loader:
+            assert tuple(batch["img"].shape[2:]) == (160, 288) == tuple(ds.batch_shapes[0])
+            for k, name in enumerate(batch["im_file"]):
+                t = theirs[name]
+                assert batch["img"][k].shape == t["img"].shape
+                assert (batch["img"][k].float() - t["img"].float()).abs().mean() < 1.0, name
+                sel = batch["batch_idx"] == k
+                torch.testing.assert_close(batch["bboxes"][sel], t["bboxes"].float(), atol=1e-4, rtol=0)
+                (rh, rw), pad = batch["ratio_pad"][k]
+                assert (rh, rw) == pytest.approx(t["ratio_pad"][0]) and tuple(pad) == tuple(t["ratio_pad"][1])
+                n += 1
+        assert n == len(theirs)
+    finally:
+        loader.close()
+    square = build_loader(data / "store", "shm", batch_size=3, imgsz=256, augment=False)
+    try:
+        assert tuple(next(iter(square))["img"].shape[2:]) == (256, 256)  # without rect: the square, as before
+    finally:
+        square.close()
+    with pytest.raises(ValueError, match="rect is for eval"):
+        build_loader(data / "store", "shm", batch_size=3, imgsz=256, augment=True, rect=True)
+
+
+@pytest.mark.parametrize("sizes", [[(320, 180)] * 3, [(320, 180), (640, 480), (300, 200)], [(180, 320), (200, 300)],
+                                   [(100, 100)] * 2, [(320, 180), (180, 320)]])
+def test_rect_val_shape_is_ultralytics_batch_shape(tmp_path, sizes):
+    """`rect_val_shape` is Ultralytics' `set_rectangle` for one batch of every image (landscape,
+    several aspect ratios, portrait, square); images of both orientations give None."""
+    import cv2
+    import numpy as np
+
+    from sainet.core.geometry import rect_val_shape
+
+    d = tmp_path / "images"
+    d.mkdir()
+    for i, (w, h) in enumerate(sizes):
+        cv2.imwrite(str(d / f"{i}.jpg"), np.full((h, w, 3), 90, np.uint8))
+        (tmp_path / "labels").mkdir(exist_ok=True)
+        (tmp_path / "labels" / f"{i}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    ds = _ultralytics_val(d, 256, len(sizes), rect=True)
+    got = rect_val_shape(np.array(sizes), 256)
+    mixed = min(h / w for w, h in sizes) < 1 < max(h / w for w, h in sizes)
+    assert got is None if mixed else tuple(got) == tuple(ds.batch_shapes[0])
+
+
 @pytest.mark.parametrize("world", [1, 2, 3])
 def test_sharding_covers_every_sample_disjointly(world):
     n = 10

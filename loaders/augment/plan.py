@@ -115,9 +115,10 @@ def _source_boxes(cls: np.ndarray, boxes: np.ndarray, w0: int, h0: int) -> tuple
     return cls, xyxy
 
 
-def _letterbox_plan(w0: int, h0: int, out_hw: tuple[int, int], cls: np.ndarray, boxes: np.ndarray, src: int) -> ImagePlan:
+def _letterbox_plan(w0: int, h0: int, out_hw: tuple[int, int], cls: np.ndarray, boxes: np.ndarray, src: int,
+                    fit: tuple[int, int] | None = None) -> ImagePlan:
     H, W = out_hw
-    lb = letterbox_params(h0, w0, H, W)
+    lb = letterbox_params(h0, w0, H, W, fit)
     m = translate_matrix(lb.left, lb.top) @ scale_matrix(lb.new_w / w0, lb.new_h / h0)
     c, xyxy = _source_boxes(cls, boxes, w0, h0)
     return ImagePlan([Placement(src, m, None)], c, _transform_boxes(xyxy, m), letterbox=True,
@@ -136,6 +137,7 @@ def plan_batch(
     n_out: int | None = None,
     ids: Sequence[int] | None = None,
     buffer: int | None = None,
+    fit: tuple[int, int] | None = None,
 ) -> BatchPlan:
     """Plan one batch. `sizes[i]` is source i's original (w, h); `labels[i]` its (cls, normalized xywh).
 
@@ -147,12 +149,13 @@ def plan_batch(
 
     Augmented batches are planned with array ops over the whole batch (`_Draws`, `_geometry`,
     `_boxes`): no Python loop per image or per placement but the one that wraps the result in
-    `ImagePlan` objects.
+    `ImagePlan` objects. Eval (not `augment`) letterboxes each source into `out_hw`, sized to `fit`
+    when given (`letterbox_params`: Ultralytics' rect val shape around an imgsz x imgsz fit).
     """
     plan = BatchPlan(out_hw)
     if not augment:
         for i, ((w0, h0), (cls, boxes)) in enumerate(zip(sizes, labels, strict=True)):
-            plan.images.append(_letterbox_plan(w0, h0, out_hw, cls, boxes, i))
+            plan.images.append(_letterbox_plan(w0, h0, out_hw, cls, boxes, i, fit))
         return plan
     B = len(sizes) if n_out is None else n_out
     if B == 0:

@@ -16,7 +16,8 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-__all__ = ["PAD_VALUE", "Imgsz", "Letterbox", "parse_wxh", "parse_imgsz", "letterbox_params", "letterbox", "format_imgsz"]
+__all__ = ["PAD_VALUE", "Imgsz", "Letterbox", "parse_wxh", "parse_imgsz", "letterbox_params", "letterbox", "format_imgsz",
+           "rect_val_shape", "paint_letterbox"]
 
 PAD_VALUE = 114
 
@@ -89,22 +90,51 @@ class Letterbox:
     top: int
 
 
-def letterbox_params(h0: int, w0: int, H: int, W: int) -> Letterbox:
-    r = min(H / h0, W / w0)
-    new_w, new_h = min(math.ceil(w0 * r), W), min(math.ceil(h0 * r), H)
+def letterbox_params(h0: int, w0: int, H: int, W: int, fit: tuple[int, int] | None = None) -> Letterbox:
+    """Where a h0 x w0 image lands in an H x W canvas: sized to fit the canvas, or `fit` (h, w) when
+    given (Ultralytics' rect val: the long side at imgsz, then padded into the batch's larger shape;
+    never larger than the canvas), centred with Ultralytics' rounding."""
+    fh, fw = (H, W) if fit is None else (min(fit[0], H), min(fit[1], W))
+    r = min(fh / h0, fw / w0)
+    new_w, new_h = min(math.ceil(w0 * r), fw), min(math.ceil(h0 * r), fh)
     dw, dh = (W - new_w) / 2, (H - new_h) / 2
     return Letterbox(r, new_w, new_h, round(dw - 0.1), round(dh - 0.1))
 
 
-def letterbox(img: np.ndarray, H: int, W: int, out: np.ndarray | None = None) -> tuple[np.ndarray, Letterbox]:
-    """Resize `img` (HxWx3 uint8) into an HxW canvas filled with 114; writes into `out` if given."""
+def letterbox(img: np.ndarray, H: int, W: int, out: np.ndarray | None = None,
+              fit: tuple[int, int] | None = None) -> tuple[np.ndarray, Letterbox]:
+    """Resize `img` (HxWx3 uint8) into an HxW canvas filled with 114 (sized to `fit` when given:
+    `letterbox_params`); writes into `out` if given."""
     h0, w0 = img.shape[:2]
-    p = letterbox_params(h0, w0, H, W)
-    canvas = out if out is not None else np.empty((H, W, 3), np.uint8)
+    p = letterbox_params(h0, w0, H, W, fit)
+    return paint_letterbox(img, p, out if out is not None else np.empty((H, W, 3), np.uint8)), p
+
+
+def paint_letterbox(img: np.ndarray, p: Letterbox, canvas: np.ndarray) -> np.ndarray:
+    """Draw `img` at `p` (its resize, bilinear as Ultralytics' ``cv2.resize``) into `canvas`, 114 around it."""
+    h0, w0 = img.shape[:2]
     canvas[...] = PAD_VALUE
     region = canvas[p.top : p.top + p.new_h, p.left : p.left + p.new_w]
     if (p.new_h, p.new_w) == (h0, w0):
         region[...] = img
     else:
         cv2.resize(img, (p.new_w, p.new_h), dst=region, interpolation=cv2.INTER_LINEAR)
-    return canvas, p
+    return canvas
+
+
+def rect_val_shape(sizes: np.ndarray, imgsz: int, stride: int = 32, pad: float = 0.5) -> Imgsz | None:
+    """Ultralytics' rectangular val shape (``BaseDataset.set_rectangle`` with its val ``pad`` 0.5) for
+    one batch holding every image of `sizes` ((n, 2) width, height) at square `imgsz`: the shape of
+    every one of its val batches when the images share one aspect ratio, and of its widest batch
+    otherwise. None when the images are of both orientations (Ultralytics then sorts them into
+    batches of different shapes; one shape for all would be the square plus padding)."""
+    wh = np.asarray(sizes, dtype=np.float64).reshape(-1, 2)
+    if not len(wh):
+        return None
+    ar = wh[:, 1] / wh[:, 0]  # h / w, as Ultralytics'
+    lo, hi = float(ar.min()), float(ar.max())
+    if lo < 1 < hi:
+        return None
+    shape = [hi, 1.0] if hi < 1 else [1.0, 1 / lo] if lo > 1 else [1.0, 1.0]
+    h, w = (np.ceil(np.array(shape) * imgsz / stride + pad).astype(int) * stride).tolist()
+    return Imgsz(int(h), int(w))

@@ -306,6 +306,7 @@ class SainetTrainer(DetectionTrainer):
             threads=self.sainet.threads, prefetch=self.sainet.prefetch, layout=self.sainet.layout,
             resample=self.sainet.resample,
             device=str(self.device) if self.device.type == "cuda" else "cpu", shuffle=train,
+            rect=not train,  # at a square imgsz, Ultralytics' rect val shape (its validator's, mAP for mAP)
         )
         if not train and world > 1:  # contiguous, unpadded: each validation image is counted once
             loader.sampler = ShardedSampler(len(loader.dataset), rank=me, world_size=world, shuffle=False, pad=False)
