@@ -67,6 +67,7 @@ def build_loader(
     partner_batches: int | None = None,
     resample: str = "fast",
     rect: bool = False,
+    stride: int = 32,
 ) -> SainetLoader:
     """Build a loader over one split of `data` (a store; for ``disk`` a dataset folder or data.yaml).
 
@@ -81,17 +82,16 @@ def build_loader(
     `partner_batches`: how many recent batches' decoded samples mosaics may take partners from
     (None: as many as Ultralytics' buffer spans, up to `loader.PARTNER_BYTES` of decoded pixels;
     0: partners from the batch itself; the dali loader keeps the same history).
-    `resample`: how train images are resampled (`loaders.decode.RESAMPLE`): ``"fast"`` decodes at a
-    reduced DCT scale and resamples once; ``"ultralytics"`` decodes at full size, resizes to
-    Ultralytics' load size and warps every tile, as Ultralytics does (its sharpness at any decode
-    ratio, at the cost of the reduced-DCT decode; the CPU executor's: not the dali loader's).
-    `rect` (eval, square `imgsz`): Ultralytics' rect val batches (`geometry.rect_val_shape`).
+    `resample`: how train images are resampled (`loaders.decode.RESAMPLE`; not the dali loader's).
+    `rect` (eval, square `imgsz`): Ultralytics' rect val batches (`geometry.rect_val_shape`) at `stride`
+    (the model's largest, at least 32: Ultralytics' ``gs``).
     """
     backend = get_backend(kind)
     hyp = hyp if isinstance(hyp, Hyp) else Hyp.from_dict(hyp)
     common = dict(batch_size=batch_size, imgsz=parse_imgsz(imgsz), augment=augment, hyp=hyp, rank=rank,
                   world_size=world_size, seed=seed, threads=threads or default_threads(), prefetch=prefetch,
-                  on_error=on_error, shuffle=shuffle, epochs=epochs, partner_batches=partner_batches, resample=resample, rect=rect)
+                  on_error=on_error, shuffle=shuffle, epochs=epochs, partner_batches=partner_batches,
+                  resample=resample, rect=rect, stride=stride)
     if backend.reads != "store":  # a dataset folder (disk); Ultralytics' own loader refuses in `build`
         return backend.build(Path(data), split, {"layout": layout}, common)
     from cache_tools.store import open_store

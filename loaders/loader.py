@@ -76,10 +76,10 @@ class SainetLoader:
                  rank: int = 0, world_size: int = 1, seed: int = 0, threads: int = 2, prefetch: int = 2,
                  on_error: str = "raise", shuffle: bool | None = None, pin_memory: bool | None = None,
                  epochs: int | None = None, partner_batches: int | None = None, resample: str = "fast",
-                 rect: bool = False) -> None:
+                 rect: bool = False, stride: int = 32) -> None:
         if batch_size < 1 or prefetch < 1 or threads < 1:
             raise ValueError("batch_size, prefetch and threads must be >= 1")
-        imgsz, fit = self._eval_shape(source, imgsz, augment, rect)
+        imgsz, fit = self._eval_shape(source, imgsz, augment, rect, stride)
         self.policy = ErrorPolicy(source, on_error)
         self.source, self.hyp, self.augment, self.imgsz = source, hyp, augment, imgsz
         self.batch_size, self.drop_last, self.num_workers = batch_size, False, threads
@@ -112,14 +112,16 @@ class SainetLoader:
         self._active: Epoch | None = None
 
     @staticmethod
-    def _eval_shape(source: Source, imgsz: tuple[int, int], augment: bool, rect: bool) -> tuple[tuple[int, int], tuple[int, int] | None]:
+    def _eval_shape(source: Source, imgsz: tuple[int, int], augment: bool, rect: bool,
+                    stride: int = 32) -> tuple[tuple[int, int], tuple[int, int] | None]:
         """(batch shape, letterbox fit): `imgsz` and None, or with `rect` at a square `imgsz`,
-        Ultralytics' rect val shape around it (`rect_val_shape`) where the split has one orientation."""
+        Ultralytics' rect val shape around it (`rect_val_shape` at `stride`, the model's largest)
+        where the split has one orientation."""
         if not rect:
             return imgsz, None
         if augment:
             raise ValueError("rect is for eval loaders (augment=False): train batches take imgsz, square or rectangular")
-        shape = rect_val_shape(source.sizes, imgsz[0]) if imgsz[0] == imgsz[1] else None
+        shape = rect_val_shape(source.sizes, imgsz[0], max(32, stride)) if imgsz[0] == imgsz[1] else None
         if shape is None or tuple(shape) == tuple(imgsz):
             return imgsz, None
         log.info("eval batches at %s, Ultralytics' rect val shape for imgsz %d", format_imgsz(shape), imgsz[0])

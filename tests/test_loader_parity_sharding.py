@@ -52,12 +52,12 @@ def test_eval_parity_with_ultralytics(data):
         loader.close()
 
 
-def _ultralytics_val(img_dir: Path, imgsz: int, batch: int, rect: bool):
+def _ultralytics_val(img_dir: Path, imgsz: int, batch: int, rect: bool, stride: int = 32):
     from ultralytics.cfg import get_cfg
     from ultralytics.data.dataset import YOLODataset
 
     return YOLODataset(img_path=str(img_dir), imgsz=imgsz, augment=False, rect=rect, cache=False, pad=0.5 if rect else 0.0,
-                       data={"names": {0: "fire", 1: "smoke"}, "channels": 3}, batch_size=batch, stride=32,
+                       data={"names": {0: "fire", 1: "smoke"}, "channels": 3}, batch_size=batch, stride=stride,
                        single_cls=False, task="detect", hyp=get_cfg(), prefix="")
 
 
@@ -105,9 +105,11 @@ def test_rect_eval_is_ultralytics_rect_val(data, kind):
 
 @pytest.mark.parametrize("sizes", [[(320, 180)] * 3, [(320, 180), (640, 480), (300, 200)], [(180, 320), (200, 300)],
                                    [(100, 100)] * 2, [(320, 180), (180, 320)]])
-def test_rect_val_shape_is_ultralytics_batch_shape(tmp_path, sizes):
+@pytest.mark.parametrize("stride", [32, 64])
+def test_rect_val_shape_is_ultralytics_batch_shape(tmp_path, sizes, stride):
     """`rect_val_shape` is Ultralytics' `set_rectangle` for one batch of every image (landscape,
-    several aspect ratios, portrait, square); images of both orientations give None."""
+    several aspect ratios, portrait, square; a P5 and a P6 model's stride); images of both
+    orientations give None."""
     import cv2
     import numpy as np
 
@@ -119,8 +121,8 @@ def test_rect_val_shape_is_ultralytics_batch_shape(tmp_path, sizes):
         cv2.imwrite(str(d / f"{i}.jpg"), np.full((h, w, 3), 90, np.uint8))
         (tmp_path / "labels").mkdir(exist_ok=True)
         (tmp_path / "labels" / f"{i}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
-    ds = _ultralytics_val(d, 256, len(sizes), rect=True)
-    got = rect_val_shape(np.array(sizes), 256)
+    ds = _ultralytics_val(d, 256, len(sizes), rect=True, stride=stride)
+    got = rect_val_shape(np.array(sizes), 256, stride)
     mixed = min(h / w for w, h in sizes) < 1 < max(h / w for w, h in sizes)
     assert got is None if mixed else tuple(got) == tuple(ds.batch_shapes[0])
 

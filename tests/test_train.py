@@ -51,6 +51,27 @@ def test_cli_train_each_loader(stores, tmp_path, loader, data):
         assert "profile=" in res.output  # the run says which profile and values it used
 
 
+@pytest.mark.parametrize("model,val_hw", [("yolov8n.yaml", (160, 288)), ("yolov8n-p6.yaml", (192, 320))])
+def test_square_imgsz_validates_in_ultralytics_rect_batches(stores, tmp_path, monkeypatch, model, val_hw):
+    """At a square imgsz the val batches take Ultralytics' rect val shape at the model's largest
+    stride (its trainer's ``gs``): 288x160 for 320x180 images at 256, 320x192 for a P6 model (stride
+    64), whose head cannot take 288x160."""
+    from ultralytics.models.yolo.detect import DetectionValidator
+
+    shapes: list[tuple[int, int]] = []
+    real = DetectionValidator.preprocess
+
+    def spy(self, batch):
+        shapes.append(tuple(batch["img"].shape[2:]))
+        return real(self, batch)
+
+    monkeypatch.setattr(DetectionValidator, "preprocess", spy)
+    r = train(TrainRequest(data=str(stores / "lmdb"), loader="lmdb", model=model, imgsz="256", epochs=1, batch=2,
+                           device="cpu", project=str(tmp_path), name="p", threads=1))
+    assert (r.save_dir / "results.csv").is_file()
+    assert shapes and set(shapes) == {val_hw}
+
+
 def test_rectangular_training_with_mosaic(stores, tmp_path, monkeypatch):
     import sainet.train.trainer as T
 

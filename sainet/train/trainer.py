@@ -306,13 +306,23 @@ class SainetTrainer(DetectionTrainer):
             threads=self.sainet.threads, prefetch=self.sainet.prefetch, layout=self.sainet.layout,
             resample=self.sainet.resample,
             device=str(self.device) if self.device.type == "cuda" else "cpu", shuffle=train,
-            rect=not train,  # at a square imgsz, Ultralytics' rect val shape (its validator's, mAP for mAP)
+            rect=not train, stride=self._stride(),  # at a square imgsz, Ultralytics' rect val shape (its validator's)
         )
         if not train and world > 1:  # contiguous, unpadded: each validation image is counted once
             loader.sampler = ShardedSampler(len(loader.dataset), rank=me, world_size=world, shuffle=False, pad=False)
         if self.args.single_cls:
             _single_class(loader)
         return _TimedLoader(loader, self.device) if train else loader
+
+    def _stride(self) -> int:
+        """The model's largest stride, at least 32: Ultralytics' ``gs`` for its val batch shapes
+        (64 for a P6 model, whose head cannot take 160x288)."""
+        import torch
+        from ultralytics.utils.torch_utils import unwrap_model
+
+        model = unwrap_model(self.model) if isinstance(self.model, torch.nn.Module) else None
+        stride = getattr(model, "stride", None)
+        return max(int(stride.max()) if isinstance(stride, torch.Tensor) else 0, 32)
 
     def resume_training(self, ckpt: dict | None) -> None:
         """Ultralytics' resume, plus a mid-epoch checkpoint's model weights and loader position."""
