@@ -51,25 +51,35 @@ def test_cli_train_each_loader(stores, tmp_path, loader, data):
         assert "profile=" in res.output  # the run says which profile and values it used
 
 
-@pytest.mark.parametrize("model,val_hw", [("yolov8n.yaml", (160, 288)), ("yolov8n-p6.yaml", (192, 320))])
-def test_square_imgsz_validates_in_ultralytics_rect_batches(stores, tmp_path, monkeypatch, model, val_hw):
+@pytest.mark.parametrize("model,imgsz,train_hw,val_hw", [("yolov8n.yaml", "256", (256, 256), (160, 288)),
+                                                       ("yolov8n-p6.yaml", "256", (256, 256), (192, 320)),
+                                                       ("yolov8n-p6.yaml", "352x200", (256, 384), (256, 384))])
+def test_shapes_follow_the_models_stride(stores, tmp_path, monkeypatch, model, imgsz, train_hw, val_hw):
     """At a square imgsz the val batches take Ultralytics' rect val shape at the model's largest
     stride (its trainer's ``gs``): 288x160 for 320x180 images at 256, 320x192 for a P6 model (stride
-    64), whose head cannot take 288x160."""
+    64), whose head cannot take 288x160. A rectangular imgsz is padded to that stride too (352x224,
+    padded to 32, trains at 384x256 with a P6 model), train and val, as Ultralytics pads its square."""
     from ultralytics.models.yolo.detect import DetectionValidator
 
-    shapes: list[tuple[int, int]] = []
-    real = DetectionValidator.preprocess
+    import sainet.train.trainer as T
 
-    def spy(self, batch):
-        shapes.append(tuple(batch["img"].shape[2:]))
-        return real(self, batch)
+    shapes: dict[str, set] = {"train": set(), "val": set()}
+    real_val, real_train = DetectionValidator.preprocess, T.SainetTrainer.preprocess_batch
 
-    monkeypatch.setattr(DetectionValidator, "preprocess", spy)
-    r = train(TrainRequest(data=str(stores / "lmdb"), loader="lmdb", model=model, imgsz="256", epochs=1, batch=2,
+    def spy_val(self, batch):
+        shapes["val"].add(tuple(batch["img"].shape[2:]))
+        return real_val(self, batch)
+
+    def spy_train(self, batch):
+        shapes["train"].add(tuple(batch["img"].shape[2:]))
+        return real_train(self, batch)
+
+    monkeypatch.setattr(DetectionValidator, "preprocess", spy_val)
+    monkeypatch.setattr(T.SainetTrainer, "preprocess_batch", spy_train)
+    r = train(TrainRequest(data=str(stores / "lmdb"), loader="lmdb", model=model, imgsz=imgsz, epochs=1, batch=2,
                            device="cpu", project=str(tmp_path), name="p", threads=1))
     assert (r.save_dir / "results.csv").is_file()
-    assert shapes and set(shapes) == {val_hw}
+    assert shapes == {"train": {train_hw}, "val": {val_hw}}
 
 
 def test_rectangular_training_with_mosaic(stores, tmp_path, monkeypatch):

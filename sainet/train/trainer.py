@@ -33,6 +33,7 @@ import csv
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import socket
@@ -300,7 +301,7 @@ class SainetTrainer(DetectionTrainer):
         world, me = self.dist.world_size, self.dist.rank
         hyp = vars(self.args).copy()
         loader = build_loader(
-            self.sainet.data, self.sainet.loader, batch_size=batch_size, imgsz=self.sainet.imgsz,
+            self.sainet.data, self.sainet.loader, batch_size=batch_size, imgsz=self._shape(),
             split=self.sainet.train_split if train else self.sainet.val_split, augment=train, hyp=hyp,
             rank=me, world_size=world, seed=int(self.args.seed),
             threads=self.sainet.threads, prefetch=self.sainet.prefetch, layout=self.sainet.layout,
@@ -313,6 +314,23 @@ class SainetTrainer(DetectionTrainer):
         if self.args.single_cls:
             _single_class(loader)
         return _TimedLoader(loader, self.device) if train else loader
+
+    def _shape(self) -> tuple[int, int]:
+        """The training shape at the model's largest stride: `imgsz` (padded to 32) rounded up to a
+        multiple of 64 for a P6 model, as Ultralytics' ``check_imgsz`` does to its square (a P6 head
+        cannot take 1440x832); said once, and Ultralytics' log lines say it too."""
+        from ultralytics.utils import LOGGER
+
+        gs, (h, w) = self._stride(), self.sainet.imgsz
+        shape = (math.ceil(h / gs) * gs, math.ceil(w / gs) * gs)
+        if shape != (h, w) and not getattr(self, "_shape_said", False):
+            self._shape_said = True
+            log.warning("--imgsz %dx%d is not a multiple of the model's largest stride %d: training at %dx%d",
+                        w, h, gs, shape[1], shape[0])
+            for f in LOGGER.filters:
+                if isinstance(f, _SainetLogLines):
+                    f.shape = f"{shape[1]}x{shape[0]}"
+        return shape
 
     def _stride(self) -> int:
         """The model's largest stride, at least 32: Ultralytics' ``gs`` for its val batch shapes
