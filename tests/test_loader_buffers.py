@@ -122,11 +122,13 @@ def test_a_slow_training_step_makes_no_unpooled_buffers(store, monkeypatch):
     loader = build_loader(store, "shm", batch_size=2, imgsz=64, threads=2, prefetch=2)
     if loader.pin_memory:
         pytest.skip("with CUDA, batches come from torch's pinned host cache, not this pool")
-    loader.buffers.patience = 0.02
+    # 50 ms: between the consumer taking the last queued batch and dropping the one it held, its thread
+    # must not stall past the patience (20 ms did once, with two trainings sharing the 2 cores)
+    loader.buffers.patience = 0.05
     try:
         assert loader.buffers.keep == loader.assemblers + 1
         for _ in loader:
-            time.sleep(0.2)
+            time.sleep(0.5)
         assert loader.buffers.fresh == 0
     finally:
         loader.close()
