@@ -128,6 +128,11 @@ class Decoder:
         need = scaled_bytes(info, None)
         if scratch is None or self.load_size(w0, h0) == (w0, h0):
             return scratch.get(slot, need) if scratch is not None else None
+        return self._thread_buffer(need)
+
+    def _thread_buffer(self, need: int) -> bytearray:
+        """The calling decode thread's buffer for an image it consumes before its next decode (a full
+        size decode that is resized or letterboxed at once), grown to the largest seen."""
         buf = getattr(self._local, "full", None)
         if buf is None or len(buf) < need:
             buf = self._local.full = bytearray(need)
@@ -145,7 +150,9 @@ class Decoder:
         return Decoded(img, (w0 / w, h0 / h), d.index)
 
     def decode_into(self, i: int, into: np.ndarray, scratch: Scratch | None = None, slot: int = 0) -> Decoded:
-        """Eval: sample i letterboxed to ``into.shape`` and written into `into` (a batch row)."""
+        """Eval: sample i letterboxed to ``into.shape`` and written into `into` (a batch row). With a
+        `scratch` (the loader's) a decode that needs resizing goes through the calling thread's own
+        buffer: one full-size image per decode thread, not one per slot of the batch."""
         src = self.source
         payload = src.payload(i)
         if src.mode == "raw":
@@ -159,7 +166,8 @@ class Decoder:
         name = src.describe(i)
         info = probe(payload, name)
         if not self._decode_direct(payload, name, info, src.sizes[i], into, self.fit):
-            buf = scratch.get(slot, info.width * info.height * 3) if scratch is not None else None
+            # letterboxed at once: the thread's own buffer, not the slot's (a batch of full-size decodes)
+            buf = self._thread_buffer(info.width * info.height * 3) if scratch is not None else None
             letterbox(decode_rgb(payload, name, info=info, buffer=buf), *into.shape[:2], out=into, fit=self.fit)
         return Decoded(into, (1.0, 1.0), i)
 

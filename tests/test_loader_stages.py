@@ -503,3 +503,28 @@ def test_two_stage_decode_reuses_its_full_size_buffer(store):
     same.decode(1, reduce=True, scratch=scratch, slot=1)
     np.testing.assert_array_equal(a.image, kept)
     assert a.image.shape == (90, 160, 3)
+
+
+def test_eval_decodes_through_one_buffer_per_thread_not_per_slot(store):
+    """An eval decode is letterboxed at once, so a batch of them needs one full-size buffer per decode
+    thread, not one per slot (a val batch of 64 at 1440x808 held 64 x 3.5 MB per assembler): after
+    the first, decodes into any slot allocate no image, and the pixels are those without buffers."""
+    import tracemalloc
+
+    from loaders.decode import Decoder, Scratch
+
+    src = StoreSource(open_store(store), None, verify=False)
+    dec, scratch = Decoder(src, (64, 64)), Scratch()  # 160x90 -> 64x36 inside 64x64: a resize, no direct decode
+    rows = np.empty((8, 64, 64, 3), np.uint8)
+    dec.decode_into(0, rows[0], scratch, 0)
+    tracemalloc.start()
+    try:
+        for slot in range(1, 8):
+            tracemalloc.reset_peak()
+            before = tracemalloc.get_traced_memory()[0]
+            dec.decode_into(slot, rows[slot], scratch, slot)
+            assert tracemalloc.get_traced_memory()[1] - before < 160 * 90 * 3 // 2
+    finally:
+        tracemalloc.stop()
+    for slot in range(8):
+        np.testing.assert_array_equal(rows[slot], dec.decode_into(slot, np.empty((64, 64, 3), np.uint8)).image)
