@@ -132,6 +132,7 @@ class Budget:
     activation_bytes: int = 0  # on the device the run uses
     model_bytes: int = 0  # weights, gradients, optimizer state
     decode_bytes: int = 0  # one batch of decoded sources (in sainet_loader_bytes)
+    val_loader_bytes: int = 0  # the val loader's batch buffers and decode buffers (in sainet_loader_bytes)
 
     @property
     def cpu_train_bytes(self) -> int:
@@ -144,8 +145,11 @@ class Budget:
 
 def estimate_budget(*, images: int, imgsz: tuple[int, int], batch: int, threads: int, prefetch: int, workers: int,
                     model: str = "yolov8s.yaml", source_hw: tuple[int, int] | None = None, amp: bool = True,
-                    decode: DecodeSizes | None = None, device: str = "cuda") -> Budget:
-    """The memory of one rank's training run; `device` ("cpu" or "cuda") says where activations live."""
+                    decode: DecodeSizes | None = None, device: str = "cuda", val_batch: int | None = None) -> Budget:
+    """The memory of one rank's training run; `device` ("cpu" or "cuda") says where activations live.
+    `val_batch`: the val loader's batch (None: Ultralytics' for detection, twice `batch`; 0: no val
+    loader, a benchmark's single loader), whose buffers the sainet loader bytes include."""
+    from loaders.buffers import POOL_BYTES, pool_size
     from loaders.loader import PARTNER_BYTES
 
     H, W = imgsz
@@ -153,6 +157,8 @@ def estimate_budget(*, images: int, imgsz: tuple[int, int], batch: int, threads:
     sh, sw = source_hw or (decode.largest_hw if decode and decode.largest_hw else imgsz)
     decoded = decode.batch_bytes(batch) if decode and decode.largest else batch * sh * sw * 3
     sainet = (prefetch + 1) * batch * frame + decoded + threads * 2 * frame + PARTNER_BYTES
+    vb = 2 * batch if val_batch is None else val_batch  # its pool (as SainetLoader sizes it) + a full decode per thread
+    val = pool_size(vb * frame, least=3, most=prefetch + 4, budget=POOL_BYTES) * vb * frame + threads * sh * sw * 3 if vb else 0
     ultra = workers * 2 * batch * frame + workers * int(_ULTRA_WORKER_BYTES)
     r = max(H, W) / max(sh, sw)  # Ultralytics caches images with the long side resized to imgsz
     cache = int(images * sh * sw * 3 * r * r)
@@ -161,7 +167,7 @@ def estimate_budget(*, images: int, imgsz: tuple[int, int], batch: int, threads:
     act = activation_bytes(model, imgsz, batch, amp=amp and on_cuda, device="cuda" if on_cuda else "cpu")
     weights = int(_PARAMS[scale] * 16)
     vram = activation_bytes(model, imgsz, batch, amp=amp, device="cuda") + weights + int(_CUDA_CONTEXT)
-    return Budget(frame, int(sainet), int(ultra), cache, vram, act, weights, int(decoded))
+    return Budget(frame, int(sainet + val), int(ultra), cache, vram, act, weights, int(decoded), int(val))
 
 
 def largest_fitting(fits: Any, most: int) -> int:
@@ -192,7 +198,7 @@ def check_loader_memory(what: str, imgsz: tuple[int, int], profile: Profile, *, 
     rec = profile.recommended
     b = int(batch or rec["batch"])
     need = estimate_budget(images=0, imgsz=imgsz, batch=b, threads=int(threads or rec["threads"]),
-                           prefetch=int(rec["prefetch"]), workers=0).sainet_loader_bytes
+                           prefetch=int(rec["prefetch"]), workers=0, val_batch=0).sainet_loader_bytes
     check_allocation(f"{what}: batch {b} at {format_imgsz(imgsz)} (loader buffers)", need,
                      _available() if available is None else available, "lower --batch or --imgsz")
     return need
@@ -456,7 +462,8 @@ def _rows(est: StoreEstimate, bud: Budget, prof: Profile, imgsz: tuple[int, int]
         rows.append({"item": f"store {m}" + (f" at {format_imgsz(imgsz)}" if m == "raw" else ""), "bytes": need,
                      "host RAM (page cache)": _verdict(need, ram, "RAM"),
                      "/dev/shm": _verdict(need, shm, "shm") if shm else "no /dev/shm in this profile"})
-    items = [(f"sainet loader buffers x {ranks} rank(s) (decoded batch {human_bytes(bud.decode_bytes)})",
+    items = [(f"sainet loader buffers x {ranks} rank(s) (decoded batch {human_bytes(bud.decode_bytes)}, "
+              f"val loader {human_bytes(bud.val_loader_bytes)})",
               bud.sainet_loader_bytes * ranks),
              (f"Ultralytics workers ({default_threads(cores=prof.cores, ranks=1)}/rank) x {ranks}", bud.ultralytics_loader_bytes * ranks),
              (f"Ultralytics cache=ram x {ranks} rank(s)", bud.ultralytics_ram_cache_bytes * ranks)]

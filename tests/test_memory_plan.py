@@ -314,3 +314,18 @@ def test_train_refuses_sizes_before_anything_starts(small_set, tmp_path):
                 resolve(TrainRequest(**req, batch=fit + 1))
         else:  # a batch that fits at this shape is named, or none
             assert "fits" in res.stderr.split("available")[-1]
+
+
+def test_the_val_loader_is_in_the_run_budget():
+    """A training run holds a val loader beside the train loader (Ultralytics' val batch: twice the
+    train batch): its pooled batch buffers and a full-size decode buffer per thread are in the loader
+    bytes of a run, and not in a benchmark's single loader (val_batch=0)."""
+    from loaders.buffers import POOL_BYTES, pool_size
+    from sainet.budget import estimate_budget
+
+    kw = dict(images=100, imgsz=(832, 1440), batch=16, threads=4, prefetch=2, workers=8, source_hw=(808, 1440))
+    run, bench = estimate_budget(**kw), estimate_budget(**kw, val_batch=0)
+    frame = 832 * 1440 * 3
+    val = pool_size(32 * frame, least=3, most=6, budget=POOL_BYTES) * 32 * frame + 4 * 808 * 1440 * 3
+    assert run.val_loader_bytes == val and bench.val_loader_bytes == 0
+    assert run.sainet_loader_bytes - bench.sainet_loader_bytes == val

@@ -264,7 +264,7 @@ def _memory_problem(s: TrainSettings, d: _Data, host: HostInfo, on_cpu: bool, cu
     if host_need > host.ram_available_gb * 1e9:
         return b, (f"batch {per_rank} at {format_imgsz(s.shape)} with {s.model}, loader {d.loader}, needs "
                    f"{host_need / 1e9:.1f} GB of host RAM ({ranks} rank(s): buffers {b.sainet_loader_bytes / 1e9:.1f} GB"
-                   f" with {b.decode_bytes / 1e9:.2f} GB of decoded images"
+                   f" with {b.decode_bytes / 1e9:.2f} GB of decoded images and {b.val_loader_bytes / 1e9:.2f} GB for val"
                    + (f" + a {ram_copy / 1e9:.1f} GB RAM copy" if ram_copy else "")
                    + (f" + {b.cpu_train_bytes / 1e9:.1f} GB to train the model on the CPU (activations "
                       f"{b.activation_bytes / 1e9:.1f} GB)" if on_cpu else "")
