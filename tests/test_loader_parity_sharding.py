@@ -125,6 +125,8 @@ def test_rect_val_shape_is_ultralytics_batch_shape(tmp_path, sizes, stride):
     got = rect_val_shape(np.array(sizes), 256, stride)
     mixed = min(h / w for w, h in sizes) < 1 < max(h / w for w, h in sizes)
     assert got is None if mixed else tuple(got) == tuple(ds.batch_shapes[0])
+    assert rect_val_shape(np.array([*sizes, (0, 90)]), 256, stride) is None  # no shape from a size no image has
+    assert rect_val_shape(np.zeros((0, 2)), 256, stride) is None
 
 
 @pytest.mark.parametrize("world", [1, 2, 3])

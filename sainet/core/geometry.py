@@ -129,7 +129,7 @@ def rect_val_shape(sizes: np.ndarray, imgsz: int, stride: int = 32, pad: float =
     otherwise. None when the images are of both orientations (Ultralytics then sorts them into
     batches of different shapes; one shape for all would be the square plus padding)."""
     wh = np.asarray(sizes, dtype=np.float64).reshape(-1, 2)
-    if not len(wh):
+    if not len(wh) or not (wh > 0).all():  # no images, or a size no image has (the loader names such a record)
         return None
     ar = wh[:, 1] / wh[:, 0]  # h / w, as Ultralytics'
     lo, hi = float(ar.min()), float(ar.max())
