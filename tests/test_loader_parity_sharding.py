@@ -61,13 +61,16 @@ def _ultralytics_val(img_dir: Path, imgsz: int, batch: int, rect: bool, stride: 
                        single_cls=False, task="detect", hyp=get_cfg(), prefix="")
 
 
-@pytest.mark.parametrize("kind", ["shm", "shm-mp", "raw", "dali"])
+_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: no GPU on this machine")
+
+
+@pytest.mark.parametrize("kind", ["shm", "shm-mp", "raw", "dali", pytest.param("dali-gpu", marks=[pytest.mark.gpu, _CUDA])])
 def test_rect_eval_is_ultralytics_rect_val(data, kind):
     """`rect=True` at a square imgsz: the batches take Ultralytics' rect val shape (its validator's:
     288x160 for these 16:9 images at 256, `pad` 0.5) with each image letterboxed to 256 inside it,
     and give Ultralytics' own rect val dataset's images, boxes and ratio_pad. The thread, process,
-    raw-store and dali (CPU) paths all letterbox where the plan puts the image."""
-    if kind == "dali":
+    raw-store and dali (CPU; on a GPU the torch executor) paths all letterbox where the plan puts the image."""
+    if kind.startswith("dali"):
         pytest.importorskip("nvidia.dali")
     ds = _ultralytics_val(data / "src" / "images" / "train", 256, 3, rect=True)
     theirs = {Path(ds[i]["im_file"]).name: ds[i] for i in range(len(ds))}
@@ -76,18 +79,19 @@ def test_rect_eval_is_ultralytics_rect_val(data, kind):
         store = data / "raw"
         if not store.exists():
             pack(data / "src", store, PackOptions(container="shards", mode="raw", imgsz=(256, 256)))
-    loader = build_loader(store, "shm" if kind == "raw" else kind, batch_size=3, imgsz=256, augment=False, rect=True,
-                          device="cpu")
+    loader = build_loader(store, {"raw": "shm", "dali-gpu": "dali"}.get(kind, kind), batch_size=3, imgsz=256,
+                          augment=False, rect=True, device="cuda" if kind == "dali-gpu" else "cpu")
     try:
         n = 0
         for batch in loader:
             assert tuple(batch["img"].shape[2:]) == (160, 288) == tuple(ds.batch_shapes[0])
             for k, name in enumerate(batch["im_file"]):
                 t = theirs[name]
-                assert batch["img"][k].shape == t["img"].shape
-                assert (batch["img"][k].float() - t["img"].float()).abs().mean() < 1.0, name
+                img = batch["img"][k].cpu()
+                assert img.shape == t["img"].shape
+                assert (img.float() - t["img"].float()).abs().mean() < 1.0, name
                 sel = batch["batch_idx"] == k
-                torch.testing.assert_close(batch["bboxes"][sel], t["bboxes"].float(), atol=1e-4, rtol=0)
+                torch.testing.assert_close(batch["bboxes"][sel].cpu(), t["bboxes"].float(), atol=1e-4, rtol=0)
                 (rh, rw), pad = batch["ratio_pad"][k]
                 assert (rh, rw) == pytest.approx(t["ratio_pad"][0]) and tuple(pad) == tuple(t["ratio_pad"][1])
                 n += 1
