@@ -121,13 +121,17 @@ class Decoder:
         return scaled_bytes(ImageInfo("jpeg", w0, h0, 3), self.min_size(w0, h0))
 
     def _full_buffer(self, info: ImageInfo, w0: int, h0: int, scratch: Scratch | None, slot: int) -> bytearray | None:
-        """Where a two-stage train decode puts the full-size image: the slot's buffer when that is already
-        the load size (it is the sample's image), else the calling thread's own, which the resize empties
-        before the thread decodes again (one per decode thread, not one per slot: no pages faulted in
-        per image). None without `scratch` (a fresh array, as every decode without one)."""
+        """Where a two-stage train decode puts the full-size image. The slot's buffer only when the
+        stored image (not the original: a store packed with a max size holds a smaller one) decodes at
+        the load size as it is (it is then the sample's image, with no resize to follow); else the
+        calling thread's own, which the resize into the slot empties before the thread decodes again
+        (one per decode thread, not one per slot: no pages faulted in per image; never the resize's
+        destination). None without `scratch` (a fresh array, as every decode without one)."""
+        if scratch is None:
+            return None
         need = scaled_bytes(info, None)
-        if scratch is None or self.load_size(w0, h0) == (w0, h0):
-            return scratch.get(slot, need) if scratch is not None else None
+        if info.orientation == 1 and (info.width, info.height) == self.load_size(w0, h0):
+            return scratch.get(slot, need)
         return self._thread_buffer(need)
 
     def _thread_buffer(self, need: int) -> bytearray:

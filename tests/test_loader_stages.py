@@ -528,3 +528,28 @@ def test_eval_decodes_through_one_buffer_per_thread_not_per_slot(store):
         tracemalloc.stop()
     for slot in range(8):
         np.testing.assert_array_equal(rows[slot], dec.decode_into(slot, np.empty((64, 64, 3), np.uint8)).image)
+
+
+@pytest.mark.parametrize("max_size,imgsz", [(80, 80), (96, 160)])
+def test_two_stage_decode_of_a_smaller_stored_image(tmp_path, max_size, imgsz):
+    """A store packed with a max size holds images smaller than their originals. Stored at the load
+    size itself (80x45 for 160x90 at 80), the decode is the sample's image and must not sit in the
+    thread's buffer, which the next decode reuses; smaller than the load size (96x54, loaded at 160x90),
+    the upscale must not read and write one buffer. Either way a slot keeps the pixels of a decode
+    without buffers, whatever else the thread decodes."""
+    from loaders.decode import Decoder, Scratch
+
+    synthesize(tmp_path / "src", images=4, size=(160, 90), seed=7, val_fraction=0)
+    pack(tmp_path / "src", tmp_path / "s", PackOptions(container="shards", max_size=max_size))
+    src = StoreSource(open_store(tmp_path / "s"), None, verify=False)
+    dec, scratch = Decoder(src, (imgsz, imgsz), "ultralytics"), Scratch()
+    want = [dec.decode(i, reduce=True).image for i in range(4)]
+    for _ in range(2):  # the second pass reuses every slot's buffer
+        got = [dec.decode(i, reduce=True, scratch=scratch, slot=i % 2) for i in range(2)]
+        for i, d in enumerate(got):
+            np.testing.assert_array_equal(d.image, want[i])
+        others = [dec.decode(i, reduce=True, scratch=scratch, slot=2 + i) for i in range(2, 4)]
+        for i, d in enumerate(others, 2):
+            np.testing.assert_array_equal(d.image, want[i])
+        for i, d in enumerate(got):  # not overwritten by the thread's later decodes
+            np.testing.assert_array_equal(d.image, want[i])
