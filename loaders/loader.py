@@ -90,7 +90,7 @@ class SainetLoader:
         self.dataset = LoaderDataset(source, hyp, augment, imgsz, batch_size, check_resample(resample), fit)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         n_bytes = batch_size * imgsz[0] * imgsz[1] * 3  # the consumer's batch + one per assembler, up to POOL_BYTES
-        keep = pool_size(n_bytes, least=self.assemblers + 1, most=prefetch + self.assemblers + 2, budget=self.pool_budget)
+        keep = self.pool_buffers(n_bytes, prefetch)
         #: built batches the consumer has not taken yet: while there are any, a full pool waits (buffers.py)
         self._queued = 0
         self.buffers = BatchBuffers(imgsz, self.pin_memory, keep=keep, queued=lambda: self._queued > 0)
@@ -110,6 +110,12 @@ class SainetLoader:
         self._next_epoch = 0
         self._resume_batch = 0
         self._active: Epoch | None = None
+
+    @classmethod
+    def pool_buffers(cls, batch_bytes: int, prefetch: int) -> int:
+        """How many CPU batch buffers this loader pools: the consumer's and one per assembler at least,
+        up to what keeps every stage busy within `pool_budget` (also the run budget's rule)."""
+        return pool_size(batch_bytes, least=cls.assemblers + 1, most=prefetch + cls.assemblers + 2, budget=cls.pool_budget)
 
     @staticmethod
     def _eval_shape(source: Source, imgsz: tuple[int, int], augment: bool, rect: bool,

@@ -149,16 +149,15 @@ def estimate_budget(*, images: int, imgsz: tuple[int, int], batch: int, threads:
     """The memory of one rank's training run; `device` ("cpu" or "cuda") says where activations live.
     `val_batch`: the val loader's batch (None: Ultralytics' for detection, twice `batch`; 0: no val
     loader, a benchmark's single loader), whose buffers the sainet loader bytes include."""
-    from loaders.buffers import POOL_BYTES, pool_size
-    from loaders.loader import PARTNER_BYTES
+    from loaders.loader import PARTNER_BYTES, SainetLoader
 
     H, W = imgsz
     frame = H * W * 3
     sh, sw = source_hw or (decode.largest_hw if decode and decode.largest_hw else imgsz)
     decoded = decode.batch_bytes(batch) if decode and decode.largest else batch * sh * sw * 3
     sainet = (prefetch + 1) * batch * frame + decoded + threads * 2 * frame + PARTNER_BYTES
-    vb = 2 * batch if val_batch is None else val_batch  # its pool (as SainetLoader sizes it) + a full decode per thread
-    val = pool_size(vb * frame, least=3, most=prefetch + 4, budget=POOL_BYTES) * vb * frame + threads * sh * sw * 3 if vb else 0
+    vb = 2 * batch if val_batch is None else val_batch  # its pool + a full-size decode per thread
+    val = SainetLoader.pool_buffers(vb * frame, prefetch) * vb * frame + threads * sh * sw * 3 if vb else 0
     ultra = workers * 2 * batch * frame + workers * int(_ULTRA_WORKER_BYTES)
     r = max(H, W) / max(sh, sw)  # Ultralytics caches images with the long side resized to imgsz
     cache = int(images * sh * sw * 3 * r * r)

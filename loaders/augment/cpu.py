@@ -14,7 +14,15 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from loaders.augment.plan import BatchPlan, ImagePlan, Placement, pixel_matrix, scale_matrix, translate_matrix
+from loaders.augment.plan import (
+    BatchPlan,
+    ImagePlan,
+    Placement,
+    letterbox_region,
+    pixel_matrix,
+    scale_matrix,
+    translate_matrix,
+)
 from sainet.core.geometry import PAD_VALUE, Letterbox, paint_letterbox
 
 __all__ = ["Cover", "render_image", "apply_hsv", "apply_hsv_fast", "HsvStep", "hsv_op", "hsv_over", "hsv_table",
@@ -193,10 +201,9 @@ def render_image(ip: ImagePlan, sources: list[np.ndarray], scales: list[tuple[fl
     when the whole image was written."""
     H, W = out.shape[:2]
     if ip.letterbox:  # eval: exactly Ultralytics' resize + pad, where the plan put it
-        p = ip.placements[0]
-        src, m = sources[p.src], p.matrix @ scale_matrix(*scales[p.src])  # decoded pixels -> output
-        h, w = src.shape[:2]
-        paint_letterbox(src, Letterbox(float(m[0, 0]), round(m[0, 0] * w), round(m[1, 1] * h), round(m[0, 2]), round(m[1, 2])), out)
+        src = sources[ip.placements[0].src]
+        top, left, nh, nw = letterbox_region(ip, scales[ip.placements[0].src], src.shape[:2])
+        paint_letterbox(src, Letterbox(nw / src.shape[1], nw, nh, left, top), out)
         return None
     ms = [p.matrix @ scale_matrix(*scales[p.src]) for p in ip.placements]  # source pixels -> output
     if not resize or not all(_axis_aligned(m) for m in ms):

@@ -115,6 +115,14 @@ def _source_boxes(cls: np.ndarray, boxes: np.ndarray, w0: int, h0: int) -> tuple
     return cls, xyxy
 
 
+def letterbox_region(ip: ImagePlan, scale: tuple[float, float], src_hw: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(top, left, new_h, new_w) in output pixels of an eval image's letterbox: where its plan puts
+    its decoded source (`src_hw` pixels, mapped to original coordinates by `scale`)."""
+    m = ip.placements[0].matrix @ scale_matrix(*scale)
+    h, w = src_hw
+    return round(m[1, 2]), round(m[0, 2]), round(m[1, 1] * h), round(m[0, 0] * w)
+
+
 def _letterbox_plan(w0: int, h0: int, out_hw: tuple[int, int], cls: np.ndarray, boxes: np.ndarray, src: int,
                     fit: tuple[int, int] | None = None) -> ImagePlan:
     H, W = out_hw

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from loaders.augment.plan import BatchPlan, Placement, scale_matrix
+from loaders.augment.plan import BatchPlan, Placement, letterbox_region
 from sainet.core.geometry import PAD_VALUE
 
 __all__ = ["PackedPlan", "pack_plan", "stack_sources", "render_batch", "hsv_torch"]
@@ -381,9 +381,7 @@ def _shared_letterbox(plan: BatchPlan, scales: Sequence[tuple[float, float]], sr
     for i, ip in enumerate(plan.images):
         if not ip.letterbox or ip.placements[0].src != i:
             return None
-        m = ip.placements[0].matrix @ scale_matrix(*scales[i])  # decoded edge -> output edge
-        h, w = src_hw[i]
-        regions.add((round(m[1, 2]), round(m[0, 2]), round(m[1, 1] * h), round(m[0, 0] * w)))
+        regions.add(letterbox_region(ip, scales[i], src_hw[i]))
     return regions.pop() if len(regions) == 1 else None
 
 
