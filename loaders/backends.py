@@ -68,6 +68,11 @@ class Backend:
     make: Callable[[Backend, Any, str | None, dict, dict], SainetLoader] | None  # None: external
 
     @property
+    def processes(self) -> bool:
+        """Builds batches in assembler processes (`loaders.procs`): `threads` counts processes."""
+        return self.make is _proc_loader
+
+    @property
     def external(self) -> bool:
         """Built by Ultralytics, not by `loaders.build_loader`."""
         return self.make is None

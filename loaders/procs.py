@@ -67,13 +67,16 @@ from loaders.shared_history import SharedHistory
 from loaders.sources import StoreSource
 from sainet.core.errors import LoaderWorkerError
 
-__all__ = ["ProcLoader", "SlotPool"]
+__all__ = ["PROCESS_BYTES", "ProcLoader", "SlotPool"]
 
 log = logging.getLogger(__name__)
 
 #: The slots' byte budget: one slot per process and the consumer's always, then as many more (up to
 #: prefetch + 1) as fit — at 1440x1440, batch 8, that is the 3 minimum of 50 MB (a fourth measured no faster).
 SLOT_BYTES = 160 << 20
+#: private memory of one assembler process once started (interpreter, numpy, OpenCV, the store's
+#: index, its decode thread): 30-32 MiB measured (`benchmarks/loader_memory.py`; the run budget's figure)
+PROCESS_BYTES = 32 << 20
 #: seconds an assembler process may take to start (imports, opening the store) on a loaded machine
 START_TIMEOUT = 120.0
 _BUSY = object()  # a slot being written by an assembler process
@@ -274,10 +277,8 @@ class ProcLoader(SainetLoader):
         self._history, self._redecoder = None, None  # the processes hold the history (SharedHistory)
         H, W = self.imgsz
         self.slot_bytes = self.batch_size * H * W * 3
-        self.n_slots = pool_size(self.slot_bytes, least=threads + 1, most=threads + self.prefetch + 2,
-                                budget=self.slot_budget)
-        # two batches in flight per process where the slots allow (the next task waits in its socket)
-        self.assemblers = max(threads, min(2 * threads, self.n_slots - 1))
+        self.n_slots = self.slot_count(self.slot_bytes, threads, self.prefetch)
+        self.assemblers = self.tasks_in_flight(threads, self.n_slots)
         # the shared partner history: P + A sets of one batch's decoded samples, after the slots
         self.history_sets = self.partner_batches + self.assemblers if self.partner_batches else 0
         self.history_sample_bytes = self._largest_decode() if self.history_sets else 0
@@ -295,6 +296,28 @@ class ProcLoader(SainetLoader):
         self._turn = threading.Condition()
         self._due: dict[int, int] = {}
         self._finalizer: weakref.finalize | None = None
+
+    @classmethod
+    def slot_count(cls, slot_bytes: int, processes: int, prefetch: int) -> int:
+        """Batch slots in the slot file: one per process and the consumer's, then as many more (up to
+        prefetch + 1) as fit in `slot_budget` (also the run budget's rule)."""
+        return pool_size(slot_bytes, least=processes + 1, most=processes + prefetch + 2, budget=cls.slot_budget)
+
+    @staticmethod
+    def tasks_in_flight(processes: int, slots: int) -> int:
+        """Batches being built at once: two per process where the slots allow (the next task waits in
+        its socket), one each at least."""
+        return max(processes, min(2 * processes, slots - 1))
+
+    @classmethod
+    def host_bytes(cls, *, slot_bytes: int, processes: int, prefetch: int, history: Callable[[int], int],
+                   per_process: int) -> int:
+        """Host memory of a loader with these settings, its processes included (the run budget's
+        figure): the slot file (the slots, then the shared partner history, whose bytes `history` gives
+        for the batches in flight) and each process's own (`PROCESS_BYTES` plus `per_process`: the
+        decode buffer an eval letterbox takes)."""
+        slots = cls.slot_count(slot_bytes, processes, prefetch)
+        return slots * slot_bytes + history(cls.tasks_in_flight(processes, slots)) + processes * (PROCESS_BYTES + per_process)
 
     def __iter__(self) -> Any:
         epoch = super().__iter__()  # the last pass's builds are done: no process is working

@@ -145,19 +145,27 @@ class Budget:
 
 def estimate_budget(*, images: int, imgsz: tuple[int, int], batch: int, threads: int, prefetch: int, workers: int,
                     model: str = "yolov8s.yaml", source_hw: tuple[int, int] | None = None, amp: bool = True,
-                    decode: DecodeSizes | None = None, device: str = "cuda", val_batch: int | None = None) -> Budget:
+                    decode: DecodeSizes | None = None, device: str = "cuda", val_batch: int | None = None,
+                    processes: bool = False) -> Budget:
     """The memory of one rank's training run; `device` ("cpu" or "cuda") says where activations live.
     `val_batch`: the val loader's batch (None: Ultralytics' for detection, twice `batch`; 0: no val
-    loader, a benchmark's single loader), whose buffers the sainet loader bytes include."""
+    loader, a benchmark's single loader), whose buffers the sainet loader bytes include. `processes`:
+    the loaders build batches in `threads` assembler processes (``shm-mp``, ``lmdb-mp``), not threads."""
     from loaders.loader import PARTNER_BYTES, SainetLoader
 
     H, W = imgsz
     frame = H * W * 3
     sh, sw = source_hw or (decode.largest_hw if decode and decode.largest_hw else imgsz)
     decoded = decode.batch_bytes(batch) if decode and decode.largest else batch * sh * sw * 3
-    sainet = (prefetch + 1) * batch * frame + decoded + threads * 2 * frame + PARTNER_BYTES
-    vb = 2 * batch if val_batch is None else val_batch  # its pool + a full-size decode per thread
-    val = SainetLoader.pool_buffers(vb * frame, prefetch) * vb * frame + threads * sh * sw * 3 if vb else 0
+    vb = 2 * batch if val_batch is None else val_batch
+    if processes:
+        sample = _history_sample_bytes(decode, (sh, sw), imgsz)
+        sainet, val = _proc_loaders(batch, vb, frame, threads, prefetch, sample, sh * sw * 3, pinned=device != "cpu")
+    else:
+        # each: its pool of batch buffers (full while the training step is slower than the loader); train:
+        # a batch of decoded sources, two frames per thread, the partner history; val: a full-size decode per thread
+        sainet = SainetLoader.pool_buffers(batch * frame, prefetch) * batch * frame + decoded + threads * 2 * frame + PARTNER_BYTES
+        val = SainetLoader.pool_buffers(vb * frame, prefetch) * vb * frame + threads * sh * sw * 3 if vb else 0
     ultra = workers * 2 * batch * frame + workers * int(_ULTRA_WORKER_BYTES)
     r = max(H, W) / max(sh, sw)  # Ultralytics caches images with the long side resized to imgsz
     cache = int(images * sh * sw * 3 * r * r)
@@ -167,6 +175,38 @@ def estimate_budget(*, images: int, imgsz: tuple[int, int], batch: int, threads:
     weights = int(_PARAMS[scale] * 16)
     vram = activation_bytes(model, imgsz, batch, amp=amp, device="cuda") + weights + int(_CUDA_CONTEXT)
     return Budget(frame, int(sainet + val), int(ultra), cache, vram, act, weights, int(decoded), int(val))
+
+
+def _history_sample_bytes(decode: DecodeSizes | None, hw: tuple[int, int], imgsz: tuple[int, int]) -> int:
+    """One sample's region in the process loaders' shared partner history, by the loader's own rule
+    (`loaders.decode.Decoder.train_bytes` of the largest image, h x w `hw`); none for a raw store
+    (its samples are read in place)."""
+    from loaders.decode import Decoder
+
+    if decode is not None and not decode.largest and decode.images:
+        return 0
+    return Decoder(None, imgsz).train_bytes(hw[1], hw[0])
+
+
+def _proc_loaders(batch: int, val_batch: int, frame: int, processes: int, prefetch: int, sample: int, full: int,
+                  pinned: bool) -> tuple[int, int]:
+    """(train, val) host bytes of the process loaders (`loaders.procs.ProcLoader.host_bytes`): train
+    takes the shared partner history (as many recent batches as `PARTNER_BYTES` of `sample`-byte
+    regions hold, plus one set per batch in flight), val a full-size decode (`full`) per process.
+    `pinned` (CUDA): each also pools pinned batches in the trainer's process."""
+    from loaders.loader import PARTNER_BYTES, PARTNER_MAX, SainetLoader
+    from loaders.procs import ProcLoader
+    from loaders.shared_history import SharedHistory
+
+    partners = min(PARTNER_MAX, PARTNER_BYTES // max(1, batch * sample))
+
+    def loader(b: int, history: Any, per_process: int) -> int:
+        pool = SainetLoader.pool_buffers(b * frame, prefetch) * b * frame if pinned else 0
+        return pool + ProcLoader.host_bytes(slot_bytes=b * frame, processes=processes, prefetch=prefetch,
+                                            history=history, per_process=per_process)
+
+    train = loader(batch, lambda a: SharedHistory.nbytes(partners + a, batch, sample) if partners else 0, 0)
+    return train, (loader(val_batch, lambda a: 0, full) if val_batch else 0)
 
 
 def largest_fitting(fits: Any, most: int) -> int:

@@ -329,3 +329,41 @@ def test_the_val_loader_is_in_the_run_budget():
     val = pool_size(32 * frame, least=3, most=6, budget=POOL_BYTES) * 32 * frame + 4 * 808 * 1440 * 3
     assert run.val_loader_bytes == val and bench.val_loader_bytes == 0
     assert run.sainet_loader_bytes - bench.sainet_loader_bytes == val
+
+
+@pytest.mark.parametrize("augment", [True, False], ids=["train", "val"])
+def test_the_process_loaders_are_in_the_run_budget_as_they_allocate(small_set, tmp_path, augment):
+    """`lmdb-mp` / `shm-mp`: the run budget counts what the loader itself sizes (its slot file: the
+    slots and, for train, the shared partner history; one process's own memory per process; an eval
+    decode buffer per process), not the thread loader's pool; and the trainer's plan asks for it."""
+    from cache_tools import PackOptions, pack
+    from cache_tools.store import open_store
+    from loaders import build_loader
+    from loaders.procs import PROCESS_BYTES
+    from sainet.budget import estimate_budget, store_decode_sizes
+    from sainet.train import TrainRequest, resolve
+
+    store = tmp_path / "store"
+    pack(small_set, store, PackOptions(container="lmdb"))
+    hw, batch, procs = (96, 160), 4, 3
+    ld = build_loader(store, "lmdb-mp", batch_size=batch, imgsz="160x96", augment=augment, threads=procs, prefetch=2)
+    try:
+        assert ld.n_slots > procs + 1 and (ld.history_bytes > 0) == augment  # more than the least; a history to count
+        own = ld.n_slots * ld.slot_bytes + ld.history_bytes + procs * (PROCESS_BYTES + (0 if augment else 180 * 320 * 3))
+    finally:
+        ld.close()
+    with open_store(store) as st:
+        decode = store_decode_sizes(st, hw)
+    kw = dict(images=12, imgsz=hw, threads=procs, prefetch=2, workers=0, decode=decode, device="cpu")
+    if augment:
+        est = estimate_budget(batch=batch, val_batch=0, processes=True, **kw).sainet_loader_bytes
+        threads = estimate_budget(batch=batch, val_batch=0, **kw).sainet_loader_bytes
+    else:
+        est = estimate_budget(batch=1, val_batch=batch, processes=True, **kw).val_loader_bytes
+        threads = estimate_budget(batch=1, val_batch=batch, **kw).val_loader_bytes
+    assert est == own and est != threads
+    if augment:  # the trainer plans lmdb-mp with the process figure, train + val
+        req = dict(data=str(store), imgsz="160x96", batch=batch, device="cpu", threads=procs, prefetch=2)
+        chosen = {n: resolve(TrainRequest(loader=n, **req))[2]["loader_buffer_bytes"] for n in ("lmdb", "lmdb-mp")}
+        run = estimate_budget(batch=batch, processes=True, model="yolov8s.yaml", **{**kw, "images": 9})
+        assert chosen["lmdb-mp"] == run.sainet_loader_bytes > chosen["lmdb"]
