@@ -160,8 +160,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="train nothing: stop, naming them, if any planned run is in no --reuse file")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script, measures nothing")
     args = ap.parse_args(argv)
-    if args.resample != "fast" and "dali" in args.loaders.split(","):
-        ap.error(f"--resample {args.resample} is the CPU loaders' (the dali loader resamples once): leave dali out of --loaders")
     if args.smoke:
         args.images, args.val_fraction, args.size, args.epochs, args.imgsz = 24, 0.5, "160x96", 2, "64"
         args.close_mosaic = 1

@@ -82,7 +82,7 @@ def build_loader(
     `partner_batches`: how many recent batches' decoded samples mosaics may take partners from
     (None: as many as Ultralytics' buffer spans, up to `loader.PARTNER_BYTES` of decoded pixels;
     0: partners from the batch itself; the dali loader keeps the same history).
-    `resample`: how train images are resampled (`loaders.decode.RESAMPLE`; not the dali loader's).
+    `resample`: how train images are resampled (`loaders.decode.RESAMPLE`).
     `rect` (eval, square `imgsz`): Ultralytics' rect val batches (`geometry.rect_val_shape`) at `stride`
     (the model's largest, at least 32: Ultralytics' ``gs``).
     """

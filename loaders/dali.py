@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from loaders.assemble import CpuAssembler, History
-from loaders.augment.torch_exec import render_batch
+from loaders.augment.torch_exec import render_batch, resize_hwc
 from loaders.collate import collate
 from loaders.decode import Decoded
 from loaders.loader import SainetLoader
@@ -227,7 +227,7 @@ class DaliAssembler:
             images = [self._reduced(np.asarray(out[k]), u) for k, u in enumerate(used)]  # views of DALI's buffers, or smaller copies
             return [Decoded(img, self._scale(u, img.shape), u) for img, u in zip(images, used, strict=True)]
         with torch.cuda.stream(self.stream):
-            images = [self.loader.to_torch(out[k]) for k in range(len(used))]
+            images = [self._reduced_gpu(self.loader.to_torch(out[k]), u) for k, u in enumerate(used)]
         return [Decoded(t, self._scale(u, tuple(t.shape)), u) for t, u in zip(images, used, strict=True)]
 
     def _read(self, indices: list[int]) -> list[tuple[np.ndarray, int]]:
@@ -283,13 +283,27 @@ class DaliAssembler:
         DCT scale when the training shape is at most half the original), by area averaging (what
         a reduced-DCT decode is close to). DALI decodes at full size; rendered from that in one
         bilinear resample, its images were far sharper than Ultralytics' (mean |Laplacian| 7.4 vs
-        4.8 at 576x324 -> 256, `tests/test_augment_parity.py`)."""
+        4.8 at 576x324 -> 256, `tests/test_augment_parity.py`). With resample="ultralytics":
+        Ultralytics' load image, a bilinear resize of the full decode (`Decoder.to_load_size`)."""
         if not self.loader.augment:
             return img
         w0, h0 = (int(v) for v in self.loader.source.sizes[u])
-        min_size = self.cpu.decoder.min_size(w0, h0)
+        decoder = self.cpu.decoder
+        if decoder.resample == "ultralytics":
+            return decoder.to_load_size(Decoded(img, (w0 / img.shape[1], h0 / img.shape[0]), u), w0, h0).image
+        min_size = decoder.min_size(w0, h0)
         w, h = scaled_size(img.shape[1], img.shape[0], min_size)
         return img if (w, h) == (img.shape[1], img.shape[0]) else cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+
+    def _reduced_gpu(self, img: torch.Tensor, u: int) -> torch.Tensor:
+        """A train image on the GPU: DALI's full-size decode (the torch executor resamples it once,
+        at sub-pixel positions), or with resample="ultralytics" first Ultralytics' load image, its
+        bilinear resize to the load size (`resize_hwc`, on the loader's stream)."""
+        if not self.loader.augment or self.cpu.decoder.resample != "ultralytics":
+            return img
+        w0, h0 = (int(v) for v in self.loader.source.sizes[u])
+        size = self.cpu.decoder.load_size(w0, h0)
+        return img if (img.shape[1], img.shape[0]) == size else resize_hwc(img, size)
 
     def _scale(self, u: int, shape: tuple[int, ...]) -> tuple[float, float]:
         w0, h0 = self.loader.source.sizes[u]
@@ -333,9 +347,6 @@ class DaliLoader(SainetLoader):
     fuse = os.environ.get("SAINET_FUSE", "1") != "0"
 
     def __init__(self, source, *, device: str | None = None, **kw) -> None:  # noqa: ANN001 - Source
-        if kw.get("resample", "fast") != "fast":
-            raise ValueError(f"resample {kw['resample']!r} is the CPU loaders' (lmdb, shm, ram, disk and their -mp); "
-                             "the dali loader resamples once (its sharpness per decode ratio: benchmarks/README.md)")
         if not dali_available():
             raise ImportError("the dali loader needs nvidia-dali: pip install 'sainet[dali]' (CUDA 13) or 'sainet[dali-cu12]'")
         want_gpu = device not in ("cpu",) and torch.cuda.is_available()
@@ -350,8 +361,9 @@ class DaliLoader(SainetLoader):
     def _decoded_bytes(self, w0: int, h0: int) -> int:
         """What a decoded train sample's size really is, for sizing the partner history: on the GPU
         (`mixed`) DALI's full-size decode (no reduced DCT); in CPU mode the CPU loaders' reduced size
-        (`DaliAssembler._reduced` shrinks DALI's output to it); a raw store is read by the CPU path."""
-        if self.source.mode == "raw" or (self.dali_device == "cpu" and self.augment):
+        (`DaliAssembler._reduced` shrinks DALI's output to it), and with resample="ultralytics" the
+        load size on either; a raw store is read by the CPU path."""
+        if self.source.mode == "raw" or (self.augment and (self.dali_device == "cpu" or self.dataset.resample != "fast")):
             return super()._decoded_bytes(w0, h0)
         return w0 * h0 * 3
 

@@ -94,12 +94,12 @@ class Decoder:
         if src.mode == "raw":
             frame, (left, top, nw, nh) = self._frame(payload), src.raw_content(i)
             d = Decoded(frame[top : top + nh, left : left + nw], (w0 / nw, h0 / nh), i)
-            return self._to_load_size(d, w0, h0, scratch, slot) if two_stage else d
+            return self.to_load_size(d, w0, h0, scratch, slot) if two_stage else d
         name = src.describe(i)
         info = probe(payload, name)
         if two_stage:  # full size, as Ultralytics' imread, then its resize
             img = decode_rgb(payload, name, info=info, buffer=self._full_buffer(info, w0, h0, scratch, slot))
-            return self._to_load_size(Decoded(img, (w0 / img.shape[1], h0 / img.shape[0]), i), w0, h0, scratch, slot)
+            return self.to_load_size(Decoded(img, (w0 / img.shape[1], h0 / img.shape[0]), i), w0, h0, scratch, slot)
         min_size = self.min_size(w0, h0) if reduce else None
         buf = scratch.get(slot, scaled_bytes(info, min_size)) if scratch is not None else None  # the reduced size, not the full
         img = decode_rgb(payload, name, min_size=min_size, info=info, buffer=buf)
@@ -142,7 +142,7 @@ class Decoder:
             buf = self._local.full = bytearray(need)
         return buf
 
-    def _to_load_size(self, d: Decoded, w0: int, h0: int, scratch: Scratch | None = None, slot: int = 0) -> Decoded:
+    def to_load_size(self, d: Decoded, w0: int, h0: int, scratch: Scratch | None = None, slot: int = 0) -> Decoded:
         """Ultralytics' `load_image` in train mode: resized to `load_size` with a bilinear `cv2.resize`."""
         w, h = self.load_size(w0, h0)
         if (d.image.shape[1], d.image.shape[0]) == (w, h):

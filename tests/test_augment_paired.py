@@ -43,16 +43,59 @@ def test_dali_cpu_train_images_are_ultralytics_twins(data):
     _check_twins(paired_draws(*data, images=48, batch=8, imgsz=IMGSZ, seed=5, kind="dali"), pixels=4.0)
 
 
+@pytest.mark.parametrize("kind", ["lmdb", "dali"])
 @pytest.mark.parametrize("size", [(192, 108), (288, 162), (448, 252)])
-def test_resampled_as_ultralytics_the_twins_are_as_sharp(tmp_path, size):
+def test_resampled_as_ultralytics_the_twins_are_as_sharp(tmp_path, size, kind):
     """resample="ultralytics" at decode ratios 1.5, 2.25 and 3.5 (imgsz 128): the sharpness of the
-    twins within 2 % (the fast path: +37 % at 1.5, -10 % at 3; benchmarks/README.md)."""
+    twins within 2 % (the fast path: +37 % at 1.5, -10 % at 3; benchmarks/README.md), for the CPU
+    loaders and for dali (CPU mode: DALI's full decode, then the same load-size resize and warp)."""
+    if kind == "dali" and not dali_available():
+        pytest.skip("nvidia-dali is not installed")
     src, store = tmp_path / "src", tmp_path / "lmdb"
     synthesize(src, images=24, size=size, seed=3, val_fraction=0)
     pack(src, store, PackOptions(container="lmdb"))
-    r = paired_draws(src, store, images=24, batch=8, imgsz=IMGSZ, seed=5, resample="ultralytics")
+    r = paired_draws(src, store, images=24, batch=8, imgsz=IMGSZ, seed=5, resample="ultralytics", kind=kind)
     assert r.box_max_abs_px < 0.01 and r.classes_equal and r.pixel_mean_abs < 1.5
     assert abs(r.sharpness_ratio - 1) < 0.02
+
+
+def test_dali_cpu_resampled_as_ultralytics_is_the_cpu_loaders_batch(data):
+    """dali (CPU mode) with resample="ultralytics": DALI's full decode, the load-size resize and the
+    warp of every tile give the lmdb loader's batches in that mode, pixel for pixel (both decode
+    with libjpeg-turbo); its partner history is sized at the load size."""
+    import torch
+
+    from loaders import build_loader
+
+    if not dali_available():
+        pytest.skip("nvidia-dali is not installed")
+    out = {}
+    for kind in ("lmdb", "dali"):
+        loader = build_loader(data[1], kind, batch_size=8, imgsz=IMGSZ, seed=4, device="cpu", resample="ultralytics", threads=2)
+        try:
+            assert loader._decoded_bytes(288, 162) == 128 * 72 * 3
+            out[kind] = [{k: (v.clone() if torch.is_tensor(v) else v) for k, v in b.items()} for b in loader]
+        finally:
+            loader.close()
+    assert len(out["lmdb"]) == len(out["dali"]) == 6
+    for a, b in zip(out["lmdb"], out["dali"], strict=True):
+        assert a["im_file"] == b["im_file"] and torch.equal(a["bboxes"], b["bboxes"]) and torch.equal(a["img"], b["img"])
+
+
+@pytest.mark.parametrize(("resample", "want"), [("fast", 288 * 162 * 3), ("ultralytics", 128 * 72 * 3)])
+def test_dali_on_the_gpu_sizes_its_partner_history_by_what_it_keeps(data, resample, want):
+    """The GPU (`mixed`) rule, asked of a CPU-built loader: DALI's full-size decode is what a
+    train sample holds, or with resample="ultralytics" the load-size image it is resized to."""
+    from loaders import build_loader
+
+    if not dali_available():
+        pytest.skip("nvidia-dali is not installed")
+    loader = build_loader(data[1], "dali", batch_size=8, imgsz=IMGSZ, device="cpu", resample=resample, threads=2)
+    try:
+        loader.dali_device = "mixed"
+        assert loader._decoded_bytes(288, 162) == want
+    finally:
+        loader.close()
 
 
 def test_known_bad_variants_are_not_twins(data):
@@ -73,6 +116,3 @@ def test_pipelines_it_cannot_pair_are_refused(data):
         paired_draws(*data, images=8, batch=8, imgsz=IMGSZ, hyp={"degrees": 10.0})
     with pytest.raises(ValueError, match="resample 'sharp': one of fast, ultralytics"):
         paired_draws(*data, images=8, batch=8, imgsz=IMGSZ, resample="sharp")
-    if dali_available():
-        with pytest.raises(ValueError, match="CPU loaders'"):
-            paired_draws(*data, images=8, batch=8, imgsz=IMGSZ, kind="dali", resample="ultralytics")

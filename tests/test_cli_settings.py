@@ -37,14 +37,6 @@ def test_settings_refuse_bad_values_naming_the_option(field, value, option):
         TrainSettings(**{field: value})
 
 
-def test_resample_ultralytics_is_refused_for_dali_before_anything_starts():
-    from sainet.train.run import _check_inputs
-
-    _check_inputs(TrainSettings(loader="lmdb", resample="ultralytics", model="yolov8n.yaml"))
-    with pytest.raises(SettingsError, match="--resample ultralytics is the CPU loaders'"):
-        _check_inputs(TrainSettings(loader="dali", resample="ultralytics", model="yolov8n.yaml"))
-
-
 def test_one_parser_for_sizes_threads_profiles():
     assert parse_wxh("1440x808") == (1440, 808)
     assert parse_imgsz("1440x808") == (832, 1440) and parse_imgsz("640") == (640, 640) and parse_imgsz(320) == (320, 320)

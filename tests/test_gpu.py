@@ -167,6 +167,29 @@ def test_dali_augmented_batches_match_the_cpu_loader(store):
         assert diff.mean() < 2.0, diff.mean()  # JPEG decoders (IDCT) and interpolation rounding
 
 
+def test_dali_resample_ultralytics_on_gpu_matches_the_cpu_loader(store):
+    """resample="ultralytics" at a decode ratio of 2 (320x180 at 160x96): DALI's full-size decode,
+    resized to Ultralytics' load size on the GPU (`resize_hwc`), then the torch executor's warp,
+    against the shm loader's full decode, cv2.resize and OpenCV warp: the same boxes and nearly the
+    same pixels."""
+    pytest.importorskip("nvidia.dali", reason="needs nvidia-dali")
+    out = {}
+    for kind, device in (("shm", None), ("dali", "cuda")):
+        loader = build_loader(store / "shards", kind, batch_size=4, imgsz=(96, 160), seed=4, device=device,
+                              resample="ultralytics")
+        try:
+            assert kind == "shm" or loader.partner_batches == 0 or loader._decoded_bytes(320, 180) == 160 * 90 * 3
+            out[kind] = list(loader)
+        finally:
+            loader.close()
+    assert len(out["shm"]) == len(out["dali"]) >= 8
+    for a, b in zip(out["shm"], out["dali"], strict=True):
+        assert b["img"].is_cuda and a["im_file"] == b["im_file"]
+        torch.testing.assert_close(a["bboxes"], b["bboxes"], atol=1e-6, rtol=0)
+        diff = (a["img"].int() - b["img"].cpu().int()).abs().float()
+        assert diff.mean() < 2.0, diff.mean()
+
+
 def test_train_two_epochs_with_the_dali_loader_on_gpu(store, tmp_path):
     pytest.importorskip("nvidia.dali", reason="needs nvidia-dali")
     from sainet.train import TrainRequest, train

@@ -12,7 +12,7 @@ from torch.overrides import TorchFunctionMode
 from loaders.augment.cpu import finish_image, mixup_partners, render_image
 from loaders.augment.hyp import Hyp
 from loaders.augment.plan import plan_batch
-from loaders.augment.torch_exec import hsv_torch, pack_plan, render_batch
+from loaders.augment.torch_exec import hsv_torch, pack_plan, render_batch, resize_hwc
 from tests.test_augment import assert_boxes_cover_their_colour, patch_images
 
 OUT_HW = (96, 160)
@@ -250,3 +250,13 @@ def test_fused_render_matches_eager():
     assert not torch_exec._FUSE_FAILED, torch_exec._FUSE_FAILED
     diff = np.abs(eager.astype(int) - fused.astype(int))
     assert diff.max() <= 3 and (diff > 0).mean() < 1e-3, (diff.max(), (diff > 0).mean())
+
+
+@pytest.mark.parametrize(("hw", "size"), [((162, 288), (128, 72)), ((808, 1440), (640, 360)), ((60, 100), (170, 102))])
+def test_resize_hwc_is_opencvs_bilinear_resize(hw, size):
+    """The dali loader's Ultralytics load-size resize on the GPU (resample="ultralytics") against
+    `cv2.resize(INTER_LINEAR)`, down and up: OpenCV's fixed-point weights round a level apart at most."""
+    img = cv2.GaussianBlur(np.random.default_rng(1).integers(0, 256, (*hw, 3), dtype=np.uint8), (0, 0), 1.0)
+    want = cv2.resize(img, size, interpolation=cv2.INTER_LINEAR).astype(int)
+    got = resize_hwc(torch.from_numpy(img), size).numpy().astype(int)
+    assert got.shape == want.shape and np.abs(got - want).max() <= 1 and (got != want).mean() < 0.2

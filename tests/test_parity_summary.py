@@ -187,8 +187,9 @@ def test_a_resample_other_than_fast_is_a_group_of_its_own(tmp_path):
     reuse = _reuse_args(tmp_path, {"old.jsonl": [old]})
     assert p._reused(reuse, fast, quiet=True) is not None
     assert p._reused(reuse, plan[1], quiet=True) is None
-    with pytest.raises(SystemExit):  # the dali loader resamples once: refused before anything trains
-        p.parse_args(["--resample", "ultralytics", "--loaders", "ultralytics,lmdb,dali"])
+    args = p.parse_args(["--seeds", "1", "--dali-seeds", "1", "--extra-batch", "0", "--rect-imgsz", "",
+                         "--loaders", "ultralytics,dali", "--resample", "ultralytics"])
+    assert [r.group for r in p.plan_runs(args)] == ["ultralytics b16", "dali b16 resample=ultralytics"]
 
 
 def test_versus_pairs_two_groups_of_the_reuse_files(tmp_path):

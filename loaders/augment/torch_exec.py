@@ -400,6 +400,15 @@ def _letterbox_canvas(sources: Sequence[torch.Tensor] | torch.Tensor, region: tu
     return canvas
 
 
+def resize_hwc(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """`cv2.resize(img, size, interpolation=cv2.INTER_LINEAR)` on the tensor's device: an (h, w, 3)
+    uint8 image to `size` (w, h), bilinear at half-pixel centres with a replicated border and no
+    antialiasing, as OpenCV (whose fixed-point weights round a level or so differently)."""
+    w, h = size
+    x = F.interpolate(img.permute(2, 0, 1)[None].float(), size=(h, w), mode="bilinear", align_corners=False)
+    return x[0].round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous()
+
+
 def render_batch(plan: BatchPlan, sources: Sequence[torch.Tensor] | torch.Tensor, scales: Sequence[tuple[float, float]], *,
                  src_hw: Sequence[tuple[int, int]] | None = None, stream: torch.cuda.Stream | None = None,
                  fuse: bool = False) -> torch.Tensor:

@@ -73,7 +73,7 @@ def train(
     name: Annotated[str | None, typer.Option(help="Run name (default: loader-imgsz).")] = None,
     resume: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="Resume from a run's weights/last.pt (a newer weights/mid_epoch.pt is taken when there is one; before the first epoch ends, pass mid_epoch.pt): its data, loader, shape and options come back.")] = None,
     checkpoint_every: Annotated[int, typer.Option(min=0, help="Also save weights/mid_epoch.pt every N batches (0: off).")] = 0,
-    resample: Annotated[Literal["fast", "ultralytics"], typer.Option(help="How a sainet CPU loader resamples train images: fast (a reduced-DCT decode, one warp) or ultralytics (a full decode, Ultralytics' load-size resize, then the warp: its sharpness at any decode ratio, slower).")] = "fast",
+    resample: Annotated[Literal["fast", "ultralytics"], typer.Option(help="How a sainet loader resamples train images: fast (a reduced-DCT decode, one warp; dali on a GPU: its full-size decode, one warp) or ultralytics (a full decode, Ultralytics' load-size resize, then the warp: its sharpness at any decode ratio, slower on a CPU).")] = "fast",
 ) -> None:
     """Train YOLOv8 with Ultralytics on a sainet loader (or Ultralytics' own, for comparison).
 

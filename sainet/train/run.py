@@ -327,9 +327,6 @@ def _check_inputs(s: TrainSettings) -> None:
     from sainet.validate import check_device, check_model, check_weights
 
     check_device(s.device)
-    if s.resample != "fast" and s.loader == "dali":
-        raise SettingsError(f"--resample {s.resample} is the CPU loaders' (lmdb, shm, ram, disk and their -mp); "
-                            "the dali loader resamples once", "--resample")
     if not s.resume:
         check_model(s.model)
     if s.weights:
