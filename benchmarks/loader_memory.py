@@ -46,7 +46,7 @@ def _estimate(ld: object, a: argparse.Namespace) -> int:
     hw = tuple(ld.imgsz)  # type: ignore[attr-defined]
     decode = store_decode_sizes(ld.source.store, hw)  # type: ignore[attr-defined]
     kw = dict(images=0, imgsz=hw, threads=a.threads, prefetch=a.prefetch, workers=0, decode=decode, device="cpu",
-              processes=BACKENDS[a.loader].processes)
+              processes=BACKENDS[a.loader].processes, resample=a.resample)
     if a.augment:
         return estimate_budget(batch=a.batch, val_batch=0, **kw).sainet_loader_bytes
     return estimate_budget(batch=1, val_batch=a.batch, **kw).val_loader_bytes
@@ -59,7 +59,7 @@ def measure(store: Path, a: argparse.Namespace) -> tuple[float, float]:
     from loaders import build_loader
 
     ld = build_loader(store, a.loader, batch_size=a.batch, imgsz=a.imgsz, augment=a.augment, threads=a.threads,
-                      prefetch=a.prefetch)
+                      prefetch=a.prefetch, resample=a.resample)
     est = _estimate(ld, a)
     base, peak, done = tree_pss(os.getpid()), [0], threading.Event()
 
@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--loader", default="lmdb")
     ap.add_argument("--step-ms", type=float, default=0, help="the consumer's time per batch (a training step's)")
+    ap.add_argument("--resample", default="fast", choices=("fast", "ultralytics"))
     ap.add_argument("--augment", action="store_true", help="a train loader (default: an eval loader)")
     ap.add_argument("--repeats", type=int, default=3, help="fresh processes, one measurement each")
     ap.add_argument("--work", type=Path, default=Path("/tmp/sainet-loader-memory"))

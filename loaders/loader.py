@@ -35,7 +35,7 @@ from loaders.sampler import ShardedSampler
 from loaders.sources import Source
 from sainet.core.geometry import format_imgsz, rect_val_shape
 
-__all__ = ["BatchBuilder", "LoaderDataset", "SainetLoader", "PARTNER_BYTES", "PARTNER_MAX"]
+__all__ = ["BatchBuilder", "LoaderDataset", "SainetLoader", "PARTNER_BYTES", "PARTNER_MAX", "partner_count"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,13 @@ PARTNER_BYTES = 64 << 20
 #: Ultralytics' mosaic buffer holds 8 x batch - 1 images: for image i of a batch, images 0..i and the
 #: 8 x batch - i - 2 loaded before them, which reach 8 batches back (`augment.plan._partners`).
 PARTNER_MAX = 8
+
+
+def partner_count(batch_size: int, sample_bytes: int, budget: int = PARTNER_BYTES) -> int:
+    """Recent batches kept for mosaic partners: as many as Ultralytics' buffer reaches back
+    (`PARTNER_MAX`) whose samples, `sample_bytes` each decoded (the median image's), fit in `budget`
+    (also the run budget's rule)."""
+    return int(min(PARTNER_MAX, budget // max(1, batch_size * sample_bytes)))
 
 
 class BatchBuilder(Protocol):
@@ -148,8 +155,7 @@ class SainetLoader:
             return 0
         sizes = np.asarray(self.source.sizes, np.int64).reshape(-1, 2)
         w0, h0 = (int(v) for v in np.median(sizes, axis=0))
-        per_batch = batch_size * self._decoded_bytes(w0, h0)  # what this loader's decoder really outputs
-        return int(min(PARTNER_MAX, budget // max(1, per_batch)))
+        return partner_count(batch_size, self._decoded_bytes(w0, h0), budget)  # what this loader's decoder really outputs
 
     @property
     def on_error(self) -> str:

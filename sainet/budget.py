@@ -23,12 +23,15 @@ GPU_mem (the caching allocator's reserve) is 1.24-1.63x the saved AMP bytes of n
 
 from __future__ import annotations
 
+import collections
 import heapq
 import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from cache_tools.plan import StoreEstimate, check_fits, estimate_store, fs_info, human_bytes
 from sainet.core.errors import CapacityError, SainetError, SettingsError
@@ -82,31 +85,49 @@ class DecodeSizes:
     images: int = 0
     largest_hw: tuple[int, int] | None = None  # (h, w) of the largest image
     refused: int = 0  # images whose header sainet refuses (corrupt, or above imaging.MAX_PIXELS)
+    #: every (h, w) size with its image count: the loaders' own sizing rules apply to these (their
+    #: partner count to the median image, their history's sample region to every size)
+    hw_counts: tuple[tuple[int, int, int], ...] = ()
 
     KEEP = 4096
 
     def batch_bytes(self, batch: int) -> int:
         return int(sum(self.largest[:batch]))
 
+    def median_wh(self) -> tuple[int, int] | None:
+        """The (w, h) a loader sizes its partner count by: the median width and height, as
+        `loaders.loader.SainetLoader._partner_batches` takes them; None without sizes."""
+        if not self.hw_counts:
+            return None
+        a = np.asarray(self.hw_counts, np.int64)
+        w0, h0 = (int(v) for v in np.median(np.repeat(a[:, [1, 0]], a[:, 2], axis=0), axis=0))
+        return w0, h0
+
+    def most(self, rule: Any) -> int:
+        """The largest `rule(w, h)` over the sizes (0 without sizes)."""
+        return max((int(rule(w, h)) for h, w, _ in self.hw_counts), default=0)
+
     @classmethod
     def collect(cls, sizes: Any, refused: int = 0) -> DecodeSizes:
         """From an iterable of ((h, w), decode bytes); one pass, nothing but the largest kept."""
         heap: list[int] = []
         n, big = 0, (0, None)
+        counts: collections.Counter = collections.Counter()
         for hw, nbytes in sizes:
             n += 1
+            counts[tuple(hw)] += 1
             if nbytes > big[0]:
                 big = (nbytes, hw)
             if len(heap) < cls.KEEP:
                 heapq.heappush(heap, nbytes)
             elif nbytes > heap[0]:
                 heapq.heapreplace(heap, nbytes)
-        return cls(tuple(sorted(heap, reverse=True)), n, big[1], refused)
+        return cls(tuple(sorted(heap, reverse=True)), n, big[1], refused, tuple((h, w, c) for (h, w), c in sorted(counts.items())))
 
     @classmethod
     def uniform(cls, images: int, hw: tuple[int, int]) -> DecodeSizes:
         """`images` images of one size (h, w), decoded at full size."""
-        return cls((hw[0] * hw[1] * 3,) * min(images, cls.KEEP), images, hw)
+        return cls((hw[0] * hw[1] * 3,) * min(images, cls.KEEP), images, hw, 0, ((hw[0], hw[1], images),) if images else ())
 
 
 def decode_bytes(info: Any, imgsz: tuple[int, int]) -> int:
@@ -146,26 +167,20 @@ class Budget:
 def estimate_budget(*, images: int, imgsz: tuple[int, int], batch: int, threads: int, prefetch: int, workers: int,
                     model: str = "yolov8s.yaml", source_hw: tuple[int, int] | None = None, amp: bool = True,
                     decode: DecodeSizes | None = None, device: str = "cuda", val_batch: int | None = None,
-                    processes: bool = False) -> Budget:
-    """The memory of one rank's training run; `device` ("cpu" or "cuda") says where activations live.
-    `val_batch`: the val loader's batch (None: Ultralytics' for detection, twice `batch`; 0: no val
-    loader, a benchmark's single loader), whose buffers the sainet loader bytes include. `processes`:
-    the loaders build batches in `threads` assembler processes (``shm-mp``, ``lmdb-mp``), not threads."""
-    from loaders.loader import PARTNER_BYTES, SainetLoader
-
+                    processes: bool = False, resample: str = "fast") -> Budget:
+    """The memory of one rank's training run; `device` ("cpu" or "cuda") says where activations live
+    (and, on CUDA, that batches are pinned). `val_batch`: the val loader's batch (None: Ultralytics' for
+    detection, twice `batch`; 0: no val loader, a benchmark's single loader), whose buffers the sainet
+    loader bytes include. `processes`: the loaders build batches in `threads` assembler processes
+    (``shm-mp``, ``lmdb-mp``), not threads. `resample`: the loaders' (`loaders.decode.RESAMPLE`)."""
     H, W = imgsz
     frame = H * W * 3
     sh, sw = source_hw or (decode.largest_hw if decode and decode.largest_hw else imgsz)
     decoded = decode.batch_bytes(batch) if decode and decode.largest else batch * sh * sw * 3
     vb = 2 * batch if val_batch is None else val_batch
-    if processes:
-        sample = _history_sample_bytes(decode, (sh, sw), imgsz)
-        sainet, val = _proc_loaders(batch, vb, frame, threads, prefetch, sample, sh * sw * 3, pinned=device != "cpu")
-    else:
-        # each: its pool of batch buffers (full while the training step is slower than the loader); train:
-        # a batch of decoded sources, two frames per thread, the partner history; val: a full-size decode per thread
-        sainet = SainetLoader.pool_buffers(batch * frame, prefetch) * batch * frame + decoded + threads * 2 * frame + PARTNER_BYTES
-        val = SainetLoader.pool_buffers(vb * frame, prefetch) * vb * frame + threads * sh * sw * 3 if vb else 0
+    lb = _LoaderBytes(batch, frame, threads, prefetch, _Samples.of(decode, (sh, sw), imgsz, resample, batch),
+                      pinned=device != "cpu")
+    sainet, val = (lb.processes(), lb.processes(vb)) if processes else (lb.threads(decoded), lb.threads(decoded, vb))
     ultra = workers * 2 * batch * frame + workers * int(_ULTRA_WORKER_BYTES)
     r = max(H, W) / max(sh, sw)  # Ultralytics caches images with the long side resized to imgsz
     cache = int(images * sh * sw * 3 * r * r)
@@ -177,36 +192,92 @@ def estimate_budget(*, images: int, imgsz: tuple[int, int], batch: int, threads:
     return Budget(frame, int(sainet + val), int(ultra), cache, vram, act, weights, int(decoded), int(val))
 
 
-def _history_sample_bytes(decode: DecodeSizes | None, hw: tuple[int, int], imgsz: tuple[int, int]) -> int:
-    """One sample's region in the process loaders' shared partner history, by the loader's own rule
-    (`loaders.decode.Decoder.train_bytes` of the largest image, h x w `hw`); none for a raw store
-    (its samples are read in place)."""
-    from loaders.decode import Decoder
+@dataclass(frozen=True)
+class _Samples:
+    """What a loader's decoded train samples take, by the loaders' own rules
+    (`loaders.decode.Decoder.train_bytes` for the resample mode): `region`, the largest sample (a
+    process loader's history region per sample); `partners`, the recent batches kept for mosaic
+    partners (`loaders.loader.partner_count` of the median image); `full`, a full-size decode (an
+    eval letterbox's, and a two-stage train decode's, per decode thread); `two_stage`: resample
+    "ultralytics" (each decode thread holds a full-size decode); `raw`: a raw store (read in place)."""
 
-    if decode is not None and not decode.largest and decode.images:
-        return 0
-    return Decoder(None, imgsz).train_bytes(hw[1], hw[0])
+    region: int
+    partners: int
+    full: int
+    two_stage: bool
+    raw: bool
+
+    @classmethod
+    def of(cls, decode: DecodeSizes | None, hw: tuple[int, int], imgsz: tuple[int, int], resample: str,
+           batch: int) -> _Samples:
+        from loaders.decode import Decoder
+        from loaders.loader import partner_count
+
+        rule = Decoder(None, imgsz, resample).train_bytes  # type: ignore[arg-type]
+        full = hw[0] * hw[1] * 3
+        if decode is not None and not decode.largest and decode.images:  # a raw store: frames read in place
+            return cls(0, 0, imgsz[0] * imgsz[1] * 3, False, True)
+        median = decode.median_wh() if decode else None
+        region = decode.most(rule) if decode and decode.hw_counts else rule(hw[1], hw[0])
+        return cls(region, partner_count(batch, rule(*median) if median else region), full, resample != "fast", False)
 
 
-def _proc_loaders(batch: int, val_batch: int, frame: int, processes: int, prefetch: int, sample: int, full: int,
-                  pinned: bool) -> tuple[int, int]:
-    """(train, val) host bytes of the process loaders (`loaders.procs.ProcLoader.host_bytes`): train
-    takes the shared partner history (as many recent batches as `PARTNER_BYTES` of `sample`-byte
-    regions hold, plus one set per batch in flight), val a full-size decode (`full`) per process.
-    `pinned` (CUDA): each also pools pinned batches in the trainer's process."""
-    from loaders.loader import PARTNER_BYTES, PARTNER_MAX, SainetLoader
-    from loaders.procs import ProcLoader
-    from loaders.shared_history import SharedHistory
+@dataclass(frozen=True)
+class _LoaderBytes:
+    """Host bytes of one loader (train, or val at batch `vb`): its batch buffers (a pool, or pinned
+    batches on CUDA), its decode buffers, and for the process loaders their slot file and processes."""
 
-    partners = min(PARTNER_MAX, PARTNER_BYTES // max(1, batch * sample))
+    batch: int
+    frame: int
+    workers: int  # decode threads, or assembler processes
+    prefetch: int
+    samples: _Samples
+    pinned: bool
 
-    def loader(b: int, history: Any, per_process: int) -> int:
-        pool = SainetLoader.pool_buffers(b * frame, prefetch) * b * frame if pinned else 0
-        return pool + ProcLoader.host_bytes(slot_bytes=b * frame, processes=processes, prefetch=prefetch,
-                                            history=history, per_process=per_process)
+    def batches(self, b: int, assemblers: int) -> int:
+        """The batch buffers: the loader's CPU pool (`SainetLoader.pool_buffers`, full while the training
+        step is slower than the loader), or on CUDA fresh pinned batches, as many as the epoch holds at
+        once (queued, in assembly, the consumer's), each a power of two in torch's caching host allocator."""
+        from loaders.loader import SainetLoader
 
-    train = loader(batch, lambda a: SharedHistory.nbytes(partners + a, batch, sample) if partners else 0, 0)
-    return train, (loader(val_batch, lambda a: 0, full) if val_batch else 0)
+        if self.pinned:
+            return (self.prefetch + assemblers + 1) * (1 << max(0, b * self.frame - 1).bit_length())
+        return SainetLoader.pool_buffers(b * self.frame, self.prefetch) * b * self.frame
+
+    def threads(self, decoded: int, vb: int | None = None) -> int:
+        """The thread loader. Train: its batches, a batch of decoded sources (`decoded`), two frames per
+        thread, the partner history, and with two stages a full-size decode per thread. Val (`vb`): its
+        batches and a full-size decode per thread."""
+        from loaders.loader import PARTNER_BYTES, SainetLoader
+
+        s, n = self.samples, self.workers
+        if vb is not None:
+            return self.batches(vb, SainetLoader.assemblers) + n * s.full if vb else 0
+        decoded = max(decoded, self.batch * s.region) + (n * s.full if s.two_stage else 0)
+        return self.batches(self.batch, SainetLoader.assemblers) + decoded + n * 2 * self.frame + PARTNER_BYTES
+
+    def processes(self, vb: int | None = None) -> int:
+        """The process loaders (`loaders.procs.ProcLoader.host_bytes`). Train: the slot file's shared
+        partner history (the partner batches plus one set per batch in flight; without partners each
+        process decodes a batch into its own buffers), and with two stages a full-size decode per
+        process. Val (`vb`): a full-size decode per process. On CUDA, pinned copies of the slots too."""
+        from loaders.procs import ProcLoader
+        from loaders.shared_history import SharedHistory
+
+        s, n, b = self.samples, self.workers, self.batch if vb is None else vb
+        if not b:
+            return 0
+        slots = ProcLoader.slot_count(b * self.frame, n, self.prefetch)
+        pinned = self.batches(b, ProcLoader.tasks_in_flight(n, slots)) if self.pinned else 0
+        if vb is not None:
+            history, own = (lambda a: 0), s.full
+        elif s.partners:
+            history, own = (lambda a: SharedHistory.nbytes(s.partners + a, b, s.region)), 0
+        else:
+            history, own = (lambda a: 0), 0 if s.raw else b * s.region
+        own += s.full if vb is None and s.two_stage else 0
+        return pinned + ProcLoader.host_bytes(slot_bytes=b * self.frame, processes=n, prefetch=self.prefetch,
+                                              history=history, per_process=own)
 
 
 def largest_fitting(fits: Any, most: int) -> int:

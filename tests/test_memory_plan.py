@@ -323,47 +323,90 @@ def test_the_val_loader_is_in_the_run_budget():
     from loaders.buffers import POOL_BYTES, pool_size
     from sainet.budget import estimate_budget
 
-    kw = dict(images=100, imgsz=(832, 1440), batch=16, threads=4, prefetch=2, workers=8, source_hw=(808, 1440))
+    kw = dict(images=100, imgsz=(832, 1440), batch=16, threads=4, prefetch=2, workers=8, source_hw=(808, 1440), device="cpu")
     run, bench = estimate_budget(**kw), estimate_budget(**kw, val_batch=0)
     frame = 832 * 1440 * 3
     val = pool_size(32 * frame, least=3, most=6, budget=POOL_BYTES) * 32 * frame + 4 * 808 * 1440 * 3
     assert run.val_loader_bytes == val and bench.val_loader_bytes == 0
     assert run.sainet_loader_bytes - bench.sainet_loader_bytes == val
+    # on CUDA each batch is a fresh pinned tensor (the caching host allocator rounds it to a power of
+    # two): as many as the epoch holds at once, prefetch + 2 assemblers + the consumer's
+    cuda = estimate_budget(**{**kw, "device": "cuda"})
+    assert cuda.val_loader_bytes == 5 * (1 << 27) + 4 * 808 * 1440 * 3 > val
 
 
-@pytest.mark.parametrize("augment", [True, False], ids=["train", "val"])
-def test_the_process_loaders_are_in_the_run_budget_as_they_allocate(small_set, tmp_path, augment):
-    """`lmdb-mp` / `shm-mp`: the run budget counts what the loader itself sizes (its slot file: the
-    slots and, for train, the shared partner history; one process's own memory per process; an eval
-    decode buffer per process), not the thread loader's pool; and the trainer's plan asks for it."""
+def _mixed_store(small_set, tmp_path):
+    """small_set (12 320x180 JPEGs) and two larger images: at imgsz 640 the median decode (172.8 KB),
+    the largest image's (1300x800, reduced to 1/2: 780 KB) and the largest decode (1200x800, at full
+    size: 2.88 MB) all differ."""
+    import shutil
+
+    import cv2
+    import numpy as np
+
     from cache_tools import PackOptions, pack
+
+    src = tmp_path / "src"
+    shutil.copytree(small_set, src)
+    for w, h in ((1200, 800), (1300, 800)):
+        img = np.random.default_rng(w).integers(0, 256, (h, w, 3), np.uint8)
+        cv2.imwrite(str(src / "images" / "train" / f"large{w}.jpg"), img)
+        (src / "labels" / "train" / f"large{w}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    pack(src, tmp_path / "store", PackOptions(container="lmdb"))
+    return tmp_path / "store"
+
+
+@pytest.mark.parametrize(("augment", "resample", "batch"), [(True, "fast", 4), (False, "fast", 4), (True, "ultralytics", 4),
+                                                             (True, "fast", 400)],
+                         ids=["train", "val", "train-two-stage", "train-no-partners"])
+def test_the_process_loaders_are_in_the_run_budget_as_they_allocate(small_set, tmp_path, augment, resample, batch):
+    """`lmdb-mp` / `shm-mp`: the run budget counts what the loader itself sizes (its slot file: the
+    slots and, for train, the shared partner history, its partner count from the median image and
+    its sample region the largest decode of any image; one process's own memory per process, a
+    batch of decodes per process where it keeps no history, a full-size decode per process for
+    val and for the two-stage resample), not the thread loader's pool; on images of mixed sizes."""
     from cache_tools.store import open_store
     from loaders import build_loader
     from loaders.procs import PROCESS_BYTES
     from sainet.budget import estimate_budget, store_decode_sizes
-    from sainet.train import TrainRequest, resolve
 
-    store = tmp_path / "store"
-    pack(small_set, store, PackOptions(container="lmdb"))
-    hw, batch, procs = (96, 160), 4, 3
-    ld = build_loader(store, "lmdb-mp", batch_size=batch, imgsz="160x96", augment=augment, threads=procs, prefetch=2)
+    store = _mixed_store(small_set, tmp_path)
+    hw, procs, full = (640, 640), 3, 1300 * 800 * 3
+    ld = build_loader(store, "lmdb-mp", batch_size=batch, imgsz="640", augment=augment, threads=procs, prefetch=2,
+                      resample=resample)
     try:
-        assert ld.n_slots > procs + 1 and (ld.history_bytes > 0) == augment  # more than the least; a history to count
-        own = ld.n_slots * ld.slot_bytes + ld.history_bytes + procs * (PROCESS_BYTES + (0 if augment else 180 * 320 * 3))
+        assert ld.n_slots >= procs + 1 and (ld.history_bytes > 0) == (augment and batch < 100)
+        assert ld._largest_decode() == (1200 * 800 * 3 if resample == "fast" else 640 * 427 * 3)
+        own = (0 if ld.history_bytes or not augment else batch * ld._largest_decode()) + (full if not augment or resample != "fast" else 0)
+        want = ld.n_slots * ld.slot_bytes + ld.history_bytes + procs * (PROCESS_BYTES + own)
     finally:
         ld.close()
     with open_store(store) as st:
         decode = store_decode_sizes(st, hw)
-    kw = dict(images=12, imgsz=hw, threads=procs, prefetch=2, workers=0, decode=decode, device="cpu")
+    kw = dict(images=14, imgsz=hw, threads=procs, prefetch=2, workers=0, decode=decode, device="cpu", resample=resample)
     if augment:
         est = estimate_budget(batch=batch, val_batch=0, processes=True, **kw).sainet_loader_bytes
         threads = estimate_budget(batch=batch, val_batch=0, **kw).sainet_loader_bytes
     else:
         est = estimate_budget(batch=1, val_batch=batch, processes=True, **kw).val_loader_bytes
         threads = estimate_budget(batch=1, val_batch=batch, **kw).val_loader_bytes
-    assert est == own and est != threads
-    if augment:  # the trainer plans lmdb-mp with the process figure, train + val
-        req = dict(data=str(store), imgsz="160x96", batch=batch, device="cpu", threads=procs, prefetch=2)
-        chosen = {n: resolve(TrainRequest(loader=n, **req))[2]["loader_buffer_bytes"] for n in ("lmdb", "lmdb-mp")}
-        run = estimate_budget(batch=batch, processes=True, model="yolov8s.yaml", **{**kw, "images": 9})
-        assert chosen["lmdb-mp"] == run.sainet_loader_bytes > chosen["lmdb"]
+    assert est == want and est != threads
+
+
+def test_the_trainer_plans_the_loader_it_runs(small_set, tmp_path):
+    """`sainet train --loader lmdb-mp` is planned with the process loaders' figure (train + val),
+    and --resample reaches the plan."""
+    from sainet.budget import estimate_budget, store_decode_sizes
+    from sainet.train import TrainRequest, resolve
+    from cache_tools.store import open_store
+
+    store = _mixed_store(small_set, tmp_path)
+    req = dict(data=str(store), imgsz="640", batch=4, device="cpu", threads=3, prefetch=2)
+    with open_store(store) as st:
+        decode = store_decode_sizes(st, (640, 640))
+    for loader, processes in (("lmdb", False), ("lmdb-mp", True)):
+        for resample in ("fast", "ultralytics"):
+            chosen = resolve(TrainRequest(loader=loader, resample=resample, **req))[2]["loader_buffer_bytes"]
+            run = estimate_budget(images=14, imgsz=(640, 640), batch=4, threads=3, prefetch=2, workers=8, model="yolov8s.yaml",
+                                  decode=decode, device="cpu", processes=processes, resample=resample)
+            assert chosen == run.sainet_loader_bytes

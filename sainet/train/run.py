@@ -258,7 +258,7 @@ def _memory_problem(s: TrainSettings, d: _Data, host: HostInfo, on_cpu: bool, cu
     ranks = distributed.ranks_per_node(s.device)
     b = estimate_budget(images=d.images, imgsz=s.shape, batch=per_rank, threads=s.threads or 2, prefetch=s.prefetch or 2,
                         workers=8, model=s.model, amp=not on_cpu, decode=d.decode, device="cpu" if on_cpu else "cuda",
-                        processes=BACKENDS[d.loader].processes)
+                        processes=BACKENDS[d.loader].processes, resample=s.resample)
     ram_copy = d.store_bytes if d.loader == "ram" else 0
     model_ram = ranks * b.cpu_train_bytes if on_cpu else 0
     host_need = distributed.host_bytes_per_node(ranks, b.sainet_loader_bytes, d.store_bytes, d.loader) + model_ram
