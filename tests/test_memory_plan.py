@@ -396,9 +396,9 @@ def test_the_process_loaders_are_in_the_run_budget_as_they_allocate(small_set, t
 def test_the_trainer_plans_the_loader_it_runs(small_set, tmp_path):
     """`sainet train --loader lmdb-mp` is planned with the process loaders' figure (train + val),
     and --resample reaches the plan."""
+    from cache_tools.store import open_store
     from sainet.budget import estimate_budget, store_decode_sizes
     from sainet.train import TrainRequest, resolve
-    from cache_tools.store import open_store
 
     store = _mixed_store(small_set, tmp_path)
     req = dict(data=str(store), imgsz="640", batch=4, device="cpu", threads=3, prefetch=2)
