@@ -449,6 +449,14 @@ class Recommendation:
         return asdict(self)
 
 
+def _processes(profile: Profile) -> bool:
+    """The profile's loader builds batches in processes (a user profile may name ``lmdb-mp``)."""
+    from loaders.backends import BACKENDS
+
+    backend = BACKENDS.get(str(profile.recommended.get("loader")))
+    return bool(backend and backend.processes)
+
+
 def _run_need(profile: Profile, imgsz: tuple[int, int], batch: int, model: str, decode: DecodeSizes | None,
               images: int) -> tuple[int, int]:
     """(host RAM, GPU memory per GPU) of a run at `batch` per rank on `profile`'s machine."""
@@ -456,7 +464,7 @@ def _run_need(profile: Profile, imgsz: tuple[int, int], batch: int, model: str, 
     device = "cuda" if profile.gpus else "cpu"
     b = estimate_budget(images=images, imgsz=imgsz, batch=batch, threads=int(rec["threads"]),
                         prefetch=int(rec["prefetch"]), workers=default_threads(cores=profile.cores, ranks=1),
-                        model=model, decode=decode, device=device, amp=device == "cuda")
+                        model=model, decode=decode, device=device, amp=device == "cuda", processes=_processes(profile))
     ranks = max(1, profile.gpus)
     host = ranks * b.sainet_loader_bytes + (b.cpu_train_bytes if device == "cpu" else 0)
     return host, (b.vram_bytes if device == "cuda" else 0)
@@ -629,7 +637,8 @@ def plan_memory(est: StoreEstimate, profile: Profile, imgsz: tuple[int, int], *,
     b = batch or int(rec["batch"])
     bud = estimate_budget(images=est.images, imgsz=imgsz, batch=b, threads=int(rec["threads"]),
                           prefetch=int(rec["prefetch"]), workers=default_threads(cores=profile.cores, ranks=1),
-                          model=model, decode=decode, device="cuda" if profile.gpus else "cpu", amp=bool(profile.gpus))
+                          model=model, decode=decode, device="cuda" if profile.gpus else "cpu", amp=bool(profile.gpus),
+                          processes=_processes(profile))
     vram = profile.vram_gb * 1e9
     vram_line = _verdict(bud.vram_bytes, vram, "VRAM") if vram else "no GPU in this profile"
     problems = [r.problem] if r.problem else []

@@ -410,3 +410,18 @@ def test_the_trainer_plans_the_loader_it_runs(small_set, tmp_path):
             run = estimate_budget(images=14, imgsz=(640, 640), batch=4, threads=3, prefetch=2, workers=8, model="yolov8s.yaml",
                                   decode=decode, device="cpu", processes=processes, resample=resample)
             assert chosen == run.sainet_loader_bytes
+
+
+def test_a_profile_naming_a_process_loader_is_planned_with_it():
+    """A user profile whose loader is ``lmdb-mp``: the plan's host memory is the process loaders'."""
+    from sainet.budget import _run_need, estimate_budget
+
+    cpu = profiles.get_profile("cpu")
+    mp = dataclasses.replace(cpu, recommended={**cpu.recommended, "loader": "lmdb-mp"})
+    args = ((832, 1440), 8, "yolov8n.yaml", None, 100)
+    (threads, _), (procs, _) = _run_need(cpu, *args), _run_need(mp, *args)
+    rec = cpu.recommended
+    kw = dict(images=100, imgsz=(832, 1440), batch=8, threads=int(rec["threads"]), prefetch=int(rec["prefetch"]), workers=0,
+              model="yolov8n.yaml", device="cpu")
+    gap = estimate_budget(**kw, processes=True).sainet_loader_bytes - estimate_budget(**kw).sainet_loader_bytes
+    assert gap and procs - threads == gap
