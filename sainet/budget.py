@@ -178,8 +178,8 @@ def estimate_budget(*, images: int, imgsz: tuple[int, int], batch: int, threads:
     sh, sw = source_hw or (decode.largest_hw if decode and decode.largest_hw else imgsz)
     decoded = decode.batch_bytes(batch) if decode and decode.largest else batch * sh * sw * 3
     vb = 2 * batch if val_batch is None else val_batch
-    lb = _LoaderBytes(batch, frame, threads, prefetch, _Samples.of(decode, (sh, sw), imgsz, resample, batch),
-                      pinned=device != "cpu")
+    lb = _LoaderBytes(batch, frame, _val_frame(imgsz, decode), threads, prefetch,
+                      _Samples.of(decode, (sh, sw), imgsz, resample, batch), pinned=device != "cpu")
     sainet, val = (lb.processes(), lb.processes(vb)) if processes else (lb.threads(decoded), lb.threads(decoded, vb))
     ultra = workers * 2 * batch * frame + workers * int(_ULTRA_WORKER_BYTES)
     r = max(H, W) / max(sh, sw)  # Ultralytics caches images with the long side resized to imgsz
@@ -190,6 +190,19 @@ def estimate_budget(*, images: int, imgsz: tuple[int, int], batch: int, threads:
     weights = int(_PARAMS[scale] * 16)
     vram = activation_bytes(model, imgsz, batch, amp=amp, device="cuda") + weights + int(_CUDA_CONTEXT)
     return Budget(frame, int(sainet + val), int(ultra), cache, vram, act, weights, int(decoded), int(val))
+
+
+def _val_frame(imgsz: tuple[int, int], decode: DecodeSizes | None) -> int:
+    """Bytes of one val image: at a square `imgsz` the val loader takes Ultralytics' rect val shape
+    (`rect_val_shape` at stride 32; a P6 model's 64 adds up to a stride more) when the sizes are known."""
+    from sainet.core.geometry import rect_val_shape
+
+    H, W = imgsz
+    if H == W and decode is not None and decode.hw_counts:
+        shape = rect_val_shape(np.asarray([(w, h) for h, w, _ in decode.hw_counts]), H)
+        if shape is not None:
+            return shape[0] * shape[1] * 3
+    return H * W * 3
 
 
 @dataclass(frozen=True)
@@ -229,20 +242,22 @@ class _LoaderBytes:
 
     batch: int
     frame: int
+    val_frame: int
     workers: int  # decode threads, or assembler processes
     prefetch: int
     samples: _Samples
     pinned: bool
 
-    def batches(self, b: int, assemblers: int) -> int:
+    def batches(self, b: int, assemblers: int, val: bool = False) -> int:
         """The batch buffers: the loader's CPU pool (`SainetLoader.pool_buffers`, full while the training
         step is slower than the loader), or on CUDA fresh pinned batches, as many as the epoch holds at
         once (queued, in assembly, the consumer's), each a power of two in torch's caching host allocator."""
         from loaders.loader import SainetLoader
 
+        size = b * (self.val_frame if val else self.frame)
         if self.pinned:
-            return (self.prefetch + assemblers + 1) * (1 << max(0, b * self.frame - 1).bit_length())
-        return SainetLoader.pool_buffers(b * self.frame, self.prefetch) * b * self.frame
+            return (self.prefetch + assemblers + 1) * (1 << max(0, size - 1).bit_length())
+        return SainetLoader.pool_buffers(size, self.prefetch) * size
 
     def threads(self, decoded: int, vb: int | None = None) -> int:
         """The thread loader. Train: its batches, a batch of decoded sources (`decoded`), two frames per
@@ -252,7 +267,7 @@ class _LoaderBytes:
 
         s, n = self.samples, self.workers
         if vb is not None:
-            return self.batches(vb, SainetLoader.assemblers) + n * s.full if vb else 0
+            return self.batches(vb, SainetLoader.assemblers, val=True) + n * s.full if vb else 0
         decoded = max(decoded, self.batch * s.region) + (n * s.full if s.two_stage else 0)
         return self.batches(self.batch, SainetLoader.assemblers) + decoded + n * 2 * self.frame + PARTNER_BYTES
 
@@ -267,8 +282,9 @@ class _LoaderBytes:
         s, n, b = self.samples, self.workers, self.batch if vb is None else vb
         if not b:
             return 0
-        slots = ProcLoader.slot_count(b * self.frame, n, self.prefetch)
-        pinned = self.batches(b, ProcLoader.tasks_in_flight(n, slots)) if self.pinned else 0
+        slot = b * (self.frame if vb is None else self.val_frame)
+        slots = ProcLoader.slot_count(slot, n, self.prefetch)
+        pinned = self.batches(b, ProcLoader.tasks_in_flight(n, slots), val=vb is not None) if self.pinned else 0
         if vb is not None:
             history, own = (lambda a: 0), s.full
         elif s.partners:
@@ -276,7 +292,7 @@ class _LoaderBytes:
         else:
             history, own = (lambda a: 0), 0 if s.raw else b * s.region
         own += s.full if vb is None and s.two_stage else 0
-        return pinned + ProcLoader.host_bytes(slot_bytes=b * self.frame, processes=n, prefetch=self.prefetch,
+        return pinned + ProcLoader.host_bytes(slot_bytes=slot, processes=n, prefetch=self.prefetch,
                                               history=history, per_process=own)
 
 

@@ -373,10 +373,11 @@ def test_the_process_loaders_are_in_the_run_budget_as_they_allocate(small_set, t
     store = _mixed_store(small_set, tmp_path)
     hw, procs, full = (640, 640), 3, 1300 * 800 * 3
     ld = build_loader(store, "lmdb-mp", batch_size=batch, imgsz="640", augment=augment, threads=procs, prefetch=2,
-                      resample=resample)
+                      resample=resample, rect=not augment)  # val: Ultralytics' rect val shape, as the trainer's
     try:
+        assert tuple(ld.imgsz) == ((640, 640) if augment else (448, 672))
         assert ld.n_slots >= procs + 1 and (ld.history_bytes > 0) == (augment and batch < 100)
-        assert ld._largest_decode() == (1200 * 800 * 3 if resample == "fast" else 640 * 427 * 3)
+        assert not augment or ld._largest_decode() == (1200 * 800 * 3 if resample == "fast" else 640 * 427 * 3)
         own = (0 if ld.history_bytes or not augment else batch * ld._largest_decode()) + (full if not augment or resample != "fast" else 0)
         want = ld.n_slots * ld.slot_bytes + ld.history_bytes + procs * (PROCESS_BYTES + own)
     finally:
