@@ -132,7 +132,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--extra-batch", type=int, default=32, help="a second batch size, for ultralytics and lmdb (0 skips it)")
     ap.add_argument("--extra-seeds", type=int, default=3, help="seeds 0..N-1 of the --extra-batch groups")
     ap.add_argument("--model", default="yolov8n.yaml")
-    ap.add_argument("--loaders", default="ultralytics,lmdb,dali")
+    ap.add_argument("--loaders", default="ultralytics,lmdb,dali",
+                    help="loaders to train; a sainet loader may name its resample mode, LOADER:MODE (lmdb:ultralytics), "
+                         "which overrides --resample for that entry (one loader in both modes: lmdb,lmdb:ultralytics)")
     ap.add_argument("--seeds", default="0,1,2,3,4,5", help="seeds of every loader but dali (a list, or N for 0..N-1)")
     ap.add_argument("--dali-seeds", type=int, default=3, help="dali (CPU mode) trains the first N of --seeds")
     ap.add_argument("--lmdb-seeds", type=int, default=None,
@@ -175,25 +177,39 @@ def seeds_of(spec: str) -> list[int]:
 
 def plan_runs(args: argparse.Namespace) -> list[Run]:
     seeds = seeds_of(args.seeds)
-    loaders = args.loaders.split(",")
-    def run(ld: str, s: int, batch: int) -> Run:
+    entries = loader_entries(args)
+
+    def run(ld: str, mode: str, s: int, batch: int) -> Run:
         if ld == "ultralytics" and args.same_order:
             return Run(f"{ld} b{batch} (sainet order)", ld, s, batch, args.imgsz, order="sainet")
-        if ld != "ultralytics" and args.resample != "fast":  # a group of its own
-            return Run(f"{ld} b{batch} resample={args.resample}", ld, s, batch, args.imgsz, resample=args.resample)
+        if ld != "ultralytics" and mode != "fast":  # a group of its own
+            return Run(f"{ld} b{batch} resample={mode}", ld, s, batch, args.imgsz, resample=mode)
         return Run(f"{ld} b{batch}", ld, s, batch, args.imgsz)
 
     # Seed-major: a seed's runs follow each other, so an invocation cut short leaves whole pairs.
     first = {"dali": args.dali_seeds, "lmdb": len(seeds) if args.lmdb_seeds is None else args.lmdb_seeds}
-    runs = [run(ld, s, args.batch) for s in seeds for ld in loaders if s in seeds[: first.get(ld, len(seeds))]]
+    runs = [run(ld, m, s, args.batch) for s in seeds for ld, m in entries if s in seeds[: first.get(ld, len(seeds))]]
     if args.extra_batch:
-        runs += [run(ld, s, args.extra_batch) for s in seeds[: args.extra_seeds] for ld in ("ultralytics", "lmdb") if ld in loaders]
+        runs += [run(ld, m, s, args.extra_batch) for s in seeds[: args.extra_seeds] for ld, m in entries
+                 if ld in ("ultralytics", "lmdb") and (ld, m) == (ld, args.resample)]
     return runs
+
+
+def loader_entries(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """--loaders as (loader, resample mode) pairs: LOADER takes --resample, LOADER:MODE its own."""
+    out = []
+    for item in args.loaders.split(","):
+        ld, _, mode = item.partition(":")
+        if mode not in ("", "fast", "ultralytics") or (mode and ld == "ultralytics"):
+            raise SystemExit(f"--loaders {item!r}: a sainet loader's resample mode is fast or ultralytics "
+                             "(Ultralytics' own loader has its own)")
+        out.append((ld, "fast" if ld == "ultralytics" else mode or args.resample))
+    return out
 
 
 def rect_runs(args: argparse.Namespace) -> list[Run]:
     """The equal-time pairs (square, then rectangular, back to back: both see the same machine)."""
-    if not args.rect_imgsz or "lmdb" not in args.loaders.split(","):
+    if not args.rect_imgsz or ("lmdb", args.resample) not in loader_entries(args):
         return []
     return [Run(group, "lmdb", seed, args.batch, imgsz, hours=args.rect_hours)
             for seed in seeds_of(args.seeds)[: args.rect_seeds]

@@ -192,6 +192,22 @@ def test_a_resample_other_than_fast_is_a_group_of_its_own(tmp_path):
     assert [r.group for r in p.plan_runs(args)] == ["ultralytics b16", "dali b16 resample=ultralytics"]
 
 
+def test_one_loader_in_both_resample_modes_in_one_invocation():
+    """--loaders lmdb,lmdb:ultralytics: one group per mode (one summary can hold both), each with
+    the loader's seeds; the b32 extra and the equal-time pairs stay with the --resample mode only."""
+    p = _parity()
+    args = p.parse_args(["--seeds", "3", "--lmdb-seeds", "2", "--dali-seeds", "1", "--extra-batch", "32", "--extra-seeds", "1",
+                         "--loaders", "ultralytics,lmdb,lmdb:ultralytics,dali"])
+    groups = [(r.group, r.seed) for r in p.plan_runs(args)]
+    assert groups[:4] == [("ultralytics b16", 0), ("lmdb b16", 0), ("lmdb b16 resample=ultralytics", 0), ("dali b16", 0)]
+    assert ("lmdb b16 resample=ultralytics", 1) in groups and ("lmdb b16 resample=ultralytics", 2) not in groups
+    assert [g for g in groups if g[0].endswith("b32")] == [("ultralytics b32", 0), ("lmdb b32", 0)]
+    assert {r.group for r in p.rect_runs(args)} == {"lmdb b16 square 256 (equal-time pair)", "lmdb b16 rect 256x144 (equal time)"}
+    for bad in ("ultralytics:ultralytics", "lmdb:sharp"):
+        with pytest.raises(SystemExit, match="resample mode"):
+            p.plan_runs(p.parse_args(["--loaders", bad]))
+
+
 def test_versus_pairs_two_groups_of_the_reuse_files(tmp_path):
     """--versus GROUP OTHER: GROUP - OTHER by seed (a setting's effect: resample=ultralytics against
     fast), OTHER's rows taken from the --reuse files; a seed of OTHER trained twice stops it, and a
