@@ -1,5 +1,6 @@
-"""What `resample="ultralytics"` costs: the lmdb loader's augmented train batches in both modes,
-alternating round after round in one run (so a change in the machine's load shows as spread, not bias).
+"""What `resample="ultralytics"` costs: a loader's augmented train batches in both modes (lmdb, or
+`--loader dali` in its CPU mode), alternating round after round in one run (so a change in the
+machine's load shows as spread, not bias).
 
     python benchmarks/resample_cost.py --size 1440x808 --imgsz 640 --images 64 --seconds 8 --rounds 3
 
@@ -25,9 +26,11 @@ from sainet.synth import synthesize
 MODES = ("fast", "ultralytics")
 
 
-def measure(store: Path, resample: str, imgsz: int, batch: int, threads: int, seconds: float) -> tuple[float, float]:
+def measure(store: Path, resample: str, imgsz: int, batch: int, threads: int, seconds: float,
+            kind: str = "lmdb") -> tuple[float, float]:
     """(images/s, CPU ms per image) of one timed loop after 2 warm-up batches."""
-    loader = build_loader(store, "lmdb", batch_size=batch, imgsz=imgsz, threads=threads, hyp=dict(BENCH_HYP), resample=resample)
+    loader = build_loader(store, kind, batch_size=batch, imgsz=imgsz, threads=threads, hyp=dict(BENCH_HYP), resample=resample,
+                          device="cpu" if kind == "dali" else None)
     me = psutil.Process()
     try:
         it = iter(loader)
@@ -55,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--loader", default="lmdb", choices=("lmdb", "dali"), help="dali: its CPU mode (DALI's CPU decoder)")
     a = ap.parse_args(argv)
     rows: dict[str, list[tuple[float, float]]] = {m: [] for m in MODES}
     with tempfile.TemporaryDirectory(prefix="sainet-resample-") as tmp:
@@ -63,10 +67,10 @@ def main(argv: list[str] | None = None) -> None:
         pack(src, store, PackOptions(container="lmdb"))
         for r in range(a.rounds):
             for mode in MODES if r % 2 == 0 else MODES[::-1]:
-                rows[mode].append(measure(store, mode, a.imgsz, a.batch, a.threads, a.seconds))
+                rows[mode].append(measure(store, mode, a.imgsz, a.batch, a.threads, a.seconds, a.loader))
                 print(f"round {r} {mode}: {rows[mode][-1][0]:.1f} img/s, {rows[mode][-1][1]:.1f} CPU ms/img", flush=True)
     med = {m: (statistics.median(x for x, _ in v), statistics.median(c for _, c in v)) for m, v in rows.items()}
-    print(f"| {a.size} → {a.imgsz} | fast {med['fast'][0]:.1f} img/s, {med['fast'][1]:.1f} CPU ms/img | "
+    print(f"| {a.loader}, {a.size} → {a.imgsz} | fast {med['fast'][0]:.1f} img/s, {med['fast'][1]:.1f} CPU ms/img | "
           f"ultralytics {med['ultralytics'][0]:.1f} img/s, {med['ultralytics'][1]:.1f} CPU ms/img | "
           f"{med['fast'][0] / med['ultralytics'][0]:.2f}x img/s, {med['ultralytics'][1] / med['fast'][1]:.2f}x CPU |")
 
