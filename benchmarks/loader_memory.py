@@ -5,10 +5,10 @@
 
 Packs a synthetic dataset once (under --work; LMDB or shards on that disk, so the store's pages are
 file-backed and not counted), then in a fresh process per measurement builds the loader, iterates it
---epochs times (--step-ms per batch: a slow consumer lets every buffer fill) and reports the growth of the memory the loader's processes hold: private (anonymous)
-and shared-memory pages, proportional set size summed over the process and its children (the -mp
+--epochs times (--step-ms per batch: a slow consumer lets every buffer fill) and reports the
+growth of the memory the loader's processes hold: private (anonymous) and shared-memory pages, proportional set size summed over the process and its children (the -mp
 loaders' assembler processes and their slot file, counted once), peak minus after-build, in MiB. The
-run budget's figure for the same loader (`sainet.budget.loader_bytes`) is printed beside it. Compare
+run budget's figure for the same loader (`sainet.budget.estimate_budget`) is printed beside it. Compare
 commits by running it from each (a worktree, PYTHONPATH to it), alternating.
 """
 

@@ -314,8 +314,9 @@ class ProcLoader(SainetLoader):
                    per_process: int) -> int:
         """Host memory of a loader with these settings, its processes included (the run budget's
         figure): the slot file (the slots, then the shared partner history, whose bytes `history` gives
-        for the batches in flight) and each process's own (`PROCESS_BYTES` plus `per_process`: the
-        decode buffer an eval letterbox takes)."""
+        for the batches in flight) and each process's own (`PROCESS_BYTES` plus `per_process`: its
+        decode buffers beyond that: a full-size decode for an eval letterbox or a two-stage resample,
+        a batch of decodes where there is no shared history)."""
         slots = cls.slot_count(slot_bytes, processes, prefetch)
         return slots * slot_bytes + history(cls.tasks_in_flight(processes, slots)) + processes * (PROCESS_BYTES + per_process)
 

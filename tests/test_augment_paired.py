@@ -13,6 +13,8 @@ from sainet.bench.paired import paired_draws
 from sainet.synth import synthesize
 
 IMGSZ = 128
+#: the dali cases need nvidia-dali (installed by `make venv`: they run in `make test`)
+DALI = pytest.mark.skipif(not dali_available(), reason="nvidia-dali is not installed")
 
 
 @pytest.fixture(scope="module")
@@ -37,20 +39,17 @@ def test_lmdb_train_images_are_ultralytics_twins(data):
     _check_twins(paired_draws(*data, images=48, batch=8, imgsz=IMGSZ, seed=5), pixels=3.0)
 
 
+@DALI
 def test_dali_cpu_train_images_are_ultralytics_twins(data):
-    if not dali_available():
-        pytest.skip("nvidia-dali is not installed")
     _check_twins(paired_draws(*data, images=48, batch=8, imgsz=IMGSZ, seed=5, kind="dali"), pixels=4.0)
 
 
-@pytest.mark.parametrize("kind", ["lmdb", "dali"])
+@pytest.mark.parametrize("kind", ["lmdb", pytest.param("dali", marks=DALI)])
 @pytest.mark.parametrize("size", [(192, 108), (288, 162), (448, 252)])
 def test_resampled_as_ultralytics_the_twins_are_as_sharp(tmp_path, size, kind):
     """resample="ultralytics" at decode ratios 1.5, 2.25 and 3.5 (imgsz 128): the sharpness of the
     twins within 2 % (the fast path: +37 % at 1.5, -10 % at 3; benchmarks/README.md), for the CPU
     loaders and for dali (CPU mode: DALI's full decode, then the same load-size resize and warp)."""
-    if kind == "dali" and not dali_available():
-        pytest.skip("nvidia-dali is not installed")
     src, store = tmp_path / "src", tmp_path / "lmdb"
     synthesize(src, images=24, size=size, seed=3, val_fraction=0)
     pack(src, store, PackOptions(container="lmdb"))
@@ -59,6 +58,7 @@ def test_resampled_as_ultralytics_the_twins_are_as_sharp(tmp_path, size, kind):
     assert abs(r.sharpness_ratio - 1) < 0.02
 
 
+@DALI
 def test_dali_cpu_resampled_as_ultralytics_is_the_cpu_loaders_batch(data):
     """dali (CPU mode) with resample="ultralytics": DALI's full decode, the load-size resize and the
     warp of every tile give the lmdb loader's batches in that mode, pixel for pixel (both decode
@@ -67,8 +67,6 @@ def test_dali_cpu_resampled_as_ultralytics_is_the_cpu_loaders_batch(data):
 
     from loaders import build_loader
 
-    if not dali_available():
-        pytest.skip("nvidia-dali is not installed")
     out = {}
     for kind in ("lmdb", "dali"):
         loader = build_loader(data[1], kind, batch_size=8, imgsz=IMGSZ, seed=4, device="cpu", resample="ultralytics", threads=2)
@@ -82,14 +80,13 @@ def test_dali_cpu_resampled_as_ultralytics_is_the_cpu_loaders_batch(data):
         assert a["im_file"] == b["im_file"] and torch.equal(a["bboxes"], b["bboxes"]) and torch.equal(a["img"], b["img"])
 
 
+@DALI
 @pytest.mark.parametrize(("resample", "want"), [("fast", 288 * 162 * 3), ("ultralytics", 128 * 72 * 3)])
 def test_dali_on_the_gpu_sizes_its_partner_history_by_what_it_keeps(data, resample, want):
     """The GPU (`mixed`) rule, asked of a CPU-built loader: DALI's full-size decode is what a
     train sample holds, or with resample="ultralytics" the load-size image it is resized to."""
     from loaders import build_loader
 
-    if not dali_available():
-        pytest.skip("nvidia-dali is not installed")
     loader = build_loader(data[1], "dali", batch_size=8, imgsz=IMGSZ, device="cpu", resample=resample, threads=2)
     try:
         loader.dali_device = "mixed"

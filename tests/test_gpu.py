@@ -146,25 +146,34 @@ def test_dali_hand_off_to_a_busy_consumer_stream(store):
         assert torch.equal(q, b), f"batch {k} differs when the consumer is busy"
 
 
-def test_dali_augmented_batches_match_the_cpu_loader(store):
-    """Same seed, same plan: the DALI loader (nvJPEG + batched torch executor) and the shm loader
-    (libjpeg-turbo + OpenCV) give the same boxes and nearly the same pixels."""
+def _shm_and_dali_on_gpu(store, check=None, **kw) -> list[tuple[dict, dict]]:
+    """The shm loader's batches and the DALI loader's on CUDA, same settings (`kw`), paired; the
+    same files and boxes, pixels within decoder and interpolation rounding (mean abs diff < 2).
+    `check(loader)`: asked of each loader before it runs."""
     pytest.importorskip("nvidia.dali", reason="needs nvidia-dali")
-    hyp = Hyp(mixup=0.3, degrees=5)
     out = {}
     for kind, device in (("shm", None), ("dali", "cuda")):
-        loader = build_loader(store / "shards", kind, batch_size=4, imgsz=(192, 320), hyp=hyp, seed=4, device=device)
+        loader = build_loader(store / "shards", kind, batch_size=4, seed=4, device=device, **kw)
         try:
+            assert check is None or check(loader)
             out[kind] = list(loader)
         finally:
             loader.close()
     assert len(out["shm"]) == len(out["dali"]) >= 8
-    for a, b in zip(out["shm"], out["dali"], strict=True):
+    pairs = list(zip(out["shm"], out["dali"], strict=True))
+    for a, b in pairs:
         assert b["img"].is_cuda and a["im_file"] == b["im_file"]
         torch.testing.assert_close(a["bboxes"], b["bboxes"], atol=1e-6, rtol=0)
-        assert torch.equal(a["cls"], b["cls"]) and torch.equal(a["batch_idx"], b["batch_idx"])
         diff = (a["img"].int() - b["img"].cpu().int()).abs().float()
         assert diff.mean() < 2.0, diff.mean()  # JPEG decoders (IDCT) and interpolation rounding
+    return pairs
+
+
+def test_dali_augmented_batches_match_the_cpu_loader(store):
+    """Same seed, same plan: the DALI loader (nvJPEG + batched torch executor) and the shm loader
+    (libjpeg-turbo + OpenCV) give the same boxes and nearly the same pixels."""
+    for a, b in _shm_and_dali_on_gpu(store, imgsz=(192, 320), hyp=Hyp(mixup=0.3, degrees=5)):
+        assert torch.equal(a["cls"], b["cls"]) and torch.equal(a["batch_idx"], b["batch_idx"])
 
 
 def test_dali_resample_ultralytics_on_gpu_matches_the_cpu_loader(store):
@@ -172,22 +181,10 @@ def test_dali_resample_ultralytics_on_gpu_matches_the_cpu_loader(store):
     resized to Ultralytics' load size on the GPU (`resize_hwc`), then the torch executor's warp,
     against the shm loader's full decode, cv2.resize and OpenCV warp: the same boxes and nearly the
     same pixels."""
-    pytest.importorskip("nvidia.dali", reason="needs nvidia-dali")
-    out = {}
-    for kind, device in (("shm", None), ("dali", "cuda")):
-        loader = build_loader(store / "shards", kind, batch_size=4, imgsz=(96, 160), seed=4, device=device,
-                              resample="ultralytics")
-        try:
-            assert kind == "shm" or loader.partner_batches == 0 or loader._decoded_bytes(320, 180) == 160 * 90 * 3
-            out[kind] = list(loader)
-        finally:
-            loader.close()
-    assert len(out["shm"]) == len(out["dali"]) >= 8
-    for a, b in zip(out["shm"], out["dali"], strict=True):
-        assert b["img"].is_cuda and a["im_file"] == b["im_file"]
-        torch.testing.assert_close(a["bboxes"], b["bboxes"], atol=1e-6, rtol=0)
-        diff = (a["img"].int() - b["img"].cpu().int()).abs().float()
-        assert diff.mean() < 2.0, diff.mean()
+    def sized_at_the_load_size(loader) -> bool:
+        return loader.kind != "dali" or loader.partner_batches == 0 or loader._decoded_bytes(320, 180) == 160 * 90 * 3
+
+    _shm_and_dali_on_gpu(store, check=sized_at_the_load_size, imgsz=(96, 160), resample="ultralytics")
 
 
 def test_train_two_epochs_with_the_dali_loader_on_gpu(store, tmp_path):
